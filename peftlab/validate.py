@@ -1,0 +1,82 @@
+"""Checks that need more than the spec file: the model's structure, the device, the data.
+
+They run in `peftlab validate` and at the start of `peftlab run`, so a bad target module, QLoRA on
+a CPU or a batch larger than the training split fails in seconds, not at step 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftlab.errors import PeftlabError, SpecError
+from peftlab.spec import Study
+
+
+def model_linear_names(study: Study) -> list[str] | None:
+    """Leaf names of the model's linear layers, from its config alone (no weights are read).
+
+    None when the config is not available without the network (a hub id not in the local cache,
+    or a GGUF file not converted yet): target modules are then checked when the model loads.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from peftlab.models import linear_module_names, resolve_model
+
+    m = study.spec.model
+    resolved = resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
+    if resolved.kind == "gguf":
+        return None
+    try:
+        config = AutoConfig.from_pretrained(
+            resolved.source, revision=m.revision, trust_remote_code=m.trust_remote_code,
+            local_files_only=resolved.kind == "local" or None,
+        )
+    except (OSError, ValueError):
+        if resolved.kind == "local":
+            raise
+        return None
+    # The meta device builds the module tree without allocating any weights.
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(
+            config, trust_remote_code=m.trust_remote_code)
+    return linear_module_names(model)
+
+
+def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
+    """Raise SpecError/DataError for what cannot work; return notes on what was not checked."""
+    from peftlab.methods import get_method
+    from peftlab.study import Context, resolve_device
+
+    notes: list[str] = []
+    spec = study.spec
+    device = resolve_device(spec.device)
+    linear = model_linear_names(study)
+    if linear is None:
+        notes.append("model config not available offline: target modules are checked at load")
+    for name, entry in spec.methods.items():
+        rc = study.resolve(spec.tasks[0].name, name, spec.seeds[0])
+        get_method(entry["type"]).check(
+            rc.params, linear_names=linear, device=device, where=study.where(f"methods.{name}"))
+    if check_data:
+        source = study.data_source()[0]
+        if source == "hub" and not all(t.files for t in spec.tasks):
+            notes.append("data from the hub is checked when it is first loaded")
+        else:
+            _check_batches(study, Context(study=study, store=None))  # type: ignore[arg-type]
+    return notes
+
+
+def _check_batches(study: Study, ctx: Any) -> None:
+    for rc in study.runs():
+        try:
+            n = len(ctx.split(rc.task, "train"))
+        except PeftlabError:
+            raise
+        eff = rc.training.batch_size * rc.training.grad_accum
+        if eff > n:
+            raise SpecError(
+                f"{study.where('training.batch_size')}: effective batch {eff} "
+                f"(batch_size {rc.training.batch_size} x grad_accum {rc.training.grad_accum}) "
+                f"is larger than the {n} training examples of task {rc.task!r}"
+            )
