@@ -181,7 +181,7 @@ def training_arguments(rc: RunConfig, out: Path, device: str, total_steps: int):
         optim="adamw_torch",
         bf16=tr.precision == "bf16",
         fp16=tr.precision == "fp16",
-        gradient_checkpointing=tr.gradient_checkpointing,
+        activation_checkpointing=tr.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if tr.group_by_length else "random",
         logging_steps=tr.logging_steps,
         report_to=list(tr.report_to) or "none",
@@ -204,6 +204,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     import shutil
 
     import torch
+    from transformers import PrinterCallback
 
     from peftlab.encode import make_collator
     from peftlab.methods import get_method
@@ -236,6 +237,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
             args = training_arguments(rc, tmp / "trainer", ctx.device, prep.total_steps)
             trainer = _trainer_class()(model=model, args=args, train_dataset=prep.train,
                                        data_collator=collator, callbacks=method.callbacks())
+            trainer.remove_callback(PrinterCallback)  # the loss curve goes to the record instead
             trainer.peftlab_losses, trainer.peftlab_samples = [], 0
             trainer.peftlab_tokens = trainer.peftlab_padded_tokens = 0
             trainer.guard_warmup_steps = math.ceil(rc.training.warmup_ratio * prep.total_steps)
@@ -283,7 +285,7 @@ def _record_done(ctx, rc, base_record, trainer, prep, trainable, total_with_adap
             # counted from the model, never typed: trainable includes the trained head
             "trainable": trainable,
             "trainable_head": head,
-            "trainable_adapter": trainable - head,
+            "trainable_non_head": trainable - head,  # the adapter for PEFT methods
             "base_total": prep.base_params,
             "total_with_method": total_with_adapter,
             "trainable_share_of_base": trainable / prep.base_params,
@@ -347,3 +349,31 @@ def record_failure(ctx: Context, rc: RunConfig, reason: str, **extra: Any) -> di
                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
     ctx.store.put("runs", rc.run_id, rec)
     return rec
+
+
+def load_tuned(ctx: Context, run_id: str, *, device: str | None = None) -> tuple[Any, Any]:
+    """(tokenizer, model) of a finished run, rebuilt from its artifact on a fresh base.
+
+    PEFT runs: the pretrained base with the saved adapter (and its trained head) on top, as a
+    `PeftModel` in eval mode; full runs: the saved model. Used by the drift and bench stages.
+    """
+    from peftlab.errors import ModelError
+    from peftlab.methods import get_method
+
+    rec = ctx.store.get("runs", run_id)
+    if rec is None or rec.get("status") != "done":
+        raise ModelError(f"run {run_id} is not finished (status: "
+                         f"{rec.get('status') if rec else 'not started'}); run `peftlab finetune`")
+    rc = next((r for r in ctx.study.runs() if r.run_id == run_id), None)
+    if rc is None:
+        raise ModelError(f"run {run_id} is not part of this study's spec any more")
+    path = ctx.store.root / rec["artifact"]
+    if not path.is_dir():
+        raise ModelError(f"{path}: the artifact of run {run_id} is missing")
+    method = get_method(rc.method_type)
+    tokenizer, base = load_base(ctx, rc)
+    model = method.load(base, path)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return tokenizer, model

@@ -185,7 +185,7 @@ def _source_file(ctx: Context, name: str, split: str) -> Path | None:
     if source != "glue_dir" or folder is None:
         return None
     task = ctx.task(name)
-    return Path(folder) / task.glue.folder / task.glue.files[split]
+    return Path(folder) / task.glue.folder / task.glue.file_for(split)
 
 
 def stage_function(name: str) -> Callable[[Context], None]:

@@ -1,0 +1,63 @@
+"""Small finished studies for tests and benchmarks: a spec written to disk and fine-tuned.
+
+    from peftlab.fixtures import tiny_study
+    study = tiny_study(tmp_path, model_dir=build_tiny_llama(tmp_path / "m"), glue_dir=glue)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftlab.spec import Study, load_spec
+
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"type": "full", "training": {"learning_rate": 1.0e-3}},
+    "lora": {"type": "lora", "r": 4, "alpha": 8, "training": {"learning_rate": 5.0e-3}},
+    "dora": {"type": "dora", "r": 4, "alpha": 8, "training": {"learning_rate": 5.0e-3}},
+    "ia3": {"type": "ia3", "training": {"learning_rate": 1.0e-2}},
+    "adalora": {"type": "adalora", "init_r": 6, "target_r": 4, "training": {"learning_rate": 5e-3}},
+}
+
+
+def tiny_spec(output_dir: Path, *, model_dir: Path, tasks: tuple[str, ...] = ("sst2", "rte"),
+              methods: tuple[str, ...] = ("full", "lora"), seeds: tuple[int, ...] = (1, 2, 3),
+              train_samples: int = 32, eval_samples: int = 24, **sections: Any) -> dict[str, Any]:
+    """A spec dict for a seconds-long study of a tiny model; `sections` override whole keys."""
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "model": {"name": str(model_dir), "max_length": 48},
+        "data": {"train_samples": train_samples, "eval_samples": eval_samples},
+        "tasks": list(tasks),
+        "methods": {m: METHOD_PRESETS[m] for m in methods},
+        "seeds": list(seeds),
+        "training": {"epochs": 1, "batch_size": 8, "logging_steps": 1, "bootstrap_samples": 100},
+        "represent": {"probe_samples": 24, "batch_size": 8},
+        "drift": {"null_permutations": 20},
+        "bench": {"batch_sizes": [1, 4], "seq_lengths": ["data"], "warmup": 1,
+                  "min_iterations": 3, "min_seconds": 0.0, "threads": 1},
+    }
+    spec.update(sections)
+    return spec
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def tiny_study(tmp_path: Path, *, model_dir: Path, glue_dir: Path, stages: list[str] | None = None,
+               **kwargs: Any) -> Study:
+    """Write a tiny spec under `tmp_path`, run `stages` (default: data + finetune), return it."""
+    from peftlab.study import run_stages
+
+    spec_path = write_spec(tmp_path / "spec.yaml",
+                           tiny_spec(tmp_path / "study", model_dir=model_dir, **kwargs))
+    study = load_spec(spec_path, data_dir=str(glue_dir))
+    run_stages(study, stages or ["data", "finetune"])
+    return study
