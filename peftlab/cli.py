@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -33,9 +33,9 @@ _DEBUG = {"on": False}
 QUICKSTART = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"
 
 SpecArg = Annotated[Path, typer.Argument(help="Study spec (YAML).", show_default=False)]
-DataDir = Annotated[Optional[Path], typer.Option(
+DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="Local GLUE folder (<dir>/SST-2/train.tsv, ...); or set PEFTLAB_DATA_DIR.")]
-OutputDir = Annotated[Optional[Path], typer.Option(
+OutputDir = Annotated[Path | None, typer.Option(
     "--output-dir", help="Study directory (overrides the spec's output_dir).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -119,11 +119,11 @@ def data(spec: SpecArg, data_dir: DataDir = None, json_out: JsonFlag = False) ->
 
 @app.command()
 def run(
-    spec: Annotated[Optional[Path], typer.Argument(
+    spec: Annotated[Path | None, typer.Argument(
         help="Study spec; default: the quickstart study.", show_default=False)] = None,
     data_dir: DataDir = None,
     output_dir: OutputDir = None,
-    stages: Annotated[Optional[str], typer.Option(
+    stages: Annotated[str | None, typer.Option(
         "--stages", help="Comma-separated subset of stages to run, in pipeline order.")] = None,
 ) -> None:
     """Run the whole pipeline on a study, skipping work that is already done."""

@@ -67,9 +67,10 @@ def finetune_stage(ctx: Context) -> None:
                 ctx.console.print(f"[red]failed[/] {rc.run_id}: {rec['failure_reason']}")
             else:
                 m = rec["metrics"][rec["main_metric"]]
-                ctx.console.print(f"done {rc.run_id}: {rec['main_metric']} {m['value']:.4f} "
-                                  f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}] in "
-                                  f"{rec['train_time_s']:.1f} s")
+                ci = (f" [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+                      if m.get("ci_low") is not None else "")
+                ctx.console.print(f"done {rc.run_id}: {rec['main_metric']} {m['value']:.4f}{ci} "
+                                  f"in {rec['train_time_s']:.1f} s")
             progress.advance(bar)
 
 
@@ -256,6 +257,10 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
             eval_time = time.perf_counter() - t1
             metrics = evaluate(task, logits, prep.eval["labels"], rc.training.bootstrap_samples,
                                rc.seed)
+            # Kept so that anyone can check a reloaded artifact against the trained model.
+            from safetensors.numpy import save_file
+
+            save_file({"logits": logits}, tmp / "eval_logits.safetensors")
             art = tmp / "artifact"
             method.save(model, art)
             prep.tokenizer.save_pretrained(art)
@@ -292,6 +297,7 @@ def _record_done(ctx, rc, base_record, trainer, prep, trainable, total_with_adap
         },
         "artifact": str(final.relative_to(ctx.store.root) / "artifact"),
         "artifact_bytes": dir_bytes(final / "artifact"),
+        "eval_logits": str(final.relative_to(ctx.store.root) / "eval_logits.safetensors"),
         "artifact_weight_bytes": sum(
             p.stat().st_size for p in (final / "artifact").glob("*.safetensors")),
         "train_time_s": train_time,
