@@ -26,8 +26,9 @@ from peftlab.errors import PeftlabError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure how far PEFT and full fine-tuning move a model, and what each "
                        "deployment strategy costs.")
-out = Console()
-err = Console(stderr=True)
+# Piped output is not wrapped at 80 columns: lines stay whole and tables stay readable.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
 _DEBUG = {"on": False}
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"

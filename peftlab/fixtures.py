@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def tiny_spec(output_dir: Path, *, model_dir: Path, tasks: tuple[str, ...] = ("s
         "model": {"name": str(model_dir), "max_length": 48},
         "data": {"train_samples": train_samples, "eval_samples": eval_samples},
         "tasks": list(tasks),
-        "methods": {m: METHOD_PRESETS[m] for m in methods},
+        "methods": {m: copy.deepcopy(METHOD_PRESETS[m]) for m in methods},
         "seeds": list(seeds),
         "training": {"epochs": 1, "batch_size": 8, "logging_steps": 1, "bootstrap_samples": 100},
         "represent": {"probe_samples": 24, "batch_size": 8},

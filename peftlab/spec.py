@@ -137,12 +137,22 @@ class DriftSpec(_Strict):
             "linear_cka_debiased", "linear_cka", "cosine", "procrustes", "knn"
         ]
     )
-    null_permutations: int = Field(200, ge=0)  # row shuffles for the CKA null floor
-    knn_k: int = Field(10, gt=0)
+    null_permutations: int = Field(200, ge=0)  # row shuffles for the CKA null floor; 0: none
+    knn_k: int = Field(10, gt=0)  # capped at n - 1 probe examples (the value used is recorded)
     rbf_sigma: float = Field(0.8, gt=0)  # fraction of the median pairwise distance
     intruder_top_k: int = Field(10, gt=0)
     intruder_epsilon: float = Field(0.5, gt=0, lt=1)
-    seed: int = 0
+    # Leaf names of the weight matrices to analyse (e.g. [q_proj, v_proj] to compare full
+    # fine-tuning on LoRA's targets only); None: every adapted matrix (all linear layers for full).
+    weight_modules: list[str] | None = None
+    seed: int = 0  # seeds the permutations of the null floor
+
+    @field_validator("measures")
+    @classmethod
+    def _unique_measures(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"measures must be unique, got {v}")
+        return v
 
 
 class BenchSpec(_Strict):
@@ -164,6 +174,16 @@ class BenchSpec(_Strict):
     compile: bool = False  # add torch.compile variants
     seed: int = 0
     runs: Literal["all", "first_seed"] = "all"  # which trained runs to benchmark
+    # Correctness gate: max|a - b| / max(|a|, |b|) over the logits of the gate examples must stay
+    # below the tolerance of the serving dtype (dtypes left out keep these defaults).
+    gate_tolerance: dict[Literal["float32", "bfloat16", "float16"], float] = Field(
+        default_factory=lambda: {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2})
+    gate_examples: int = Field(32, gt=0)  # evaluation examples per task the gate compares
+    load_repeats: int = Field(3, ge=1)  # repeated (page-cache warm) loads after the cold one
+    drop_page_cache: bool = True  # posix_fadvise(DONTNEED) on the weight files before cold load
+    # forkserver: each mode in a fresh process forked from a server that imported torch once;
+    # subprocess: `python -m peftlab.bench.worker` per mode (nothing shared, pays imports each time)
+    isolation: Literal["forkserver", "subprocess"] = "forkserver"
 
     @field_validator("batch_sizes")
     @classmethod
@@ -171,7 +191,27 @@ class BenchSpec(_Strict):
         bad = [b for b in v if b <= 0]
         if bad:
             raise ValueError(f"batch sizes must be >= 1, got {bad}")
+        if not v:
+            raise ValueError("at least one batch size is required")
         return v
+
+    @field_validator("seq_lengths")
+    @classmethod
+    def _lengths(cls, v: list[int | str]) -> list[int | str]:
+        bad = [s for s in v if isinstance(s, int) and s < 2]
+        if bad:
+            raise ValueError(f"fixed sequence lengths must be >= 2 tokens, got {bad}")
+        if not v:
+            raise ValueError("at least one sequence length ('data' or a number) is required")
+        return v
+
+    @field_validator("gate_tolerance")
+    @classmethod
+    def _tolerances(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not t > 0}
+        if bad:
+            raise ValueError(f"gate tolerances must be > 0, got {bad}")
+        return {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2, **v}
 
 
 class StatsSpec(_Strict):
@@ -266,6 +306,7 @@ class RunConfig:
     train_samples: int | None
     eval_samples: int | None
     data_seed: int
+    task_data: dict[str, Any] = field(default_factory=dict)  # a user-file task's definition
     run_id: str = field(default="")
 
     def identity(self) -> dict[str, Any]:
@@ -283,6 +324,8 @@ class RunConfig:
             "train_samples": self.train_samples,
             "eval_samples": self.eval_samples,
             "data_seed": self.data_seed,
+            # only for tasks from the user's files, so registered tasks keep their ids
+            **({"task_data": self.task_data} if self.task_data else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -339,21 +382,25 @@ class Study:
         tspec = self.task_spec(task)
         entry = dict(spec.methods[method])
         mtype = entry.pop("type", None)
+        m = get_method(mtype, where=self.where(f"methods.{method}.type"))
         method_training = entry.pop("training", {}) or {}
         training: dict[str, Any] = spec.training.model_dump()
-        _merge(training, tspec.training, self.where(f"tasks[{task}].training"))
-        _merge(training, method_training, self.where(f"methods.{method}.training"))
+        # Each layer is validated where it is written, so an error names its own key path.
+        _layer(training, tspec.training, self.where(f"tasks[{task}].training"))
+        _layer(training, method_training, self.where(f"methods.{method}.training"))
         params = entry
+        resolved_params = m.validate_params(params, where=self.where(f"methods.{method}"))
         for i, ov in enumerate(spec.overrides):
             if (ov.tasks is None or task in ov.tasks) and (ov.methods is None or method in ov.methods):
-                _merge(training, ov.training, self.where(f"overrides[{i}].training"))
-                params = {**params, **ov.params}
-        try:
-            tr = TrainingSpec(**training)
-        except ValidationError as e:
-            raise SpecError(_format_validation(e, self.where(f"training for {task}/{method}"))) from None
-        m = get_method(mtype, where=self.where(f"methods.{method}.type"))
-        resolved_params = m.validate_params(params, where=self.where(f"methods.{method}"))
+                _layer(training, ov.training, self.where(f"overrides[{i}].training"))
+                if ov.params:
+                    params = {**params, **ov.params}
+                    resolved_params = m.validate_params(
+                        params, where=self.where(f"overrides[{i}].params (method {method!r})"))
+        tr = TrainingSpec(**training)
+        task_data = (tspec.model_dump(mode="json", include={"files", "format", "columns",
+                                                             "label_names", "regression"})
+                     if tspec.files is not None else {})
         rc = RunConfig(
             task=task,
             method=method,
@@ -365,6 +412,7 @@ class Study:
             train_samples=tspec.train_samples or spec.data.train_samples,
             eval_samples=tspec.eval_samples or spec.data.eval_samples,
             data_seed=spec.data.seed,
+            task_data=task_data,
         )
         return _with_id(rc)
 
@@ -382,6 +430,19 @@ def _with_id(rc: RunConfig) -> RunConfig:
     from dataclasses import replace
 
     return replace(rc, run_id=make_run_id(rc.task, rc.method, rc.seed, rc.identity()))
+
+
+def _layer(target: dict[str, Any], updates: Any, where: str) -> None:
+    """Apply one layer of training overrides and validate the result, naming that layer."""
+    if not isinstance(updates, dict):
+        raise SpecError(f"{where}: expected a mapping of training settings "
+                        f"(e.g. {{learning_rate: 2.0e-4}}), got {updates!r}")
+    _merge(target, updates, where)
+    if updates:
+        try:
+            TrainingSpec(**target)
+        except ValidationError as e:
+            raise SpecError(_format_validation(e, where)) from None
 
 
 def _merge(target: dict[str, Any], updates: dict[str, Any], where: str) -> None:
@@ -470,4 +531,11 @@ def check_study(study: Study) -> None:
             f"{study.where('data.source')}: 'glue_dir' needs data.glue_dir, --data-dir or "
             "PEFTLAB_DATA_DIR"
         )
+    from peftlab.models import resolve_model
+
+    m = spec.model
+    try:
+        resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
+    except PeftlabError as e:
+        raise SpecError(f"{study.where('model.name')}: {e}") from None
     study.runs()  # resolves every run: bad method parameters and overrides fail here, not later

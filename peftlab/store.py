@@ -208,9 +208,11 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if final.exists():
-            shutil.rmtree(final)
+        old = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
+        if final.exists():  # moved aside, not deleted, so a kill here loses nothing complete
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def sweep_partial(self) -> list[Path]:
         """Remove leftovers of killed processes (`*.tmp-<pid>` folders and files)."""

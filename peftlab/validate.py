@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.errors import PeftlabError, SpecError
+from peftlab.errors import SpecError
 from peftlab.spec import Study
 
 
@@ -59,20 +59,20 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
         get_method(entry["type"]).check(
             rc.params, linear_names=linear, device=device, where=study.where(f"methods.{name}"))
     if check_data:
-        source = study.data_source()[0]
-        if source == "hub" and not all(t.files for t in spec.tasks):
+        local = study.data_source()[0] != "hub"
+        if not local and not all(t.files for t in spec.tasks):
             notes.append("data from the hub is checked when it is first loaded")
-        else:
-            _check_batches(study, Context(study=study, store=None))  # type: ignore[arg-type]
+        # files and local GLUE folders are cheap to read: check rows and batch sizes now
+        tasks = {t.name for t in spec.tasks if local or t.files is not None}
+        _check_batches(study, Context(study=study, store=None), tasks)  # type: ignore[arg-type]
     return notes
 
 
-def _check_batches(study: Study, ctx: Any) -> None:
+def _check_batches(study: Study, ctx: Any, tasks: set[str]) -> None:
     for rc in study.runs():
-        try:
-            n = len(ctx.split(rc.task, "train"))
-        except PeftlabError:
-            raise
+        if rc.task not in tasks:
+            continue
+        n = len(ctx.split(rc.task, "train"))
         eff = rc.training.batch_size * rc.training.grad_accum
         if eff > n:
             raise SpecError(

@@ -85,7 +85,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str | None, *, where: str = "method") -> Method:
-    if name is None or name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise SpecError(
             f"{where}: unknown method type {name!r}; expected one of {sorted(_REGISTRY)}"
         )

@@ -1,0 +1,474 @@
+"""The `peftlab` command: validate, plan, data, run and results, and one clear error per bad input.
+
+Most commands run in-process through `peftlab.cli.main()` (the console entry point itself, so exit
+codes and the `error: ...` line are the real ones) to avoid a ~10 s torch import per command on two
+shared cores; the lock test runs `python -m peftlab.cli` in a real second process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from peftlab.fixtures import tiny_spec, write_spec
+from peftlab.spec import load_spec
+from peftlab.store import Store
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error(self) -> str:
+        """The `error: ...` message (with any continuation lines), checked to be the only one."""
+        assert "Traceback" not in self.err, self.err
+        lines = self.err.splitlines()
+        starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+        assert len(starts) == 1, f"expected one 'error:' message, got:\n{self.err}"
+        return "\n".join(lines[starts[0]:])
+
+
+def cli(*args: str | Path) -> Result:
+    """Run `peftlab ARGS` in this process; an uncaught exception is reported like Python would."""
+    from peftlab import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["peftlab", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_module.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # what the interpreter would print for an escaped exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def squash(text: str | Path) -> str:
+    """Text without whitespace: rich wraps plain output at 80 columns when it is not a terminal."""
+    return "".join(str(text).split())
+
+
+def says(text: str, *pieces: str | Path) -> bool:
+    return all(squash(p) in squash(text) for p in pieces)
+
+
+def failed(res: Result, *expected: str | Path) -> str:
+    """Assert the run ended in one clear error naming every `expected` piece; return it."""
+    assert res.code == 2, f"exit code {res.code}\nstdout: {res.out}\nstderr: {res.err}"
+    msg = res.error
+    for piece in expected:
+        assert str(piece) in msg, f"{piece!r} missing from: {msg}"
+    return msg
+
+
+def spec_for(tmp_path: Path, model: Path | str, **kw: Any) -> dict[str, Any]:
+    """One task, one LoRA run, a tiny model; deep-copied (tiny_spec shares its method presets)."""
+    kw.setdefault("tasks", ("sst2",))
+    kw.setdefault("methods", ("lora",))
+    kw.setdefault("seeds", (1,))
+    return copy.deepcopy(tiny_spec(tmp_path / "study", model_dir=model, **kw))  # type: ignore[arg-type]
+
+
+# -- data written by the tests -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("user-data")
+    contents = {
+        "train": "text,stars\na warm and witty film,pos\na dull mess,neg\n"
+                 "funny and smart,pos\nflat jokes,neg\n",
+        "eval": "text,stars\nwonderful cast,pos\npainfully bad,neg\n",
+        "fields": "text,stars\na warm film,pos\na dull, lifeless mess,neg\n",
+        "label": "text,stars\na warm film,pos\na dull mess,meh\n",
+        "empty": "",
+    }
+    out = {}
+    for name, text in contents.items():
+        out[name] = d / f"{name}.csv"
+        out[name].write_text(text)
+    return out
+
+
+def file_task(data: dict[str, Path], train: str = "train", **kw: Any) -> dict[str, Any]:
+    task = {"name": "reviews", "files": {"train": str(data[train]), "eval": str(data["eval"])},
+            "columns": {"text_a": "text", "label": "stars"}, "label_names": ["neg", "pos"]}
+    task.update(kw)
+    return task
+
+
+def file_spec(tmp_path: Path, model: Path | str, data: dict[str, Path], **kw: Any
+              ) -> dict[str, Any]:
+    spec = spec_for(tmp_path, model)
+    spec["tasks"] = [file_task(data, **kw)]
+    spec["data"] = {}
+    spec["training"].update(batch_size=1, grad_accum=1)
+    return spec
+
+
+# -- validate / plan / data ----------------------------------------------------------------------
+
+
+def test_validate_good_spec(tmp_path: Path, tiny_llama_dir: Path, glue_dir: Path) -> None:
+    spec = spec_for(tmp_path, tiny_llama_dir, tasks=("sst2", "rte"), methods=("full", "lora"),
+                    seeds=(1, 2))
+    path = write_spec(tmp_path / "good.yaml", spec)
+    res = cli("validate", path, "--data-dir", glue_dir)
+    assert res.code == 0, res.err
+    assert res.out.startswith("ok: ") and says(res.out, path, "(8 training runs)")
+    assert "error" not in res.err and "Traceback" not in res.err
+
+
+def test_validate_shipped_quickstart() -> None:
+    quickstart = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
+    res = cli("validate", quickstart)
+    assert res.code == 0, res.err
+    assert says(res.out, "(18 training runs)")
+
+
+def test_plan_json_lists_runs_with_statuses(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "tinyllama", tasks=("sst2", "rte"), methods=("full", "lora"),
+                    seeds=(1, 2))
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    res = cli("plan", path, "--json")
+    assert res.code == 0, res.err
+    plan = json.loads(res.out)
+    assert plan["study"] == "tiny" and plan["output_dir"] == str(tmp_path / "study")
+    runs = plan["runs"]
+    expected = [r.run_id for r in load_spec(path).runs()]
+    assert [r["run_id"] for r in runs] == expected and len(runs) == 8
+    assert {(r["task"], r["method"], r["seed"]) for r in runs} == {
+        (t, m, s) for t in ("sst2", "rte") for m in ("full", "lora") for s in (1, 2)}
+    assert all(r["status"] == "pending" for r in runs)
+    assert not (tmp_path / "study").exists()  # planning creates nothing
+
+    # a study directory with a finished, a failed and an interrupted run
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = Store(tmp_path / "study")
+    store.put("runs", expected[0], {"status": "done"})
+    store.put("runs", expected[1], {"status": "failed", "failure_reason": "loss diverged"})
+    store.put("runs", expected[2], {"status": "running", "pid": dead.pid})
+    store.close()
+    runs = json.loads(cli("plan", path, "--json").out)["runs"]
+    assert [r["status"] for r in runs[:4]] == ["done", "failed", "interrupted", "pending"]
+    assert runs[1]["reason"] == "loss diverged"
+
+    table = cli("plan", path)
+    assert table.code == 0
+    assert says(table.out, "1 done, 7 to do", "loss diverged", expected[0])
+
+
+GLUE_COUNTS = {
+    ("sst2", "train"): (67349, {"negative": 29780, "positive": 37569}),
+    ("sst2", "eval"): (872, {"negative": 428, "positive": 444}),
+    ("mrpc", "train"): (3668, {"not_equivalent": 1194, "equivalent": 2474}),
+    ("mrpc", "eval"): (408, {"not_equivalent": 129, "equivalent": 279}),
+    ("rte", "train"): (2490, {"entailment": 1249, "not_entailment": 1241}),
+    ("rte", "eval"): (277, {"entailment": 146, "not_entailment": 131}),
+}
+
+
+def test_data_json_reports_exact_glue_counts(tmp_path: Path, glue_dir: Path) -> None:
+    spec = spec_for(tmp_path, "tinyllama", tasks=("sst2", "mrpc", "rte"), train_samples=100,
+                    eval_samples=300)
+    path = write_spec(tmp_path / "glue.yaml", spec)
+    res = cli("data", path, "--data-dir", glue_dir, "--json")
+    assert res.code == 0, res.err
+    rows = {(r["task"], r["split"]): r for r in json.loads(res.out)}
+    assert set(rows) == set(GLUE_COUNTS)
+    for key, (n, labels) in GLUE_COUNTS.items():
+        r = rows[key]
+        assert r["rows"] == n, key
+        assert r["label_counts"] == labels, key
+        assert sum(r["label_counts"].values()) == n
+        assert r["rows_used"] == min(n, 100 if key[1] == "train" else 300), key
+
+    text = cli("data", path, "--data-dir", glue_dir)
+    assert text.code == 0
+    assert "67,349" in text.out and "29,780" in text.out and "37,569" in text.out
+
+
+def test_data_json_on_user_files(tmp_path: Path, files: dict[str, Path]) -> None:
+    path = write_spec(tmp_path / "files.yaml", file_spec(tmp_path, "tinyllama", files))
+    res = cli("data", path, "--json")
+    assert res.code == 0, res.err
+    rows = {r["split"]: r for r in json.loads(res.out)}
+    assert rows["train"]["rows"] == 4 and rows["train"]["label_counts"] == {"neg": 2, "pos": 2}
+    assert rows["eval"]["rows"] == 2
+
+
+# -- run and results -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, glue_dir: Path
+             ) -> dict[str, Any]:
+    """One tiny LoRA run on SST-2, trained through `peftlab run --stages data,finetune`."""
+    tmp = tmp_path_factory.mktemp("cli-run")
+    spec = spec_for(tmp, tiny_llama_dir, train_samples=16, eval_samples=8)
+    path = write_spec(tmp / "spec.yaml", spec)
+    before = json.loads(cli("plan", path, "--json").out)["runs"]
+    res = cli("run", path, "--stages", "data,finetune", "--data-dir", glue_dir)
+    return {"path": path, "study": tmp / "study", "res": res, "before": before,
+            "run_id": load_spec(path).runs()[0].run_id}
+
+
+def test_run_trains_and_records(finished: dict[str, Any]) -> None:
+    res = finished["res"]
+    assert res.code == 0, res.err
+    assert says(res.out, f"study directory: {finished['study']}")
+    assert [r["status"] for r in finished["before"]] == ["pending"]
+    after = json.loads(cli("plan", finished["path"], "--json").out)["runs"]
+    assert [(r["run_id"], r["status"]) for r in after] == [(finished["run_id"], "done")]
+    study = finished["study"]
+    assert (study / "spec.yaml").read_text() == finished["path"].read_text()
+    assert not list(study.rglob("*.tmp-*"))
+    rec = Store(study, create=False).get("runs", finished["run_id"])
+    assert rec is not None and (study / rec["artifact"]).is_dir()
+
+
+def test_results_csv(finished: dict[str, Any]) -> None:
+    res = cli("results", finished["study"], "--table", "runs", "--format", "csv")
+    assert res.code == 0, res.err
+    df = pd.read_csv(io.StringIO(res.out))
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["key"] == finished["run_id"] and row["run_id"] == finished["run_id"]
+    assert row["status"] == "done" and row["task"] == "sst2" and row["method"] == "lora"
+    assert 0.0 <= row["metrics.accuracy.value"] <= 1.0
+    assert row["config.params.r"] == 4
+    for col in ("provenance.toolkit_commit", "provenance.versions.torch",
+                "provenance.device.platform"):
+        assert col in df.columns
+
+
+def test_results_json(finished: dict[str, Any]) -> None:
+    res = cli("results", finished["study"], "--table", "runs", "--format", "json")
+    assert res.code == 0, res.err
+    recs = json.loads(res.out)
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec["key"] == rec["run_id"] == finished["run_id"]
+    assert rec["config"]["params"]["r"] == 4 and rec["config"]["training"]["learning_rate"] == 5e-3
+    assert rec["config"]["train_samples"] == 16
+    assert set(rec["provenance"]) >= {"versions", "device", "toolkit_commit"}
+
+    data = json.loads(cli("results", finished["study"], "--table", "data", "--format",
+                          "json").out)
+    train = next(r for r in data if r["key"] == "sst2/train")
+    assert train["rows"] == 67349 and train["rows_used"] == 16
+
+
+def test_results_table_and_bad_requests(finished: dict[str, Any], tmp_path: Path) -> None:
+    res = cli("results", finished["study"], "--table", "runs")
+    assert res.code == 0 and says(res.out, "runs (1 rows)")
+    failed(cli("results", finished["study"], "--table", "nope"), "'nope'", "runs", "data")
+    failed(cli("results", finished["study"], "--table", "runs", "--format", "xml"),
+           "--format", "'xml'", "csv")
+    failed(cli("results", tmp_path, "--table", "runs"), str(tmp_path), "not a study directory")
+
+
+def test_run_again_skips_finished_work(finished: dict[str, Any], glue_dir: Path) -> None:
+    study = finished["study"]
+    first = Store(study, create=False).get("runs", finished["run_id"])
+    res = cli("run", finished["path"], "--stages", "data,finetune", "--data-dir", glue_dir)
+    assert res.code == 0, res.err
+    assert says(res.err, "every run is done")
+    again = Store(study, create=False).get("runs", finished["run_id"])
+    assert again is not None and first is not None and again["finished"] == first["finished"]
+
+
+def test_second_run_process_gets_the_lock_message(finished: dict[str, Any], glue_dir: Path
+                                                  ) -> None:
+    """A real second `peftlab` process on a locked study directory: exit 2, one clear line."""
+    held = Store(finished["study"]).lock()
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "peftlab.cli", "run", str(finished["path"]),
+             "--stages", "finetune", "--data-dir", str(glue_dir)],
+            capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        held.close()
+    res = Result(proc.returncode, proc.stdout, proc.stderr)
+    failed(res, finished["study"], "in use by another peftlab process", f"pid {os.getpid()}")
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line, nothing else
+
+
+# -- bad input: exit 2, one `error:` message naming the file and key/row, no traceback -----------
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda s: s["training"].update(lerning_rate=1e-3),
+         ["training.lerning_rate", "unknown key"]),
+        (lambda s: s.update(trainig={"epochs": 1}), ["trainig", "unknown key"]),
+        (lambda s: s["methods"]["lora"].update(rank=8), ["methods.lora", "rank", "unknown key"]),
+        (lambda s: s["training"].update(batch_size="many"),
+         ["training.batch_size", "integer", "'many'"]),
+        (lambda s: s.pop("seeds"), ["seeds", "missing"]),
+        (lambda s: s["model"].pop("name"), ["model.name", "missing"]),
+        (lambda s: s.update(tasks=["sst2", "sst3"]), ["tasks[1].name", "'sst3'", "mrpc"]),
+        (lambda s: s["methods"]["lora"].update(type="lorra"),
+         ["methods.lora.type", "'lorra'", "full"]),
+        (lambda s: s["methods"]["lora"].update(r=0), ["methods.lora", "r", "greater than 0"]),
+        (lambda s: s["methods"]["lora"].update(alpha=-1),
+         ["methods.lora", "alpha", "greater than 0"]),
+        (lambda s: s["training"].update(learning_rate=0),
+         ["training.learning_rate", "greater than 0"]),
+        (lambda s: s.update(overrides=[{"tasks": ["mrpc"], "training": {"learning_rate": 1e-3}}]),
+         ["overrides[0].tasks", "'mrpc'", "sst2"]),
+    ],
+    ids=["unknown-key", "unknown-top-key", "unknown-param", "wrong-type", "missing-field",
+         "missing-nested", "unknown-task", "unknown-method", "lora-r", "lora-alpha", "lr",
+         "override-task"],
+)
+def test_bad_spec(tmp_path: Path, edit, expected: list[str]) -> None:
+    spec = spec_for(tmp_path, "tinyllama")
+    edit(spec)
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    for command in ("validate", "plan", "run"):
+        failed(cli(command, path), path, *expected)
+
+
+def test_unknown_model_alias(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "tinyllamma")
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    msg = failed(cli("validate", path), "'tinyllamma'")
+    assert "tinyllama" in msg.replace("'tinyllamma'", "") and "minilm" in msg  # lists aliases
+
+
+def test_unknown_model_alias_names_file_and_key(tmp_path: Path) -> None:
+    path = write_spec(tmp_path / "bad.yaml", spec_for(tmp_path, "tinyllamma"))
+    failed(cli("validate", path), path, "model.name")
+
+
+@pytest.mark.parametrize("edit", [lambda s: s["methods"]["lora"].update(type=["lora"]),
+                                  lambda s: s["methods"]["lora"].update(training=5)],
+                         ids=["type-list", "training-int"])
+def test_malformed_method_entry(tmp_path: Path, edit) -> None:
+    spec = spec_for(tmp_path, "tinyllama")
+    edit(spec)
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    failed(cli("validate", path), path, "methods.lora")
+
+
+def test_missing_spec_file_and_broken_yaml(tmp_path: Path) -> None:
+    failed(cli("validate", tmp_path / "nope.yaml"), tmp_path / "nope.yaml", "not found")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [x\n")
+    failed(cli("plan", broken), broken, "YAML")
+
+
+@pytest.mark.parametrize(
+    ("command", "kw", "expected"),
+    [
+        ("data", {"files": "missing"}, ["{missing}", "not found"]),
+        ("validate", {"files": "missing"}, ["{missing}", "not found"]),
+        ("data", {"columns": {"text_a": "review", "label": "stars"}},
+         ["{train}", "'review'", "text_a", "found: text, stars"]),
+        ("validate", {"train": "fields"}, ["{fields}", "line 3", "3 fields", "expected 2"]),
+        ("data", {"train": "label"},
+         ["{label}", "line 3", "'stars'", "'meh'", "label set", "neg, pos"]),
+        ("data", {"train": "empty"}, ["{empty}", "empty"]),
+    ],
+    ids=["missing-file-data", "missing-file-validate", "missing-column", "field-count",
+         "label", "empty-file"],
+)
+def test_bad_user_data(tmp_path: Path, files: dict[str, Path], command: str, kw: dict[str, Any],
+                       expected: list[str]) -> None:
+    paths = {**{k: str(v) for k, v in files.items()}, "missing": str(tmp_path / "gone.csv")}
+    task_kw = dict(kw)
+    if task_kw.get("files") == "missing":
+        task_kw["files"] = {"train": paths["missing"], "eval": str(files["eval"])}
+    path = write_spec(tmp_path / "bad.yaml", file_spec(tmp_path, "tinyllama", files, **task_kw))
+    failed(cli(command, path), *[e.format(**paths) for e in expected])
+
+
+def test_glue_folder_without_the_task(tmp_path: Path) -> None:
+    empty = tmp_path / "glue"
+    empty.mkdir()
+    path = write_spec(tmp_path / "spec.yaml", spec_for(tmp_path, "tinyllama"))
+    failed(cli("data", path, "--data-dir", empty), empty / "SST-2" / "train.tsv", "not found")
+
+
+def test_output_dir_not_writable(tmp_path: Path, tiny_llama_dir: Path,
+                                 files: dict[str, Path]) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("a regular file")
+    spec = file_spec(tmp_path, tiny_llama_dir, files)
+    spec["output_dir"] = str(blocker / "study")
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    failed(cli("run", path), blocker / "study", "not writable", "output_dir")
+    # --output-dir on the command line is checked the same way
+    ok = write_spec(tmp_path / "ok.yaml", file_spec(tmp_path, tiny_llama_dir, files))
+    failed(cli("run", ok, "--output-dir", blocker / "x"), blocker / "x", "not writable")
+
+
+def test_unknown_lora_target_module(tmp_path: Path, tiny_llama_dir: Path,
+                                    files: dict[str, Path]) -> None:
+    spec = file_spec(tmp_path, tiny_llama_dir, files)
+    spec["methods"]["lora"]["target_modules"] = ["q_proj", "query"]
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    msg = failed(cli("validate", path), path, "methods.lora.target_modules", "'query'")
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert name in msg  # lists the model's linear modules
+    failed(cli("run", path), path, "methods.lora.target_modules")
+    assert not (tmp_path / "study").exists()  # refused before the study directory is touched
+
+
+def test_batch_larger_than_train_split(tmp_path: Path, tiny_llama_dir: Path,
+                                       glue_dir: Path) -> None:
+    spec = spec_for(tmp_path, tiny_llama_dir, train_samples=32)
+    spec["training"].update(batch_size=16, grad_accum=4)
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    failed(cli("validate", path, "--data-dir", glue_dir), path, "training.batch_size", "64",
+           "32 training examples", "'sst2'")
+
+
+def test_batch_larger_than_user_train_file(tmp_path: Path, tiny_llama_dir: Path,
+                                           files: dict[str, Path]) -> None:
+    spec = file_spec(tmp_path, tiny_llama_dir, files)
+    spec["training"]["batch_size"] = 8
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    failed(cli("run", path), path, "training.batch_size", "4 training examples", "'reviews'")
+    assert not (tmp_path / "study").exists()
+
+
+def test_qlora_on_cpu(tmp_path: Path, tiny_llama_dir: Path, files: dict[str, Path]) -> None:
+    spec = file_spec(tmp_path, tiny_llama_dir, files)
+    spec["methods"] = {"qlora": {"type": "qlora", "r": 4, "target_modules": ["q_proj"]}}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    failed(cli("validate", path), path, "methods.qlora", "qlora", "CUDA", "'cpu'")
+
+
+def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "tinyllama")
+    spec["training"]["lerning_rate"] = 1
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    res = cli("--debug", "validate", path)
+    assert res.code == 1 and "Traceback" in res.err and "SpecError" in res.err

@@ -1,0 +1,551 @@
+"""The study spec: shipped specs load, overrides resolve as written, run ids are stable, and every
+bad spec fails at load with a SpecError naming the file and the key path.
+
+No model is loaded here: specs name the `tinyllama` alias, which resolves without the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peftlab.errors import SpecError
+from peftlab.fixtures import tiny_spec, write_spec
+from peftlab.spec import RunConfig, Study, load_spec
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+SHIPPED = sorted(STUDIES.glob("*.yaml")) + sorted(STUDIES.glob("*.yml"))
+
+
+def base_spec(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    """A valid spec dict: tasks sst2 + rte, methods full + lora, seeds 1..3.
+
+    Deep-copied: `tiny_spec` hands out the module-level METHOD_PRESETS dicts themselves, so editing
+    a method in one test would otherwise leak into every later one.
+    """
+    spec = tiny_spec(tmp_path / "study", model_dir="tinyllama", **kw)  # type: ignore[arg-type]
+    return copy.deepcopy(spec)
+
+
+def load(tmp_path: Path, spec: dict[str, Any], name: str = "spec.yaml") -> Study:
+    return load_spec(write_spec(tmp_path / name, spec))
+
+
+def spec_error(tmp_path: Path, spec: dict[str, Any], name: str = "bad.yaml") -> str:
+    """Load `spec` expecting a SpecError; return its message (which must name the file)."""
+    path = write_spec(tmp_path / name, spec)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    msg = str(info.value)
+    assert str(path) in msg, f"the message does not name the spec file: {msg}"
+    return msg
+
+
+def by_key(study: Study) -> dict[tuple[str, str, int], RunConfig]:
+    return {(r.task, r.method, r.seed): r for r in study.runs()}
+
+
+# -- shipped specs -------------------------------------------------------------------------------
+
+
+def test_studies_folder_has_specs() -> None:
+    names = {p.name for p in SHIPPED}
+    assert {"quickstart.yaml", "tinyllama-glue.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_spec_loads_and_validates(path: Path, tmp_path: Path) -> None:
+    from peftlab.validate import deep_check
+
+    study = load_spec(path, output_dir=str(tmp_path / "out"))
+    runs = study.runs()
+    assert runs, f"{path.name} implies no training runs"
+    assert len({r.run_id for r in runs}) == len(runs), "run ids must be unique"
+    # Model structure and device checks (data comes from the hub or a folder: not checked here).
+    notes = deep_check(study, check_data=False)
+    assert isinstance(notes, list)
+
+
+def test_tinyllama_glue_is_the_reference_study(tmp_path: Path) -> None:
+    from peftlab.study import plan
+
+    study = load_spec(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "out"))
+    rows = plan(study)
+    assert len(rows) == 18
+    assert {(r["task"], r["method"], r["seed"]) for r in rows} == {
+        (t, m, s) for t in ("sst2", "mrpc", "rte") for m in ("full", "lora")
+        for s in (42, 1337, 2024)
+    }
+    assert all(r["status"] == "pending" for r in rows)
+    assert len({r["run_id"] for r in rows}) == 18
+
+    spec = study.spec
+    assert spec.model.name == "tinyllama"
+    assert spec.represent.probe_samples == 500
+    runs = by_key(study)
+    lora = runs[("sst2", "lora", 42)]
+    assert lora.method_type == "lora"
+    assert lora.params["r"] == 8
+    assert lora.params["target_modules"] == ["q_proj", "v_proj"]
+    for rc in runs.values():
+        tr = rc.training
+        assert tr.epochs == 3
+        assert tr.batch_size * tr.grad_accum == 16
+        assert tr.scheduler == "cosine"
+
+
+def test_tinyllama_alias_names_the_reference_checkpoint() -> None:
+    from peftlab.models import resolve_model
+
+    resolved = resolve_model("tinyllama")
+    assert resolved.source == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
+
+
+# -- overrides -----------------------------------------------------------------------------------
+
+
+def test_per_task_overrides_in_reference_study_resolve_as_written(tmp_path: Path) -> None:
+    runs = by_key(load_spec(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "o")))
+    for seed in (42, 1337, 2024):
+        # full fine-tuning: 2e-5 on SST-2, 1e-5 on the small pair tasks
+        assert runs[("sst2", "full", seed)].training.learning_rate == pytest.approx(2e-5)
+        assert runs[("mrpc", "full", seed)].training.learning_rate == pytest.approx(1e-5)
+        assert runs[("rte", "full", seed)].training.learning_rate == pytest.approx(1e-5)
+        # LoRA: one learning rate, alpha 16 on SST-2 and 32 on the pair tasks
+        for task in ("sst2", "mrpc", "rte"):
+            assert runs[(task, "lora", seed)].training.learning_rate == pytest.approx(2e-4)
+        assert runs[("sst2", "lora", seed)].params["alpha"] == 16
+        assert runs[("mrpc", "lora", seed)].params["alpha"] == 32
+        assert runs[("rte", "lora", seed)].params["alpha"] == 32
+        assert runs[("mrpc", "lora", seed)].params["r"] == 8  # untouched by the override
+
+
+def test_resolution_order_later_wins(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path, seeds=(1,))
+    spec["training"].update(learning_rate=1e-4, warmup_ratio=0.2, weight_decay=0.01)
+    spec["tasks"] = ["sst2", {"name": "rte", "training": {"learning_rate": 3e-4,
+                                                           "warmup_ratio": 0.3}}]
+    spec["methods"]["lora"]["training"] = {"learning_rate": 5e-3}
+    spec["overrides"] = [
+        {"tasks": ["rte"], "methods": ["lora"], "training": {"learning_rate": 7e-3},
+         "params": {"alpha": 64}},
+        {"tasks": ["rte"], "methods": ["lora"], "training": {"learning_rate": 9e-3}},
+        {"methods": ["full"], "training": {"weight_decay": 0.1}},
+    ]
+    runs = by_key(load(tmp_path, spec))
+    sst2_full, rte_full = runs[("sst2", "full", 1)], runs[("rte", "full", 1)]
+    sst2_lora, rte_lora = runs[("sst2", "lora", 1)], runs[("rte", "lora", 1)]
+    # method-level training beats study-wide and task-level training
+    assert sst2_full.training.learning_rate == pytest.approx(1e-3)  # preset full: 1e-3
+    assert sst2_lora.training.learning_rate == pytest.approx(5e-3)
+    # task-level training beats study-wide where no method sets the key
+    assert rte_full.training.warmup_ratio == pytest.approx(0.3)
+    assert sst2_full.training.warmup_ratio == pytest.approx(0.2)
+    # overrides apply in order, later wins; they touch only the named tasks/methods
+    assert rte_lora.training.learning_rate == pytest.approx(9e-3)
+    assert rte_lora.params["alpha"] == 64
+    assert sst2_lora.params["alpha"] == 8
+    assert rte_full.training.weight_decay == pytest.approx(0.1)
+    assert sst2_full.training.weight_decay == pytest.approx(0.1)
+    assert rte_lora.training.weight_decay == pytest.approx(0.01)
+
+
+def test_method_params_get_defaults_filled_in(tmp_path: Path) -> None:
+    rc = by_key(load(tmp_path, base_spec(tmp_path, seeds=(1,))))[("sst2", "lora", 1)]
+    assert rc.params["r"] == 4 and rc.params["alpha"] == 8
+    assert {"dropout", "target_modules", "bias"} <= set(rc.params)
+
+
+# -- run ids -------------------------------------------------------------------------------------
+
+
+def ids(study: Study) -> dict[tuple[str, str, int], str]:
+    return {k: rc.run_id for k, rc in by_key(study).items()}
+
+
+def test_run_ids_are_deterministic_and_readable(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    first = ids(load(tmp_path, spec, "a.yaml"))
+    again = ids(load(tmp_path, copy.deepcopy(spec), "b.yaml"))  # another file, same content
+    assert first == again
+    for (task, method, seed), run_id in first.items():
+        assert re.fullmatch(rf"{task}-{method}-s{seed}-[0-9a-f]{{8}}", run_id), run_id
+    assert len(set(first.values())) == len(first)
+
+
+def test_run_ids_are_the_same_in_a_new_process(tmp_path: Path) -> None:
+    """Ids must not depend on hash randomisation or object addresses."""
+    import subprocess
+    import sys
+
+    path = write_spec(tmp_path / "spec.yaml", base_spec(tmp_path, seeds=(1,)))
+    code = ("import sys; from peftlab.spec import load_spec; "
+            "print(' '.join(r.run_id for r in load_spec(sys.argv[1]).runs()))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == [r.run_id for r in load_spec(path).runs()]
+
+
+@pytest.mark.parametrize(
+    ("change", "affected"),
+    [
+        (lambda s: s["training"].update(epochs=2), {"full", "lora"}),
+        (lambda s: s["training"].update(warmup_ratio=0.2), {"full", "lora"}),
+        (lambda s: s["training"].update(batch_size=4), {"full", "lora"}),
+        (lambda s: s["methods"]["lora"]["training"].update(learning_rate=1e-4), {"lora"}),
+        (lambda s: s["methods"]["lora"].update(r=8), {"lora"}),
+        (lambda s: s["methods"]["lora"].update(alpha=32), {"lora"}),
+        (lambda s: s["data"].update(train_samples=64), {"full", "lora"}),
+        (lambda s: s["model"].update(max_length=64), {"full", "lora"}),
+    ],
+    ids=["epochs", "warmup", "batch", "lora-lr", "lora-r", "lora-alpha", "train-samples",
+         "max-length"],
+)
+def test_run_id_changes_with_what_changes_the_model(tmp_path: Path, change, affected) -> None:
+    spec = base_spec(tmp_path)
+    before = ids(load(tmp_path, spec, "a.yaml"))
+    changed = copy.deepcopy(spec)
+    change(changed)
+    after = ids(load(tmp_path, changed, "b.yaml"))
+    for key, run_id in before.items():
+        if key[1] in affected:
+            assert after[key] != run_id, f"{key}: the id ignored a change"
+        else:
+            assert after[key] == run_id, f"{key}: the id changed although its run did not"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s["training"].update(report_to=["tensorboard"]),
+        lambda s: s["training"].update(logging_steps=50),
+        lambda s: s["training"].update(eval_batch_size=7),
+        lambda s: s.update(name="renamed", description="another description"),
+        lambda s: s.update(output_dir="/somewhere/else"),
+        lambda s: s["drift"].update(null_permutations=5),
+        lambda s: s["bench"].update(batch_sizes=[1]),
+        lambda s: s.update(seeds=[1, 2, 3, 4]),  # adding a seed keeps the old runs' ids
+    ],
+    ids=["report_to", "logging_steps", "eval_batch_size", "name", "output_dir", "drift", "bench",
+         "more-seeds"],
+)
+def test_run_id_ignores_what_does_not_change_the_model(tmp_path: Path, change) -> None:
+    spec = base_spec(tmp_path)
+    before = ids(load(tmp_path, spec, "a.yaml"))
+    changed = copy.deepcopy(spec)
+    change(changed)
+    after = ids(load(tmp_path, changed, "b.yaml"))
+    assert {k: after[k] for k in before} == before
+
+
+def test_run_id_changes_with_the_label_mapping_of_a_file_task(tmp_path: Path) -> None:
+    for name in ("train.csv", "eval.csv"):
+        (tmp_path / name).write_text("text,label\ngood film,pos\nbad film,neg\n")
+    task = {"name": "mine", "files": {"train": str(tmp_path / "train.csv"),
+                                      "eval": str(tmp_path / "eval.csv")},
+            "columns": {"text_a": "text", "label": "label"}, "label_names": ["neg", "pos"]}
+    spec = base_spec(tmp_path, seeds=(1,))
+    spec["tasks"] = [task]
+    swapped = copy.deepcopy(spec)
+    swapped["tasks"][0]["label_names"] = ["pos", "neg"]
+    a = ids(load(tmp_path, spec, "a.yaml"))
+    b = ids(load(tmp_path, swapped, "b.yaml"))
+    assert all(a[k] != b[k] for k in a)
+
+
+# -- bad specs: SpecError naming the file and the key path ---------------------------------------
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["trainig"] = {"epochs": 1}
+    msg = spec_error(tmp_path, spec)
+    assert "trainig" in msg and "unknown key" in msg
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "path"),
+    [
+        ("training", "lerning_rate", "training.lerning_rate"),
+        ("model", "nmae", "model.nmae"),
+        ("data", "train_sample", "data.train_sample"),
+        ("represent", "probe_sample", "represent.probe_sample"),
+        ("bench", "warmups", "bench.warmups"),
+    ],
+)
+def test_unknown_nested_key(tmp_path: Path, section: str, key: str, path: str) -> None:
+    spec = base_spec(tmp_path)
+    spec[section][key] = 1
+    msg = spec_error(tmp_path, spec)
+    assert path in msg and "unknown key" in msg
+
+
+def test_unknown_method_parameter(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"]["rank"] = 8
+    msg = spec_error(tmp_path, spec)
+    assert re.search(r"methods\.lora(\.|: )rank", msg), msg
+    assert "unknown key" in msg
+
+
+@pytest.mark.parametrize(
+    ("where", "key_path"),
+    [("tasks", "tasks[sst2].training"), ("method", "methods.lora.training"),
+     ("override", "overrides[0].training")],
+)
+def test_unknown_training_key_in_a_layer(tmp_path: Path, where: str, key_path: str) -> None:
+    spec = base_spec(tmp_path)
+    if where == "tasks":
+        spec["tasks"] = [{"name": "sst2", "training": {"lerning_rate": 1e-3}}, "rte"]
+    elif where == "method":
+        spec["methods"]["lora"]["training"]["lerning_rate"] = 1e-3
+    else:
+        spec["overrides"] = [{"tasks": ["rte"], "training": {"lerning_rate": 1e-3}}]
+    msg = spec_error(tmp_path, spec)
+    assert key_path in msg and "lerning_rate" in msg
+    assert "learning_rate" in msg  # the message lists what was expected
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "path", "expected"),
+    [
+        ("training", "batch_size", "many", "training.batch_size", "integer"),
+        ("training", "epochs", "three", "training.epochs", "number"),
+        ("training", "scheduler", "cosin", "training.scheduler", "cosine"),
+        ("model", "max_length", [128], "model.max_length", "integer"),
+        ("data", "train_samples", "all", "data.train_samples", "integer"),
+    ],
+)
+def test_wrong_type(tmp_path: Path, section, key, value, path, expected) -> None:
+    spec = base_spec(tmp_path)
+    spec[section][key] = value
+    msg = spec_error(tmp_path, spec)
+    assert path in msg and expected in msg and repr(value) in msg
+
+
+def test_wrong_type_for_seeds_and_methods(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["seeds"] = [1, 1.5]
+    msg = spec_error(tmp_path, spec, "seeds.yaml")
+    assert "seeds" in msg and "integer" in msg
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"] = "lora"
+    msg = spec_error(tmp_path, spec, "methods.yaml")
+    assert "methods.lora" in msg
+
+
+@pytest.mark.parametrize("field", ["name", "output_dir", "model", "tasks", "methods", "seeds"])
+def test_missing_required_field(tmp_path: Path, field: str) -> None:
+    spec = base_spec(tmp_path)
+    del spec[field]
+    msg = spec_error(tmp_path, spec)
+    assert re.search(rf"\b{field}\b.*missing", msg), msg
+
+
+def test_missing_nested_field(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    del spec["model"]["name"]
+    msg = spec_error(tmp_path, spec)
+    assert "model.name" in msg and "missing" in msg
+
+
+def test_method_without_type(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    del spec["methods"]["lora"]["type"]
+    msg = spec_error(tmp_path, spec)
+    assert "methods.lora" in msg and "type" in msg
+
+
+def test_unknown_task(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["tasks"] = ["sst2", "sst3"]
+    msg = spec_error(tmp_path, spec)
+    assert "tasks[1].name" in msg and "'sst3'" in msg
+    assert "sst2" in msg and "mrpc" in msg  # lists the known tasks
+
+
+def test_empty_and_duplicate_tasks_and_seeds(tmp_path: Path) -> None:
+    for i, (key, value, words) in enumerate([
+        ("tasks", [], "at least one task"),
+        ("tasks", ["sst2", "sst2"], "unique"),
+        ("seeds", [], "at least one seed"),
+        ("seeds", [1, 1], "unique"),
+        ("methods", {}, "at least one method"),
+    ]):
+        spec = base_spec(tmp_path)
+        spec[key] = value
+        msg = spec_error(tmp_path, spec, f"bad{i}.yaml")
+        assert key in msg and words in msg
+
+
+def test_unknown_method_type(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"]["type"] = "lorra"
+    msg = spec_error(tmp_path, spec)
+    assert "methods.lora.type" in msg and "'lorra'" in msg
+    assert "lora" in msg.split("'lorra'")[1] and "full" in msg  # lists the registered types
+
+
+def test_method_type_that_is_not_a_string(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"]["type"] = ["lora"]
+    msg = spec_error(tmp_path, spec)
+    assert "methods.lora.type" in msg
+
+
+@pytest.mark.parametrize("value", [5, "fast"])
+def test_method_training_that_is_not_a_mapping(tmp_path: Path, value: Any) -> None:
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"]["training"] = value
+    msg = spec_error(tmp_path, spec)
+    assert "methods.lora.training" in msg and "mapping" in msg
+
+
+def _unknown_model_error(tmp_path: Path, name: str) -> tuple[Path, Exception]:
+    """Load a spec naming model `name` and run the model checks of `validate` on it."""
+    from peftlab.errors import PeftlabError
+    from peftlab.validate import deep_check
+
+    spec = base_spec(tmp_path)
+    spec["model"]["name"] = name
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    with pytest.raises(PeftlabError) as info:
+        deep_check(load_spec(path), check_data=False)
+    return path, info.value
+
+
+@pytest.mark.parametrize("name", ["tinyllamma", "no-such-model"])
+def test_unknown_model_alias_is_refused_before_training(tmp_path: Path, name: str) -> None:
+    """Fails at load or, at the latest, in `validate` (deep_check), with the aliases listed."""
+    _, err = _unknown_model_error(tmp_path, name)
+    msg = str(err)
+    assert f"'{name}'" in msg and "tinyllama" in msg and "minilm" in msg
+
+
+def test_unknown_model_alias_names_file_and_key(tmp_path: Path) -> None:
+    path, err = _unknown_model_error(tmp_path, "tinyllamma")
+    assert isinstance(err, SpecError), type(err).__name__
+    assert str(path) in str(err) and "model.name" in str(err), str(err)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [("r", 0, "greater than 0"), ("r", -4, "greater than 0"), ("r", 2.5, "integer"),
+     ("alpha", 0, "greater than 0"), ("alpha", -16, "greater than 0"),
+     ("dropout", 1.5, "less than 1")],
+)
+def test_bad_lora_parameter(tmp_path: Path, key: str, value: Any, expected: str) -> None:
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"][key] = value
+    msg = spec_error(tmp_path, spec)
+    assert re.search(rf"methods\.lora(\.|: ){key}\b", msg), msg
+    assert expected in msg and repr(value) in msg
+
+
+@pytest.mark.parametrize("value", [0, -1e-4])
+def test_learning_rate_not_positive(tmp_path: Path, value: float) -> None:
+    spec = base_spec(tmp_path)
+    spec["training"]["learning_rate"] = value
+    msg = spec_error(tmp_path, spec)
+    assert "training.learning_rate" in msg and "greater than 0" in msg
+
+
+def test_learning_rate_not_positive_in_a_method(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["methods"]["lora"]["training"]["learning_rate"] = 0
+    msg = spec_error(tmp_path, spec)
+    assert "learning_rate" in msg and "greater than 0" in msg and "lora" in msg
+
+
+@pytest.mark.parametrize("layer", ["method", "override"])
+def test_bad_training_value_names_the_layer_that_set_it(tmp_path: Path, layer: str) -> None:
+    spec = base_spec(tmp_path)
+    if layer == "method":
+        spec["methods"]["lora"]["training"]["learning_rate"] = 0
+        key_path = r"methods\.lora\.training(\.|: )learning_rate"
+    else:
+        spec["overrides"] = [{"tasks": ["rte"], "methods": ["full"],
+                              "training": {"learning_rate": -1}}]
+        key_path = r"overrides\[0\]\.training(\.|: )learning_rate"
+    msg = spec_error(tmp_path, spec)
+    assert re.search(key_path, msg), msg
+
+
+def test_bad_override_param_names_the_override(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["overrides"] = [{"tasks": ["rte"], "methods": ["lora"], "params": {"alpha": -1}}]
+    msg = spec_error(tmp_path, spec)
+    assert "overrides[0].params" in msg and "alpha" in msg, msg
+
+
+def test_bad_override_param_is_refused(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["overrides"] = [{"tasks": ["rte"], "methods": ["lora"], "params": {"alpha": -1}}]
+    msg = spec_error(tmp_path, spec)
+    assert "alpha" in msg and "greater than 0" in msg
+
+
+def test_override_naming_an_unknown_task(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["overrides"] = [{"tasks": ["mrpc"], "training": {"learning_rate": 1e-3}}]
+    msg = spec_error(tmp_path, spec)
+    assert "overrides[0].tasks" in msg and "'mrpc'" in msg
+    assert "rte" in msg and "sst2" in msg  # the study's tasks
+
+
+def test_override_naming_an_unknown_method(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["overrides"] = [{"methods": ["dora"], "params": {"alpha": 4}}]
+    msg = spec_error(tmp_path, spec)
+    assert "overrides[0].methods" in msg and "'dora'" in msg
+    assert "full" in msg and "lora" in msg
+
+
+def test_unknown_key_in_an_override(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["overrides"] = [{"task": ["sst2"], "training": {"learning_rate": 1e-3}}]
+    msg = spec_error(tmp_path, spec)
+    assert "overrides" in msg and "task" in msg and "unknown key" in msg
+
+
+def test_several_errors_are_all_reported(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["training"]["lerning_rate"] = 1
+    spec["bench"]["warmups"] = 1
+    msg = spec_error(tmp_path, spec)
+    assert "training.lerning_rate" in msg and "bench.warmups" in msg
+
+
+def test_file_level_problems(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError, match=re.escape(str(missing))):
+        load_spec(missing)
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text("name: x\ntasks: [sst2\n")
+    with pytest.raises(SpecError, match=re.escape(str(bad_yaml)) + ".*YAML"):
+        load_spec(bad_yaml)
+    a_list = tmp_path / "list.yaml"
+    a_list.write_text("- sst2\n- rte\n")
+    with pytest.raises(SpecError, match=re.escape(str(a_list)) + ".*mapping"):
+        load_spec(a_list)
+
+
+def test_glue_dir_source_without_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.delenv("PEFTLAB_DATA_DIR", raising=False)
+    spec = base_spec(tmp_path)
+    spec["data"]["source"] = "glue_dir"
+    msg = spec_error(tmp_path, spec)
+    assert "data.source" in msg and "glue_dir" in msg
+
+
+def test_file_task_needs_mapping_and_labels(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["tasks"] = [{"name": "mine", "files": {"train": "t.csv", "eval": "e.csv"},
+                      "columns": {"text_a": "text", "label": "label"}}]
+    msg = spec_error(tmp_path, spec)
+    assert "tasks.0" in msg and "label_names" in msg
