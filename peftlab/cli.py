@@ -190,6 +190,9 @@ def _stage_command(stage: str, doc: str) -> None:
 
 for _name, _doc in {
     "finetune": "Train and evaluate every run that is not done yet.",
+    "represent": "Extract pooled per-layer hidden states of the base and every finished run.",
+    "drift": "Similarity to the base per layer (with null floors and seed-to-seed controls) "
+             "and weight-space analysis.",
 }.items():
     _stage_command(_name, _doc)
 

@@ -232,7 +232,6 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     trainable, total_with_adapter = count_parameters(model)
     collator = make_collator(prep.tokenizer, pad_to=rc.training.pad_to)
     trainer = None
-    t0 = time.perf_counter()
     try:
         with store.atomic_dir(final) as tmp, PeakMemory(ctx.device) as mem:
             args = training_arguments(rc, tmp / "trainer", ctx.device, prep.total_steps)
@@ -243,6 +242,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
             trainer.peftlab_tokens = trainer.peftlab_padded_tokens = 0
             trainer.guard_warmup_steps = math.ceil(rc.training.warmup_ratio * prep.total_steps)
             trainer.divergence_loss = rc.training.divergence_loss
+            t0 = time.perf_counter()  # training time: the Trainer's loop, not its construction
             try:
                 trainer.train()
             except torch.cuda.OutOfMemoryError:

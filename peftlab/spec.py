@@ -215,12 +215,15 @@ class BenchSpec(_Strict):
 
 
 class StatsSpec(_Strict):
-    alpha: float = Field(0.05, gt=0, lt=1)
-    correction: Literal["holm", "bonferroni"] = "holm"
-    min_runs: int = Field(3, ge=2)  # fewer independent runs per group: "insufficient runs"
-    # Equivalence margins for TOST, relative to the reference group's mean (0.03 = +/-3%).
+    """How the stats stage tests comparisons (see `peftlab.analysis`)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)  # per family, after correction; intervals at 1 - alpha
+    correction: Literal["holm", "bonferroni"] = "holm"  # over each declared family
+    min_runs: int = Field(3, ge=2)  # fewer complete pairs of runs: "insufficient runs", no test
+    # Equivalence margins for TOST. Latency: relative to the reference's mean (0.03 = within
+    # +/-3% of it); main metric: absolute, in metric units (0.01 = within +/-1 point).
     latency_margin: float = Field(0.03, gt=0)
-    metric_margin: float = Field(0.01, gt=0)  # absolute, in metric units (0.01 = 1 point)
+    metric_margin: float = Field(0.01, gt=0)
 
 
 class StudySpec(_Strict):

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 STAGES: dict[str, str] = {
     "data": "peftlab.study:data_stage",
     "finetune": "peftlab.finetune:finetune_stage",
+    "represent": "peftlab.represent:represent_stage",
+    "drift": "peftlab.drift:drift_stage",
 }
 
 
