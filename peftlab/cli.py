@@ -193,6 +193,8 @@ for _name, _doc in {
     "represent": "Extract pooled per-layer hidden states of the base and every finished run.",
     "drift": "Similarity to the base per layer (with null floors and seed-to-seed controls) "
              "and weight-space analysis.",
+    "stats": "Paired tests, effect sizes, corrections and equivalence tests over the results.",
+    "report": "Write report.md and a self-contained report.html into the study directory.",
 }.items():
     _stage_command(_name, _doc)
 

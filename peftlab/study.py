@@ -34,6 +34,9 @@ STAGES: dict[str, str] = {
     "finetune": "peftlab.finetune:finetune_stage",
     "represent": "peftlab.represent:represent_stage",
     "drift": "peftlab.drift:drift_stage",
+    "bench": "peftlab.bench:bench_stage",
+    "stats": "peftlab.analysis:stats_stage",
+    "report": "peftlab.report:report_stage",
 }
 
 

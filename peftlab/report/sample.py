@@ -1,0 +1,342 @@
+"""A small, fixed study directory with results in the shapes the stages write, without training.
+
+    python -m peftlab.report.sample /tmp/sample-study      # then open /tmp/sample-study/report.html
+
+For tests of the stats stage and the report, and to preview a report in seconds. The study: SST-2,
+MRPC and RTE x {full, lora} x seeds 1, 2, 3, where RTE's full run of seed 3 failed (so RTE has 2
+complete pairs: "insufficient runs"); drift and weight records for SST-2 and MRPC; benchmark
+records for SST-2 and MRPC (full, unmerged, merged at batch 1 and 4, plus base, multi-2 and
+mixed-2). Every value is drawn from a seeded generator, so the store is identical on every call.
+Dataset and spec text carry markup (`<script>`, `|`) to test escaping.
+
+The record layouts follow the stages' code: `runs` (finetune._record_done), `data`
+(study.data_stage), `drift` (drift._compare_runs), `weights` (drift.weight_drift); `bench` records
+are made by the bench stage's own `bench.units.unit_records` from worker results shaped like
+`bench.worker.run_job`'s. When a stage changes its records, update the builder here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peftlab.spec import Study, load_spec
+
+TASKS = ("sst2", "mrpc", "rte")
+SEEDS = (1, 2, 3)
+FAILED = ("rte", "full", 3)  # the run that failed: RTE is left with 2 complete pairs
+DRIFT_TASKS = ("sst2", "mrpc")
+BENCH_TASKS = ("sst2", "mrpc")
+N_LAYERS = 6
+SCRIPT = "<script>alert(1)</script>"
+PROVENANCE = {
+    "versions": {"python": "3.11.2", "peftlab": "0.1.0", "torch": "2.13.0",
+                 "transformers": "5.24.0", "peft": "0.21.2"},
+    "device": {"platform": "Linux-x86_64", "machine": "x86_64", "cpu_count": 2,
+               "torch_threads": 2},
+    "toolkit_commit": "0123456789abcdef0123456789abcdef01234567",
+    "host": "sample-host",
+    "time": "2025-01-01T00:00:00+0000",
+}
+# Main metric per task and method: (mean over seeds, spread between seeds). SST-2: lora clearly
+# below full; MRPC: the two are close.
+METRIC_MEANS = {("sst2", "full"): (0.86, 0.004), ("sst2", "lora"): (0.81, 0.004),
+                ("mrpc", "full"): (0.80, 0.02), ("mrpc", "lora"): (0.805, 0.02),
+                ("rte", "full"): (0.60, 0.02), ("rte", "lora"): (0.58, 0.02)}
+# Median latency (ms) per mode at batch 1; batch b costs (1 + 0.4 (b - 1)) times as much: unmerged
+# LoRA about a third slower than merged, merged as fast as full.
+MODE_MS = {"base": 2.0, "full": 2.0, "unmerged": 2.7, "merged": 2.0, "multi": 2.9,
+           "mixed": 3.1}
+
+
+def sample_spec(output_dir: Path) -> dict[str, Any]:
+    return {
+        "name": "sample",
+        "description": f"A fixed sample study {SCRIPT} | with markup",
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "model": {"name": "peftlab-sample/tiny-llama", "max_length": 48},
+        "data": {"train_samples": 32, "eval_samples": 24},
+        "tasks": list(TASKS),
+        "methods": {"full": {"type": "full"},
+                    "lora": {"type": "lora", "r": 4, "alpha": 8,
+                             "target_modules": ["q_proj", "v_proj"]}},
+        "seeds": list(SEEDS),
+        "bench": {"batch_sizes": [1, 4], "seq_lengths": ["data"]},
+    }
+
+
+def write_sample(root: Path) -> Study:
+    """Write the sample spec (root/spec.yaml) and its study directory (root/study); return it."""
+    import yaml
+
+    from peftlab.store import Store
+
+    root.mkdir(parents=True, exist_ok=True)
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(sample_spec(root / "study"), sort_keys=False),
+                         encoding="utf-8")
+    study = load_spec(spec_path)
+    store = Store(study.output_dir)
+    try:
+        store.put("meta", "study", {"name": study.spec.name,
+                                    "spec": study.spec.model_dump(mode="json"),
+                                    "provenance": PROVENANCE})
+        rng = np.random.default_rng(0)
+        runs = run_records(study, rng)
+        store.put_many("runs", [(r["run_id"], r) for r in runs])
+        store.put_many("data", data_records())
+        done = [r for r in runs if r["status"] == "done"]
+        store.put_many("drift", drift_records(done, rng))
+        store.put_many("weights", weight_records(done, rng))
+        store.put_many("bench", bench_records(done, rng))
+    finally:
+        store.close()
+    return study
+
+
+def run_records(study: Study, rng: np.random.Generator) -> list[dict[str, Any]]:
+    out = []
+    for rc in study.runs():
+        metric = "f1" if rc.task == "mrpc" else "accuracy"
+        base = {"run_id": rc.run_id, "task": rc.task, "method": rc.method,
+                "method_type": rc.method_type, "seed": rc.seed, "config": rc.as_dict()}
+        if (rc.task, rc.method, rc.seed) == FAILED:
+            out.append({**base, "status": "failed",
+                        "failure_reason": "loss became nan at step 3", "loss_curve": [0.7, 0.69]})
+            continue
+        mean, spread = METRIC_MEANS[(rc.task, rc.method)]
+        value = float(mean + spread * rng.standard_normal())
+        metrics = {metric: {"value": value, "ci_low": value - 0.04, "ci_high": value + 0.035}}
+        if metric == "f1":
+            acc = value - 0.05
+            metrics["accuracy"] = {"value": acc, "ci_low": acc - 0.04, "ci_high": acc + 0.04}
+        full = rc.method_type == "full"
+        trainable = 106_000 if full else 2_300
+        out.append({
+            **base, "status": "done", "main_metric": metric, "metrics": metrics,
+            "params": {"trainable": trainable, "trainable_head": 130,
+                       "trainable_non_head": trainable - 130, "base_total": 106_000,
+                       "total_with_method": 106_000 + (0 if full else 2_170),
+                       "trainable_share_of_base": trainable / 106_000},
+            "artifact": f"runs/{rc.run_id}/artifact",
+            "artifact_bytes": 440_000 if full else 12_800,
+            "artifact_weight_bytes": 425_000 if full else 9_600,
+            "train_time_s": float(3.0 + rng.random()), "eval_time_s": 0.2, "steps": 4,
+            "train_samples_per_s": 40.0, "train_tokens_per_s": 900.0, "padding_share": 0.3,
+            "memory": {"rss_peak_bytes": 900_000_000, "rss_start_bytes": 850_000_000,
+                       "cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None},
+            "loss_curve": [0.70, 0.65, 0.60, 0.55], "train_examples": 32, "eval_examples": 24,
+            "provenance": {**PROVENANCE, "model_revision": "sample-revision-1",
+                           "data_checksums": {"train": "a" * 64, "eval": "b" * 64}},
+        })
+    return out
+
+
+def data_records() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for task, split in itertools.product(TASKS, ("train", "eval")):
+        labels = (["negative", SCRIPT] if task == "sst2" else ["not_equivalent | x", "equivalent"]
+                  if task == "mrpc" else ["entailment", "not_entailment"])
+        rows = 6_000 if split == "train" else 800
+        used = 32 if split == "train" else 24
+        out.append((f"{task}/{split}", {
+            "task": task, "split": split, "source": "glue_dir",
+            "path": f"/data/glue/{task}/{split}.tsv", "checksum": f"{task}{split}".ljust(64, "0"),
+            "content_checksum": f"{split}{task}".ljust(64, "1"), "rows": rows, "rows_used": used,
+            "describe": {"rows": rows, "label_counts": dict(zip(labels, [rows // 2, rows - rows // 2],
+                                                                strict=True))},
+            "describe_used": {"rows": used, "label_counts": dict(zip(labels, [used // 2, used // 2],
+                                                                     strict=True))},
+        }))
+    return out
+
+
+def _layer_record(task: str, kind: str, method: str, run_a: str, run_b: str, seed_a: Any,
+                  seed_b: int, layer: int, similarity: float, rng: np.random.Generator
+                  ) -> tuple[str, dict[str, Any]]:
+    """One drift record as drift._compare_runs writes it; layer 0's debiased CKA is undefined
+    (every pooled vector identical), as the embedding layer can be."""
+    values: dict[str, float | None] = {
+        "linear_cka_debiased": similarity,
+        "linear_cka": min(1.0, similarity + 0.05),
+        "cosine": min(1.0, similarity + 0.02 * rng.random()),
+    }
+    undefined = {}
+    null: dict[str, Any] = {}
+    for m in ("linear_cka_debiased", "linear_cka"):
+        floor = 0.0 if m == "linear_cka_debiased" else 0.62
+        null[m] = {"observed": values[m], "null_mean": floor + 0.01 * rng.random(),
+                   "null_std": 0.01, "null_q95": floor + 0.03, "p_value": 1 / 21,
+                   "n_permutations": 20}
+    if layer == 0:
+        values["linear_cka_debiased"] = None
+        null["linear_cka_debiased"] = None
+        undefined["linear_cka_debiased"] = "every example has the same pooled vector: CKA is 0/0"
+    return (f"{kind}/{run_a}/{run_b}/L{layer:03d}", {
+        "task": task, "method": method, "method_type": method, "kind": kind, "run_a": run_a,
+        "run_b": run_b, "seed_a": seed_a, "seed_b": seed_b, "layer": layer,
+        "layer_name": "embeddings" if layer == 0 else f"block {layer - 1}", "n_layers": N_LAYERS,
+        "n": 24, "d_a": 32, "d_b": 32, "pooling": "last", "probe_hash": "c" * 64,
+        "values": values, "undefined": undefined, "null": null, "knn_k": None,
+    })
+
+
+def drift_records(done: list[dict[str, Any]], rng: np.random.Generator
+                  ) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for task in DRIFT_TASKS:
+        runs = [r for r in done if r["task"] == task]
+        for r in runs:
+            # Full fine-tuning drifts more with depth than LoRA does.
+            slope = 0.08 if r["method"] == "full" else 0.03
+            for layer in range(N_LAYERS):
+                sim = 1.0 - slope * layer + 0.005 * rng.standard_normal()
+                out.append(_layer_record(task, "base_vs_run", r["method"], "base", r["run_id"],
+                                         None, r["seed"], layer, float(min(sim, 1.0)), rng))
+        for method in ("full", "lora"):
+            group = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+            for a, b in itertools.combinations(group, 2):
+                for layer in range(N_LAYERS):
+                    sim = 1.0 - 0.02 * layer + 0.005 * rng.standard_normal()
+                    out.append(_layer_record(task, "seed_to_seed", method, a["run_id"],
+                                             b["run_id"], a["seed"], b["seed"], layer,
+                                             float(min(sim, 1.0)), rng))
+    return out
+
+
+def weight_records(done: list[dict[str, Any]], rng: np.random.Generator
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for r in done:
+        if r["task"] not in DRIFT_TASKS:
+            continue
+        peft = r["method_type"] != "full"
+        leaves = ("q_proj", "v_proj") if peft else ("q_proj", "v_proj", "down_proj")
+        for block, leaf in itertools.product(range(2), leaves):
+            part = "mlp" if leaf == "down_proj" else "self_attn"
+            module = f"model.layers.{block}.{part}.{leaf}"
+            upd = float((0.02 if peft else 0.2) * (1 + 0.1 * rng.random()))
+            out.append((f"{r['run_id']}/{module}", {
+                "task": r["task"], "run_id": r["run_id"], "method": r["method"],
+                "method_type": r["method_type"], "seed": r["seed"], "is_peft": peft,
+                "module": module, "matrix": leaf, "block": block, "shape": [32, 32],
+                "update": "merged - base" if peft else "tuned - base",
+                "update_fro": upd, "base_fro": 4.0, "relative_update": upd / 4.0,
+                "effective_rank": float(3.6 if peft else 20 + rng.random()),
+                "rank_energy": 4 if peft else 18, "intruder_dims": int(peft and block == 1),
+                "update_singular_values": [upd * 0.6, upd * 0.3], "top_k": 10, "epsilon": 0.5,
+                "energy": 0.9, "undefined": None,
+            }))
+    return out
+
+
+def _point(mode: str, batch: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One timed sweep point as `bench.worker.run_point` returns it."""
+    from peftlab.bench.timing import latency_stats, throughput
+
+    median = MODE_MS[mode] * (1 + 0.4 * (batch - 1)) * (1 + 0.02 * rng.standard_normal())
+    raw = [int(x * 1e6) for x in median * rng.lognormal(0.0, 0.08, size=40)]
+    tokens = [batch * 12] * len(raw)
+    point: dict[str, Any] = {
+        "batch_size": batch, "seq_len": "data", "latencies_ns": raw,
+        "latency_ms": latency_stats(raw), "device_latencies_ns": [], "device_latency_ms": None,
+        "throughput": throughput(raw, [batch] * len(raw), tokens, tokens),
+        "iterations": len(raw), "stopped_by": "min_reached", "timer": "perf_counter_ns",
+        "memory": {"rss_peak_bytes": 1_000_000_000 + 1_000_000 * batch,
+                   "rss_start_bytes": 990_000_000, "cuda_peak_allocated_bytes": None,
+                   "cuda_peak_reserved_bytes": None},
+    }
+    if mode == "multi":
+        switched = [i % 2 for i in range(len(raw))]
+        lat = np.asarray(raw) / 1e6
+        flags = np.asarray(switched, dtype=bool)
+        point.update(k=2, switches=int(flags.sum()), switch_share=float(flags.mean()),
+                     p50_ms_with_switch=float(np.median(lat[flags])),
+                     p50_ms_without_switch=float(np.median(lat[~flags])))
+    return point
+
+
+def _unit_result(mode: str, n_artifacts: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A worker result (`bench.worker.run_job`) for one unit, without its points."""
+    return {
+        "status": "done",
+        "process": {"pid": 1234, "isolation": "forkserver"},
+        "environment": {"device": "cpu", "device_name": "Sample CPU", "dtype": "float32",
+                        "torch_threads": 2, "variant": "eager"},
+        "load": {"cold_ms": 400 + 50 * rng.random(), "warm_ms": [110.0, 100.0, 120.0],
+                 "warm_ms_median": 110.0,
+                 "page_cache": {"method": "fsync + posix_fadvise(POSIX_FADV_DONTNEED)",
+                                "file_bytes": 440_000, "resident_bytes_before": 440_000,
+                                "resident_bytes_after": 0, "errors": [], "cold": True}},
+        "memory_after_load": {"rss_bytes": 950_000_000, "rss_delta_bytes": 40_000_000,
+                              "model_param_bytes": 424_000},
+        "gate": {"passed": True, "dtype": "float32", "tolerance": 1e-4,
+                 "rule": "max|a-b| / max(max|a|, max|b|) <= tolerance",
+                 "checks": [{"name": mode, "reference": "reloaded", "kind": "logits",
+                             "rel_diff": 2e-7, "passed": True}], "failures": []},
+        "storage": {"base_weight_bytes": 424_000, "artifact_bytes": 12_800 * n_artifacts,
+                    "artifact_weight_bytes": 9_600 * n_artifacts, "artifacts": {},
+                    "loaded_file_bytes": 424_000 + 9_600 * n_artifacts,
+                    "served_param_bytes": 424_000},
+        "flops": ({"base_linear_flops_per_token": 200_000, "adapter_flops_per_token": 1_000,
+                   "adapter_share": 0.005} if mode in ("unmerged", "multi", "mixed") else
+                  {"base_linear_flops_per_token": 200_000, "adapter_flops_per_token": 0,
+                   "adapter_share": 0.0}),
+    }
+
+
+def bench_records(done: list[dict[str, Any]], rng: np.random.Generator
+                  ) -> list[tuple[str, dict[str, Any]]]:
+    """Bench records built by the bench stage's own `unit_records`, from sample worker results."""
+    from peftlab.bench.units import Unit, unit_records
+
+    def artifact(r: dict[str, Any]) -> dict[str, Any]:
+        return {"name": r["run_id"].replace(".", "_"), "path": f"/study/runs/{r['run_id']}",
+                "kind": "full" if r["method_type"] == "full" else "peft", "task": r["task"],
+                "run_id": r["run_id"], "method_type": r["method_type"]}
+
+    units = []
+    for task in BENCH_TASKS:
+        units.append(Unit("base", task, [], [task]))
+        for r in (r for r in done if r["task"] == task):
+            modes = ("full",) if r["method_type"] == "full" else ("unmerged", "merged")
+            units += [Unit(m, r["run_id"], [artifact(r)], [task], r["method"], r["method_type"],
+                           r["seed"]) for m in modes]
+    for mode, seed in itertools.product(("multi", "mixed"), SEEDS):
+        group = [r for r in done if r["method"] == "lora" and r["seed"] == seed
+                 and r["task"] in BENCH_TASKS]
+        units.append(Unit(mode, "+".join(r["run_id"] for r in group),
+                          [artifact(r) for r in group], [r["task"] for r in group], "lora",
+                          "lora", seed))
+    points = [(1, "data"), (4, "data")]
+    out = []
+    for unit in units:
+        result = {**_unit_result(unit.mode, len(unit.artifacts), rng),
+                  "points": [_point(unit.mode, b, rng) for b, _ in points]}
+        out += unit_records(unit, result, points, settings={"warmup": 3}, digest="sample",
+                            extra={"provenance": PROVENANCE})
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    from rich.console import Console
+
+    from peftlab.analysis import stats_stage
+    from peftlab.report import report_stage
+    from peftlab.store import Store
+    from peftlab.study import Context
+
+    study = write_sample(Path(sys.argv[1] if len(sys.argv) > 1 else "sample-study"))
+    store = Store(study.output_dir)
+    try:
+        ctx = Context(study=study, store=store, console=Console(stderr=True))
+        stats_stage(ctx)
+        report_stage(ctx)
+    finally:
+        store.close()
