@@ -199,6 +199,71 @@ for _name, _doc in {
     _stage_command(_name, _doc)
 
 
+@app.command()
+def bench(
+    spec: Annotated[Path | None, typer.Argument(
+        help="Study spec: benchmark the study's trained runs.", show_default=False)] = None,
+    data_dir: DataDir = None,
+    output_dir: OutputDir = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="One-off: base model (alias, hub id, folder).")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", help="One-off: a PEFT adapter or full-model folder (repeatable).")] = None,
+    mode: Annotated[list[str] | None, typer.Option(
+        "--mode", help="One-off: modes to run (repeatable); default: what the adapters allow.")
+    ] = None,
+    batch_size: Annotated[list[int], typer.Option("--batch-size")] = [1, 8, 32],  # noqa: B006
+    seq_length: Annotated[list[str], typer.Option(
+        "--seq-length", help="'data' or a token count (repeatable).")] = ["data"],  # noqa: B006
+    task: Annotated[str, typer.Option("--task", help="One-off: requests from this task.")]
+    = "sst2",
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    min_iterations: Annotated[int, typer.Option("--min-iterations")] = 50,
+    min_seconds: Annotated[float, typer.Option("--min-seconds")] = 2.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Deployment benchmark: a study's runs (SPEC), or a one-off (--model M --adapter A ...)."""
+    from peftlab.errors import SpecError
+
+    if spec is not None:
+        if model or adapter:
+            raise SpecError("peftlab bench: give a SPEC or --model/--adapter, not both")
+        from peftlab.study import run_stages
+
+        run_stages(_load(spec, data_dir, output_dir), ["bench"], console=err)
+        return
+    if not model or not adapter:
+        raise SpecError("peftlab bench: give a SPEC, or --model M and at least one --adapter A")
+    from peftlab.bench import bench_oneoff
+
+    lengths: list[int | str] = []
+    for s in seq_length:
+        if s == "data":
+            lengths.append(s)
+        elif s.isdigit():
+            lengths.append(int(s))
+        else:
+            raise SpecError(f"--seq-length: expected 'data' or a token count, got {s!r}")
+    records = bench_oneoff(model, adapter, mode or None, batch_sizes=batch_size,
+                           seq_lengths=lengths, task=task,
+                           data_dir=str(data_dir) if data_dir else None, threads=threads,
+                           min_iterations=min_iterations, min_seconds=min_seconds, console=err)
+    if json_out:
+        print(json.dumps(records, indent=2, default=str))
+        return
+    table = Table(title=f"bench {model}")
+    for col in ("mode", "batch", "seq", "status", "p50 ms", "p95 ms", "p99 ms", "req/s"):
+        table.add_column(col)
+    for r in records:
+        lat, thr = r.get("latency_ms") or {}, r.get("throughput") or {}
+        table.add_row(str(r.get("mode_key", r.get("mode"))), str(r.get("batch_size")),
+                      str(r.get("seq_len")), str(r.get("status")),
+                      *[f"{lat[k]:.3f}" if lat.get(k) is not None else "-"
+                        for k in ("p50", "p95", "p99")],
+                      f"{thr['requests_per_s']:.1f}" if thr.get("requests_per_s") else "-")
+    out.print(table)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

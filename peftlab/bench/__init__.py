@@ -1,0 +1,17 @@
+"""Deployment benchmark: what serving each fine-tuned model costs, measured correctly.
+
+    peftlab bench studies/quickstart.yaml                       # the study's `bench` stage
+    peftlab bench --model M --adapter A [--adapter B] ...       # one-off, see `bench_oneoff`
+
+Modes (`peftlab/bench/modes/`, one file each): base, full, unmerged, merged, multi, mixed, each
+optionally "+compile". Every unit (a mode on its artifacts) runs in its own process
+(`runner.py` -> `worker.py`): cold and repeated load, a correctness gate (`gate.py`), then every
+sweep point timed (`timing.py`) on real evaluation examples (`requests.py`), with memory, storage
+and the analytical FLOPs of the adapter path (`flops.py`). Results: one `bench` record per
+(mode, unit, batch size, sequence length), see `units.py`.
+"""
+
+from peftlab.bench.oneoff import bench_oneoff
+from peftlab.bench.stage import bench_stage, plan_units
+
+__all__ = ["bench_oneoff", "bench_stage", "plan_units"]

@@ -1,0 +1,64 @@
+"""`merged`: the adapter folded into the base weights (`merge_and_unload`), served as a plain model.
+
+The load time includes loading base + adapter and merging, the way a server that keeps adapters
+on disk starts; the gate also saves the merged model and reloads it, the way one that ships merged
+weights starts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from peftlab.bench.loading import artifact_head, served_head
+from peftlab.bench.mode import Mode, UnsupportedMode, register
+
+
+def merge(peft_model: Any) -> Any:
+    """W <- W + scale * B A for every adapted matrix; the adapter's head replaces the base's."""
+    return peft_model.merge_and_unload()
+
+
+@register
+class Merged(Mode):
+    name = "merged"
+
+    def check(self, artifacts, methods):
+        super().check(artifacts, methods)
+        for a, m in zip(artifacts, methods, strict=True):
+            if m is not None and not m.supports_merge:
+                raise UnsupportedMode(f"mode 'merged': method {a.get('method_type')!r} of "
+                                      f"{a['name']!r} cannot be merged into the base weights")
+
+    def load(self, env) -> Any:
+        return merge(env.loader.peft(env.artifacts, env.seed))
+
+    def gate(self, env, model, call):
+        from transformers import AutoModelForSequenceClassification
+
+        art = env.artifacts[0]
+        requests = env.gate_requests(art["task"])
+        served = env.logits(call, requests)
+        unmerged = env.loader.peft([art], env.seed + 1)
+        ref_unmerged = env.logits(env.plain_call(unmerged), requests)
+        del unmerged
+        env.release()
+        # The deployment path that loses heads: save the merged model, load it back elsewhere.
+        with tempfile.TemporaryDirectory(prefix="peftlab-merged-") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            env.reseed(env.seed + 1)
+            reloaded = AutoModelForSequenceClassification.from_pretrained(
+                tmp, dtype=model.dtype, use_safetensors=True).to(env.device).eval()
+            env.reseed(env.seed)
+        ref_reloaded = env.logits(env.plain_call(reloaded), requests)
+        reloaded_head = served_head(reloaded)
+        del reloaded
+        env.release()
+        head_names = env.head_names(model)
+        stored = artifact_head(art, head_names)
+        return [
+            env.compare("merged", served, "unmerged (other seed)", ref_unmerged),
+            env.compare("merged", served, "merged, saved and reloaded (other seed)", ref_reloaded),
+            env.compare_head("merged head", served_head(model), stored),
+            env.compare_head("merged head after save/reload", reloaded_head, stored),
+        ]

@@ -1,0 +1,80 @@
+"""`mixed`: one batch holds requests for several adapters, served in one forward pass.
+
+PEFT routes each row through its own adapter (`adapter_names=[...]`, one name per row), so no
+`set_adapter` is needed between tenants. Methods that cannot do this (DoRA) are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from peftlab.bench.loading import artifact_head, served_head
+from peftlab.bench.mode import Mode, UnsupportedMode, register
+from peftlab.bench.modes.multi import check_group
+
+
+@register
+class Mixed(Mode):
+    name = "mixed"
+    min_artifacts = 2
+    max_artifacts = None
+
+    def check(self, artifacts, methods):
+        super().check(artifacts, methods)
+        check_group(self.name, artifacts)
+        for a, m in zip(artifacts, methods, strict=True):
+            if m is None or not m.supports_mixed_batch:
+                raise UnsupportedMode(
+                    f"mode 'mixed': method {a.get('method_type')!r} of adapter {a['name']!r} does "
+                    "not support mixed-adapter batches (PEFT's adapter_names=[...]); use mode "
+                    "'multi' (one adapter per request) for it")
+
+    def load(self, env) -> Any:
+        return env.loader.peft(env.artifacts, env.seed)
+
+    def adapters(self, env):
+        return [a["name"] for a in env.artifacts]
+
+    def make_call(self, env, model, forward):
+        def call(request):
+            return forward(**request.inputs, adapter_names=request.adapter_names)
+
+        return call
+
+    def gate(self, env, model, call):
+        requests = env.mixed_gate_requests()
+        served = env.logits(call, requests)
+        rows = np.concatenate([r.adapter_names for r in requests])
+        checks = []
+        head_names = env.head_names(model)
+        for art in env.artifacts:
+            alone = env.loader.peft([art], env.seed + 1)
+            ref = env.logits(env.plain_call(alone), requests)  # every row through this adapter
+            del alone
+            env.release()
+            mine = rows == art["name"]
+            checks.append(env.compare(f"mixed[{art['name']}]", served[mine],
+                                      f"{art['name']} alone (other seed)", ref[mine]))
+            checks.append(env.compare_head(f"mixed[{art['name']}] head",
+                                           served_head(model, art["name"]),
+                                           artifact_head(art, head_names)))
+        return checks
+
+    def stream(self, env, batch_size, seq_len, seed):
+        from peftlab.bench.requests import CycleStream
+
+        return CycleStream(env.mixed_batches(batch_size, seq_len, seed))
+
+    def extras(self, env, timing, state):
+        names = [a["name"] for a in env.artifacts]
+        per_batch = [len(set(r.adapter_names)) for r in timing.requests]
+        used = sorted({a for r in timing.requests for a in r.adapter_names})
+        return {
+            "k": len(names),
+            "adapters": names,
+            "interleave": env.settings["interleave"],
+            "adapters_used": used,
+            "adapters_per_batch_mean": float(np.mean(per_batch)),
+        }

@@ -1,0 +1,367 @@
+"""One bench unit (a mode on its artifacts) in its own process: load, gate, time, report.
+
+    python -m peftlab.bench.worker JOB.json RESULT.json
+
+The parent (`peftlab.bench.runner`) starts one such process per unit, so one mode's allocations,
+compiled graphs and caches cannot leak into the next, and collects the JSON result. In order:
+
+1. cold load: the page cache of the weight files is dropped (see `loading.drop_page_cache`), then
+   the mode's model is built once and timed; then `load_repeats` repeated (warm) loads;
+2. correctness gate against reference models (`mode.gate`); a failure ends the unit: not timed;
+3. for each sweep point (batch size x sequence length): build the requests (tokenised, padded and
+   on the device before any timing), a memory pass (the warm-up calls plus the longest request,
+   under `PeakMemory`), then the timing loop (`timing.time_requests`) with the garbage collector
+   paused (as `timeit` does) and no sampling thread running.
+
+torch, transformers and peft are imported at module level on purpose: the forkserver imports this
+module once and every unit process forked from it starts with them loaded.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import peft  # noqa: F401  (imported once in the forkserver, see the module docstring)
+import psutil
+import torch
+import transformers  # noqa: F401
+
+from peftlab.bench.flops import linear_flops
+from peftlab.bench.gate import compare_head, compare_logits, gate_result
+from peftlab.bench.loading import (
+    Loader,
+    artifact_weight_files,
+    drop_page_cache,
+    head_names_of,
+    param_bytes,
+    release_memory,
+)
+from peftlab.bench.mode import Mode, get_mode
+from peftlab.bench.requests import Request, build_batches, build_mixed_batches
+from peftlab.bench.timing import latency_stats, synchronizer, throughput, time_requests
+from peftlab.errors import PeftlabError
+from peftlab.memory import PeakMemory
+from peftlab.store import atomic_write_text, dir_bytes, dumps
+
+# Modes this process has run, oldest first: the isolation evidence each result carries. In an
+# isolated unit process it is empty when the unit starts.
+_MODES_RUN_HERE: list[str] = []
+GATE_BATCH = 8  # examples per gate forward pass
+
+
+class WorkerEnv:
+    """What a mode works with inside the worker: loader, tasks, requests, gate helpers."""
+
+    def __init__(self, job: dict[str, Any]):
+        self.job = job
+        self.settings = job["settings"]
+        self.device = job["device"]
+        self.seed = int(self.settings["seed"])
+        self.artifacts: list[dict[str, Any]] = job["artifacts"]
+        self.tasks_served: list[str] = job["tasks_served"]
+        self.loader = Loader(job["model"], self.device)
+        self.dtype = self.loader.dtype
+        self.tolerance = float(self.settings["gate_tolerance"][self.dtype])
+        self.state: dict[str, Any] = {}  # serving state shared by a mode's call and its figures
+        self._encoded: dict[tuple[str, int, bool], Any] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def task_info(self, task: str) -> dict[str, Any]:
+        return self.job["tasks"][task]
+
+    def encoded(self, task: str, max_length: int, gate: bool = False) -> Any:
+        """The task's evaluation examples tokenised once (truncated to max_length, unpadded)."""
+        import pandas as pd
+
+        from peftlab.encode import encode_frame
+
+        key = (task, max_length, gate)
+        if key not in self._encoded:
+            info = self.task_info(task)
+            df = pd.DataFrame(info["rows"])
+            if gate:
+                df = df.iloc[: int(self.settings["gate_examples"])]
+            self._encoded[key] = encode_frame(
+                df, self.loader.tokenizer, max_length=max_length,
+                pair_template=self.job["model"].get("pair_template", "{a}\n{b}"),
+                is_regression=info["is_regression"])
+        return self._encoded[key]
+
+    def _length(self, seq_len: int | str) -> int:
+        return int(self.job["model"].get("max_length", 128)) if seq_len == "data" else int(seq_len)
+
+    def batches(self, task: str, batch_size: int, seq_len: int | str, seed: int,
+                adapter: str | None = None) -> list[Request]:
+        return build_batches(self.encoded(task, self._length(seq_len)), self.loader.tokenizer,
+                             batch_size=batch_size, seq_len=seq_len, device=self.device,
+                             seed=seed, adapter=adapter)
+
+    def mixed_batches(self, batch_size: int, seq_len: int | str, seed: int,
+                      gate: bool = False, interleave: str | None = None) -> list[Request]:
+        encoded = {a["name"]: self.encoded(a["task"], self._length(seq_len), gate)
+                   for a in self.artifacts}
+        return build_mixed_batches(encoded, self.loader.tokenizer, batch_size=batch_size,
+                                   seq_len=seq_len, device=self.device, seed=seed,
+                                   interleave=interleave or self.settings["interleave"])
+
+    # -- gate helpers ----------------------------------------------------------------------------
+    def gate_requests(self, task: str, adapter: str | None = None) -> list[Request]:
+        """The gate examples of `task` (the first `gate_examples` evaluation rows), batched."""
+        enc = self.encoded(task, self._length("data"), gate=True)
+        return build_batches(enc, self.loader.tokenizer, batch_size=min(GATE_BATCH, len(enc)),
+                             seq_len="data", device=self.device, seed=self.seed, adapter=adapter)
+
+    def mixed_gate_requests(self) -> list[Request]:
+        n = min(GATE_BATCH, sum(len(self.encoded(a["task"], self._length("data"), True))
+                                for a in self.artifacts))
+        return self.mixed_batches(n, "data", self.seed, gate=True, interleave="round_robin")
+
+    @staticmethod
+    def logits(call: Any, requests: list[Request]) -> np.ndarray:
+        """Logits of every request, concatenated: float32 [rows, num_labels]."""
+        with torch.inference_mode():
+            return np.concatenate([call(r).logits.float().cpu().numpy() for r in requests])
+
+    @staticmethod
+    def plain_call(model: Any) -> Any:
+        return lambda request: model(**request.inputs)
+
+    def compare(self, name: str, served: np.ndarray, ref_name: str, ref: np.ndarray) -> dict:
+        return compare_logits(name, served, ref_name, ref, tolerance=self.tolerance)
+
+    def compare_head(self, name: str, served: dict, stored: dict) -> dict:
+        return compare_head(name, served, stored, tolerance=self.tolerance)
+
+    @staticmethod
+    def head_names(model: Any) -> list[str]:
+        return head_names_of(model)
+
+    def release(self) -> None:
+        release_memory(self.device)
+
+    @staticmethod
+    def reseed(seed: int) -> None:
+        from transformers import set_seed
+
+        set_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one unit (see the module docstring) and return its JSON-ready result."""
+    process = {"pid": os.getpid(), "parent_pid": os.getppid(),
+               "modes_run_before_in_process": list(_MODES_RUN_HERE),
+               "isolation": job.get("isolation", "in-process")}
+    _MODES_RUN_HERE.append(job["mode"])
+    # Everything alive now (the imported libraries: ~10^6 objects) is never garbage: freezing it
+    # makes each later gc.collect() between loads take milliseconds instead of ~0.4 s.
+    gc.freeze()
+    if job.get("isolation") in ("forkserver", "subprocess"):
+        # A unit loads its model 3-6 times (cold, repeats, gate references): one "newly
+        # initialized head" report per load is noise here; the gate checks the head instead.
+        transformers.logging.set_verbosity_error()
+    settings = job["settings"]
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings["threads"]))
+    torch.manual_seed(int(settings["seed"]))
+    mode = get_mode(job["mode"])
+    env = WorkerEnv(job)
+    device = env.device
+    sync = synchronizer(device)
+    environment = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
+        _cpu_name(),
+        "dtype": env.dtype,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "variant": job.get("variant", "eager"),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+    }
+    base = {"process": process, "environment": environment}
+
+    # 1. load: cold (page cache dropped), then repeated
+    files = mode.weight_files(env)
+    if settings.get("drop_page_cache", True):
+        page_cache = drop_page_cache(files)
+    else:
+        page_cache = {"method": "none (bench.drop_page_cache is false)",
+                      "files": [str(f) for f in files]}
+    release_memory(device)
+    rss0 = psutil.Process().memory_info().rss
+    t0 = time.perf_counter_ns()
+    model = mode.load(env)
+    sync()
+    cold_ms = (time.perf_counter_ns() - t0) / 1e6
+    after_load = {"rss_bytes": psutil.Process().memory_info().rss,
+                  "rss_delta_bytes": psutil.Process().memory_info().rss - rss0,
+                  "model_param_bytes": param_bytes(model)}
+    if device.startswith("cuda"):
+        after_load["cuda_allocated_bytes"] = torch.cuda.memory_allocated()
+        after_load["cuda_reserved_bytes"] = torch.cuda.memory_reserved()
+    warm = []
+    for _ in range(int(settings.get("load_repeats", 3))):
+        del model
+        release_memory(device)
+        t0 = time.perf_counter_ns()
+        model = mode.load(env)
+        sync()
+        warm.append((time.perf_counter_ns() - t0) / 1e6)
+    load = {"cold_ms": cold_ms, "warm_ms": warm,
+            "warm_ms_median": float(np.median(warm)) if warm else None,
+            "page_cache": page_cache,
+            "cold_means": "first load in a fresh process after the page-cache drop above; it "
+                          "includes first use of the model code (lazy imports, allocator growth)",
+            "warm_means": "the same load repeated in the same process (page cache warm)"}
+    base.update(load=load, memory_after_load=after_load,
+                storage=_storage(env, model, files), flops=linear_flops(model, mode.adapters(env)))
+
+    # 2. the correctness gate
+    forward = torch.compile(model) if job.get("variant") == "compile" else model
+    call = mode.make_call(env, model, forward)
+    checks = mode.gate(env, model, call)
+    gate = gate_result(checks, dtype=env.dtype, tolerance=env.tolerance)
+    base["gate"] = gate
+    if not gate["passed"]:
+        return {**base, "status": "failed", "points": [],
+                "failure_reason": "correctness gate failed (not timed): "
+                                  + "; ".join(gate["failures"])}
+
+    # 3. the sweep
+    points = [run_point(env, mode, model, call, int(b), s) for b, s in job["points"]]
+    return {**base, "status": "done", "points": points}
+
+
+def run_point(env: WorkerEnv, mode: Mode, model: Any, call: Any, batch_size: int,
+              seq_len: int | str) -> dict[str, Any]:
+    """Memory pass then timing loop for one sweep point; every raw latency is returned."""
+    s = env.settings
+    seed = env.seed * 1_000_003 + batch_size * 1009 + (0 if seq_len == "data" else int(seq_len))
+    stream = mode.stream(env, batch_size, seq_len, seed)
+    sync = synchronizer(env.device)
+    env.state.pop("seen", None)
+    warmup = int(s["warmup"])
+    with torch.inference_mode():
+        # Memory is measured here, not in the timed loop: the RSS sampling thread would compete
+        # with the timed work for the CPU.
+        with PeakMemory(env.device) as mem:
+            t0 = time.perf_counter_ns()
+            call(stream.next())
+            sync()
+            first_ms = (time.perf_counter_ns() - t0) / 1e6
+            extra = [stream.next() for _ in range(max(warmup - 1, 0))] + [stream.longest()]
+            if env.job.get("variant") == "compile":
+                # every shape the stream holds is compiled here, not inside the timed loop
+                extra += stream.distinct()
+            for request in extra:
+                call(request)
+            sync()
+        after = mode.observe(env, model)
+        gc.collect()
+        gc.disable()
+        try:
+            timing = time_requests(
+                call, stream.next, warmup=0, min_iterations=int(s["min_iterations"]),
+                min_seconds=float(s["min_seconds"]), max_seconds=float(s["max_seconds"]),
+                device=env.device, after=after,
+                before_timing=lambda: env.state.__setitem__("active_before_timing",
+                                                            env.state.get("active")))
+        finally:
+            gc.enable()
+    rows = [r.rows for r in timing.requests]
+    tokens = [r.tokens for r in timing.requests]
+    padded = [r.padded_tokens for r in timing.requests]
+    point = {
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "latencies_ns": timing.latencies_ns,
+        "latency_ms": latency_stats(timing.latencies_ns),
+        "device_latencies_ns": timing.device_latencies_ns,
+        "device_latency_ms": latency_stats(timing.device_latencies_ns)
+        if timing.device_latencies_ns else None,
+        "throughput": throughput(timing.latencies_ns, rows, tokens, padded),
+        "iterations": len(timing.latencies_ns),
+        "stopped_by": timing.stopped_by,
+        "timed_wall_s": timing.wall_s,
+        "timer": timing.timer,
+        "gc_paused_while_timing": True,
+        "first_call_ms": first_ms,
+        "warmup_calls": 1 + len(extra),
+        "tokens_per_request_mean": float(np.mean(tokens)),
+        "padded_len_mean": float(np.mean([p / r for p, r in zip(padded, rows, strict=True)])),
+        "memory": mem.as_dict(),
+        "memory_measured_over": "the warm-up calls and one call with the longest request"
+        + (" (and, compiled, one call per distinct request shape)"
+           if env.job.get("variant") == "compile" else ""),
+    }
+    point.update(mode.extras(env, timing, env.state))
+    return point
+
+
+def _storage(env: WorkerEnv, model: Any, files: list[Path]) -> dict[str, Any]:
+    """Bytes on disk of the base weights and of each artifact, and of the model in memory."""
+    base_files = env.loader.base_weight_files()
+    per = {a["name"]: {"bytes": dir_bytes(Path(a["path"])),
+                       "weight_bytes": sum(f.stat().st_size for f in artifact_weight_files(a)),
+                       "kind": a["kind"]} for a in env.artifacts}
+    return {
+        "base_weight_bytes": sum(f.stat().st_size for f in base_files),
+        "artifact_bytes": sum(v["bytes"] for v in per.values()),
+        "artifact_weight_bytes": sum(v["weight_bytes"] for v in per.values()),
+        "artifacts": per,
+        "loaded_file_bytes": sum(f.stat().st_size for f in files),
+        "served_param_bytes": param_bytes(model),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def safe_run(job: dict[str, Any]) -> dict[str, Any]:
+    """run_job, with every exception turned into a result the parent can record or re-raise.
+
+    status "error": a user-fixable PeftlabError (the parent re-raises it); "failed": anything else
+    (CUDA out of memory, a library error), recorded with its reason so the study goes on.
+    """
+    try:
+        return run_job(job)
+    except PeftlabError as err:
+        return {"status": "error", "error_type": type(err).__name__, "message": str(err),
+                "process": {"pid": os.getpid()}}
+    except torch.cuda.OutOfMemoryError as err:
+        return {"status": "failed", "failure_reason": f"CUDA out of memory: {str(err)[:300]}",
+                "process": {"pid": os.getpid()}}
+    except Exception as err:  # noqa: BLE001  (recorded with its traceback, never swallowed)
+        return {"status": "failed", "failure_reason": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc()[-6000:], "process": {"pid": os.getpid()}}
+
+
+def child_main(job: dict[str, Any], result_path: str) -> None:
+    """Entry point of a unit process: run the job, write the result JSON atomically."""
+    atomic_write_text(Path(result_path), dumps(safe_run(job)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m peftlab.bench.worker JOB.json RESULT.json")
+    child_main(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")), sys.argv[2])

@@ -1,0 +1,364 @@
+"""Deployment benchmark: gate, timing statistics, modes, isolation, the stage and bad input.
+
+    .venv/bin/python -m pytest tests/test_bench.py -q
+
+One tiny study (2-layer Llama; sst2 + rte; full + LoRA; one seed) is trained and benchmarked once
+per module, with every mode in its own forked process; the other tests reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peftlab.errors import ModelError, PeftlabError, SpecError
+
+BENCH = {"batch_sizes": [1, 4], "seq_lengths": ["data", 16], "warmup": 1, "min_iterations": 3,
+         "min_seconds": 0.0, "threads": 1, "interleave": "round_robin", "gate_examples": 8,
+         "load_repeats": 1}
+POINTS = [(1, "data"), (1, 16), (4, "data"), (4, 16)]
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory, tiny_llama_dir, glue_dir):
+    """(study, bench records by key, the runs table) after data + finetune + bench."""
+    from peftlab.bench import bench_stage
+    from peftlab.fixtures import tiny_study
+    from peftlab.store import Store
+    from peftlab.study import Context, open_study_store
+
+    tmp = tmp_path_factory.mktemp("bench-study")
+    study = tiny_study(tmp, model_dir=tiny_llama_dir, glue_dir=glue_dir, seeds=(1,),
+                       methods=("full", "lora"), bench=BENCH)
+    store = open_study_store(study)
+    try:
+        bench_stage(Context(study=study, store=store))
+    finally:
+        store.close()
+    store = Store(study.output_dir, create=False)
+    records = {r["key"]: r for r in store.records("bench")}
+    runs = {r["run_id"]: r for r in store.records("runs")}
+    store.close()
+    return study, records, runs
+
+
+def _run_id(runs, task, method):
+    return next(r for r in runs.values() if r["task"] == task and r["method"] == method)["run_id"]
+
+
+def _unit_job(study, mode, *, artifacts=None):
+    """The job the stage would give a worker for `mode` on the study's first matching unit."""
+    from peftlab.bench.stage import plan_units
+    from peftlab.bench.units import bench_settings, make_job, sweep_points
+    from peftlab.store import Store
+    from peftlab.study import Context
+
+    store = Store(study.output_dir, create=False)
+    try:
+        units, tasks = plan_units(Context(study=study, store=store))
+    finally:
+        store.close()
+    unit = next(u for u in units if u.mode == mode)
+    if artifacts is not None:
+        unit.artifacts = artifacts
+    job = make_job(unit, model=study.spec.model.model_dump(mode="json"), device="cpu",
+                   settings=bench_settings(study.spec.bench), tasks=tasks,
+                   points=sweep_points([2], ["data"]))
+    return unit, job
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+
+def test_stage_fills_every_mode_and_sweep_point(benched):
+    _, records, runs = benched
+    full = [_run_id(runs, t, "full") for t in ("sst2", "rte")]
+    lora = [_run_id(runs, t, "lora") for t in ("sst2", "rte")]
+    units = (["base/sst2", "base/rte"] + [f"full/{r}" for r in full]
+             + [f"{m}/{r}" for m in ("unmerged", "merged") for r in lora]
+             + [f"{m}/{'+'.join(lora)}" for m in ("multi", "mixed")])
+    expected = {f"{u}/b{b}/s{s}" for u in units for b, s in POINTS}
+    assert set(records) == expected
+    for key, rec in records.items():
+        assert rec["status"] == "done", (key, rec.get("failure_reason"))
+        assert rec["gate"]["passed"] and rec["gate"]["checks"], key
+        assert len(rec["latencies_ns"]) == rec["iterations"] >= 3
+        assert rec["memory"]["rss_peak_bytes"] > 0
+        assert rec["load"]["cold_ms"] > 0 and len(rec["load"]["warm_ms"]) == 1
+        assert rec["load"]["page_cache"]["files"]
+        assert rec["storage"]["base_weight_bytes"] > 0
+        assert rec["environment"]["torch_threads"] == 1
+        if rec["seq_len"] == 16:
+            assert rec["padded_len_mean"] == 16
+    # storage: an adapter is a small fraction of a full model
+    adapter = records[f"unmerged/{lora[0]}/b1/sdata"]["storage"]["artifact_weight_bytes"]
+    whole = records[f"full/{full[0]}/b1/sdata"]["storage"]["artifact_weight_bytes"]
+    assert 0 < adapter < whole / 10
+    # FLOPs: LoRA r=4 on q_proj (64->64) and v_proj (64->32) of 2 layers: 4*(128+96)*2 MACs
+    unmerged = records[f"unmerged/{lora[0]}/b1/sdata"]["flops"]
+    assert unmerged["adapter_flops_per_token"] == 2 * 4 * (128 + 96) * 2
+    assert 0 < unmerged["adapter_share"] < 0.1
+    assert records[f"merged/{lora[0]}/b1/sdata"]["flops"]["adapter_flops_per_token"] == 0
+    # the merged gate compares with unmerged and with a save/reload, head included
+    names = {c["reference"] for c in records[f"merged/{lora[0]}/b1/sdata"]["gate"]["checks"]}
+    assert {"unmerged (other seed)", "merged, saved and reloaded (other seed)",
+            "artifact head tensors"} <= names
+
+
+def test_percentiles_and_throughput_derive_from_the_stored_raw_latencies(benched):
+    _, records, _ = benched
+    for rec in records.values():
+        ms = np.asarray(rec["latencies_ns"], dtype=np.float64) / 1e6
+        stats = rec["latency_ms"]
+        for q in (50, 90, 95, 99):
+            assert stats[f"p{q}"] == pytest.approx(np.percentile(ms, q), rel=1e-12)
+        assert stats["mean"] == pytest.approx(ms.mean(), rel=1e-12)
+        assert stats["std"] == pytest.approx(ms.std(ddof=1), rel=1e-9)
+        assert stats["count"] == ms.size
+        rps = rec["batch_size"] * ms.size / (ms.sum() / 1e3)
+        assert rec["throughput"]["requests_per_s"] == pytest.approx(rps, rel=1e-9)
+
+
+def test_multi_records_k_distinct_active_adapters_and_its_switches(benched):
+    _, records, runs = benched
+    lora = [_run_id(runs, t, "lora") for t in ("sst2", "rte")]
+    for b, s in POINTS:
+        rec = records[f"multi/{'+'.join(lora)}/b{b}/s{s}"]
+        assert rec["k"] == 2
+        assert rec["active_adapters_seen"] == sorted(lora)  # what PEFT reported as active
+        assert rec["active_matches_request"]
+        asked = [rec["adapters"][i] for i in rec["request_adapters"]]
+        prev, switches = rec["active_before_timing"], 0
+        for a in asked:
+            switches += a != prev
+            prev = a
+        assert rec["switches"] == switches == sum(rec["switched"])
+        assert rec["switches"] >= len(asked) - 1  # round-robin over 2: (nearly) every request
+    mixed = records[f"mixed/{'+'.join(lora)}/b4/sdata"]
+    assert mixed["adapters_used"] == sorted(lora) and mixed["adapters_per_batch_mean"] == 2
+
+
+def test_each_unit_ran_in_a_fresh_process_of_its_own(benched):
+    _, records, _ = benched
+    pids = {}
+    for rec in records.values():
+        proc = rec["process"]
+        assert proc["isolation"] == "forkserver"
+        assert proc["pid"] != os.getpid()
+        # every worker appends its mode to a module-level list: a fresh process starts empty
+        assert proc["modes_run_before_in_process"] == []
+        pids.setdefault(proc["pid"], set()).add((rec["mode"], rec["unit"]))
+    assert all(len(units) == 1 for units in pids.values())
+    assert len(pids) == len({(r["mode"], r["unit"]) for r in records.values()})
+
+
+def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
+    import peftlab.bench.stage as stage
+    from peftlab.store import Store
+    from peftlab.study import Context, open_study_store
+
+    study, records, _ = benched
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished sweep point was measured again")
+
+    monkeypatch.setattr(stage, "run_isolated", refuse)
+    store = open_study_store(study)
+    try:
+        stage.bench_stage(Context(study=study, store=store))
+    finally:
+        store.close()
+    store = Store(study.output_dir, create=False)
+    assert {r["key"] for r in store.records("bench")} == set(records)
+    store.close()
+
+
+# -- the correctness gate -----------------------------------------------------------------------
+
+
+def test_gate_fails_for_a_corrupted_merge_and_the_mode_is_not_timed(benched, monkeypatch):
+    import torch
+
+    import peftlab.bench.modes.merged as merged_mode
+    from peftlab.bench.runner import run_isolated
+    from peftlab.bench.units import unit_records
+
+    study, _, _ = benched
+    unit, job = _unit_job(study, "merged")
+    good = run_isolated(job, isolation="in-process")
+    assert good["status"] == "done" and good["gate"]["passed"]
+
+    real_merge = merged_mode.merge
+
+    def corrupted(peft_model):
+        model = real_merge(peft_model)
+        with torch.no_grad():  # a merge bug: the update lands in the weight twice-ish
+            w = model.model.layers[0].self_attn.q_proj.weight
+            w.add_(0.05 * torch.randn_like(w, generator=torch.Generator().manual_seed(0)))
+        return model
+
+    monkeypatch.setattr(merged_mode, "merge", corrupted)
+    bad = run_isolated(job, isolation="in-process")
+    assert bad["status"] == "failed" and bad["points"] == []
+    assert bad["failure_reason"].startswith("correctness gate failed (not timed)")
+    failed = {c["reference"] for c in bad["gate"]["checks"] if not c["passed"]}
+    assert "unmerged (other seed)" in failed
+    worst = max(c["rel_diff"] for c in bad["gate"]["checks"] if c["kind"] == "logits")
+    assert worst > bad["gate"]["tolerance"]
+    recs = unit_records(unit, bad, [(2, "data")], settings={}, digest="x", extra={})
+    assert recs[0][1]["status"] == "failed" and "latencies_ns" not in recs[0][1]
+    # in one process, module state does leak from job to job: the evidence the isolation test reads
+    assert bad["process"]["modes_run_before_in_process"][-1] == "merged"
+
+
+def _drop_head(src: Path, dst: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = dst / "adapter_model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if ".score." not in k}
+    save_file(tensors, str(weights))
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    # as saved by a LoraConfig without task_type: PEFT then neither wraps nor expects the head
+    cfg.update(modules_to_save=None, task_type=None)
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_an_adapter_saved_without_its_head_fails_check_and_gate(benched, tmp_path):
+    from peftlab.bench.loading import base_structure, check_artifact
+    from peftlab.bench.runner import run_isolated
+
+    study, _, runs = benched
+    unit, _ = _unit_job(study, "unmerged")
+    art = dict(unit.artifacts[0])
+    art["path"] = str(_drop_head(Path(art["path"]), tmp_path / "headless"))
+    with pytest.raises(ModelError, match=f"adapter '{art['name']}'.*without its classification "
+                                         "head"):
+        check_artifact(art, base_structure(study.spec.model.model_dump(mode="json"), 2))
+    # Past the check (as a hand-made job would be), the gate still refuses to time it: the head
+    # that serves is the base model's, not the trained one.
+    _, job = _unit_job(study, "unmerged", artifacts=[art])
+    result = run_isolated(job, isolation="in-process")
+    assert result["status"] == "failed" and result["points"] == [], result.get("message")
+    head = next(c for c in result["gate"]["checks"] if c["kind"] == "head")
+    assert not head["passed"] and "no classification-head tensors" in head["why"]
+
+
+def test_compare_logits_is_relative_to_scale_and_tolerates_undecidable_flips():
+    from peftlab.bench.gate import compare_logits
+
+    big = np.array([[3000.0, -2500.0], [1200.0, 1300.0]])
+    near = big + 2e-2  # late-layer magnitudes: 2e-2 absolute is ~7e-6 relative
+    assert compare_logits("a", near, "b", big, tolerance=1e-4)["passed"]
+    assert not compare_logits("a", big * 1.01, "b", big, tolerance=1e-4)["passed"]
+    tie = np.array([[1.0, 1.0 + 1e-7], [2.0, -1.0]])
+    flipped = np.array([[1.0 + 2e-7, 1.0], [2.0, -1.0]])
+    cmp = compare_logits("a", flipped, "b", tie, tolerance=1e-4)
+    assert cmp["pred_flips"] == 1 and cmp["decisive_flips"] == 0 and cmp["passed"]
+    decisive = compare_logits("a", np.array([[0.0, 1.0]]), "b", np.array([[1.0, 0.0]]),
+                              tolerance=0.1)
+    assert decisive["decisive_flips"] == 1 and not decisive["passed"]
+    assert not compare_logits("a", np.array([[np.nan, 0.0]]), "b", np.zeros((1, 2)),
+                              tolerance=1.0)["passed"]
+
+
+# -- timing ---------------------------------------------------------------------------------------
+
+
+def test_timing_loop_meets_both_minimums_and_stops_at_the_cap():
+    from peftlab.bench.timing import latency_stats, time_requests
+
+    counter = iter(range(10**9))
+    t = time_requests(lambda r: r, lambda: next(counter), warmup=2, min_iterations=5,
+                      min_seconds=0.02, max_seconds=5.0)
+    assert len(t.latencies_ns) >= 5 and t.wall_s >= 0.02 and t.stopped_by == "min_reached"
+    assert t.warmup_requests == [0, 1] and t.requests[0] == 2  # warm-up calls are not timed
+    slow = time_requests(lambda r: time.sleep(0.01), lambda: None, warmup=0,
+                         min_iterations=10**6, min_seconds=0.0, max_seconds=0.05)
+    assert slow.stopped_by == "max_seconds" and len(slow.latencies_ns) < 10
+    s = latency_stats([1_000_000, 2_000_000, 4_000_000])
+    assert s["p50"] == 2.0 and s["mean"] == pytest.approx(7 / 3) and s["count"] == 3
+
+
+def test_interleaving_is_seeded_and_round_robin_cycles():
+    from peftlab.bench.requests import adapter_sequence
+
+    rng = np.random.default_rng
+    assert adapter_sequence(3, "round_robin", rng(0), 7) == [0, 1, 2, 0, 1, 2, 0]
+    a = adapter_sequence(3, "random", rng(5), 50)
+    assert a == adapter_sequence(3, "random", rng(5), 50) and set(a) == {0, 1, 2}
+    with pytest.raises(PeftlabError, match="interleave"):
+        adapter_sequence(2, "by_task", rng(0), 3)
+
+
+# -- one-off command and bad input ---------------------------------------------------------------
+
+
+def test_bench_oneoff_measures_a_mode_in_its_own_process(benched, tiny_llama_dir, glue_dir):
+    from peftlab.bench import bench_oneoff
+
+    study, _, runs = benched
+    art = study.output_dir / runs[_run_id(runs, "sst2", "lora")]["artifact"]
+    recs = bench_oneoff(str(tiny_llama_dir), [str(art)], ["unmerged"], batch_sizes=[2],
+                        seq_lengths=[8], data_dir=glue_dir, eval_samples=16, warmup=1,
+                        min_iterations=3, min_seconds=0.0, threads=1)
+    assert len(recs) == 1
+    rec = recs[0]
+    assert rec["status"] == "done" and rec["key"].startswith("unmerged/") and rec["key"].endswith(
+        "/b2/s8")
+    assert rec["padded_len_mean"] == 8 and rec["process"]["pid"] != os.getpid()
+
+
+def test_bad_input_gives_one_clear_error(benched, tiny_llama_dir, tiny_bert_dir, glue_dir,
+                                         tmp_path):
+    from peftlab.bench import bench_oneoff
+    from peftlab.bench.mode import UnsupportedMode
+    from peftlab.testing import build_tiny_llama
+
+    study, _, runs = benched
+    lora = study.output_dir / runs[_run_id(runs, "sst2", "lora")]["artifact"]
+    rte = study.output_dir / runs[_run_id(runs, "rte", "lora")]["artifact"]
+    full = study.output_dir / runs[_run_id(runs, "sst2", "full")]["artifact"]
+    kw = {"data_dir": glue_dir, "eval_samples": 8}
+
+    def oneoff(model, adapters, modes, **extra):
+        return bench_oneoff(str(model), [str(a) for a in adapters], modes, **{**kw, **extra})
+
+    with pytest.raises(ModelError, match="adapter 'nowhere'.*does not exist"):
+        oneoff(tiny_llama_dir, [tmp_path / "nowhere"], ["unmerged"])
+    shutil.copytree(lora, tmp_path / "no-weights")
+    (tmp_path / "no-weights" / "adapter_model.safetensors").unlink()
+    with pytest.raises(ModelError, match="adapter 'no-weights'.*adapter_model.safetensors is "
+                                         "missing"):
+        oneoff(tiny_llama_dir, [tmp_path / "no-weights"], ["unmerged"])
+    with pytest.raises(ModelError, match="adapts module 'model.layers.0.self_attn.q_proj'"):
+        oneoff(tiny_bert_dir, [lora], ["unmerged"])  # another architecture
+    narrow = build_tiny_llama(tmp_path / "narrow", hidden=32, intermediate=64)
+    with pytest.raises(ModelError, match="does not fit the base model.*hidden size differs"):
+        oneoff(narrow, [lora], ["unmerged"])
+    with pytest.raises(SpecError, match="batch sizes must be >= 1"):
+        oneoff(tiny_llama_dir, [lora], ["unmerged"], batch_sizes=[0])
+    with pytest.raises(UnsupportedMode, match="mode 'mixed' serves at least 2"):
+        oneoff(tiny_llama_dir, [lora], ["mixed"])
+    with pytest.raises(UnsupportedMode, match="mode 'merged' serves a PEFT adapter"):
+        oneoff(tiny_llama_dir, [full], ["merged"])
+    doras = []
+    for name, src in (("dora-a", lora), ("dora-b", rte)):  # the check reads only the config
+        shutil.copytree(src, tmp_path / name)
+        cfg = json.loads((tmp_path / name / "adapter_config.json").read_text())
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+        doras.append(tmp_path / name)
+    with pytest.raises(UnsupportedMode, match="method 'dora' of adapter 'dora-a' does not "
+                                              "support mixed-adapter batches"):
+        oneoff(tiny_llama_dir, doras, ["mixed"], adapter_tasks=["sst2", "rte"])
+    with pytest.raises(UnsupportedMode, match="must use one PEFT method"):
+        oneoff(tiny_llama_dir, [doras[0], rte], ["multi"], adapter_tasks=["sst2", "rte"])
+    with pytest.raises(PeftlabError, match="unknown bench mode 'fast'"):
+        oneoff(tiny_llama_dir, [lora], ["fast"])
