@@ -266,6 +266,12 @@ def bench(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers prints a load report and progress bars for every model it loads (dozens per
+    # study); peftlab records what it loaded, so only transformers' errors are shown.
+    if "--debug" not in sys.argv:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         app(standalone_mode=False)
     except PeftlabError as e:

@@ -14,7 +14,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from rich.console import Console
 from safetensors.numpy import save
 
@@ -34,19 +33,6 @@ from peftlab.study import Context, open_study_store
 
 MEASURES = ["linear_cka_debiased", "linear_cka", "cosine", "procrustes", "knn"]
 LAYERS = 3  # embeddings + 2 blocks of the tiny Llama
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch and one BLAS thread for this module: on two shared, busy cores a second thread
-    spin-waits at every barrier and made tiny forwards and SVDs 30x slower (measured)."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-    torch.set_num_threads(before)
 
 
 def _run(study, *stages):

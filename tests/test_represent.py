@@ -34,19 +34,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch and one BLAS thread for this module: on two shared, busy cores a second thread
-    spin-waits at every barrier and made tiny forwards and SVDs 30x slower (measured)."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-    torch.set_num_threads(before)
-
-
 def _load(folder):
     resolved = resolve_model(str(folder))
     tokenizer = load_tokenizer(resolved)
