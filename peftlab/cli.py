@@ -272,6 +272,10 @@ def main() -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        import warnings
+
+        # raised inside peft 0.21 on transformers 5 at every training step, not by peftlab
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     try:
         app(standalone_mode=False)
     except PeftlabError as e:
