@@ -359,7 +359,7 @@ def weight_drift(ctx: Context) -> None:
     """update_stats of every adapted matrix of every finished run, to the `weights` table."""
     from peftlab.finetune import load_base, load_tuned
     from peftlab.methods import get_method
-    from peftlab.weights import update_stats
+    from peftlab.weights import base_left_singular_vectors, update_stats
 
     cfg = ctx.study.spec.drift
     settings = {"top_k": cfg.intruder_top_k, "epsilon": cfg.intruder_epsilon,
@@ -383,6 +383,7 @@ def weight_drift(ctx: Context) -> None:
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}
         del base
+        base_u: dict[str, Any] = {}  # the base's SVD, shared by every run of the task
         prov = provenance()
         for rc, stamp in todo:
             method = get_method(rc.method_type)
@@ -406,8 +407,11 @@ def weight_drift(ctx: Context) -> None:
                     "settings": settings, "stamp": stamp, "provenance": prov,
                 }
                 try:
+                    if name not in base_u:
+                        base_u[name] = base_left_singular_vectors(base_weights[name])
                     stats = update_stats(base_weights[name], weight.detach(),
-                                         top_k=cfg.intruder_top_k, epsilon=cfg.intruder_epsilon)
+                                         top_k=cfg.intruder_top_k, epsilon=cfg.intruder_epsilon,
+                                         base_u=base_u[name])
                     rec.update(stats.as_dict(), undefined=None)
                 except DegenerateInputError as err:
                     rec["undefined"] = err.reason

@@ -97,13 +97,24 @@ def rank_energy(singular_values: np.ndarray, energy: float = 0.9) -> int:
     return int(np.searchsorted(share, energy - 1e-12) + 1)
 
 
+def base_left_singular_vectors(base) -> np.ndarray:
+    """Left singular vectors of a base matrix (out, in) -> (out, min(out, in)), float64.
+
+    Every run of a study shares the base, so callers compute this once per matrix and pass it to
+    `update_stats(..., base_u=...)` instead of repeating the SVD for every run.
+    """
+    return np.linalg.svd(_to_matrix(base, "base"), full_matrices=False)[0]
+
+
 def update_stats(
-    base, tuned, top_k: int = 10, epsilon: float = 0.5, energy: float = 0.9
+    base, tuned, top_k: int = 10, epsilon: float = 0.5, energy: float = 0.9,
+    base_u: np.ndarray | None = None,
 ) -> UpdateStats:
     """Statistics of the update tuned - base, both of shape (out_features, in_features).
 
     Three float64 SVDs: singular values of the update, and the left singular vectors of base
-    (all min(out, in) of them, from the thin SVD) and of tuned (the top_k are used). For a
+    (all min(out, in) of them, from the thin SVD; pass `base_u` from
+    `base_left_singular_vectors` to reuse them) and of tuned (the top_k are used). For a
     4096 x 4096 matrix this takes tens of seconds on a few CPU cores.
     """
     base_m = _to_matrix(base, "base")
@@ -130,7 +141,7 @@ def update_stats(
         )
     sigma = np.linalg.svd(update, compute_uv=False)
 
-    u_base = np.linalg.svd(base_m, full_matrices=False)[0]
+    u_base = base_u if base_u is not None else np.linalg.svd(base_m, full_matrices=False)[0]
     u_tuned = np.linalg.svd(tuned_m, full_matrices=False)[0][:, :top_k]
     # Singular vectors have unit norm, so the entries of U_tuned^T U_base are cosines.
     max_cos = np.abs(u_tuned.T @ u_base).max(axis=1)

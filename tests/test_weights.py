@@ -107,3 +107,14 @@ def test_top_k_is_capped_and_inputs_checked():
         update_stats(w[0], w[0])
     with pytest.raises(DegenerateInputError, match="all zeros"):
         update_stats(np.zeros((4, 4)), np.eye(4))
+
+
+def test_reused_base_singular_vectors_give_the_same_stats():
+    from peftlab.weights import base_left_singular_vectors
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(48, 32))
+    tuned = base + 0.5 * np.outer(rng.normal(size=48), rng.normal(size=32))
+    fresh = update_stats(base, tuned, top_k=5)
+    reused = update_stats(base, tuned, top_k=5, base_u=base_left_singular_vectors(base))
+    assert fresh.as_dict() == reused.as_dict()
