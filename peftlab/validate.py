@@ -30,7 +30,8 @@ def model_linear_names(study: Study) -> list[str] | None:
     try:
         config = AutoConfig.from_pretrained(
             resolved.source, revision=m.revision, trust_remote_code=m.trust_remote_code,
-            local_files_only=resolved.kind == "local" or None,
+            # validation must be quick and offline: a hub model is checked from the local cache
+            local_files_only=True,
         )
     except (OSError, ValueError):
         if resolved.kind == "local":
@@ -53,7 +54,7 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
     device = resolve_device(spec.device)
     linear = model_linear_names(study)
     if linear is None:
-        notes.append("model config not available offline: target modules are checked at load")
+        notes.append("model config not in the local cache: target modules are checked when the model loads")
     for name, entry in spec.methods.items():
         rc = study.resolve(spec.tasks[0].name, name, spec.seeds[0])
         get_method(entry["type"]).check(
