@@ -90,20 +90,14 @@ def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None
 @app.command()
 def data(spec: SpecArg, data_dir: DataDir = None, json_out: JsonFlag = False) -> None:
     """Load every task's data and print row and label counts per split."""
-    from peftlab.study import Context
-    from peftlab.tasks import describe
+    from peftlab.study import Context, split_summaries
 
     study = _load(spec, data_dir)
     ctx = Context(study=study, store=None)  # type: ignore[arg-type]  (no store needed to read)
-    rows = []
-    for t in study.spec.tasks:
-        task = ctx.task(t.name)
-        for split in ("train", "eval"):
-            full = ctx.split(t.name, split, subsample=False)
-            used = ctx.split(t.name, split)
-            d = describe(full, task)
-            rows.append({"task": t.name, "split": split, "rows": d["rows"],
-                         "rows_used": len(used), **{k: v for k, v in d.items() if k != "rows"}})
+    rows = [{"task": r["task"], "split": r["split"], "rows": r["rows"],
+             "rows_used": r["rows_used"],
+             **{k: v for k, v in r["describe"].items() if k != "rows"}}
+            for r in split_summaries(ctx)]
     if json_out:
         print(json.dumps(rows, indent=2))
         return

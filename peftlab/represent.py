@@ -26,7 +26,6 @@ the run's finish time) is skipped, so a rerun extracts nothing; the base is extr
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from peftlab.errors import ModelError, PeftlabError
-from peftlab.store import Store, provenance
+from peftlab.store import Store, atomic_write_bytes, provenance
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -230,14 +229,6 @@ def encode_representations(reps: np.ndarray, dtype: str, who: str) -> bytes:
     return save(tensors, metadata={"layers": str(reps.shape[0]), "format": "peftlab-represent-1"})
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A killed process leaves `<name>.tmp-<pid>`, which Store.sweep_partial removes.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def load_representations(store: Store, task: str, key: str
                          ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """({layer index: array (n_examples, hidden_size)}, manifest record) of one model on a task.
@@ -359,7 +350,7 @@ def _extract_one(ctx: Context, task: str, key: str, rc: RunConfig | None, first:
     seconds = time.perf_counter() - t0
     data = encode_representations(reps, cfg.dtype, who)
     path = representation_path(ctx.store, task, key)
-    _write_atomic(path, data)
+    atomic_write_bytes(path, data)
     n_layers, n, d = reps.shape
     ctx.store.put(TABLE, f"{task}/{key}", {
         "task": task,

@@ -35,7 +35,6 @@ from typing import Any
 
 from peftlab.errors import StoreError
 
-TABLES = ("runs", "data", "represent", "drift", "weights", "bench", "stats")
 DB_NAME = "results.sqlite"
 
 
@@ -224,12 +223,19 @@ class Store:
         return gone
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a torn one."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a torn one.
+
+    A killed process leaves `<name>.tmp-<pid>`, which `Store.sweep_partial` removes.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def dir_bytes(path: Path) -> int:

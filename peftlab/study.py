@@ -159,26 +159,38 @@ def plan(study: Study) -> list[dict[str, Any]]:
     return out
 
 
-def data_stage(ctx: Context) -> None:
-    """Load every split of every task, check it, and record its size, labels and checksum."""
-    from peftlab.tasks import describe, file_checksum, split_checksum
+def split_summaries(ctx: Context) -> list[dict[str, Any]]:
+    """Per task and split: rows in the source and after subsampling, label counts of both."""
+    from peftlab.tasks import describe
 
-    items = []
+    out = []
     for t in ctx.study.spec.tasks:
         task = ctx.task(t.name)
         for split in ("train", "eval"):
             full = ctx.split(t.name, split, subsample=False)
             used = ctx.split(t.name, split)
-            path = _source_file(ctx, t.name, split)
-            items.append((f"{t.name}/{split}", {
-                "task": t.name, "split": split,
-                "source": "files" if t.files else ctx.study.data_source()[0],
-                "path": str(path) if path else None,
-                "checksum": file_checksum(path) if path else split_checksum(full),
-                "content_checksum": split_checksum(used),
-                "rows": len(full), "rows_used": len(used),
-                "describe": describe(full, task), "describe_used": describe(used, task),
-            }))
+            out.append({"task": t.name, "split": split, "rows": len(full),
+                        "rows_used": len(used), "describe": describe(full, task),
+                        "describe_used": describe(used, task)})
+    return out
+
+
+def data_stage(ctx: Context) -> None:
+    """Load every split of every task, check it, and record its size, labels and checksum."""
+    from peftlab.tasks import file_checksum, split_checksum
+
+    items = []
+    for summary in split_summaries(ctx):
+        name, split = summary["task"], summary["split"]
+        path = _source_file(ctx, name, split)
+        items.append((f"{name}/{split}", {
+            **summary,
+            "source": "files" if ctx.study.task_spec(name).files else ctx.study.data_source()[0],
+            "path": str(path) if path else None,
+            "checksum": (file_checksum(path) if path
+                         else split_checksum(ctx.split(name, split, subsample=False))),
+            "content_checksum": split_checksum(ctx.split(name, split)),
+        }))
     ctx.store.put_many("data", items)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
@@ -244,4 +243,3 @@ def test_seeded_runs_repeat_exactly(tmp_path, tiny_llama_dir):
         curves.append(store.records("runs")[0]["loss_curve"])
         store.close()
     assert curves[0] == curves[1]
-    assert torch.get_num_threads() >= 1

@@ -36,8 +36,12 @@ def new_figure(width: float, height: float):
 
 
 def to_png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is cleared afterwards (its memory is released)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    finally:
+        fig.clear()
     return buf.getvalue()
 
 
@@ -77,10 +81,7 @@ def accuracy_figure(summaries: list[dict[str, Any]], tasks: list[str], methods: 
     ax.set_ylabel("main metric (per seed; mean and interval)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    try:
-        return to_png(fig)
-    finally:
-        fig.clear()
+    return to_png(fig)
 
 
 # ----------------------------------------------------------------------------- drift
@@ -140,10 +141,7 @@ def drift_figure(task: str, records: list[dict[str, Any]], measures: list[str],
         ax.set_ylabel("similarity")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
-    try:
-        return to_png(fig)
-    finally:
-        fig.clear()
+    return to_png(fig)
 
 
 def _matrix(curves: dict[Any, list[tuple[int, float]]], index: dict[int, int]) -> np.ndarray:
@@ -180,10 +178,7 @@ def ecdf_figure(title: str, rows: list[dict[str, Any]], modes: list[str]) -> byt
         ax.set_ylabel("share of requests")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
-    try:
-        return to_png(fig)
-    finally:
-        fig.clear()
+    return to_png(fig)
 
 
 def sweep_figure(points: list[dict[str, Any]], modes: list[str], seq_lens: list[str]) -> bytes:
@@ -213,7 +208,4 @@ def sweep_figure(points: list[dict[str, Any]], modes: list[str], seq_lens: list[
         ax.set_ylabel("median latency (ms)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
-    try:
-        return to_png(fig)
-    finally:
-        fig.clear()
+    return to_png(fig)

@@ -6,36 +6,25 @@ PEFT routes each row through its own adapter (`adapter_names=[...]`, one name pe
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Mode, UnsupportedMode, register
-from peftlab.bench.modes.multi import check_group
+from peftlab.bench.mode import UnsupportedMode, register
+from peftlab.bench.modes.multi import AdapterGroup
 
 
 @register
-class Mixed(Mode):
+class Mixed(AdapterGroup):
     name = "mixed"
-    min_artifacts = 2
-    max_artifacts = None
 
     def check(self, artifacts, methods):
         super().check(artifacts, methods)
-        check_group(self.name, artifacts)
         for a, m in zip(artifacts, methods, strict=True):
             if m is None or not m.supports_mixed_batch:
                 raise UnsupportedMode(
                     f"mode 'mixed': method {a.get('method_type')!r} of adapter {a['name']!r} does "
                     "not support mixed-adapter batches (PEFT's adapter_names=[...]); use mode "
                     "'multi' (one adapter per request) for it")
-
-    def load(self, env) -> Any:
-        return env.loader.peft(env.artifacts, env.seed)
-
-    def adapters(self, env):
-        return [a["name"] for a in env.artifacts]
 
     def make_call(self, env, model, forward):
         def call(request):

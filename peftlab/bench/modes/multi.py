@@ -31,9 +31,9 @@ def check_group(mode: str, artifacts: list[dict[str, Any]]) -> None:
         raise UnsupportedMode(f"mode {mode!r}: adapter names must be distinct, got {names}")
 
 
-@register
-class Multi(Mode):
-    name = "multi"
+class AdapterGroup(Mode):
+    """Several adapters of one PEFT method loaded on one base (shared by `multi` and `mixed`)."""
+
     min_artifacts = 2
     max_artifacts = None
 
@@ -46,6 +46,11 @@ class Multi(Mode):
 
     def adapters(self, env):
         return [a["name"] for a in env.artifacts]
+
+
+@register
+class Multi(AdapterGroup):
+    name = "multi"
 
     def make_call(self, env, model, forward):
         state = env.state
