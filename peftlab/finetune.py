@@ -85,12 +85,13 @@ def prepare_run(ctx: Context, rc: RunConfig) -> Prepared:
     from peftlab.encode import encode_frame
     from peftlab.methods import get_method
     from peftlab.models import count_parameters, head_module_names, linear_module_names
+    from peftlab.validate import check_batch_fits
 
     task = ctx.task(rc.task)
     method = get_method(rc.method_type)
     # One seed fixes data order, dropout and the initialisation of the head and the adapter.
     set_seed(rc.seed)
-    tokenizer, model = load_base(ctx, rc, method)
+    tokenizer, model = load_base(ctx, rc)
     method.check(rc.params, linear_names=linear_module_names(model), device=ctx.device,
                  where=ctx.study.where(f"methods.{rc.method}"))
     enc = dict(max_length=rc.model.max_length, pair_template=rc.model.pair_template,
@@ -98,12 +99,8 @@ def prepare_run(ctx: Context, rc: RunConfig) -> Prepared:
     train = encode_frame(ctx.split(rc.task, "train"), tokenizer, **enc)
     evald = encode_frame(ctx.split(rc.task, "eval"), tokenizer, **enc)
     tr = rc.training
-    eff_batch = tr.batch_size * tr.grad_accum
-    if eff_batch > len(train):
-        raise PeftlabError(
-            f"{ctx.study.where('training.batch_size')}: effective batch {eff_batch} is larger than "
-            f"the {len(train)} training examples of task {rc.task!r}")
-    steps_per_epoch = max(len(train) // eff_batch, 1)
+    check_batch_fits(ctx.study, rc, len(train))
+    steps_per_epoch = max(len(train) // (tr.batch_size * tr.grad_accum), 1)
     total = tr.max_steps or math.ceil(steps_per_epoch * tr.epochs)
     _, base_total = count_parameters(model)
     heads = head_module_names(model)
@@ -112,7 +109,7 @@ def prepare_run(ctx: Context, rc: RunConfig) -> Prepared:
     return Prepared(model, tokenizer, train, evald, base_total, heads, total)
 
 
-def load_base(ctx: Context, rc: RunConfig, method: Any = None) -> tuple[Any, Any]:
+def load_base(ctx: Context, rc: RunConfig) -> tuple[Any, Any]:
     """The pretrained base as a classifier for `rc.task` (a fresh, seeded head)."""
     from peftlab.models import load_classifier, load_tokenizer, resolve_model
 
@@ -190,7 +187,7 @@ def _trainer_class():
     return PeftlabTrainer
 
 
-def training_arguments(rc: RunConfig, out: Path, device: str, total_steps: int):
+def training_arguments(rc: RunConfig, out: Path, device: str):
     from transformers import TrainingArguments
 
     tr = rc.training
@@ -261,7 +258,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     trainer = None
     try:
         with store.atomic_dir(final) as tmp, PeakMemory(ctx.device) as mem:
-            args = training_arguments(rc, tmp / "trainer", ctx.device, prep.total_steps)
+            args = training_arguments(rc, tmp / "trainer", ctx.device)
             timer = _loop_timer()
             trainer = _trainer_class()(model=model, args=args, train_dataset=prep.train,
                                        data_collator=collator,

@@ -71,13 +71,16 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
 
 def _check_batches(study: Study, ctx: Any, tasks: set[str]) -> None:
     for rc in study.runs():
-        if rc.task not in tasks:
-            continue
-        n = len(ctx.split(rc.task, "train"))
-        eff = rc.training.batch_size * rc.training.grad_accum
-        if eff > n:
-            raise SpecError(
-                f"{study.where('training.batch_size')}: effective batch {eff} "
-                f"(batch_size {rc.training.batch_size} x grad_accum {rc.training.grad_accum}) "
-                f"is larger than the {n} training examples of task {rc.task!r}"
-            )
+        if rc.task in tasks:
+            check_batch_fits(study, rc, len(ctx.split(rc.task, "train")))
+
+
+def check_batch_fits(study: Study, rc: Any, n_train: int) -> None:
+    """The effective batch must fit in the training split (also checked when hub data loads)."""
+    eff = rc.training.batch_size * rc.training.grad_accum
+    if eff > n_train:
+        raise SpecError(
+            f"{study.where('training.batch_size')}: effective batch {eff} "
+            f"(batch_size {rc.training.batch_size} x grad_accum {rc.training.grad_accum}) "
+            f"is larger than the {n_train} training examples of task {rc.task!r}"
+        )
