@@ -29,10 +29,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from peftlab.encode import encode_frame
+from peftlab.encode import encode_frame, iter_batches
 from peftlab.errors import ModelError
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
-from peftlab.represent import extract, iter_batches, pad_token_id, pooled_forward
+from peftlab.representations import extract, pad_token_id, pooled_forward
 from peftlab.testing import build_tiny_llama
 
 GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"

@@ -25,9 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from peftlab.finetune import load_base, prepare_run, train_run  # noqa: E402
+from peftlab.artifacts import base_for_run  # noqa: E402
 from peftlab.fixtures import tiny_spec, write_spec  # noqa: E402
 from peftlab.spec import load_spec  # noqa: E402
+from peftlab.stages.finetune import prepare_run, train_run  # noqa: E402
 from peftlab.store import Store  # noqa: E402
 from peftlab.study import Context  # noqa: E402
 
@@ -91,7 +92,7 @@ def compare(label: str, model_dir: str, glue: str, method: str, steps: int, repe
         store = Store(study.output_dir).lock()
         ctx = Context(study=study, store=store)
         (rc,) = study.runs()
-        load_base(ctx, rc)  # warm the import and file caches for both contestants
+        base_for_run(ctx, rc)  # warm the import and file caches for both contestants
         ours, bare = [], []
         for _ in range(repeats):  # interleaved: drift hits both alike
             ours.append(peftlab_step_time(ctx, rc))

@@ -90,14 +90,13 @@ def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None
 @app.command()
 def data(spec: SpecArg, data_dir: DataDir = None, json_out: JsonFlag = False) -> None:
     """Load every task's data and print row and label counts per split."""
-    from peftlab.study import Context, split_summaries
+    from peftlab.data import StudyData
 
     study = _load(spec, data_dir)
-    ctx = Context(study=study, store=None)  # type: ignore[arg-type]  (no store needed to read)
     rows = [{"task": r["task"], "split": r["split"], "rows": r["rows"],
              "rows_used": r["rows_used"],
              **{k: v for k, v in r["describe"].items() if k != "rows"}}
-            for r in split_summaries(ctx)]
+            for r in StudyData(study).summaries()]
     if json_out:
         print(json.dumps(rows, indent=2))
         return

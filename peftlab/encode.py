@@ -184,3 +184,34 @@ def last_token_index(input_ids: Any, attention_mask: Any, pad_token_id: int | No
         real = real & (input_ids != pad_token_id)
     positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
     return (positions * real.to(positions.dtype)).argmax(dim=-1)
+
+
+def iter_batches(dataset: Any, tokenizer: Any, batch_size: int, device: Any,
+                 pad_to: int | None = None) -> Any:
+    """Padded model inputs for an `encode_frame` dataset, in dataset order (the one batching path
+    of evaluation, extraction and every other forward pass peftlab makes outside the Trainer).
+
+    Yields dicts of LongTensors [batch, seq] on `device`: input_ids, attention_mask and, when
+    the dataset has them, token_type_ids (labels are left out: no loss is computed). Padding is on
+    the tokenizer's side, to the longest example of the batch or to `pad_to` tokens.
+    """
+    collator = make_collator(tokenizer, pad_to=pad_to)
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids")
+            if c in dataset.column_names]
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start:start + batch_size]
+        feats = [{c: rows[c][i] for c in cols} for i in range(len(rows["input_ids"]))]
+        yield {k: v.to(device) for k, v in collator(feats).items()}
+
+
+def predict(model: Any, dataset: Any, tokenizer: Any, batch_size: int, device: Any,
+            pad_to: int | None = None) -> Any:
+    """Logits for every example, in dataset order: float32 array [n, num_labels]."""
+    import numpy as np
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for batch in iter_batches(dataset, tokenizer, batch_size, device, pad_to):
+            out.append(model(**batch).logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

@@ -7,6 +7,8 @@ The message must name the file (and key path or row number) and say what was exp
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PeftlabError(Exception):
     """A user-fixable problem. `str(err)` is the whole message shown to the user."""
@@ -39,3 +41,19 @@ class DegenerateInputError(PeftlabError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def format_validation(err: Any, where: str) -> str:
+    """One line per problem of a pydantic ValidationError, each naming `where` and the key path."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{where}: {loc}: {msg}{got_s}")
+    return "\n".join(lines)

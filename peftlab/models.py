@@ -511,8 +511,13 @@ def load_classifier(
     trust_remote_code: bool = False,
     tokenizer: Any = None,
     label_names: list[str] | None = None,
+    quantization_config: Any = None,
+    device_map: Any = None,
 ) -> Any:
     """AutoModelForSequenceClassification on `resolved`, ready to train or evaluate.
+
+    quantization_config / device_map: passed to `from_pretrained` (a method's base-loading hook,
+    e.g. QLoRA's 4-bit NF4 base); a quantised model is placed by `device_map` and never moved.
 
     num_labels == 1 means regression (problem_type "regression", logits [batch, 1]); otherwise
     logits are [batch, num_labels] and problem_type defaults to "single_label_classification".
@@ -566,6 +571,9 @@ def load_classifier(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             ignore_mismatched_sizes=reinit_head,
+            **({"quantization_config": quantization_config} if quantization_config is not None
+               else {}),
+            **({"device_map": device_map} if device_map is not None else {}),
             **kwargs,
         )
     except OSError as err:
@@ -577,9 +585,41 @@ def load_classifier(
     except (ValueError, KeyError) as err:
         raise ModelError(f"cannot build a sequence classifier from {resolved.describe()} "
                          f"(model type {config.model_type!r}): {_first_line(err)}") from err
-    model.to(dev)
+    if quantization_config is None and device_map is None:
+        model.to(dev)
     model.eval()
     return model
+
+
+def portable_name(resolved: ResolvedModel) -> str | None:
+    """How an artifact should name its base so that it loads on another machine: the hub id of
+    a hub model or of an alias (also when the alias was served from a local package copy), None
+    for the user's own folders and files (no portable name exists)."""
+    if resolved.alias is not None:
+        return ALIASES[resolved.alias]
+    if resolved.kind == "hub" or (resolved.kind == "gguf" and not Path(resolved.source).is_dir()):
+        return resolved.source
+    return None
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> cuda when available, else mps, else cpu; an impossible request is an error."""
+    import torch
+
+    from peftlab.errors import SpecError
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SpecError("device: 'cuda' was requested but no CUDA device is available "
+                        "(use device: auto or cpu)")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise SpecError("device: 'mps' was requested but MPS is not available")
+    return requested
 
 
 # ---------------------------------------------------------------------------------------------

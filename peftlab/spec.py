@@ -25,7 +25,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from peftlab.errors import PeftlabError, SpecError
+from peftlab.errors import PeftlabError, SpecError, format_validation
+
+
+def _default_measures() -> list[str]:
+    from peftlab.measures import default_measures
+
+    return default_measures()
+
+
+def _mode_names() -> list[str]:
+    from peftlab.bench.modes import mode_names
+
+    return mode_names()
 
 
 class _Strict(BaseModel):
@@ -130,13 +142,8 @@ class RepresentSpec(_Strict):
 class DriftSpec(_Strict):
     """Similarity between base and tuned representations, and weight-space analysis."""
 
-    measures: list[
-        Literal["linear_cka", "linear_cka_debiased", "rbf_cka", "cosine", "procrustes", "knn"]
-    ] = Field(
-        default_factory=lambda: [
-            "linear_cka_debiased", "linear_cka", "cosine", "procrustes", "knn"
-        ]
-    )
+    # names registered in `peftlab.measures.MEASURES`; default: every measure marked default
+    measures: list[str] = Field(default_factory=lambda: _default_measures())
     null_permutations: int = Field(200, ge=0)  # row shuffles for the CKA null floor; 0: none
     knn_k: int = Field(10, gt=0)  # capped at n - 1 probe examples (the value used is recorded)
     rbf_sigma: float = Field(0.8, gt=0)  # fraction of the median pairwise distance
@@ -150,17 +157,21 @@ class DriftSpec(_Strict):
     @field_validator("measures")
     @classmethod
     def _unique_measures(cls, v: list[str]) -> list[str]:
+        from peftlab.measures import MEASURES
+
         if len(set(v)) != len(v):
             raise ValueError(f"measures must be unique, got {v}")
+        unknown = [m for m in v if m not in MEASURES]
+        if unknown:
+            raise ValueError(f"unknown measure(s) {unknown}; expected any of {MEASURES.names()}")
         return v
 
 
 class BenchSpec(_Strict):
     """Deployment benchmark settings."""
 
-    modes: list[Literal["base", "full", "unmerged", "merged", "multi", "mixed"]] = Field(
-        default_factory=lambda: ["base", "full", "unmerged", "merged", "multi", "mixed"]
-    )
+    # names registered in `peftlab.bench.modes.MODES`; default: every registered mode
+    modes: list[str] = Field(default_factory=lambda: _mode_names())
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     # "data": the evaluation examples' own lengths; an int: every request padded/cut to that length
     seq_lengths: list[int | Literal["data"]] = Field(default_factory=lambda: ["data", 128])
@@ -184,6 +195,17 @@ class BenchSpec(_Strict):
     # forkserver: each mode in a fresh process forked from a server that imported torch once;
     # subprocess: `python -m peftlab.bench.worker` per mode (nothing shared, pays imports each time)
     isolation: Literal["forkserver", "subprocess"] = "forkserver"
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, v: list[str]) -> list[str]:
+        names = _mode_names()
+        unknown = [m for m in v if m not in names]
+        if unknown:
+            raise ValueError(f"unknown mode(s) {unknown}; expected any of {names}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"modes must be unique, got {v}")
+        return v
 
     @field_validator("batch_sizes")
     @classmethod
@@ -215,7 +237,7 @@ class BenchSpec(_Strict):
 
 
 class StatsSpec(_Strict):
-    """How the stats stage tests comparisons (see `peftlab.analysis`)."""
+    """How the stats stage tests comparisons (see `peftlab.stages.stats`)."""
 
     alpha: float = Field(0.05, gt=0, lt=1)  # per family, after correction; intervals at 1 - alpha
     correction: Literal["holm", "bonferroni"] = "holm"  # over each declared family
@@ -349,6 +371,7 @@ class Study:
     spec: StudySpec
     path: Path | None  # the spec file
     data_dir: Path | None = None  # a local GLUE folder given on the command line or environment
+    _plan: tuple[RunConfig, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def output_dir(self) -> Path:
@@ -420,13 +443,22 @@ class Study:
         return _with_id(rc)
 
     def runs(self) -> list[RunConfig]:
-        """Every training run the study implies: task x method x seed, in a stable order."""
-        return [
-            self.resolve(t.name, m, s)
-            for t in self.spec.tasks
-            for m in self.spec.methods
-            for s in self.spec.seeds
-        ]
+        """Every training run the study implies: task x method x seed, in a stable order.
+
+        Resolved once per Study (the plan): every stage and command reads this same list.
+        """
+        if self._plan is None:
+            self._plan = tuple(
+                self.resolve(t.name, m, s)
+                for t in self.spec.tasks
+                for m in self.spec.methods
+                for s in self.spec.seeds
+            )
+        return list(self._plan)
+
+    def run(self, run_id: str) -> RunConfig | None:
+        """The planned run with this id, or None when the spec no longer implies it."""
+        return next((rc for rc in self.runs() if rc.run_id == run_id), None)
 
 
 def _with_id(rc: RunConfig) -> RunConfig:
@@ -445,7 +477,7 @@ def _layer(target: dict[str, Any], updates: Any, where: str) -> None:
         try:
             TrainingSpec(**target)
         except ValidationError as e:
-            raise SpecError(_format_validation(e, where)) from None
+            raise SpecError(format_validation(e, where)) from None
 
 
 def _merge(target: dict[str, Any], updates: dict[str, Any], where: str) -> None:
@@ -456,21 +488,6 @@ def _merge(target: dict[str, Any], updates: dict[str, Any], where: str) -> None:
             f"{sorted(TrainingSpec.model_fields)}"
         )
     target.update(updates)
-
-
-def _format_validation(err: ValidationError, where: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        got = e.get("input")
-        got_s = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{where}: {loc}: {msg}{got_s}")
-    return "\n".join(lines)
 
 
 def load_spec(path: str | os.PathLike[str], *, data_dir: str | None = None,
@@ -490,7 +507,7 @@ def load_spec(path: str | os.PathLike[str], *, data_dir: str | None = None,
     try:
         spec = StudySpec(**raw)
     except ValidationError as e:
-        raise SpecError(_format_validation(e, str(p))) from None
+        raise SpecError(format_validation(e, str(p))) from None
     env_dir = os.environ.get("PEFTLAB_DATA_DIR")
     study = Study(spec=spec, path=p, data_dir=Path(data_dir) if data_dir else
                   (Path(env_dir) if env_dir else None))

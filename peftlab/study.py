@@ -1,8 +1,9 @@
-"""The pipeline: which stages a study has, in which order, and what each one reads.
+"""The pipeline: which stages a study has, in which order, and what each one receives.
 
     peftlab run studies/quickstart.yaml
 
-Stages talk to each other only through the study directory (`peftlab.store.Store`): each reads the
+Stages are the modules of `peftlab/stages/` (each exposes `run(ctx)`), in the order of `STAGES`.
+They talk to each other only through the study directory (`peftlab.store.Store`): each reads the
 results of earlier stages, writes its own, and skips work that is already done, so any stage can be
 rerun alone (`peftlab finetune SPEC`, `peftlab drift SPEC`, ...).
 """
@@ -15,116 +16,46 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
+from peftlab.data import StudyData
 from peftlab.errors import SpecError
 from peftlab.spec import RunConfig, Study
 from peftlab.store import Store, atomic_write_text, provenance
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from peftlab.tasks import TaskDef
-
-# name -> "module:function". Order is the pipeline order; each function takes a `Context`.
-STAGES: dict[str, str] = {
-    "data": "peftlab.study:data_stage",
-    "finetune": "peftlab.finetune:finetune_stage",
-    "represent": "peftlab.represent:represent_stage",
-    "drift": "peftlab.drift:drift_stage",
-    "bench": "peftlab.bench:bench_stage",
-    "stats": "peftlab.analysis:stats_stage",
-    "report": "peftlab.report:report_stage",
-}
-
-
-def resolve_device(requested: str) -> str:
-    """'auto' -> cuda when available, else mps, else cpu; an impossible request is an error."""
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device: 'cuda' was requested but no CUDA device is available "
-                        "(use device: auto or cpu)")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise SpecError("device: 'mps' was requested but MPS is not available")
-    return requested
+# Pipeline order. Each name is a module `peftlab.stages.<name>` with a `run(ctx)` function.
+STAGES: tuple[str, ...] = ("data", "finetune", "represent", "drift", "bench", "stats", "report")
 
 
 @dataclass
 class Context:
-    """What a stage receives: the study, its store, the device, data access and a console."""
+    """What a stage receives: the study (with its resolved plan), its store, its data, the device
+    and a console."""
 
     study: Study
     store: Store
     console: Console = field(default_factory=lambda: Console(stderr=True))
-    _frames: dict[tuple[str, str, bool], Any] = field(default_factory=dict)
 
     @cached_property
     def device(self) -> str:
+        from peftlab.models import resolve_device
+
         return resolve_device(self.study.spec.device)
 
-    def task(self, name: str) -> TaskDef:
-        from peftlab.tasks import get_task, make_file_task
+    @cached_property
+    def data(self) -> StudyData:
+        return StudyData(self.study, self.store)
 
-        t = self.study.task_spec(name)
-        if t.files is None:
-            return get_task(name)
-        metrics = t.metrics or (["pearson", "spearman"] if t.regression else ["accuracy"])
-        text_columns = tuple(c for c in ("text_a", "text_b") if c in (t.columns or {}))
-        return make_file_task(name, None if t.regression else tuple(t.label_names or ()),
-                              tuple(metrics), text_columns)
-
-    def split(self, name: str, split: str, *, subsample: bool = True) -> pd.DataFrame:
-        """A task split as a DataFrame (text_a, [text_b], label, row), subsampled as the spec says."""
-        from peftlab.tasks import load_split
-        from peftlab.tasks import subsample as take
-
-        key = (name, split, subsample)
-        if key in self._frames:
-            return self._frames[key]
-        full_key = (name, split, False)
-        if full_key not in self._frames:
-            t = self.study.task_spec(name)
-            task = self.task(name)
-            if t.files is not None:
-                df = load_split(task, split, source="files", files=dict(t.files),
-                                columns=dict(t.columns or {}))
-            else:
-                source, folder = self.study.data_source()
-                df = load_split(task, split, source=source, glue_dir=folder,
-                                revision=self.study.spec.data.hub_revision)
-            self._frames[full_key] = df
-        df = self._frames[full_key]
-        if subsample:
-            t = self.study.task_spec(name)
-            d = self.study.spec.data
-            n = (t.train_samples or d.train_samples) if split == "train" else (
-                t.eval_samples or d.eval_samples)
-            df = take(df, n, d.seed)
-            self._frames[key] = df
-        return df
-
-    def data_checksum(self, name: str, split: str) -> str:
-        """sha256 of the split's source file (local files) or of its canonical content (hub)."""
-        rec = self.store.get("data", f"{name}/{split}")
-        if rec is not None:
-            return rec["checksum"]
-        from peftlab.tasks import split_checksum
-
-        return split_checksum(self.split(name, split, subsample=False))
+    def finished_runs(self) -> list[RunConfig]:
+        """The planned runs whose record says done, in plan order."""
+        return [rc for rc in self.study.runs() if run_status(self.store, rc)["status"] == "done"]
 
 
-def run_status(store: Store, rc: RunConfig) -> dict[str, Any]:
+def run_status(store: Store | None, rc: RunConfig) -> dict[str, Any]:
     """status of one planned run: pending, done, failed (with reason) or interrupted."""
-    rec = store.get("runs", rc.run_id)
+    rec = store.get("runs", rc.run_id) if store is not None else None
     if rec is None:
         return {"status": "pending"}
     status = rec.get("status", "pending")
@@ -151,7 +82,7 @@ def plan(study: Study) -> list[dict[str, Any]]:
     store = Store(root, create=False) if (root / "results.sqlite").is_file() else None
     out = []
     for rc in study.runs():
-        st = run_status(store, rc) if store else {"status": "pending"}
+        st = run_status(store, rc)
         out.append({"run_id": rc.run_id, "task": rc.task, "method": rc.method,
                     "method_type": rc.method_type, "seed": rc.seed, **st})
     if store:
@@ -159,57 +90,10 @@ def plan(study: Study) -> list[dict[str, Any]]:
     return out
 
 
-def split_summaries(ctx: Context) -> list[dict[str, Any]]:
-    """Per task and split: rows in the source and after subsampling, label counts of both."""
-    from peftlab.tasks import describe
-
-    out = []
-    for t in ctx.study.spec.tasks:
-        task = ctx.task(t.name)
-        for split in ("train", "eval"):
-            full = ctx.split(t.name, split, subsample=False)
-            used = ctx.split(t.name, split)
-            out.append({"task": t.name, "split": split, "rows": len(full),
-                        "rows_used": len(used), "describe": describe(full, task),
-                        "describe_used": describe(used, task)})
-    return out
-
-
-def data_stage(ctx: Context) -> None:
-    """Load every split of every task, check it, and record its size, labels and checksum."""
-    from peftlab.tasks import file_checksum, split_checksum
-
-    items = []
-    for summary in split_summaries(ctx):
-        name, split = summary["task"], summary["split"]
-        path = _source_file(ctx, name, split)
-        items.append((f"{name}/{split}", {
-            **summary,
-            "source": "files" if ctx.study.task_spec(name).files else ctx.study.data_source()[0],
-            "path": str(path) if path else None,
-            "checksum": (file_checksum(path) if path
-                         else split_checksum(ctx.split(name, split, subsample=False))),
-            "content_checksum": split_checksum(ctx.split(name, split)),
-        }))
-    ctx.store.put_many("data", items)
-
-
-def _source_file(ctx: Context, name: str, split: str) -> Path | None:
-    t = ctx.study.task_spec(name)
-    if t.files is not None:
-        return Path(t.files[split])
-    source, folder = ctx.study.data_source()
-    if source != "glue_dir" or folder is None:
-        return None
-    task = ctx.task(name)
-    return Path(folder) / task.glue.folder / task.glue.file_for(split)
-
-
 def stage_function(name: str) -> Callable[[Context], None]:
     if name not in STAGES:
         raise SpecError(f"unknown stage {name!r}; stages are {list(STAGES)}")
-    module, func = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return importlib.import_module(f"peftlab.stages.{name}").run
 
 
 def open_study_store(study: Study) -> Store:

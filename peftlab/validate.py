@@ -46,8 +46,9 @@ def model_linear_names(study: Study) -> list[str] | None:
 
 def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
     """Raise SpecError/DataError for what cannot work; return notes on what was not checked."""
+    from peftlab.data import StudyData
     from peftlab.methods import get_method
-    from peftlab.study import Context, resolve_device
+    from peftlab.models import resolve_device
 
     notes: list[str] = []
     spec = study.spec
@@ -65,14 +66,14 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
             notes.append("data from the hub is checked when it is first loaded")
         # files and local GLUE folders are cheap to read: check rows and batch sizes now
         tasks = {t.name for t in spec.tasks if local or t.files is not None}
-        _check_batches(study, Context(study=study, store=None), tasks)  # type: ignore[arg-type]
+        _check_batches(study, StudyData(study), tasks)
     return notes
 
 
-def _check_batches(study: Study, ctx: Any, tasks: set[str]) -> None:
+def _check_batches(study: Study, data: Any, tasks: set[str]) -> None:
     for rc in study.runs():
         if rc.task in tasks:
-            check_batch_fits(study, rc, len(ctx.split(rc.task, "train")))
+            check_batch_fits(study, rc, len(data.split(rc.task, "train")))
 
 
 def check_batch_fits(study: Study, rc: Any, n_train: int) -> None:

@@ -3,7 +3,7 @@
 
     .venv/bin/python -m pytest tests/test_analysis.py -q
 
-The store is `peftlab.report.sample`: SST-2, MRPC, RTE x {full, lora} x seeds 1-3, where RTE's
+The store is `peftlab.sample_study`: SST-2, MRPC, RTE x {full, lora} x seeds 1-3, where RTE's
 full run of seed 3 failed; drift, weights and bench records for SST-2 and MRPC.
 """
 
@@ -17,8 +17,10 @@ import pytest
 from rich.console import Console
 
 from peftlab import stats
-from peftlab.analysis import band_layers, bench_rows, stats_stage
-from peftlab.report.sample import FAILED, write_sample
+from peftlab.results import bench_rows
+from peftlab.sample_study import FAILED, write_sample
+from peftlab.stages.stats import band_layers
+from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
 from peftlab.study import Context
 

@@ -28,8 +28,8 @@ POINTS = [(1, "data"), (1, 16), (4, "data"), (4, 16)]
 @pytest.fixture(scope="module")
 def benched(tmp_path_factory, tiny_llama_dir, glue_dir):
     """(study, bench records by key, the runs table) after data + finetune + bench."""
-    from peftlab.bench import bench_stage
     from peftlab.fixtures import tiny_study
+    from peftlab.stages.bench import run as bench_stage
     from peftlab.store import Store
     from peftlab.study import Context, open_study_store
 
@@ -54,8 +54,8 @@ def _run_id(runs, task, method):
 
 def _unit_job(study, mode, *, artifacts=None):
     """The job the stage would give a worker for `mode` on the study's first matching unit."""
-    from peftlab.bench.stage import plan_units
     from peftlab.bench.units import bench_settings, make_job, sweep_points
+    from peftlab.stages.bench import plan_units
     from peftlab.store import Store
     from peftlab.study import Context
 
@@ -159,7 +159,7 @@ def test_each_unit_ran_in_a_fresh_process_of_its_own(benched):
 
 
 def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
-    import peftlab.bench.stage as stage
+    import peftlab.stages.bench as stage
     from peftlab.store import Store
     from peftlab.study import Context, open_study_store
 
@@ -171,7 +171,7 @@ def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
     monkeypatch.setattr(stage, "run_isolated", refuse)
     store = open_study_store(study)
     try:
-        stage.bench_stage(Context(study=study, store=store))
+        stage.run(Context(study=study, store=store))
     finally:
         store.close()
     store = Store(study.output_dir, create=False)
@@ -185,7 +185,7 @@ def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
 def test_gate_fails_for_a_corrupted_merge_and_the_mode_is_not_timed(benched, monkeypatch):
     import torch
 
-    import peftlab.bench.modes.merged as merged_mode
+    import peftlab.artifacts as artifacts
     from peftlab.bench.runner import run_isolated
     from peftlab.bench.units import unit_records
 
@@ -194,7 +194,7 @@ def test_gate_fails_for_a_corrupted_merge_and_the_mode_is_not_timed(benched, mon
     good = run_isolated(job, isolation="in-process")
     assert good["status"] == "done" and good["gate"]["passed"]
 
-    real_merge = merged_mode.merge
+    real_merge = artifacts.merge
 
     def corrupted(peft_model):
         model = real_merge(peft_model)
@@ -203,7 +203,7 @@ def test_gate_fails_for_a_corrupted_merge_and_the_mode_is_not_timed(benched, mon
             w.add_(0.05 * torch.randn_like(w, generator=torch.Generator().manual_seed(0)))
         return model
 
-    monkeypatch.setattr(merged_mode, "merge", corrupted)
+    monkeypatch.setattr(artifacts, "merge", corrupted)
     bad = run_isolated(job, isolation="in-process")
     assert bad["status"] == "failed" and bad["points"] == []
     assert bad["failure_reason"].startswith("correctness gate failed (not timed)")
@@ -319,7 +319,7 @@ def test_bench_oneoff_measures_a_mode_in_its_own_process(benched, tiny_llama_dir
 def test_bad_input_gives_one_clear_error(benched, tiny_llama_dir, tiny_bert_dir, glue_dir,
                                          tmp_path):
     from peftlab.bench import bench_oneoff
-    from peftlab.bench.mode import UnsupportedMode
+    from peftlab.bench.modes import UnsupportedMode
     from peftlab.testing import build_tiny_llama
 
     study, _, runs = benched

@@ -17,21 +17,22 @@ import pytest
 from rich.console import Console
 from safetensors.numpy import save
 
-from peftlab.drift import (
-    CKA_MEASURES,
-    compare_layer,
-    drift_stage,
-    layer_means,
-    representation_drift,
-)
 from peftlab.errors import PeftlabError
 from peftlab.fixtures import tiny_study
-from peftlab.represent import encode_representations, load_representations, represent_stage
+from peftlab.measures import MEASURES as REGISTRY
+from peftlab.measures import compare_layer
+from peftlab.representations import encode_representations, load_representations
 from peftlab.spec import DriftSpec, load_spec
+from peftlab.stages import drift as drift_module
+from peftlab.stages import represent as represent_module
+from peftlab.stages.stats import band_value
 from peftlab.store import Store
 from peftlab.study import Context, open_study_store
 
 MEASURES = ["linear_cka_debiased", "linear_cka", "cosine", "procrustes", "knn"]
+NULL_MEASURES = [m.name for m in REGISTRY.values() if m.has_null]
+represent_stage, drift_stage = represent_module.run, drift_module.run
+representation_drift = drift_module.representation_drift
 LAYERS = 3  # embeddings + 2 blocks of the tiny Llama
 
 
@@ -130,8 +131,8 @@ def test_second_run_computes_nothing(study, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr("peftlab.represent.extract", fail)
-    monkeypatch.setattr("peftlab.drift.compare_layer", fail)
+    monkeypatch.setattr("peftlab.stages.represent.extract", fail)
+    monkeypatch.setattr("peftlab.stages.drift.compare_layer", fail)
     monkeypatch.setattr("peftlab.weights.update_stats", fail)
     _run(study, represent_stage, drift_stage)
 
@@ -155,13 +156,13 @@ def test_constant_layer_is_undefined_and_left_out_of_the_mean(study, tmp_path, g
             assert r["values"][name] is None
             assert "identical rows" in r["undefined"][name]
         assert r["null"]["linear_cka"] is None
-    means = {(m["run_b"], m["measure"]): m for m in layer_means(recs) if m["kind"] == "base_vs_run"}
     for r in layer0:
-        m = means[(r["run_b"], "linear_cka")]
-        assert m["n_undefined"] == 1 and m["undefined_layers"] == [0] and m["n_layers"] == 2
-        rest = [x["values"]["linear_cka"] for x in recs
-                if x["kind"] == "base_vs_run" and x["run_b"] == r["run_b"] and x["layer"] > 0]
-        assert m["mean"] == pytest.approx(np.mean(rest))
+        by_layer = {x["layer"]: x for x in recs
+                    if x["kind"] == "base_vs_run" and x["run_b"] == r["run_b"]}
+        m = band_value(by_layer, sorted(by_layer), "linear_cka")
+        assert m["undefined_layers"] == [0]
+        rest = [x["values"]["linear_cka"] for layer, x in by_layer.items() if layer > 0]
+        assert len(rest) == 2 and m["value"] == pytest.approx(np.mean(rest))
     # Seed-to-seed comparisons do not involve the base: untouched and fully defined.
     assert all(r["undefined"] == {} for r in recs if r["kind"] == "seed_to_seed")
 
@@ -196,7 +197,7 @@ def test_compare_layer_undefined_measures_and_too_few_examples():
     x = rng.normal(size=(12, 6))
     cfg = DriftSpec(measures=[*MEASURES, "rbf_cka"], null_permutations=5, knn_k=3)
     ok = compare_layer(x, x @ rng.normal(size=(6, 6)), cfg, "here")
-    assert ok["undefined"] == {} and set(ok["null"]) == set(CKA_MEASURES)
+    assert ok["undefined"] == {} and set(ok["null"]) == set(NULL_MEASURES)
     constant = compare_layer(np.ones((12, 6)), x, cfg, "here")
     assert set(constant["undefined"]) >= {"linear_cka", "linear_cka_debiased", "rbf_cka"}
     assert all(constant["values"][m] is None for m in constant["undefined"])
@@ -204,11 +205,11 @@ def test_compare_layer_undefined_measures_and_too_few_examples():
         compare_layer(x[:3], x[:3], cfg, "here")
 
 
-def test_layer_means_never_nan():
-    recs = [{"task": "t", "method": "m", "kind": "base_vs_run", "run_a": "base", "run_b": "r",
-             "layer": i, "values": {"linear_cka": v}} for i, v in enumerate([None, None])]
-    (m,) = layer_means(recs)
-    assert m["mean"] is None and m["n_layers"] == 0 and m["n_undefined"] == 2
+def test_layer_mean_is_never_nan():
+    by_layer = {i: {"layer": i, "values": {"linear_cka": v}, "null": {}}
+                for i, v in enumerate([None, None])}
+    m = band_value(by_layer, [0, 1], "linear_cka")
+    assert m["value"] is None and m["undefined_layers"] == [0, 1]
 
 
 def test_float16_storage_refuses_values_out_of_range():

@@ -89,17 +89,17 @@ def test_reloaded_artifact_gives_the_trained_logits(toy_study, method):
     model's evaluation logits, saved at training time."""
     from safetensors.numpy import load_file
 
-    from peftlab.encode import encode_frame, make_collator
-    from peftlab.finetune import load_tuned, predict
+    from peftlab.artifacts import load_run
+    from peftlab.encode import encode_frame, predict
 
     rec = _records(toy_study)[method]
     store = Store(toy_study.output_dir, create=False)
     ctx = Context(study=toy_study, store=store)
     try:
-        tokenizer, model = load_tuned(ctx, rec["run_id"], device="cpu")
-        data = encode_frame(ctx.split("toy", "eval"), tokenizer, max_length=48,
+        tokenizer, model = load_run(ctx, rec["run_id"], device="cpu")
+        data = encode_frame(ctx.data.split("toy", "eval"), tokenizer, max_length=48,
                             pair_template="{a}\n{b}", is_regression=False)
-        logits = predict(model, data, make_collator(tokenizer), 16, "cpu")
+        logits = predict(model, data, tokenizer, 16, "cpu")
     finally:
         store.close()
     saved = load_file(toy_study.output_dir / rec["eval_logits"])["logits"]

@@ -3,7 +3,7 @@ to the store, escaping, well-formed self-contained HTML, figures.
 
     .venv/bin/python -m pytest tests/test_report.py -q
 
-The store is `peftlab.report.sample` (see tests/test_analysis.py). When Chromium is installed,
+The store is `peftlab.sample_study` (see tests/test_analysis.py). When Chromium is installed,
 one test renders report.html headless and checks the browser sees every figure.
 """
 
@@ -20,11 +20,11 @@ import pytest
 from rich.console import Console
 from scipy import stats as sst
 
-from peftlab.analysis import stats_stage
-from peftlab.report import findings as fnd
-from peftlab.report import format as f
-from peftlab.report import report_stage
-from peftlab.report.sample import SCRIPT, write_sample
+from peftlab.sample_study import SCRIPT, write_sample
+from peftlab.stages.report import findings as fnd
+from peftlab.stages.report import format as f
+from peftlab.stages.report import run as report_stage
+from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
 from peftlab.study import Context
 
@@ -116,7 +116,7 @@ def test_accuracy_table_numbers_come_from_the_runs(built):
 
 
 def _printed_forms(value) -> set[str]:
-    """Every way the report may print a stored number (see peftlab.report.format)."""
+    """Every way the report may print a stored number (see peftlab.stages.report.format)."""
     out = set()
     if isinstance(value, dict):
         for v in value.values():

@@ -10,18 +10,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from peftlab.encode import encode_frame
+from peftlab.encode import encode_frame, iter_batches
 from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
-from peftlab.represent import (
-    extract,
-    iter_batches,
-    load_representations,
-    probe_hash,
-    represent_stage,
-    resolve_pooling,
-)
+from peftlab.representations import extract, load_representations, probe_hash, resolve_pooling
 from peftlab.spec import load_spec
+from peftlab.stages.represent import run as represent_stage
 from peftlab.study import Context, open_study_store, run_stages
 
 # Examples of very different lengths, so every batch holds real padding.
@@ -165,7 +159,7 @@ def test_stage_extracts_once_and_re_extracts_a_new_probe(tmp_path, tiny_llama_di
     def no_extraction(*args, **kwargs):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr("peftlab.represent.extract", no_extraction)
+    monkeypatch.setattr("peftlab.stages.represent.extract", no_extraction)
     _represent(study)
     monkeypatch.undo()
 

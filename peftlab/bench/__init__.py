@@ -1,6 +1,7 @@
 """Deployment benchmark: what serving each fine-tuned model costs, measured correctly.
 
     peftlab bench studies/quickstart.yaml                       # the study's `bench` stage
+                                                                (peftlab/stages/bench.py)
     peftlab bench --model M --adapter A [--adapter B] ...       # one-off, see `bench_oneoff`
 
 Modes (`peftlab/bench/modes/`, one file each): base, full, unmerged, merged, multi, mixed, each
@@ -12,6 +13,5 @@ and the analytical FLOPs of the adapter path (`flops.py`). Results: one `bench` 
 """
 
 from peftlab.bench.oneoff import bench_oneoff
-from peftlab.bench.stage import bench_stage, plan_units
 
-__all__ = ["bench_oneoff", "bench_stage", "plan_units"]
+__all__ = ["bench_oneoff"]

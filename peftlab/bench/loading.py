@@ -1,4 +1,6 @@
-"""Loading what a mode serves, checking artifacts before any work, and the page cache.
+"""Checking artifacts before any work, head tensors, memory release, and the page cache.
+
+Models themselves are loaded by `peftlab.artifacts.ModelLoader` (the one loader of every stage).
 
 Artifacts (what a study's runs saved, or what a user passes to `peftlab bench --adapter`) are
 described by plain dicts so they can travel to worker processes as JSON:
@@ -21,22 +23,18 @@ import gc
 import json
 import mmap
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from peftlab.artifacts import ADAPTER_WEIGHTS, adapter_name, artifact_weight_files
 from peftlab.errors import ModelError
+
+__all__ = ["adapter_name", "artifact_weight_files"]  # re-exported for the modes
 
 PEFT_PREFIX = "base_model.model."
 # Leaf segments of adapter-internal tensors: whatever precedes them is the adapted base module.
 _ADAPTER_SEGMENTS = ("lora_", "ia3_", "ranknum", "vera_", "boft_", "oft_", "hra_")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def adapter_name(text: str) -> str:
-    """A name PEFT accepts for an adapter (a torch ModuleDict key: no dots)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "adapter"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,108 +280,6 @@ def head_names_of(model: Any) -> list[str]:
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return head_module_names(inner)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading in the worker
-
-
-class Loader:
-    """Builds every model a mode needs, on one device and dtype, from one tokenizer.
-
-    model_spec: a `ModelSpec` as a dict; seeds fix the fresh head of the base classifier.
-    """
-
-    def __init__(self, model_spec: dict[str, Any], device: str):
-        from peftlab.models import load_tokenizer, resolve_model
-
-        self.spec = model_spec
-        self.device = device
-        self.dtype = model_spec.get("dtype", "float32")
-        self.resolved = resolve_model(model_spec["name"], gguf_file=model_spec.get("gguf_file"),
-                                      revision=model_spec.get("revision"))
-        self.tokenizer = load_tokenizer(self.resolved,
-                                        trust_remote_code=model_spec.get("trust_remote_code", False),
-                                        padding_side=model_spec.get("padding_side"))
-
-    def base(self, num_labels: int, label_names: list[str] | None, seed: int) -> Any:
-        """The pretrained classifier; a head the checkpoint lacks is initialised under `seed`."""
-        from transformers import set_seed
-
-        from peftlab.models import load_classifier
-
-        set_seed(seed)
-        return load_classifier(self.resolved, num_labels=num_labels, dtype=self.dtype,
-                               device=self.device, tokenizer=self.tokenizer,
-                               trust_remote_code=self.spec.get("trust_remote_code", False),
-                               label_names=label_names)
-
-    def peft(self, artifacts: list[dict[str, Any]], seed: int) -> Any:
-        """A PeftModel with every artifact loaded as a named adapter; the first one active."""
-        from peft import PeftModel
-
-        first = artifacts[0]
-        base = self.base(first["num_labels"], first.get("label_names"), seed)
-        try:
-            model = PeftModel.from_pretrained(base, first["path"], adapter_name=first["name"],
-                                              is_trainable=False)
-            for a in artifacts[1:]:
-                model.load_adapter(a["path"], adapter_name=a["name"], is_trainable=False)
-        except KeyError as err:  # PEFT looks up a tensor the file does not hold
-            raise ModelError(f"cannot load adapter(s) {[a['name'] for a in artifacts]} onto "
-                             f"{self.resolved.describe()}: tensor {err} is missing from "
-                             f"{ADAPTER_WEIGHTS} (saved without its classification head?)"
-                             ) from err
-        except (OSError, ValueError, RuntimeError) as err:
-            raise ModelError(f"cannot load adapter(s) {[a['name'] for a in artifacts]} onto "
-                             f"{self.resolved.describe()}: {str(err).splitlines()[0]}") from err
-        model.set_adapter(first["name"], inference_mode=True)
-        model.to(self.device)
-        model.eval()
-        return model
-
-    def full(self, artifact: dict[str, Any]) -> Any:
-        """A fully fine-tuned model from its own folder (no base needed)."""
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                artifact["path"], dtype=getattr(torch, self.dtype), use_safetensors=True,
-                trust_remote_code=self.spec.get("trust_remote_code", False))
-        except (OSError, ValueError) as err:
-            raise ModelError(f"cannot load full model {artifact['name']!r} from "
-                             f"{artifact['path']}: {str(err).splitlines()[0]}") from err
-        model.to(self.device)
-        model.eval()
-        return model
-
-    def base_weight_files(self) -> list[Path]:
-        """The base model's weight files on disk (for page-cache control and storage bytes)."""
-        return base_weight_files(self.resolved)
-
-
-def base_weight_files(resolved: Any) -> list[Path]:
-    """*.safetensors of a local/GGUF-converted model folder, or of its hub cache snapshot."""
-    from peftlab.models import model_dir
-
-    folder = model_dir(resolved)
-    if folder is None:  # hub: the cached snapshot, if any
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(resolved.source, "config.json",
-                                            revision=resolved.revision)
-        except (OSError, ValueError):
-            cached = None
-        if not isinstance(cached, str):
-            return []
-        folder = Path(cached).parent
-    return sorted(p.resolve() for p in Path(folder).glob("*.safetensors"))
-
-
-def artifact_weight_files(artifact: dict[str, Any]) -> list[Path]:
-    return sorted(Path(artifact["path"]).glob("*.safetensors"))
 
 
 def param_bytes(model: Any) -> int:

@@ -1,7 +1,7 @@
 """The interface every deployment mode follows, and the registry.
 
 Adding a mode is one file in `peftlab/bench/modes/` defining a `Mode` subclass with `@register`, plus
-one import line in `peftlab/bench/modes/__init__.py`. A mode says what it serves and how:
+one import line in `peftlab/bench/modes/__init__.py` (or a `MODES.register` call from a plug-in). A mode says what it serves and how:
 
     check(artifacts, methods)   refuse (UnsupportedMode) what it cannot serve, before any process starts
     weight_files(env)           files a cold load reads (their page cache is dropped first)
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from peftlab.errors import PeftlabError
+from peftlab.registry import Registry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,6 +38,8 @@ class Mode:
     """One way of serving a fine-tuned model."""
 
     name: ClassVar[str]
+    # Where the mode sits in plans, tables and figures (lower first): base, full, unmerged, ...
+    order: ClassVar[float] = 100.0
     # What the mode serves: None (the base model), "full" (a fully fine-tuned model) or "peft".
     artifact_kind: ClassVar[str | None] = "peft"
     min_artifacts: ClassVar[int] = 1
@@ -58,7 +61,7 @@ class Mode:
                                       f"(method {a.get('method_type')!r})")
 
     def weight_files(self, env: WorkerEnv) -> list[Path]:
-        from peftlab.bench.loading import artifact_weight_files
+        from peftlab.artifacts import artifact_weight_files
 
         files = list(env.loader.base_weight_files())
         for a in env.artifacts:
@@ -98,26 +101,8 @@ class Mode:
         return {}
 
 
-_REGISTRY: dict[str, Mode] = {}
+MODES: Registry[Mode] = Registry("bench mode")
 
 
 def register(cls: type[Mode]) -> type[Mode]:
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def get_mode(name: str) -> Mode:
-    """The registered mode `name` (a "+compile" suffix is a variant, not a mode)."""
-    import peftlab.bench.modes  # noqa: F401  (registration)
-
-    base = name.split("+")[0]
-    if base not in _REGISTRY:
-        raise PeftlabError(f"unknown bench mode {name!r}; expected one of {mode_names()} "
-                           "(optionally with '+compile')")
-    return _REGISTRY[base]
-
-
-def mode_names() -> list[str]:
-    import peftlab.bench.modes  # noqa: F401
-
-    return list(_REGISTRY)
+    return MODES.register(cls)

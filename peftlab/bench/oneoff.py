@@ -20,14 +20,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from peftlab.artifacts import adapter_name
 from peftlab.bench.loading import (
-    adapter_name,
     artifact_kind,
     base_structure,
     check_artifact,
     method_type_of,
 )
-from peftlab.bench.mode import UnsupportedMode, get_mode
+from peftlab.bench.modes import UnsupportedMode, get_mode
 from peftlab.bench.runner import run_isolated
 from peftlab.bench.units import (
     Unit,
@@ -83,11 +83,11 @@ def bench_oneoff(
     `bench` section. isolation: "forkserver" (default), "subprocess" or "in-process" (debugging
     only). Latencies in the records are ns (raw) and ms (summaries).
     """
+    from peftlab.errors import format_validation
     from peftlab.methods import get_method
-    from peftlab.models import model_revision, resolve_model
-    from peftlab.spec import BenchSpec, ModelSpec, _format_validation
+    from peftlab.models import model_revision, resolve_device, resolve_model
+    from peftlab.spec import BenchSpec, ModelSpec
     from peftlab.store import provenance
-    from peftlab.study import resolve_device
 
     adapters = [str(a) for a in adapters]
     if adapter_tasks is not None and len(adapter_tasks) != len(adapters):
@@ -106,7 +106,7 @@ def bench_oneoff(
             gate_examples=gate_examples, load_repeats=load_repeats,
             drop_page_cache=drop_page_cache)
     except ValidationError as e:
-        raise SpecError(_format_validation(e, "peftlab bench")) from None
+        raise SpecError(format_validation(e, "peftlab bench")) from None
     device = resolve_device(device)
     model_d = model_spec.model_dump(mode="json")
     settings = bench_settings(bench)
@@ -211,15 +211,10 @@ def _units(modes: list[str], artifacts: list[dict[str, Any]], methods: list[Any]
 
 def _task_info(name: str, data_dir: str | Path | None, n: int | None, seed: int
                ) -> dict[str, Any]:
+    from peftlab.data import task_info
     from peftlab.tasks import get_task, load_split, subsample
 
     task = get_task(name)
     source = "glue_dir" if data_dir is not None else "hub"
-    df = subsample(load_split(task, "eval", source=source, glue_dir=data_dir), n, seed)
-    cols = [c for c in ("text_a", "text_b", "label", "row") if c in df.columns]
-    return {
-        "num_labels": 1 if task.is_regression else len(task.label_names),
-        "label_names": None if task.is_regression else list(task.label_names),
-        "is_regression": task.is_regression,
-        "rows": df[cols].to_dict("records"),
-    }
+    return task_info(task, subsample(load_split(task, "eval", source=source, glue_dir=data_dir),
+                                     n, seed))

@@ -78,7 +78,7 @@ def check_lengths(seq_lengths: list[int | str], base: dict[str, Any], where: str
 
 def check_unit(unit: Unit, methods: list[Any]) -> None:
     """Ask the mode whether it can serve the unit; note the reason on the unit if not."""
-    from peftlab.bench.mode import UnsupportedMode, get_mode
+    from peftlab.bench.modes import UnsupportedMode, get_mode
 
     try:
         get_mode(unit.mode).check(unit.artifacts, methods)

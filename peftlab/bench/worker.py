@@ -34,17 +34,17 @@ import psutil
 import torch
 import transformers  # noqa: F401
 
+from peftlab.artifacts import ModelLoader, artifact_weight_files
 from peftlab.bench.flops import linear_flops
 from peftlab.bench.gate import compare_head, compare_logits, gate_result
 from peftlab.bench.loading import (
-    Loader,
-    artifact_weight_files,
     drop_page_cache,
     head_names_of,
     param_bytes,
     release_memory,
 )
-from peftlab.bench.mode import Mode, get_mode
+from peftlab.bench.mode import Mode
+from peftlab.bench.modes import get_mode
 from peftlab.bench.requests import Request, build_batches, build_mixed_batches
 from peftlab.bench.timing import latency_stats, synchronizer, throughput, time_requests
 from peftlab.errors import PeftlabError
@@ -67,7 +67,7 @@ class WorkerEnv:
         self.seed = int(self.settings["seed"])
         self.artifacts: list[dict[str, Any]] = job["artifacts"]
         self.tasks_served: list[str] = job["tasks_served"]
-        self.loader = Loader(job["model"], self.device)
+        self.loader = ModelLoader(job["model"], self.device)
         self.dtype = self.loader.dtype
         self.tolerance = float(self.settings["gate_tolerance"][self.dtype])
         self.state: dict[str, Any] = {}  # serving state shared by a mode's call and its figures

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from peftlab.methods.base import Method, MethodParams, check_targets, register
+from peftlab.methods.base import Method, MethodParams, check_targets, register, wrap_peft
 
 
 class AdaLoraParams(MethodParams):
@@ -51,7 +51,7 @@ class AdaLora(Method):
             raise SpecError(f"{where}: target_r must be <= init_r")
 
     def prepare(self, model, params, *, head_names, total_steps):
-        from peft import AdaLoraConfig, TaskType, get_peft_model
+        from peft import AdaLoraConfig, TaskType
 
         tinit = int(params["tinit_ratio"] * total_steps)
         tfinal = int(params["tfinal_ratio"] * total_steps)
@@ -71,7 +71,7 @@ class AdaLora(Method):
             total_step=max(total_steps, 1),
             modules_to_save=head_names,
         )
-        return get_peft_model(model, cfg)
+        return wrap_peft(model, cfg, head_names)
 
     def callbacks(self):
         return [_RankAllocation()]

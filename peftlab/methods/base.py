@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from peftlab.errors import SpecError
+from peftlab.errors import SpecError, format_validation
+from peftlab.registry import Registry
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -27,24 +28,27 @@ class Method:
     """One way of fine-tuning a base model.
 
     Lifecycle: `validate_params` at spec load (cheap, no model), `check` once the model's structure
-    is known (target modules exist, the device can run it), `prepare` before training, `save` after,
-    `load` to get the tuned model back onto a freshly loaded base.
+    is known (target modules exist, the device can run it), `base_load_options` when the base is
+    loaded (for training, reloading and serving alike: dtype, device map, quantisation),
+    `prepare` before training, `save` after, `load` to get the tuned model back onto a freshly
+    loaded base (or, for methods whose artifact is a whole model, `load_standalone`).
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
     is_peft: ClassVar[bool] = True
     supports_merge: ClassVar[bool] = True  # merge_and_unload gives a plain model
+    # Why a merged deployment is refused, when it is (shown in the bench table and the report).
+    merge_refusal: ClassVar[str | None] = None
     supports_mixed_batch: ClassVar[bool] = False  # PEFT's adapter_names=[...] in one forward pass
     needs_cuda: ClassVar[bool] = False
+    needs_base: ClassVar[bool] = True  # False: the artifact is a whole model (full fine-tuning)
 
     def validate_params(self, params: dict[str, Any], *, where: str) -> dict[str, Any]:
         try:
             p = self.Params(**params)
         except ValidationError as e:
-            from peftlab.spec import _format_validation
-
-            raise SpecError(_format_validation(e, where)) from None
+            raise SpecError(format_validation(e, where)) from None
         return p.model_dump(mode="json")
 
     def check(self, params: dict[str, Any], *, linear_names: list[str] | None, device: str,
@@ -56,44 +60,77 @@ class Method:
                 f"{device!r}"
             )
 
+    def base_load_options(self, params: dict[str, Any], *, device: str) -> dict[str, Any]:
+        """Extra keyword arguments of `models.load_classifier` for this method's base model
+        (e.g. QLoRA's `quantization_config` and `device_map`). Default: none."""
+        return {}
+
     def prepare(self, model: nn.Module, params: dict[str, Any], *, head_names: list[str],
                 total_steps: int) -> nn.Module:
         raise NotImplementedError
 
-    def save(self, model: nn.Module, out_dir: Path) -> None:
-        """Save in the library's own format (PEFT adapter dir or save_pretrained safetensors)."""
+    def save(self, model: nn.Module, out_dir: Path, *, base_name: str | None = None) -> None:
+        """Save in the library's own format (PEFT adapter dir or save_pretrained safetensors).
+
+        base_name: what the artifact should name as its base (`base_model_name_or_path` of a PEFT
+        adapter): a hub id where the base has one, so the adapter loads elsewhere with plain
+        `AutoPeftModelForSequenceClassification`; None keeps what PEFT recorded.
+        """
+        if base_name is not None and hasattr(model, "peft_config"):
+            for cfg in model.peft_config.values():
+                cfg.base_model_name_or_path = base_name
         model.save_pretrained(out_dir, safe_serialization=True)
 
-    def load(self, base: nn.Module, artifact_dir: Path) -> nn.Module:
+    def load(self, base: nn.Module, artifact_dir: Path, *, adapter_name: str = "default"
+             ) -> nn.Module:
         """Return the tuned model built on `base` (a freshly loaded pretrained classifier)."""
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(base, artifact_dir, is_trainable=False)
-        return model
+        return PeftModel.from_pretrained(base, artifact_dir, adapter_name=adapter_name,
+                                         is_trainable=False)
+
+    def load_more(self, model: nn.Module, artifact_dir: Path, *, adapter_name: str) -> None:
+        """Add another adapter of this method to a loaded PeftModel (several on one base)."""
+        model.load_adapter(artifact_dir, adapter_name=adapter_name, is_trainable=False)
+
+    def load_standalone(self, artifact_dir: Path, *, dtype: Any, device: Any,
+                        trust_remote_code: bool = False) -> nn.Module:
+        """The tuned model from its artifact alone (methods with `needs_base = False`)."""
+        raise NotImplementedError(f"method {self.name!r} needs its base model to load")
 
     def callbacks(self) -> list[Any]:
         """Trainer callbacks the method needs (e.g. AdaLoRA's rank allocation)."""
         return []
 
 
-_REGISTRY: dict[str, Method] = {}
+def wrap_peft(model: nn.Module, config: Any, head_names: list[str]) -> nn.Module:
+    """get_peft_model, with `modules_to_save` listing the trained head modules once.
+
+    For sequence classification PEFT appends its own guesses ("classifier", "score") to the list
+    given, so a Llama adapter would record ['score', 'classifier', 'score']; the wrapped modules
+    are decided at this point, so the recorded list is set back to the heads that exist.
+    """
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    for cfg in peft_model.peft_config.values():
+        cfg.modules_to_save = list(head_names)
+    return peft_model
+
+
+METHODS: Registry[Method] = Registry("method type")
 
 
 def register(cls: type[Method]) -> type[Method]:
-    _REGISTRY[cls.name] = cls()
-    return cls
+    return METHODS.register(cls)
 
 
 def get_method(name: str | None, *, where: str = "method") -> Method:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise SpecError(
-            f"{where}: unknown method type {name!r}; expected one of {sorted(_REGISTRY)}"
-        )
-    return _REGISTRY[name]
+    return METHODS.get(name, where=where)
 
 
 def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(METHODS.names())
 
 
 def check_targets(targets: list[str] | str | None, linear_names: list[str] | None,

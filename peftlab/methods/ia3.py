@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peftlab.methods.base import Method, MethodParams, check_targets, register
+from peftlab.methods.base import Method, MethodParams, check_targets, register, wrap_peft
 
 
 class IA3Params(MethodParams):
@@ -27,7 +27,7 @@ class IA3(Method):
             raise SpecError(f"{where}.feedforward_modules: {ff} must be a subset of {tm}")
 
     def prepare(self, model, params, *, head_names, total_steps):
-        from peft import IA3Config, TaskType, get_peft_model
+        from peft import IA3Config, TaskType
 
         cfg = IA3Config(
             task_type=TaskType.SEQ_CLS,
@@ -35,4 +35,4 @@ class IA3(Method):
             feedforward_modules=params["feedforward_modules"],
             modules_to_save=head_names,
         )
-        return get_peft_model(model, cfg)
+        return wrap_peft(model, cfg, head_names)

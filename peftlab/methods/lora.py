@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from peftlab.methods.base import Method, MethodParams, check_targets, register
+from peftlab.methods.base import Method, MethodParams, check_targets, register, wrap_peft
 
 
 class LoraParams(MethodParams):
@@ -49,9 +49,7 @@ class Lora(Method):
         )
 
     def prepare(self, model, params, *, head_names, total_steps):
-        from peft import get_peft_model
-
-        return get_peft_model(model, self.peft_config(params, head_names))
+        return wrap_peft(model, self.peft_config(params, head_names), head_names)
 
 
 class DoraParams(LoraParams):

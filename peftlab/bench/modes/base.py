@@ -10,6 +10,7 @@ from peftlab.bench.mode import Mode, register
 @register
 class Base(Mode):
     name = "base"
+    order = 0
     artifact_kind = None
     min_artifacts = 0
     max_artifacts = 0

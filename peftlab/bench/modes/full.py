@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftlab.bench.loading import artifact_head, artifact_weight_files, served_head
+from peftlab.artifacts import artifact_weight_files
+from peftlab.bench.loading import artifact_head, served_head
 from peftlab.bench.mode import Mode, register
 
 
 @register
 class Full(Mode):
     name = "full"
+    order = 10
     artifact_kind = "full"
 
     def weight_files(self, env):

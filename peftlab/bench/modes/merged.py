@@ -14,24 +14,21 @@ from peftlab.bench.loading import artifact_head, served_head
 from peftlab.bench.mode import Mode, UnsupportedMode, register
 
 
-def merge(peft_model: Any) -> Any:
-    """W <- W + scale * B A for every adapted matrix; the adapter's head replaces the base's."""
-    return peft_model.merge_and_unload()
-
-
 @register
 class Merged(Mode):
     name = "merged"
+    order = 30
 
     def check(self, artifacts, methods):
         super().check(artifacts, methods)
         for a, m in zip(artifacts, methods, strict=True):
             if m is not None and not m.supports_merge:
                 raise UnsupportedMode(f"mode 'merged': method {a.get('method_type')!r} of "
-                                      f"{a['name']!r} cannot be merged into the base weights")
+                                      f"{a['name']!r} cannot be merged into the base weights"
+                                      + (f": {m.merge_refusal}" if m.merge_refusal else ""))
 
     def load(self, env) -> Any:
-        return merge(env.loader.peft(env.artifacts, env.seed))
+        return env.loader.merged(env.artifacts[0], env.seed)
 
     def gate(self, env, model, call):
         from transformers import AutoModelForSequenceClassification
@@ -39,7 +36,7 @@ class Merged(Mode):
         art = env.artifacts[0]
         requests = env.gate_requests(art["task"])
         served = env.logits(call, requests)
-        unmerged = env.loader.peft([art], env.seed + 1)
+        unmerged = env.loader.adapters([art], env.seed + 1)
         ref_unmerged = env.logits(env.plain_call(unmerged), requests)
         del unmerged
         env.release()

@@ -16,6 +16,7 @@ from peftlab.bench.modes.multi import AdapterGroup
 @register
 class Mixed(AdapterGroup):
     name = "mixed"
+    order = 50
 
     def check(self, artifacts, methods):
         super().check(artifacts, methods)
@@ -39,7 +40,7 @@ class Mixed(AdapterGroup):
         checks = []
         head_names = env.head_names(model)
         for art in env.artifacts:
-            alone = env.loader.peft([art], env.seed + 1)
+            alone = env.loader.adapters([art], env.seed + 1)
             ref = env.logits(env.plain_call(alone), requests)  # every row through this adapter
             del alone
             env.release()

@@ -42,7 +42,7 @@ class AdapterGroup(Mode):
         check_group(self.name, artifacts)
 
     def load(self, env) -> Any:
-        return env.loader.peft(env.artifacts, env.seed)
+        return env.loader.adapters(env.artifacts, env.seed)
 
     def adapters(self, env):
         return [a["name"] for a in env.artifacts]
@@ -51,6 +51,7 @@ class AdapterGroup(Mode):
 @register
 class Multi(AdapterGroup):
     name = "multi"
+    order = 40
 
     def make_call(self, env, model, forward):
         state = env.state
@@ -71,7 +72,7 @@ class Multi(AdapterGroup):
         for art in env.artifacts:
             requests = env.gate_requests(art["task"], adapter=art["name"])
             served = env.logits(call, requests)  # switches to this adapter, as serving does
-            alone = env.loader.peft([art], env.seed + 1)
+            alone = env.loader.adapters([art], env.seed + 1)
             ref = env.logits(env.plain_call(alone), requests)
             del alone
             env.release()

@@ -11,22 +11,23 @@ from peftlab.bench.mode import Mode, register
 @register
 class Unmerged(Mode):
     name = "unmerged"
+    order = 20
 
     def load(self, env) -> Any:
-        return env.loader.peft(env.artifacts, env.seed)
+        return env.loader.adapters(env.artifacts, env.seed)
 
     def adapters(self, env):
         return [env.artifacts[0]["name"]]
 
     def gate(self, env, model, call):
-        from peftlab.bench.modes.merged import merge
+        from peftlab.artifacts import merge
 
         art = env.artifacts[0]
         requests = env.gate_requests(art["task"])
         served = env.logits(call, requests)
         # References are loaded under another seed: an adapter whose head did not load would sit
         # on a differently drawn fresh head and disagree.
-        reloaded = env.loader.peft([art], env.seed + 1)
+        reloaded = env.loader.adapters([art], env.seed + 1)
         ref_reloaded = env.logits(env.plain_call(reloaded), requests)
         merged = merge(reloaded)
         ref_merged = env.logits(env.plain_call(merged), requests)

@@ -46,6 +46,16 @@ from scipy import stats as sst
 
 from peftlab import stats as st
 from peftlab.errors import DegenerateInputError
+from peftlab.measures import label as measure_label
+from peftlab.measures import tested_measures
+from peftlab.results import (
+    RunView,
+    bench_rows,
+    main_metric_value,
+    run_view,
+    seq_sort_key,
+    served_tasks,
+)
 
 if TYPE_CHECKING:
     from peftlab.spec import StatsSpec
@@ -53,146 +63,11 @@ if TYPE_CHECKING:
 
 TABLE = "stats"
 BANDS = ("early", "middle", "late", "mean")
-DRIFT_MEASURES = ("linear_cka_debiased", "cosine")
-MEASURE_NAMES = {"linear_cka_debiased": "debiased linear CKA", "linear_cka": "linear CKA",
-                 "cosine": "cosine similarity"}
 # (a, b) pairs of single-model deployment modes; merged vs full carries the equivalence test
 # because "merging removes the overhead" is a no-difference claim.
 LATENCY_PAIRS = (("unmerged", "merged"), ("merged", "full"), ("unmerged", "full"))
 EQUIVALENCE_PAIRS = {("merged", "full")}
 SERVING_MODES = ("multi", "mixed")
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class RunView:
-    """The current spec's runs and their records: what every comparison pairs by seed.
-
-    Only runs the spec still implies count (a record left by an earlier version of the spec has
-    another run id and is ignored), and only `done` runs give values.
-    """
-
-    tasks: list[str]
-    methods: dict[str, str]  # study method name -> method type, spec order
-    seeds: list[int]
-    records: dict[tuple[str, str, int], dict[str, Any]]  # (task, method, seed) -> runs record
-    run_ids: dict[tuple[str, str, int], str]
-
-    def done(self, task: str, method: str, seed: int) -> dict[str, Any] | None:
-        rec = self.records.get((task, method, seed))
-        return rec if rec is not None and rec.get("status") == "done" else None
-
-    def why_missing(self, task: str, method: str, seed: int) -> str:
-        rec = self.records.get((task, method, seed))
-        if rec is None:
-            return f"{method}: not run"
-        reason = rec.get("failure_reason")
-        return f"{method}: {rec.get('status', 'pending')}" + (f" ({reason})" if reason else "")
-
-    def references(self) -> list[str]:
-        """Methods that are full fine-tuning: what each PEFT method is compared against."""
-        return [m for m, t in self.methods.items() if t == "full"]
-
-    def peft(self) -> list[str]:
-        return [m for m, t in self.methods.items() if t != "full"]
-
-    def method_of_run(self) -> dict[str, tuple[str, str, int]]:
-        return {rid: key for key, rid in self.run_ids.items()}
-
-
-def run_view(ctx: Context) -> RunView:
-    spec = ctx.study.spec
-    records: dict[tuple[str, str, int], dict[str, Any]] = {}
-    run_ids: dict[tuple[str, str, int], str] = {}
-    for rc in ctx.study.runs():
-        key = (rc.task, rc.method, rc.seed)
-        run_ids[key] = rc.run_id
-        rec = ctx.store.get("runs", rc.run_id)
-        if rec is not None:
-            records[key] = rec
-    return RunView(tasks=[t.name for t in spec.tasks],
-                   methods={m: e["type"] for m, e in spec.methods.items()},
-                   seeds=list(spec.seeds), records=records, run_ids=run_ids)
-
-
-def main_metric_value(rec: dict[str, Any]) -> float | None:
-    """The main metric of a done run, or None when it is missing or not finite."""
-    m = (rec.get("metrics") or {}).get(rec.get("main_metric") or "", {})
-    v = m.get("value")
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-# Mode-specific figures a bench point carries at its top level (see the modes' `extras`).
-BENCH_EXTRAS = ("k", "adapters", "interleave", "switches", "switch_share", "p50_ms_with_switch",
-                "p50_ms_without_switch", "active_matches_request", "adapters_used",
-                "adapters_per_batch_mean")
-
-
-def bench_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`bench` table records (`peftlab.bench.units.unit_records`) -> one flat row per (mode,
-    unit, batch size, sequence length).
-
-    The one place that reads the bench stage's record layout; analysis and report use only these
-    rows. Fields: mode ("merged", "merged+compile"), base_mode (the registered mode), unit, task
-    (the one task served; None for base-less multi/mixed), tasks (served), run_ids, method, seed,
-    batch_size, seq_len, status, ok (timed after passing the gate), failure, gate, latency
-    (latency_stats in ms), latencies_ms (raw), p50_ms (the per-run unit of the tests),
-    throughput, memory (peak during the point), memory_after_load, load (cold_ms, warm_ms,
-    warm_ms_median, page_cache), storage, flops, environment, extras.
-    """
-    rows = []
-    for rec in records:
-        base_mode = str(rec.get("mode", ""))
-        mode = str(rec.get("mode_key") or base_mode)
-        tasks = list(rec.get("tasks") or ([rec["task"]] if rec.get("task") else []))
-        raw = rec.get("latencies_ns") or []
-        latency = rec.get("latency_ms") or {}
-        gate = rec.get("gate") or {}
-        status = rec.get("status", "failed")
-        p50 = latency.get("p50")
-        rows.append({
-            "key": rec.get("key"),
-            "mode": mode,
-            "base_mode": base_mode,
-            "unit": rec.get("unit"),
-            # several adapters on one base serve several tasks (or one task's several seeds)
-            "task": None if base_mode in SERVING_MODES else rec.get("task"),
-            "tasks": tasks,
-            "run_ids": [r for r in rec.get("run_ids") or [] if r],
-            "method": rec.get("method"),
-            "seed": rec.get("seed"),
-            "batch_size": rec.get("batch_size"),
-            "seq_len": rec.get("seq_len"),
-            "status": status,
-            "ok": status == "done" and gate.get("passed") is True and p50 is not None,
-            "failure": (f"{status}: {rec.get('failure_reason')}" if status != "done"
-                        else None),
-            "gate": gate,
-            "latency": latency,
-            "latencies_ms": [x / 1e6 for x in raw],
-            "p50_ms": p50,
-            "throughput": rec.get("throughput") or {},
-            "memory": rec.get("memory") or {},
-            "memory_after_load": rec.get("memory_after_load") or {},
-            "load": rec.get("load") or {},
-            "storage": rec.get("storage") or {},
-            "flops": rec.get("flops") or {},
-            "environment": rec.get("environment") or {},
-            "extras": {k: rec[k] for k in BENCH_EXTRAS if k in rec},
-        })
-    return rows
-
-
-def served_tasks(row: dict[str, Any]) -> str:
-    """The task a bench row serves, or its served tasks joined with '+' (multi/mixed)."""
-    return row["task"] or "+".join(dict.fromkeys(row["tasks"]))
-
-
-def seq_sort_key(seq: Any) -> tuple[int, int]:
-    """'data' (the examples' own lengths) first, then fixed lengths in increasing order."""
-    return (0, 0) if seq == "data" else (1, int(seq))
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -268,7 +143,7 @@ def metric_records(ctx: Context, view: RunView, cfg: StatsSpec
     pending: list[Pending] = []
     summaries: list[tuple[str, dict[str, Any]]] = []
     for task in view.tasks:
-        tdef = ctx.task(task)
+        tdef = ctx.data.task(task)
         metric = tdef.metrics[0]
         values: dict[str, dict[int, float]] = {}
         missing: dict[str, dict[int, str]] = {}
@@ -319,7 +194,7 @@ def variance_records(ctx: Context, view: RunView, cfg: StatsSpec
     so the layout is balanced and the order of the factors does not matter)."""
     out = []
     for task in view.tasks:
-        metric = ctx.task(task).metrics[0]
+        metric = ctx.data.task(task).metrics[0]
         rows = []
         complete = []
         for seed in view.seeds:
@@ -472,10 +347,10 @@ def drift_records(store_records: list[dict[str, Any]], view: RunView, cfg: Stats
         comps: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
         for r in recs:
             comps[(r["kind"], r["run_a"], r["run_b"])][r["layer"]] = r
-        measures = [m for m in DRIFT_MEASURES if any(m in (r.get("values") or {}) for r in recs)]
+        measures = [m for m in tested_measures() if any(m in (r.get("values") or {}) for r in recs)]
         bands = band_layers([r["layer"] for r in recs]) if recs else {}
         for measure, (band, layers) in itertools.product(measures, bands.items()):
-            unit = MEASURE_NAMES.get(measure, measure)
+            unit = measure_label(measure)
             per = drift_band(view, task, comps, measure, layers)
             for method, bs in per.items():
                 seeds = [s for s in view.seeds if s in bs.values]
@@ -645,7 +520,7 @@ def _flops_share(rows: list[dict[str, Any]]) -> float | None:
 def build_stats(ctx: Context) -> list[tuple[str, dict[str, Any]]]:
     """Every record of the `stats` table, from the current contents of the study directory."""
     cfg = ctx.study.spec.stats
-    view = run_view(ctx)
+    view = run_view(ctx.study, ctx.store)
     metric_pending, metric_summaries = metric_records(ctx, view, cfg)
     drift_pending, drift_summaries = drift_records(ctx.store.records("drift"), view, cfg)
     lat_pending, lat_summaries = latency_records(bench_rows(ctx.store.records("bench")), view,
@@ -669,7 +544,7 @@ def build_stats(ctx: Context) -> list[tuple[str, dict[str, Any]]]:
     return [(key, {**rec, "order": i}) for i, (key, rec) in enumerate(items)]
 
 
-def stats_stage(ctx: Context) -> None:
+def run(ctx: Context) -> None:
     """Build every comparison the study implies and replace the `stats` table with them."""
     items = build_stats(ctx)
     ctx.store.replace_where(TABLE, "", items)

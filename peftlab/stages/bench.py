@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from peftlab.bench.loading import adapter_name, base_structure, check_artifact
+from peftlab.bench.loading import base_structure, check_artifact
 from peftlab.bench.runner import run_isolated
 from peftlab.bench.units import (
     Unit,
@@ -41,10 +41,9 @@ from peftlab.store import provenance
 if TYPE_CHECKING:
     from peftlab.study import Context
 
-MODE_ORDER = ("base", "full", "unmerged", "merged", "multi", "mixed")
 
 
-def bench_stage(ctx: Context) -> None:
+def run(ctx: Context) -> None:
     """Benchmark every (mode, unit, batch size, sequence length) not measured yet."""
     from peftlab.models import model_revision, resolve_model
 
@@ -106,6 +105,8 @@ def plan_units(ctx: Context) -> tuple[list[Unit], dict[str, dict[str, Any]]]:
     SpecError for settings that cannot work (multi_k beyond the trained adapters, lengths beyond
     the model's positions). Units a mode cannot serve carry `unsupported`.
     """
+    from peftlab.artifacts import run_artifact
+    from peftlab.bench.modes import mode_names
     from peftlab.methods import get_method
 
     study, store = ctx.study, ctx.store
@@ -114,26 +115,20 @@ def plan_units(ctx: Context) -> tuple[list[Unit], dict[str, dict[str, Any]]]:
     seeds = list(spec.seeds) if bench.runs == "all" else list(spec.seeds[:1])
     records = {r["run_id"]: r for r in store.records("runs") if r.get("status") == "done"}
     done = [rc for rc in study.runs() if rc.run_id in records]
-    tasks = {t.name: _task_info(ctx, t.name) for t in spec.tasks}
+    tasks = {t.name: ctx.data.task_info(t.name) for t in spec.tasks}
     model = spec.model.model_dump(mode="json")
     bases: dict[int, dict[str, Any]] = {}
 
     def artifact(rc: Any) -> dict[str, Any]:
-        info = tasks[rc.task]
-        method = get_method(rc.method_type)
-        a = {"name": adapter_name(rc.run_id), "path": str(store.root / records[rc.run_id]
-                                                          ["artifact"]),
-             "kind": "peft" if method.is_peft else "full", "task": rc.task,
-             "run_id": rc.run_id, "method_type": rc.method_type,
-             "num_labels": info["num_labels"], "label_names": info["label_names"]}
-        n = info["num_labels"]
+        a = run_artifact(ctx, rc)
+        n = a["num_labels"]
         if n not in bases:
             bases[n] = base_structure(model, n)
         check_artifact(a, bases[n])
         return a
 
     variants = [""] + (["+compile"] if bench.compile else [])
-    modes = [m for m in MODE_ORDER if m in bench.modes]
+    modes = [m for m in mode_names() if m in bench.modes]
     units: list[Unit] = []
 
     def add(mode: str, name: str, rcs: list[Any], served: list[str], method: str | None,
@@ -200,16 +195,3 @@ def _group(runs: list[Any], seed: int, seeds: list[int], multi_k: int | None, n_
                        f"{method!r} has {len(group)} for seed {seed} (one task): add tasks or "
                        "set bench.multi_k with more seeds")
     return group, None
-
-
-def _task_info(ctx: Context, name: str) -> dict[str, Any]:
-    task = ctx.task(name)
-    df = ctx.split(name, "eval")
-    cols = [c for c in ("text_a", "text_b", "label", "row") if c in df.columns]
-    return {
-        "num_labels": 1 if task.is_regression else len(task.label_names),
-        "label_names": None if task.is_regression else list(task.label_names),
-        "is_regression": task.is_regression,
-        "rows": df[cols].to_dict("records"),
-    }
-

@@ -13,7 +13,7 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-from peftlab.report.format import html_text, md_line, md_text
+from peftlab.stages.report.format import html_text, md_line, md_text
 
 
 class Strong(str):

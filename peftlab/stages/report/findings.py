@@ -2,15 +2,15 @@
 
 Nothing here decides anything: the outcome (significant / equivalent / inconclusive /
 insufficient runs) comes from `peftlab.stats.apply_correction` as stored by the stats stage, and
-every number is the stored value formatted with `peftlab.report.format`.
+every number is the stored value formatted with `peftlab.stages.report.format`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from peftlab.report import format as f
-from peftlab.report.document import Paragraph, Strong, Table
+from peftlab.stages.report import format as f
+from peftlab.stages.report.document import Paragraph, Strong, Table
 
 OUTCOME_ORDER = ("significant", "equivalent", "inconclusive", "insufficient runs")
 

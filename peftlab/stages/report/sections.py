@@ -2,8 +2,8 @@
 
 Every section reads its results table(s) and is rendered only from what is there: a table with no
 rows gives a section that says "not measured" (and which stage fills it) instead of a table of
-blanks. Numbers are formatted by `peftlab.report.format`; statistical statements come from the
-`stats` table (`peftlab.report.findings`).
+blanks. Numbers are formatted by `peftlab.stages.report.format`; statistical statements come from the
+`stats` table (`peftlab.stages.report.findings`).
 """
 
 from __future__ import annotations
@@ -14,21 +14,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from peftlab.analysis import (
-    DRIFT_MEASURES,
-    MEASURE_NAMES,
-    RunView,
-    bench_rows,
-    seq_sort_key,
-    served_tasks,
-)
-from peftlab.report import figures as figs
-from peftlab.report import findings as fnd
-from peftlab.report import format as f
-from peftlab.report.document import Bullets, Code, Figure, Paragraph, Section, Strong, Table
-
-# Single-model modes in the order the deployment tables list them.
-MODE_ORDER = ("base", "full", "unmerged", "merged", "multi", "mixed")
+from peftlab.bench.modes import mode_names
+from peftlab.measures import label as measure_label
+from peftlab.measures import tested_measures
+from peftlab.results import RunView, bench_rows, seq_sort_key, served_tasks
+from peftlab.stages.report import figures as figs
+from peftlab.stages.report import findings as fnd
+from peftlab.stages.report import format as f
+from peftlab.stages.report.document import Bullets, Code, Figure, Paragraph, Section, Strong, Table
 
 
 def not_measured(what: str, *stages: str) -> Paragraph:
@@ -39,7 +32,8 @@ def not_measured(what: str, *stages: str) -> Paragraph:
 
 def mode_sort_key(mode: str) -> tuple[int, str]:
     base = mode.split("+")[0]
-    return (MODE_ORDER.index(base) if base in MODE_ORDER else len(MODE_ORDER), mode)
+    order = mode_names()
+    return (order.index(base) if base in order else len(order), mode)
 
 
 def seed_label(seed: Any) -> str:
@@ -118,12 +112,12 @@ def summary(res: Results) -> Section:
     # The headline drift measure: debiased CKA when the study measured it.
     drift_families = [c["family"] for c in res.comparisons_of("drift")
                       if c["family"].endswith("/mean")]
-    measure = next((m for m in DRIFT_MEASURES if f"drift/{m}/mean" in drift_families),
-                   DRIFT_MEASURES[0])
+    measure = next((m for m in tested_measures() if f"drift/{m}/mean" in drift_families),
+                   tested_measures()[0])
     groups = [
         ("Main metric: PEFT vs full fine-tuning", res.comparisons_of("metric")),
         (f"Drift: similarity to the base model, mean over layers "
-         f"({MEASURE_NAMES.get(measure, measure)})",
+         f"({measure_label(measure)})",
          res.comparisons_of("drift", family_prefix=f"drift/{measure}/mean")),
         ("Deployment latency", res.comparisons_of("latency")),
         ("Multi-adapter serving", res.comparisons_of("serving")),
@@ -233,11 +227,11 @@ def drift(res: Results) -> Section:
         "shaded over seeds; the dotted line is the permutation null floor of CKA at the same n "
         "and d; the hatched band is the seed-to-seed control (two runs of the same method). "
         "Layers where a measure is undefined are left out of every mean."))
-    measures = [m for m in DRIFT_MEASURES if any(m in (r.get("values") or {}) for r in res.drift)]
+    measures = [m for m in tested_measures() if any(m in (r.get("values") or {}) for r in res.drift)]
     for task in v.tasks:
         recs = [r for r in res.drift if r["task"] == task]
         if recs:
-            s.add(Figure(figs.drift_figure(task, recs, measures, methods, MEASURE_NAMES),
+            s.add(Figure(figs.drift_figure(task, recs, measures, methods, {m: measure_label(m) for m in measures}),
                          f"Per-layer drift on {task}",
                          f"{task}: similarity to the base model per layer, per method (line: "
                          "mean over seeds; band: range over seeds; dotted: null floor; hatched: "
@@ -246,14 +240,14 @@ def drift(res: Results) -> Section:
                         for m, why in (r.get("undefined") or {}).items()})
     if undefined:
         s.add(Table(["Task", "Layer", "Measure", "Why undefined"],
-                    [[v.tasks[t], str(layer), MEASURE_NAMES.get(m, m), why]
+                    [[v.tasks[t], str(layer), measure_label(m), why]
                      for t, layer, m, why in undefined],
                     "Layers left out of the means (measure undefined there)."))
     rows = []
     for sm in res.summaries_of("drift"):
         layers = sm["layers"]
         rows.append([
-            sm["task"], MEASURE_NAMES.get(sm["measure"], sm["measure"]),
+            sm["task"], measure_label(sm["measure"]),
             f"{sm['band']} ({layers[0]}-{layers[-1]})" if layers else sm["band"], sm["method"],
             str(sm["n"]), f.similarity(sm["mean"]),
             ", ".join(f"{seed_label(x)}: {f.similarity(y)}"

@@ -5,27 +5,27 @@
 Reads the study directory (runs, data, drift, weights, bench, stats tables and the study's
 provenance) and writes both files atomically into it. Findings are worded from the outcomes in the
 `stats` table; every number is a stored value (or a mean/median of stored values) formatted with
-the fixed precision of `peftlab.report.format`. Sections whose results are absent say so.
+the fixed precision of `peftlab.stages.report.format`. Sections whose results are absent say so.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from peftlab.report.document import Document, Paragraph, to_html, to_markdown
-from peftlab.report.sections import Results, build_sections
+from peftlab.stages.report.document import Document, Paragraph, to_html, to_markdown
+from peftlab.stages.report.sections import Results, build_sections
 
 if TYPE_CHECKING:
     from peftlab.study import Context
 
-__all__ = ["build_report", "report_stage"]
+__all__ = ["build_report", "run"]
 
 
 def build_report(ctx: Context) -> Document:
     """The report of the study in `ctx` as a `Document` (render with to_markdown / to_html)."""
-    from peftlab.analysis import run_view
+    from peftlab.results import run_view
 
-    res = Results(ctx, run_view(ctx))
+    res = Results(ctx, run_view(ctx.study, ctx.store))
     spec = res.spec
     intro = [Paragraph.of(f"Study {spec.name}: {spec.model.name}, {len(spec.tasks)} task(s), "
                           f"methods {', '.join(spec.methods)}, seeds "
@@ -37,7 +37,7 @@ def build_report(ctx: Context) -> Document:
     return Document(f"peftlab report: {spec.name}", intro, build_sections(res))
 
 
-def report_stage(ctx: Context) -> None:
+def run(ctx: Context) -> None:
     """Write report.md and report.html into the study directory (each atomically)."""
     from peftlab.store import atomic_write_text
 

@@ -1,6 +1,6 @@
 """A small, fixed study directory with results in the shapes the stages write, without training.
 
-    python -m peftlab.report.sample /tmp/sample-study      # then open /tmp/sample-study/report.html
+    python -m peftlab.sample_study /tmp/sample-study      # then open /tmp/sample-study/report.html
 
 For tests of the stats stage and the report, and to preview a report in seconds. The study: SST-2,
 MRPC and RTE x {full, lora} x seeds 1, 2, 3, where RTE's full run of seed 3 failed (so RTE has 2
@@ -327,8 +327,8 @@ if __name__ == "__main__":
 
     from rich.console import Console
 
-    from peftlab.analysis import stats_stage
-    from peftlab.report import report_stage
+    from peftlab.stages import report as report_stage
+    from peftlab.stages import stats as stats_stage
     from peftlab.store import Store
     from peftlab.study import Context
 
@@ -336,7 +336,7 @@ if __name__ == "__main__":
     store = Store(study.output_dir)
     try:
         ctx = Context(study=study, store=store, console=Console(stderr=True))
-        stats_stage(ctx)
-        report_stage(ctx)
+        stats_stage.run(ctx)
+        report_stage.run(ctx)
     finally:
         store.close()

@@ -47,7 +47,7 @@ class Prepared:
     total_steps: int
 
 
-def finetune_stage(ctx: Context) -> None:
+def run(ctx: Context) -> None:
     """Train every run of the study that is not done yet (failed runs stay failed, see plan)."""
     from rich.progress import Progress
 
@@ -82,22 +82,23 @@ def prepare_run(ctx: Context, rc: RunConfig) -> Prepared:
     """Seed, load data and model, apply the method. Raises PeftlabError for user mistakes."""
     from transformers import set_seed
 
+    from peftlab.artifacts import base_for_run
     from peftlab.encode import encode_frame
     from peftlab.methods import get_method
     from peftlab.models import count_parameters, head_module_names, linear_module_names
     from peftlab.validate import check_batch_fits
 
-    task = ctx.task(rc.task)
+    task = ctx.data.task(rc.task)
     method = get_method(rc.method_type)
     # One seed fixes data order, dropout and the initialisation of the head and the adapter.
     set_seed(rc.seed)
-    tokenizer, model = load_base(ctx, rc)
+    tokenizer, model = base_for_run(ctx, rc)
     method.check(rc.params, linear_names=linear_module_names(model), device=ctx.device,
                  where=ctx.study.where(f"methods.{rc.method}"))
     enc = dict(max_length=rc.model.max_length, pair_template=rc.model.pair_template,
                is_regression=task.is_regression)
-    train = encode_frame(ctx.split(rc.task, "train"), tokenizer, **enc)
-    evald = encode_frame(ctx.split(rc.task, "eval"), tokenizer, **enc)
+    train = encode_frame(ctx.data.split(rc.task, "train"), tokenizer, **enc)
+    evald = encode_frame(ctx.data.split(rc.task, "eval"), tokenizer, **enc)
     tr = rc.training
     check_batch_fits(ctx.study, rc, len(train))
     steps_per_epoch = max(len(train) // (tr.batch_size * tr.grad_accum), 1)
@@ -107,23 +108,6 @@ def prepare_run(ctx: Context, rc: RunConfig) -> Prepared:
     set_seed(rc.seed)
     model = method.prepare(model, rc.params, head_names=heads, total_steps=total)
     return Prepared(model, tokenizer, train, evald, base_total, heads, total)
-
-
-def load_base(ctx: Context, rc: RunConfig) -> tuple[Any, Any]:
-    """The pretrained base as a classifier for `rc.task` (a fresh, seeded head)."""
-    from peftlab.models import load_classifier, load_tokenizer, resolve_model
-
-    task = ctx.task(rc.task)
-    m = rc.model
-    resolved = resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
-    tokenizer = load_tokenizer(resolved, trust_remote_code=m.trust_remote_code,
-                               padding_side=m.padding_side)
-    model = load_classifier(
-        resolved, num_labels=task.num_labels, dtype=m.dtype, device=ctx.device,
-        trust_remote_code=m.trust_remote_code, tokenizer=tokenizer,
-        label_names=list(task.label_names) if task.label_names else None,
-    )
-    return tokenizer, model
 
 
 def _loop_timer():
@@ -231,9 +215,10 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     import torch
     from transformers import PrinterCallback
 
-    from peftlab.encode import make_collator
+    from peftlab.artifacts import ModelLoader
+    from peftlab.encode import make_collator, predict
     from peftlab.methods import get_method
-    from peftlab.models import count_parameters
+    from peftlab.models import count_parameters, portable_name
 
     store = ctx.store
     final = artifact_dir(ctx, rc.run_id)
@@ -246,7 +231,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     }
     store.put("runs", rc.run_id, {**base_record, "status": "running"})
     method = get_method(rc.method_type)
-    task = ctx.task(rc.task)
+    task = ctx.data.task(rc.task)
     try:
         prep = prepare_run(ctx, rc)
     except PeftlabError:
@@ -280,7 +265,8 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
             train_time = timer.end - timer.begin
             model.eval()
             t1 = time.perf_counter()
-            logits = predict(model, prep.eval, collator, rc.training.eval_batch_size, ctx.device)
+            logits = predict(model, prep.eval, prep.tokenizer, rc.training.eval_batch_size,
+                             ctx.device, pad_to=rc.training.pad_to)
             eval_time = time.perf_counter() - t1
             metrics = evaluate(task, logits, prep.eval["labels"], rc.training.bootstrap_samples,
                                rc.seed)
@@ -289,7 +275,8 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
 
             save_file({"logits": logits}, tmp / "eval_logits.safetensors")
             art = tmp / "artifact"
-            method.save(model, art)
+            method.save(model, art, base_name=portable_name(
+                ModelLoader(rc.model, ctx.device).resolved))
             prep.tokenizer.save_pretrained(art)
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
     except RunFailed as e:
@@ -341,29 +328,12 @@ def _record_done(ctx, rc, base_record, trainer, prep, trainable, total_with_adap
         "eval_examples": len(prep.eval),
         "provenance": provenance(
             model_revision=model_revision(resolved),
-            data_checksums={s: ctx.data_checksum(rc.task, s) for s in ("train", "eval")},
+            data_checksums={s: ctx.data.checksum(rc.task, s) for s in ("train", "eval")},
             padding=getattr(prep.tokenizer, "peftlab_info", None),
         ),
     }
     ctx.store.put("runs", rc.run_id, rec)
     return rec
-
-
-def predict(model: Any, dataset: Any, collator: Any, batch_size: int, device: str):
-    """Logits for every example, in dataset order: float32 array [n, num_labels]."""
-    import numpy as np
-    import torch
-
-    cols = [c for c in dataset.column_names if c in ("input_ids", "attention_mask",
-                                                      "token_type_ids")]
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start:start + batch_size]
-            feats = [{c: rows[c][i] for c in cols} for i in range(len(rows["input_ids"]))]
-            batch = {k: v.to(device) for k, v in collator(feats).items()}
-            out.append(model(**batch).logits.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def evaluate(task: Any, logits: Any, labels: Any, n_bootstrap: int, seed: int
@@ -383,31 +353,3 @@ def record_failure(ctx: Context, rc: RunConfig, reason: str, **extra: Any) -> di
                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
     ctx.store.put("runs", rc.run_id, rec)
     return rec
-
-
-def load_tuned(ctx: Context, run_id: str, *, device: str | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model) of a finished run, rebuilt from its artifact on a fresh base.
-
-    PEFT runs: the pretrained base with the saved adapter (and its trained head) on top, as a
-    `PeftModel` in eval mode; full runs: the saved model. Used by the drift and bench stages.
-    """
-    from peftlab.errors import ModelError
-    from peftlab.methods import get_method
-
-    rec = ctx.store.get("runs", run_id)
-    if rec is None or rec.get("status") != "done":
-        raise ModelError(f"run {run_id} is not finished (status: "
-                         f"{rec.get('status') if rec else 'not started'}); run `peftlab finetune`")
-    rc = next((r for r in ctx.study.runs() if r.run_id == run_id), None)
-    if rc is None:
-        raise ModelError(f"run {run_id} is not part of this study's spec any more")
-    path = ctx.store.root / rec["artifact"]
-    if not path.is_dir():
-        raise ModelError(f"{path}: the artifact of run {run_id} is missing")
-    method = get_method(rc.method_type)
-    tokenizer, base = load_base(ctx, rc)
-    model = method.load(base, path)
-    if device is not None:
-        model.to(device)
-    model.eval()
-    return tokenizer, model

@@ -13,7 +13,8 @@ table, keyed "<kind>/<run_a>/<run_b>/L<layer:03d>" (run_a is "base" for base_vs_
 
 A measure that is undefined for a layer (`DegenerateInputError`, e.g. CKA 0/0 when every example
 has the same pooled vector) is stored as value None with its reason under `undefined`;
-`layer_means` leaves such layers out, so a summary never turns into NaN.
+the stats stage's layer bands (`stages.stats.band_value`) leave such layers out, so a summary
+never turns into NaN.
 
 Weights, per run and adapted weight matrix, to the `weights` table keyed "<run_id>/<module>":
 `weights.update_stats(base, tuned)` of the update tuned - base. For PEFT runs the tuned matrix is
@@ -32,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -40,87 +40,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from peftlab.errors import DegenerateInputError, PeftlabError
-from peftlab.represent import BASE_KEY, layer_names, load_representations
+from peftlab.measures import compare_layer, knn_k
+from peftlab.representations import BASE_KEY, layer_names, load_representations
 from peftlab.store import provenance
 
 if TYPE_CHECKING:
-    from peftlab.spec import DriftSpec, RunConfig
+    from peftlab.spec import RunConfig
     from peftlab.study import Context
 
-CKA_MEASURES = ("linear_cka", "linear_cka_debiased", "rbf_cka")
 KINDS = ("base_vs_run", "seed_to_seed")
-
-
-# ----------------------------------------------------------------------------- one layer
-
-
-def measure(name: str, x: np.ndarray, y: np.ndarray, cfg: DriftSpec) -> float:
-    """One similarity measure of x (n, dx) and y (n, dy), unitless (see `peftlab.similarity`).
-
-    Raises DegenerateInputError when it is undefined for these values, PeftlabError for
-    inputs that cannot be compared.
-    """
-    from peftlab import similarity as sim
-
-    if name == "linear_cka":
-        return sim.linear_cka(x, y)
-    if name == "linear_cka_debiased":
-        return sim.linear_cka(x, y, debiased=True)
-    if name == "rbf_cka":
-        return sim.rbf_cka(x, y, sigma=cfg.rbf_sigma)
-    if name == "cosine":
-        return sim.cosine_similarity(x, y).mean
-    if name == "procrustes":
-        return sim.procrustes_distance(x, y)
-    if name == "knn":
-        return sim.knn_overlap(x, y, k=knn_k(cfg, x.shape[0]))
-    raise PeftlabError(f"unknown drift measure {name!r}")
-
-
-def knn_k(cfg: DriftSpec, n: int) -> int:
-    """drift.knn_k capped at n - 1 (an example has n - 1 possible neighbours)."""
-    return max(1, min(cfg.knn_k, n - 1))
-
-
-def null_floor(name: str, x: np.ndarray, y: np.ndarray, cfg: DriftSpec) -> dict[str, Any]:
-    """Permutation null of a CKA measure at this n and d (drift.null_permutations shuffles).
-
-    {observed, null_mean, null_std, null_q95, p_value, n_permutations}; p_value is the share
-    of shuffled pairings (plus one) whose CKA reaches the observed value.
-    """
-    from peftlab.similarity import cka_null
-
-    res = cka_null(x, y, cfg.null_permutations, cfg.seed,
-                   debiased=name == "linear_cka_debiased",
-                   kernel="rbf" if name == "rbf_cka" else "linear", sigma=cfg.rbf_sigma)
-    return {"observed": res.observed, "null_mean": res.null_mean, "null_std": res.null_std,
-            "null_q95": res.null_q95, "p_value": res.p_value,
-            "n_permutations": res.n_permutations}
-
-
-def compare_layer(x: np.ndarray, y: np.ndarray, cfg: DriftSpec, where: str) -> dict[str, Any]:
-    """Every configured measure (and CKA null floor) of one layer of two models.
-
-    x, y: (n_examples, features), rows paired. Returns {values: {measure: float | None},
-    undefined: {measure: reason}, null: {cka measure: null_floor(...) | None}}. `where` names
-    the comparison and layer in errors (bad input is an error, an undefined measure is not).
-    """
-    values: dict[str, float | None] = {}
-    undefined: dict[str, str] = {}
-    null: dict[str, dict[str, Any] | None] = {}
-    for name in cfg.measures:
-        try:
-            values[name] = float(measure(name, x, y, cfg))
-            if name in CKA_MEASURES and cfg.null_permutations > 0:
-                null[name] = null_floor(name, x, y, cfg)
-        except DegenerateInputError as err:
-            values[name] = None
-            undefined[name] = err.reason
-            if name in CKA_MEASURES and cfg.null_permutations > 0:
-                null[name] = None
-        except PeftlabError as err:
-            raise PeftlabError(f"{where}: {name}: {err}") from None
-    return {"values": values, "undefined": undefined, "null": null}
 
 
 def check_finite(arr: np.ndarray, where: str) -> None:
@@ -130,47 +58,17 @@ def check_finite(arr: np.ndarray, where: str) -> None:
                            f"(shape {arr.shape}); rerun `peftlab represent`")
 
 
-# ----------------------------------------------------------------------------- summaries
-
-
-def layer_means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean of each measure over the layers of each comparison, undefined layers left out.
-
-    records: `drift` table records. Returns one dict per (task, method, kind, run_a, run_b,
-    measure): {..., mean (None when no layer is defined, never NaN), n_layers (defined),
-    n_undefined, undefined_layers}.
-    """
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        groups[(rec["task"], rec["method"], rec["kind"], rec["run_a"], rec["run_b"])].append(rec)
-    out = []
-    for (task, method, kind, run_a, run_b), recs in sorted(groups.items()):
-        names = sorted({m for r in recs for m in r["values"]})
-        for name in names:
-            defined = [r["values"][name] for r in recs
-                       if r["values"].get(name) is not None and math.isfinite(r["values"][name])]
-            skipped = sorted(r["layer"] for r in recs if r["values"].get(name) is None)
-            out.append({"task": task, "method": method, "kind": kind, "run_a": run_a,
-                        "run_b": run_b, "measure": name,
-                        "mean": float(np.mean(defined)) if defined else None,
-                        "n_layers": len(defined), "n_undefined": len(skipped),
-                        "undefined_layers": skipped})
-    return out
-
-
 # ----------------------------------------------------------------------------- the stage
 
 
-def drift_stage(ctx: Context) -> None:
+def run(ctx: Context) -> None:
     """Fill the `drift` table (representations) and the `weights` table (weight updates)."""
     representation_drift(ctx)
     weight_drift(ctx)
 
 
 def _finished(ctx: Context) -> list[RunConfig]:
-    from peftlab.study import run_status
-
-    return [rc for rc in ctx.study.runs() if run_status(ctx.store, rc)["status"] == "done"]
+    return ctx.finished_runs()
 
 
 def _digest(obj: Any) -> str:
@@ -357,7 +255,7 @@ def adapted_weights(model: Any, method_is_peft: bool) -> dict[str, Any]:
 
 def weight_drift(ctx: Context) -> None:
     """update_stats of every adapted matrix of every finished run, to the `weights` table."""
-    from peftlab.finetune import load_base, load_tuned
+    from peftlab.artifacts import ModelLoader, load_run
     from peftlab.methods import get_method
     from peftlab.weights import base_left_singular_vectors, update_stats
 
@@ -379,7 +277,12 @@ def weight_drift(ctx: Context) -> None:
                 todo.append((rc, stamp))
         if not todo:
             continue
-        _, base = load_base(ctx, todo[0][0])
+        rc0 = todo[0][0]
+        task_def = ctx.data.task(task)
+        # The full-precision base (no method's loading hook: a 4-bit base is not the reference).
+        base = ModelLoader(rc0.model, "cpu").base(
+            1 if task_def.is_regression else len(task_def.label_names),
+            None if task_def.is_regression else list(task_def.label_names))
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}
         del base
@@ -387,7 +290,7 @@ def weight_drift(ctx: Context) -> None:
         prov = provenance()
         for rc, stamp in todo:
             method = get_method(rc.method_type)
-            _, tuned = load_tuned(ctx, rc.run_id, device="cpu")
+            _, tuned = load_run(ctx, rc.run_id, device="cpu")
             tuned_weights = adapted_weights(tuned, method.is_peft)
             del tuned
             items = []

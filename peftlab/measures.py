@@ -1,0 +1,167 @@
+"""Representational similarity measures, registered by name, and one layer's comparison.
+
+    MEASURES.get("linear_cka_debiased").compute(x, y, cfg)      # x, y: (n_examples, features)
+    compare_layer(x, y, cfg, where)                              # every configured measure
+
+A measure declares what the rest of the pipeline needs to know about it: its label (report), whether
+higher means more similar, whether it has a permutation null floor (drift computes it, the report
+draws it), whether the stats stage tests it between methods, and whether it runs by default. The
+spec validates `drift.measures` against this registry, so adding a measure is one `register` call
+here (or in a plug-in) with no list of names to edit elsewhere. The arithmetic lives in
+`peftlab.similarity`; this module only names and wires it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from peftlab.errors import DegenerateInputError, PeftlabError
+from peftlab.registry import Registry
+
+if TYPE_CHECKING:
+    from peftlab.spec import DriftSpec
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One similarity (or distance) between paired representations of two models.
+
+    compute(x, y, cfg) -> float, unitless; raises DegenerateInputError where it is undefined.
+    null(x, y, cfg) -> similarity.NullResult (permutation null at this n and d), or None.
+    """
+
+    name: str
+    label: str
+    compute: Callable[[np.ndarray, np.ndarray, Any], float]
+    null: Callable[[np.ndarray, np.ndarray, Any], Any] | None = None
+    tested: bool = False  # compared between methods (paired by seed) in the stats stage
+    higher_is_similar: bool = True  # False for distances (Procrustes)
+    default: bool = True  # part of drift.measures when the spec does not list them
+
+    @property
+    def has_null(self) -> bool:
+        return self.null is not None
+
+
+MEASURES: Registry[Measure] = Registry("drift measure")
+
+
+def knn_k(cfg: DriftSpec, n: int) -> int:
+    """drift.knn_k capped at n - 1 (an example has n - 1 possible neighbours)."""
+    return max(1, min(cfg.knn_k, n - 1))
+
+
+def _cka_null(debiased: bool, kernel: str) -> Callable[[np.ndarray, np.ndarray, Any], Any]:
+    def null(x: np.ndarray, y: np.ndarray, cfg: Any) -> Any:
+        from peftlab.similarity import cka_null
+
+        return cka_null(x, y, cfg.null_permutations, cfg.seed, debiased=debiased, kernel=kernel,
+                        sigma=cfg.rbf_sigma)
+
+    return null
+
+
+def _linear_cka(x, y, cfg):
+    from peftlab.similarity import linear_cka
+
+    return linear_cka(x, y)
+
+
+def _linear_cka_debiased(x, y, cfg):
+    from peftlab.similarity import linear_cka
+
+    return linear_cka(x, y, debiased=True)
+
+
+def _rbf_cka(x, y, cfg):
+    from peftlab.similarity import rbf_cka
+
+    return rbf_cka(x, y, sigma=cfg.rbf_sigma)
+
+
+def _cosine(x, y, cfg):
+    from peftlab.similarity import cosine_similarity
+
+    return cosine_similarity(x, y).mean
+
+
+def _procrustes(x, y, cfg):
+    from peftlab.similarity import procrustes_distance
+
+    return procrustes_distance(x, y)
+
+
+def _knn(x, y, cfg):
+    from peftlab.similarity import knn_overlap
+
+    return knn_overlap(x, y, k=knn_k(cfg, x.shape[0]))
+
+
+for _m in (
+    Measure("linear_cka_debiased", "debiased linear CKA", _linear_cka_debiased,
+            null=_cka_null(True, "linear"), tested=True),
+    Measure("linear_cka", "linear CKA", _linear_cka, null=_cka_null(False, "linear")),
+    Measure("rbf_cka", "RBF CKA", _rbf_cka, null=_cka_null(False, "rbf"), default=False),
+    Measure("cosine", "cosine similarity", _cosine, tested=True),
+    Measure("procrustes", "Procrustes distance", _procrustes, higher_is_similar=False),
+    Measure("knn", "kNN overlap", _knn),
+):
+    MEASURES.register(_m)
+
+
+def default_measures() -> list[str]:
+    return [m.name for m in MEASURES.values() if m.default]
+
+
+def tested_measures() -> list[str]:
+    """Measures the stats stage compares between methods, in registration order."""
+    return [m.name for m in MEASURES.values() if m.tested]
+
+
+def label(name: str) -> str:
+    """The human name of a measure ("debiased linear CKA"); unknown names are returned as is."""
+    return MEASURES.get(name).label if name in MEASURES else name
+
+
+def null_floor(measure: Measure, x: np.ndarray, y: np.ndarray, cfg: DriftSpec
+               ) -> dict[str, Any]:
+    """Permutation null of a measure at this n and d (drift.null_permutations shuffles).
+
+    {observed, null_mean, null_std, null_q95, p_value, n_permutations}; p_value is the share
+    of shuffled pairings (plus one) whose value reaches the observed one.
+    """
+    res = measure.null(x, y, cfg)
+    return {"observed": res.observed, "null_mean": res.null_mean, "null_std": res.null_std,
+            "null_q95": res.null_q95, "p_value": res.p_value,
+            "n_permutations": res.n_permutations}
+
+
+def compare_layer(x: np.ndarray, y: np.ndarray, cfg: DriftSpec, where: str) -> dict[str, Any]:
+    """Every configured measure (and null floor, where the measure has one) of one layer.
+
+    x, y: (n_examples, features), rows paired. Returns {values: {measure: float | None},
+    undefined: {measure: reason}, null: {measure with a null: null_floor(...) | None}}. `where`
+    names the comparison and layer in errors (bad input is an error, an undefined measure is not).
+    """
+    values: dict[str, float | None] = {}
+    undefined: dict[str, str] = {}
+    null: dict[str, dict[str, Any] | None] = {}
+    for name in cfg.measures:
+        m = MEASURES.get(name, where="drift.measures")
+        with_null = m.has_null and cfg.null_permutations > 0
+        try:
+            values[name] = float(m.compute(x, y, cfg))
+            if with_null:
+                null[name] = null_floor(m, x, y, cfg)
+        except DegenerateInputError as err:
+            values[name] = None
+            undefined[name] = err.reason
+            if with_null:
+                null[name] = None
+        except PeftlabError as err:
+            raise PeftlabError(f"{where}: {name}: {err}") from None
+    return {"values": values, "undefined": undefined, "null": null}
