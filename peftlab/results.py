@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from peftlab.records import BenchRecord, RunRecord, read_one
+
 if TYPE_CHECKING:
     from peftlab.spec import Study
     from peftlab.store import Store
@@ -69,9 +71,9 @@ def run_view(study: Study, store: Store) -> RunView:
     for rc in study.runs():
         key = (rc.task, rc.method, rc.seed)
         run_ids[key] = rc.run_id
-        rec = store.get("runs", rc.run_id)
+        rec = read_one(store, RunRecord, rc.run_id)
         if rec is not None:
-            records[key] = rec
+            records[key] = rec.dump()
     return RunView(tasks=[t.name for t in spec.tasks],
                    methods={m: e["type"] for m, e in spec.methods.items()},
                    seeds=list(spec.seeds), records=records, run_ids=run_ids)
@@ -82,12 +84,6 @@ def main_metric_value(rec: dict[str, Any]) -> float | None:
     m = (rec.get("metrics") or {}).get(rec.get("main_metric") or "", {})
     v = m.get("value")
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-# Mode-specific figures a bench point carries at its top level (see the modes' `extras`).
-BENCH_EXTRAS = ("k", "adapters", "interleave", "switches", "switch_share", "p50_ms_with_switch",
-                "p50_ms_without_switch", "active_matches_request", "adapters_used",
-                "adapters_per_batch_mean")
 
 
 def bench_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,7 +100,8 @@ def bench_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     rows = []
     serving = serving_modes()
-    for rec in records:
+    for raw in records:
+        rec = BenchRecord.parse(raw).dump() | {"key": raw.get("key")}
         base_mode = str(rec.get("mode", ""))
         mode = str(rec.get("mode_key") or base_mode)
         tasks = list(rec.get("tasks") or ([rec["task"]] if rec.get("task") else []))
@@ -141,7 +138,7 @@ def bench_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "storage": rec.get("storage") or {},
             "flops": rec.get("flops") or {},
             "environment": rec.get("environment") or {},
-            "extras": {k: rec[k] for k in BENCH_EXTRAS if k in rec},
+            "extras": rec.get("extras") or {},
         })
     return rows
 

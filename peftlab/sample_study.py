@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.records import DataRecord, DriftRecord, RunRecord, WeightRecord, write
 from peftlab.spec import Study, load_spec
 
 TASKS = ("sst2", "mrpc", "rte")
@@ -86,27 +87,30 @@ def write_sample(root: Path) -> Study:
                                     "spec": study.spec.model_dump(mode="json"),
                                     "provenance": PROVENANCE})
         rng = np.random.default_rng(0)
+        # Built through the same record types the stages write (peftlab.records), so the
+        # sample cannot drift from what a real study holds.
         runs = run_records(study, rng)
-        store.put_many("runs", [(r["run_id"], r) for r in runs])
-        store.put_many("data", data_records())
-        done = [r for r in runs if r["status"] == "done"]
-        store.put_many("drift", drift_records(done, rng))
-        store.put_many("weights", weight_records(done, rng))
+        write(store, runs)
+        write(store, data_records())
+        done = [r.dump() for r in runs if r.status == "done"]
+        write(store, drift_records(done, rng))
+        write(store, weight_records(done, rng))
         store.put_many("bench", bench_records(done, rng))
     finally:
         store.close()
     return study
 
 
-def run_records(study: Study, rng: np.random.Generator) -> list[dict[str, Any]]:
+def run_records(study: Study, rng: np.random.Generator) -> list[RunRecord]:
     out = []
     for rc in study.runs():
         metric = "f1" if rc.task == "mrpc" else "accuracy"
         base = {"run_id": rc.run_id, "task": rc.task, "method": rc.method,
                 "method_type": rc.method_type, "seed": rc.seed, "config": rc.as_dict()}
         if (rc.task, rc.method, rc.seed) == FAILED:
-            out.append({**base, "status": "failed",
-                        "failure_reason": "loss became nan at step 3", "loss_curve": [0.7, 0.69]})
+            out.append(RunRecord(**base, status="failed",
+                                 failure_reason="loss became nan at step 3",
+                                 loss_curve=[0.7, 0.69]))
             continue
         mean, spread = METRIC_MEANS[(rc.task, rc.method)]
         value = float(mean + spread * rng.standard_normal())
@@ -116,7 +120,7 @@ def run_records(study: Study, rng: np.random.Generator) -> list[dict[str, Any]]:
             metrics["accuracy"] = {"value": acc, "ci_low": acc - 0.04, "ci_high": acc + 0.04}
         full = rc.method_type == "full"
         trainable = 106_000 if full else 2_300
-        out.append({
+        out.append(RunRecord(**{
             **base, "status": "done", "main_metric": metric, "metrics": metrics,
             "params": {"trainable": trainable, "trainable_head": 130,
                        "trainable_non_head": trainable - 130, "base_total": 106_000,
@@ -132,18 +136,18 @@ def run_records(study: Study, rng: np.random.Generator) -> list[dict[str, Any]]:
             "loss_curve": [0.70, 0.65, 0.60, 0.55], "train_examples": 32, "eval_examples": 24,
             "provenance": {**PROVENANCE, "model_revision": "sample-revision-1",
                            "data_checksums": {"train": "a" * 64, "eval": "b" * 64}},
-        })
+        }))
     return out
 
 
-def data_records() -> list[tuple[str, dict[str, Any]]]:
+def data_records() -> list[DataRecord]:
     out = []
     for task, split in itertools.product(TASKS, ("train", "eval")):
         labels = (["negative", SCRIPT] if task == "sst2" else ["not_equivalent | x", "equivalent"]
                   if task == "mrpc" else ["entailment", "not_entailment"])
         rows = 6_000 if split == "train" else 800
         used = 32 if split == "train" else 24
-        out.append((f"{task}/{split}", {
+        out.append(DataRecord(**{
             "task": task, "split": split, "source": "glue_dir",
             "path": f"/data/glue/{task}/{split}.tsv", "checksum": f"{task}{split}".ljust(64, "0"),
             "content_checksum": f"{split}{task}".ljust(64, "1"), "rows": rows, "rows_used": used,
@@ -157,7 +161,7 @@ def data_records() -> list[tuple[str, dict[str, Any]]]:
 
 def _layer_record(task: str, kind: str, method: str, run_a: str, run_b: str, seed_a: Any,
                   seed_b: int, layer: int, similarity: float, rng: np.random.Generator
-                  ) -> tuple[str, dict[str, Any]]:
+                  ) -> DriftRecord:
     """One drift record as drift._compare_runs writes it; layer 0's debiased CKA is undefined
     (every pooled vector identical), as the embedding layer can be."""
     values: dict[str, float | None] = {
@@ -176,17 +180,15 @@ def _layer_record(task: str, kind: str, method: str, run_a: str, run_b: str, see
         values["linear_cka_debiased"] = None
         null["linear_cka_debiased"] = None
         undefined["linear_cka_debiased"] = "every example has the same pooled vector: CKA is 0/0"
-    return (f"{kind}/{run_a}/{run_b}/L{layer:03d}", {
-        "task": task, "method": method, "method_type": method, "kind": kind, "run_a": run_a,
-        "run_b": run_b, "seed_a": seed_a, "seed_b": seed_b, "layer": layer,
-        "layer_name": "embeddings" if layer == 0 else f"block {layer - 1}", "n_layers": N_LAYERS,
-        "n": 24, "d_a": 32, "d_b": 32, "pooling": "last", "probe_hash": "c" * 64,
-        "values": values, "undefined": undefined, "null": null, "knn_k": None,
-    })
+    return DriftRecord(
+        task=task, method=method, method_type=method, kind=kind, run_a=run_a, run_b=run_b,
+        seed_a=seed_a, seed_b=seed_b, layer=layer,
+        layer_name="embeddings" if layer == 0 else f"block {layer - 1}", n_layers=N_LAYERS,
+        n=24, d_a=32, d_b=32, pooling="last", probe_hash="c" * 64, values=values,
+        undefined=undefined, null=null, knn_k=None, settings={}, stamp={}, provenance=PROVENANCE)
 
 
-def drift_records(done: list[dict[str, Any]], rng: np.random.Generator
-                  ) -> list[tuple[str, dict[str, Any]]]:
+def drift_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list[DriftRecord]:
     out = []
     for task in DRIFT_TASKS:
         runs = [r for r in done if r["task"] == task]
@@ -208,8 +210,7 @@ def drift_records(done: list[dict[str, Any]], rng: np.random.Generator
     return out
 
 
-def weight_records(done: list[dict[str, Any]], rng: np.random.Generator
-                   ) -> list[tuple[str, dict[str, Any]]]:
+def weight_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list[WeightRecord]:
     out = []
     for r in done:
         if r["task"] not in DRIFT_TASKS:
@@ -220,17 +221,17 @@ def weight_records(done: list[dict[str, Any]], rng: np.random.Generator
             part = "mlp" if leaf == "down_proj" else "self_attn"
             module = f"model.layers.{block}.{part}.{leaf}"
             upd = float((0.02 if peft else 0.2) * (1 + 0.1 * rng.random()))
-            out.append((f"{r['run_id']}/{module}", {
-                "task": r["task"], "run_id": r["run_id"], "method": r["method"],
-                "method_type": r["method_type"], "seed": r["seed"], "is_peft": peft,
-                "module": module, "matrix": leaf, "block": block, "shape": [32, 32],
-                "update": "merged - base" if peft else "tuned - base",
-                "update_fro": upd, "base_fro": 4.0, "relative_update": upd / 4.0,
-                "effective_rank": float(3.6 if peft else 20 + rng.random()),
-                "rank_energy": 4 if peft else 18, "intruder_dims": int(peft and block == 1),
-                "update_singular_values": [upd * 0.6, upd * 0.3], "top_k": 10, "epsilon": 0.5,
-                "energy": 0.9, "undefined": None,
-            }))
+            out.append(WeightRecord(
+                task=r["task"], run_id=r["run_id"], method=r["method"],
+                method_type=r["method_type"], seed=r["seed"], is_peft=peft, module=module,
+                matrix=leaf, block=block, shape=[32, 32],
+                update="merged - base" if peft else "tuned - base",
+                stats={"update_fro": upd, "base_fro": 4.0, "relative_update": upd / 4.0,
+                       "effective_rank": float(3.6 if peft else 20 + rng.random()),
+                       "rank_energy": 4 if peft else 18, "intruder_dims": int(peft and block == 1),
+                       "update_singular_values": [upd * 0.6, upd * 0.3], "top_k": 10,
+                       "epsilon": 0.5, "energy": 0.9},
+                undefined=None, settings={}, stamp={}, provenance=PROVENANCE))
     return out
 
 
@@ -254,9 +255,9 @@ def _point(mode: str, batch: int, rng: np.random.Generator) -> dict[str, Any]:
         switched = [i % 2 for i in range(len(raw))]
         lat = np.asarray(raw) / 1e6
         flags = np.asarray(switched, dtype=bool)
-        point.update(k=2, switches=int(flags.sum()), switch_share=float(flags.mean()),
-                     p50_ms_with_switch=float(np.median(lat[flags])),
-                     p50_ms_without_switch=float(np.median(lat[~flags])))
+        point["extras"] = dict(k=2, switches=int(flags.sum()), switch_share=float(flags.mean()),
+                               p50_ms_with_switch=float(np.median(lat[flags])),
+                               p50_ms_without_switch=float(np.median(lat[~flags])))
     return point
 
 

@@ -129,7 +129,7 @@ def test_multi_records_k_distinct_active_adapters_and_its_switches(benched):
     _, records, runs = benched
     lora = [_run_id(runs, t, "lora") for t in ("sst2", "rte")]
     for b, s in POINTS:
-        rec = records[f"multi/{'+'.join(lora)}/b{b}/s{s}"]
+        rec = records[f"multi/{'+'.join(lora)}/b{b}/s{s}"]["extras"]  # the mode's own figures
         assert rec["k"] == 2
         assert rec["active_adapters_seen"] == sorted(lora)  # what PEFT reported as active
         assert rec["active_matches_request"]
@@ -140,7 +140,7 @@ def test_multi_records_k_distinct_active_adapters_and_its_switches(benched):
             prev = a
         assert rec["switches"] == switches == sum(rec["switched"])
         assert rec["switches"] >= len(asked) - 1  # round-robin over 2: (nearly) every request
-    mixed = records[f"mixed/{'+'.join(lora)}/b4/sdata"]
+    mixed = records[f"mixed/{'+'.join(lora)}/b4/sdata"]["extras"]
     assert mixed["adapters_used"] == sorted(lora) and mixed["adapters_per_batch_mean"] == 2
 
 

@@ -66,7 +66,7 @@ def _rewrite(store: Store, task: str, key: str, layers: dict[int, np.ndarray]) -
     man = store.get("represent", f"{task}/{key}")
     data = save({f"layer_{i:03d}": np.ascontiguousarray(a) for i, a in layers.items()})
     (store.root / man["file"]).write_bytes(data)
-    man.pop("key")
+    man.pop("key", None)
     store.put("represent", f"{task}/{key}", {
         **man, "content_sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
 
@@ -115,12 +115,13 @@ def test_weights_table_covers_adapted_matrices_without_the_head(study):
     for rc in study.runs():
         rows = by_run[rc.run_id]
         assert all("score" not in r["module"] for r in rows)
-        assert all(r["undefined"] is None and r["update_fro"] > 0 for r in rows)
+        assert all(r["undefined"] is None and r["stats"]["update_fro"] > 0 for r in rows)
         if rc.method == "lora":
             # PEFT's Llama default targets: q_proj and v_proj of both blocks.
             assert sorted(r["matrix"] for r in rows) == ["q_proj", "q_proj", "v_proj", "v_proj"]
             # A rank-4 adapter cannot make an update of higher rank.
-            assert all(r["rank_energy"] <= 4 and r["effective_rank"] <= 4 + 1e-9 for r in rows)
+            assert all(r["stats"]["rank_energy"] <= 4 and r["stats"]["effective_rank"] <= 4 + 1e-9
+                       for r in rows)
             assert all(r["update"] == "merged - base" for r in rows)
         else:
             assert len(rows) == 2 * 7  # every linear layer of both blocks
@@ -172,7 +173,7 @@ def test_other_probe_set_is_an_error_naming_run_and_layer(study, tmp_path, glue_
     run_id = next(rc.run_id for rc in copy.runs() if rc.task == "sst2" and rc.method == "lora")
     store = Store(copy.output_dir, create=False)
     man = store.get("represent", f"sst2/{run_id}")
-    man.pop("key")
+    man.pop("key", None)
     store.put("represent", f"sst2/{run_id}", {**man, "probe_hash": "0" * 64})
     store.close()
     with pytest.raises(PeftlabError, match=rf"run {run_id}, layer 0 .*another probe set"):

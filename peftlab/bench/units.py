@@ -107,7 +107,10 @@ def make_job(unit: Unit, *, model: dict[str, Any], device: str, settings: dict[s
 def unit_records(unit: Unit, result: dict[str, Any], points: list[tuple[int, Any]], *,
                  settings: dict[str, Any], digest: str, extra: dict[str, Any]
                  ) -> list[tuple[str, dict[str, Any]]]:
-    """(key, record) for each sweep point of a unit's result (see the module docstring)."""
+    """(key, record) for each sweep point of a unit's result (see the module docstring); each
+    record is built through `records.BenchRecord`."""
+    from peftlab.records import BenchRecord
+
     common = {
         "mode": unit.mode_name,
         "variant": unit.variant,
@@ -140,7 +143,8 @@ def unit_records(unit: Unit, result: dict[str, Any], points: list[tuple[int, Any
                    or "no result for this sweep point"}
             if result.get("traceback"):
                 rec["traceback"] = result["traceback"]
-        out.append((unit.key(b, s), rec))
+        built = BenchRecord(**rec)
+        out.append((built.key, built.dump()))
     return out
 
 

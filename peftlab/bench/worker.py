@@ -305,7 +305,7 @@ def run_point(env: WorkerEnv, mode: Mode, model: Any, call: Any, batch_size: int
         + (" (and, compiled, one call per distinct request shape)"
            if env.job.get("variant") == "compile" else ""),
     }
-    point.update(mode.extras(env, timing, env.state))
+    point["extras"] = mode.extras(env, timing, env.state)
     return point
 
 

@@ -74,12 +74,18 @@ class Method:
 
         base_name: what the artifact should name as its base (`base_model_name_or_path` of a PEFT
         adapter): a hub id where the base has one, so the adapter loads elsewhere with plain
-        `AutoPeftModelForSequenceClassification`; None keeps what PEFT recorded.
+        `AutoPeftModelForSequenceClassification`; None keeps what PEFT recorded. It is written
+        into adapter_config.json after saving: PEFT's save looks the base up by that name (to see
+        whether the vocabulary changed), which must not send an offline machine to the hub.
         """
-        if base_name is not None and hasattr(model, "peft_config"):
-            for cfg in model.peft_config.values():
-                cfg.base_model_name_or_path = base_name
+        import json
+
         model.save_pretrained(out_dir, safe_serialization=True)
+        config = Path(out_dir) / "adapter_config.json"
+        if base_name is not None and config.is_file():
+            data = json.loads(config.read_text(encoding="utf-8"))
+            data["base_model_name_or_path"] = base_name
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     def load(self, base: nn.Module, artifact_dir: Path, *, adapter_name: str = "default"
              ) -> nn.Module:

@@ -1,6 +1,6 @@
 """How far each run moved from the base model: per-layer similarity and weight-space updates.
 
-    peftlab drift studies/quickstart.yaml
+    peftlab drift quickstart
 
 Representations (from `peftlab represent`), per task, for every layer:
 - `base_vs_run`: every configured measure between the base model and each finished run;
@@ -41,6 +41,7 @@ import numpy as np
 
 from peftlab.errors import DegenerateInputError, PeftlabError
 from peftlab.measures import compare_layer, knn_k
+from peftlab.records import DriftRecord, WeightRecord, replace
 from peftlab.representations import BASE_KEY, layer_names, load_representations
 from peftlab.store import provenance
 
@@ -104,6 +105,8 @@ def representation_drift(ctx: Context) -> None:
     settings.pop("weight_modules")
     settings.pop("intruder_top_k")
     settings.pop("intruder_epsilon")
+    from peftlab.logs import track
+
     runs = _finished(ctx)
     for tspec in ctx.study.spec.tasks:
         task = tspec.name
@@ -119,7 +122,9 @@ def representation_drift(ctx: Context) -> None:
             return cache[key]
 
         done = skipped = 0
-        for kind, method, rc_a, rc_b in comparisons(task_runs):
+        for kind, method, rc_a, rc_b in track(
+                ctx.console, f"drift {task}", comparisons(task_runs),
+                label=lambda c: f"{c[0]} {'base' if c[2] is None else c[2].run_id}/{c[3].run_id}"):
             key_a = BASE_KEY if rc_a is None else rc_a.run_id
             (_, man_a), (_, man_b) = reps(key_a), reps(rc_b.run_id)
             stamp = {"a": man_a["content_sha256"], "b": man_b["content_sha256"],
@@ -132,14 +137,14 @@ def representation_drift(ctx: Context) -> None:
                 continue
             items = _compare_runs(ctx, task, kind, method, key_a, rc_a, rc_b, reps, stamp,
                                   settings)
-            ctx.store.replace_where("drift", prefix, items)
+            replace(ctx.store, prefix, items, DriftRecord.TABLE)
             done += 1
         ctx.console.print(f"drift {task}: {done} comparisons computed, {skipped} up to date")
 
 
 def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
                   rc_a: RunConfig | None, rc_b: RunConfig, reps: Any, stamp: dict[str, Any],
-                  settings: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+                  settings: dict[str, Any]) -> list[DriftRecord]:
     """Drift records, one per layer, for one pair of models of a task."""
     cfg = ctx.study.spec.drift
     (layers_a, man_a), (layers_b, man_b) = reps(key_a), reps(rc_b.run_id)
@@ -163,29 +168,29 @@ def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
         check_finite(x, f"drift {task}: {who_a}, layer {layer} ({names[layer]})")
         check_finite(y, f"drift {task}: {where}")
         result = compare_layer(x, y, cfg, f"{pair}, layer {layer} ({names[layer]})")
-        items.append((_record_key(kind, key_a, rc_b.run_id, layer), {
-            "task": task,
-            "method": method,
-            "method_type": rc_b.method_type,
-            "kind": kind,
-            "run_a": key_a,
-            "run_b": rc_b.run_id,
-            "seed_a": None if rc_a is None else rc_a.seed,
-            "seed_b": rc_b.seed,
-            "layer": layer,
-            "layer_name": names[layer],
-            "n_layers": len(layers_a),
-            "n": int(x.shape[0]),
-            "d_a": int(x.shape[1]),
-            "d_b": int(y.shape[1]),
-            "pooling": man_b["pooling"],
-            "probe_hash": man_b["probe_hash"],
+        items.append(DriftRecord(
+            task=task,
+            method=method,
+            method_type=rc_b.method_type,
+            kind=kind,
+            run_a=key_a,
+            run_b=rc_b.run_id,
+            seed_a=None if rc_a is None else rc_a.seed,
+            seed_b=rc_b.seed,
+            layer=layer,
+            layer_name=names[layer],
+            n_layers=len(layers_a),
+            n=int(x.shape[0]),
+            d_a=int(x.shape[1]),
+            d_b=int(y.shape[1]),
+            pooling=man_b["pooling"],
+            probe_hash=man_b["probe_hash"],
             **result,
-            "knn_k": knn_k(cfg, int(x.shape[0])) if "knn" in cfg.measures else None,
-            "settings": settings,
-            "stamp": stamp,
-            "provenance": prov,
-        }))
+            knn_k=knn_k(cfg, int(x.shape[0])) if "knn" in cfg.measures else None,
+            settings=settings,
+            stamp=stamp,
+            provenance=prov,
+        ))
     return items
 
 
@@ -301,27 +306,25 @@ def weight_drift(ctx: Context) -> None:
                 if name not in base_weights:
                     raise PeftlabError(f"weights {task}: run {rc.run_id}: module {name} has no "
                                        "counterpart in the base model")
-                rec: dict[str, Any] = {
-                    "task": task, "run_id": rc.run_id, "method": rc.method,
-                    "method_type": rc.method_type, "seed": rc.seed, "is_peft": method.is_peft,
-                    "module": name, "matrix": leaf, "block": block_index(name),
-                    "shape": list(weight.shape),
-                    "update": "merged - base" if method.is_peft else "tuned - base",
-                    "settings": settings, "stamp": stamp, "provenance": prov,
-                }
+                stats, undefined = None, None
                 try:
                     if name not in base_u:
                         base_u[name] = base_left_singular_vectors(base_weights[name])
                     stats = update_stats(base_weights[name], weight.detach(),
                                          top_k=cfg.intruder_top_k, epsilon=cfg.intruder_epsilon,
-                                         base_u=base_u[name])
-                    rec.update(stats.as_dict(), undefined=None)
+                                         base_u=base_u[name]).as_dict()
                 except DegenerateInputError as err:
-                    rec["undefined"] = err.reason
+                    undefined = err.reason
                 except PeftlabError as err:
                     raise PeftlabError(f"weights {task}: run {rc.run_id}, block "
                                        f"{block_index(name)}, module {name}: {err}") from None
-                items.append((f"{rc.run_id}/{name}", rec))
-            ctx.store.replace_where("weights", f"{rc.run_id}/", items)
+                items.append(WeightRecord(
+                    task=task, run_id=rc.run_id, method=rc.method, method_type=rc.method_type,
+                    seed=rc.seed, is_peft=method.is_peft, module=name, matrix=leaf,
+                    block=block_index(name), shape=list(weight.shape),
+                    update="merged - base" if method.is_peft else "tuned - base",
+                    stats=stats, undefined=undefined, settings=settings, stamp=stamp,
+                    provenance=prov))
+            replace(ctx.store, f"{rc.run_id}/", items, WeightRecord.TABLE)
             ctx.console.print(f"weights {task}: run {rc.run_id}: {len(items)} matrices")
 

@@ -1,6 +1,6 @@
 """Train and evaluate one run (task x method x seed) and write its record and artifact.
 
-    peftlab finetune studies/quickstart.yaml
+    peftlab finetune quickstart
 
 Every method goes through the same path: load the base classifier (seeded head), let the method
 prepare it, train with the Hugging Face Trainer (so accelerate, bf16/fp16, gradient accumulation,
@@ -49,8 +49,7 @@ class Prepared:
 
 def run(ctx: Context) -> None:
     """Train every run of the study that is not done yet (failed runs stay failed, see plan)."""
-    from rich.progress import Progress
-
+    from peftlab.logs import track
     from peftlab.study import run_status
 
     todo = [rc for rc in ctx.study.runs()
@@ -58,20 +57,16 @@ def run(ctx: Context) -> None:
     if not todo:
         ctx.console.print("finetune: every run is done")
         return
-    with Progress(console=ctx.console, transient=False) as progress:
-        bar = progress.add_task("finetune", total=len(todo))
-        for rc in todo:
-            progress.update(bar, description=f"finetune {rc.run_id}")
-            rec = train_run(ctx, rc)
-            if rec["status"] == "failed":
-                ctx.console.print(f"[red]failed[/] {rc.run_id}: {rec['failure_reason']}")
-            else:
-                m = rec["metrics"][rec["main_metric"]]
-                ci = (f" [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
-                      if m.get("ci_low") is not None else "")
-                ctx.console.print(f"done {rc.run_id}: {rec['main_metric']} {m['value']:.4f}{ci} "
-                                  f"in {rec['train_time_s']:.1f} s")
-            progress.advance(bar)
+    for rc in track(ctx.console, "finetune", todo, label=lambda rc: rc.run_id):
+        rec = train_run(ctx, rc)
+        if rec["status"] == "failed":
+            ctx.console.print(f"[red]failed[/] {rc.run_id}: {rec['failure_reason']}")
+        else:
+            m = rec["metrics"][rec["main_metric"]]
+            ci = (f" [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+                  if m.get("ci_low") is not None else "")
+            ctx.console.print(f"done {rc.run_id}: {rec['main_metric']} {m['value']:.4f}{ci} "
+                              f"in {rec['train_time_s']:.1f} s")
 
 
 def artifact_dir(ctx: Context, run_id: str) -> Path:
@@ -219,6 +214,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     from peftlab.encode import make_collator, predict
     from peftlab.methods import get_method
     from peftlab.models import count_parameters, portable_name
+    from peftlab.records import RunRecord, write
 
     store = ctx.store
     final = artifact_dir(ctx, rc.run_id)
@@ -229,7 +225,7 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
         "seed": rc.seed, "config": rc.as_dict(), "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    store.put("runs", rc.run_id, {**base_record, "status": "running"})
+    write(store, [RunRecord(**base_record, status="running")])
     method = get_method(rc.method_type)
     task = ctx.data.task(rc.task)
     try:
@@ -289,18 +285,19 @@ def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
 def _record_done(ctx, rc, base_record, trainer, prep, trainable, total_with_adapter, metrics,
                  task, train_time, train_wall, eval_time, mem, final) -> dict[str, Any]:
     from peftlab.models import model_revision, resolve_model
+    from peftlab.records import RunRecord, write
 
     m = rc.model
     resolved = resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
     head = sum(p.numel() for n, p in prep.model.named_parameters()
                if p.requires_grad and any(h in n for h in prep.head_names))
-    rec = {
+    rec = RunRecord(
         **base_record,
-        "status": "done",
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "main_metric": task.metrics[0],
-        "metrics": metrics,
-        "params": {
+        status="done",
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        main_metric=task.metrics[0],
+        metrics=metrics,
+        params={
             # counted from the model, never typed: trainable includes the trained head
             "trainable": trainable,
             "trainable_head": head,
@@ -309,31 +306,31 @@ def _record_done(ctx, rc, base_record, trainer, prep, trainable, total_with_adap
             "total_with_method": total_with_adapter,
             "trainable_share_of_base": trainable / prep.base_params,
         },
-        "artifact": str(final.relative_to(ctx.store.root) / "artifact"),
-        "artifact_bytes": dir_bytes(final / "artifact"),
-        "eval_logits": str(final.relative_to(ctx.store.root) / "eval_logits.safetensors"),
-        "artifact_weight_bytes": sum(
+        artifact=str(final.relative_to(ctx.store.root) / "artifact"),
+        artifact_bytes=dir_bytes(final / "artifact"),
+        eval_logits=str(final.relative_to(ctx.store.root) / "eval_logits.safetensors"),
+        artifact_weight_bytes=sum(
             p.stat().st_size for p in (final / "artifact").glob("*.safetensors")),
-        "train_time_s": train_time,  # the training loop (throughput is computed over it)
-        "train_wall_s": train_wall,  # the whole Trainer.train call, setup included
-        "eval_time_s": eval_time,
-        "steps": trainer.state.global_step,
-        "train_samples_per_s": trainer.peftlab_samples / train_time,
-        "train_tokens_per_s": trainer.peftlab_tokens / train_time,
-        "padding_share": 1 - trainer.peftlab_tokens / max(trainer.peftlab_padded_tokens, 1),
-        "memory": mem.as_dict(),
-        "loss_curve": trainer.peftlab_losses,
-        "log_history": trainer.state.log_history,
-        "train_examples": len(prep.train),
-        "eval_examples": len(prep.eval),
-        "provenance": provenance(
+        train_time_s=train_time,  # the training loop (throughput is computed over it)
+        train_wall_s=train_wall,  # the whole Trainer.train call, setup included
+        eval_time_s=eval_time,
+        steps=trainer.state.global_step,
+        train_samples_per_s=trainer.peftlab_samples / train_time,
+        train_tokens_per_s=trainer.peftlab_tokens / train_time,
+        padding_share=1 - trainer.peftlab_tokens / max(trainer.peftlab_padded_tokens, 1),
+        memory=mem.as_dict(),
+        loss_curve=trainer.peftlab_losses,
+        log_history=trainer.state.log_history,
+        train_examples=len(prep.train),
+        eval_examples=len(prep.eval),
+        provenance=provenance(
             model_revision=model_revision(resolved),
             data_checksums={s: ctx.data.checksum(rc.task, s) for s in ("train", "eval")},
             padding=getattr(prep.tokenizer, "peftlab_info", None),
         ),
-    }
-    ctx.store.put("runs", rc.run_id, rec)
-    return rec
+    )
+    write(ctx.store, [rec])
+    return rec.dump()
 
 
 def evaluate(task: Any, logits: Any, labels: Any, n_bootstrap: int, seed: int
@@ -348,8 +345,14 @@ def evaluate(task: Any, logits: Any, labels: Any, n_bootstrap: int, seed: int
 
 
 def record_failure(ctx: Context, rc: RunConfig, reason: str, **extra: Any) -> dict[str, Any]:
-    rec = ctx.store.get("runs", rc.run_id) or {}
-    rec.update(status="failed", failure_reason=reason,
-               finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
-    ctx.store.put("runs", rc.run_id, rec)
-    return rec
+    """Mark a run failed with its reason (its running record, if any, keeps its other fields)."""
+    from peftlab.records import RunRecord, read_one, write
+
+    old = read_one(ctx.store, RunRecord, rc.run_id)
+    base = old.dump() if old is not None else {
+        "run_id": rc.run_id, "task": rc.task, "method": rc.method,
+        "method_type": rc.method_type, "seed": rc.seed, "config": rc.as_dict()}
+    rec = RunRecord(**{**base, "status": "failed", "failure_reason": reason,
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
+    write(ctx.store, [rec])
+    return rec.dump()

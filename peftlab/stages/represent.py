@@ -1,6 +1,6 @@
 """Pooled per-layer hidden states of the base model and of every finished run on a fixed probe set.
 
-    peftlab represent studies/quickstart.yaml
+    peftlab represent quickstart
 
 For each task the probe set is the task's evaluation split subsampled with `represent.probe_samples`
 and `represent.probe_seed` (the same examples, in the same order, for every model). Each model reads
@@ -29,6 +29,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from peftlab.records import RepresentRecord, write
 from peftlab.representations import (
     BASE_KEY,
     TABLE,
@@ -90,6 +91,7 @@ def _run_source(ctx: Context, run_id: str) -> str:
 
 def run(ctx: Context) -> None:
     """Extract (or reuse) the base's and every finished run's representations on every task."""
+    from peftlab.logs import track
     from peftlab.models import load_config, resolve_model
     from peftlab.study import run_status
 
@@ -118,7 +120,8 @@ def run(ctx: Context) -> None:
             ctx.console.print(f"represent {task}: every model is extracted")
             continue
         dataset = None
-        for key, rc, source in todo:
+        for key, rc, source in track(ctx.console, f"represent {task}", todo,
+                                     label=lambda t: t[0]):
             dataset = _extract_one(ctx, task, key, rc, runs[0], probe, phash, dataset, settings,
                                    source)
 
@@ -157,36 +160,36 @@ def _extract_one(ctx: Context, task: str, key: str, rc: RunConfig | None, first:
     path = representation_path(ctx.store, task, key)
     atomic_write_bytes(path, data)
     n_layers, n, d = reps.shape
-    ctx.store.put(TABLE, f"{task}/{key}", {
-        "task": task,
-        "key": key,
-        "run_id": None if rc is None else rc.run_id,
-        "method": None if rc is None else rc.method,
-        "method_type": None if rc is None else rc.method_type,
-        "seed": None if rc is None else rc.seed,
-        "n": n,
-        "d": d,
-        "layers": n_layers,
-        "layer_names": layer_names(n_layers),
-        "pooling": settings["pooling"],
-        "dtype": cfg.dtype,
-        "model_family": model_family(model),
-        "padding_side": tokenizer.padding_side,
-        "pad_token_id": pad_token_id(model, tokenizer),
-        "probe_hash": phash,
-        "probe_rows": [int(r) for r in probe["row"]] if "row" in probe.columns else None,
-        "probe_samples": cfg.probe_samples,
-        "probe_seed": cfg.probe_seed,
-        "settings": settings,
-        "source": source,
-        "file": str(path.relative_to(ctx.store.root)),
-        "bytes": len(data),
-        "content_sha256": hashlib.sha256(data).hexdigest(),
-        "extract_time_s": seconds,
-        "examples_per_s": n / seconds if seconds > 0 else None,
-        "provenance": provenance(stage_device=ctx.device,
-                                 data_checksum_eval=ctx.data.checksum(task, "eval")),
-    })
+    write(ctx.store, [RepresentRecord(
+        task=task,
+        model_key=key,
+        run_id=None if rc is None else rc.run_id,
+        method=None if rc is None else rc.method,
+        method_type=None if rc is None else rc.method_type,
+        seed=None if rc is None else rc.seed,
+        n=n,
+        d=d,
+        layers=n_layers,
+        layer_names=layer_names(n_layers),
+        pooling=settings["pooling"],
+        dtype=cfg.dtype,
+        model_family=model_family(model),
+        padding_side=tokenizer.padding_side,
+        pad_token_id=pad_token_id(model, tokenizer),
+        probe_hash=phash,
+        probe_rows=[int(r) for r in probe["row"]] if "row" in probe.columns else None,
+        probe_samples=cfg.probe_samples,
+        probe_seed=cfg.probe_seed,
+        settings=settings,
+        source=source,
+        file=str(path.relative_to(ctx.store.root)),
+        bytes=len(data),
+        content_sha256=hashlib.sha256(data).hexdigest(),
+        extract_time_s=seconds,
+        examples_per_s=n / seconds if seconds > 0 else None,
+        provenance=provenance(stage_device=ctx.device,
+                              data_checksum_eval=ctx.data.checksum(task, "eval")),
+    )])
     ctx.console.print(f"{who}: {n} examples x {n_layers} layers x {d} features "
                       f"({settings['pooling']} pooling) in {seconds:.1f} s")
     del model

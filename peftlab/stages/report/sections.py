@@ -17,6 +17,7 @@ import yaml
 from peftlab.bench.modes import mode_names
 from peftlab.measures import label as measure_label
 from peftlab.measures import tested_measures
+from peftlab.records import DataRecord, DriftRecord, WeightRecord, read
 from peftlab.results import RunView, bench_rows, seq_sort_key, served_tasks
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import findings as fnd
@@ -53,11 +54,14 @@ class Results:
         self.summaries = [r for r in self.stats if r.get("kind") == "summary"]
         self.variance = [r for r in self.stats if r.get("kind") == "variance"]
         own = set(view.run_ids.values())
-        self.drift = [r for r in store.records("drift") if r.get("run_b") in own]
-        self.weights = [r for r in store.records("weights") if r.get("run_id") in own]
+        # Read through the record types: a record a stage could not have written fails here.
+        self.drift = [r.dump() for r in read(store, DriftRecord) if r.run_b in own]
+        # one flat row per matrix: the record's identity plus its update statistics
+        self.weights = [{**r.dump(), **(r.stats or {})} for r in read(store, WeightRecord)
+                        if r.run_id in own]
         self.bench = bench_rows(store.records("bench"))
         order = {t: i for i, t in enumerate(view.tasks)}
-        self.data = sorted(store.records("data"), key=lambda d: (
+        self.data = sorted((r.dump() for r in read(store, DataRecord)), key=lambda d: (
             order.get(d.get("task"), len(order)), d.get("split") != "train"))
         self.meta = store.get("meta", "study") or {}
         self.min_runs = self.spec.stats.min_runs

@@ -1,0 +1,346 @@
+"""Typed schemas of the results tables: one record type per table, built by its stage, read by
+its consumers.
+
+    rec = RunRecord(run_id=..., task="sst2", ..., status="done", metrics={...})
+    write(store, [rec])                              # -> table "runs", key rec.key
+    runs = read(store, RunRecord)                    # validated records, in key order
+
+A stage builds its records through these types and every consumer (stats, report, the CLI's
+`results`) reads them back through the same types, so a field renamed or dropped by a stage fails
+where it is written or read, not silently in a report. The sample study that the stats and report
+tests run on (`peftlab.sample_study`) builds its records through these types too, so it cannot
+drift from what the stages write.
+
+Conventions: nested, free-form parts (a resolved config, provenance, a timing point's figures) are
+plain dicts; JSON has no NaN, so non-finite floats are stored as null (`store.dumps`) and every
+float field a stage may leave undefined is `float | None`. Unknown keys are refused on write and on
+read (`extra="forbid"`). A table may gain optional fields; a reader never needs a default for a
+field its writer always sets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from peftlab.errors import StoreError
+
+if TYPE_CHECKING:
+    from peftlab.store import Store
+
+R = TypeVar("R", bound="Record")
+
+
+class Record(BaseModel):
+    """Base of every results record: its table, its key, and JSON (de)serialisation."""
+
+    model_config = ConfigDict(extra="forbid")
+    TABLE: ClassVar[str]
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready dict; optional fields left at their default (None) are omitted, so a record
+        holds what its stage measured and nothing else (readers use .get for optional fields)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    @classmethod
+    def parse(cls: type[R], data: dict[str, Any], *, where: str = "") -> R:
+        """A stored record (as `Store.get` or `Store.records` returns it) as this type."""
+        fields = cls.model_fields
+        body = {k: v for k, v in data.items() if k != "key" or "key" in fields}
+        try:
+            return cls.model_validate(body)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise StoreError(
+                f"{where or cls.TABLE}: a stored {cls.TABLE!r} record does not match its schema "
+                f"({loc}: {first['msg']}); it was written by another peftlab version: rerun the "
+                "stage that writes it") from None
+
+
+def write(store: Store, records: list[Record]) -> None:
+    """Write records (of one or several tables) in one transaction per table."""
+    by_table: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for rec in records:
+        by_table.setdefault(rec.TABLE, []).append((rec.key, rec.dump()))
+    for table, items in by_table.items():
+        store.put_many(table, items)
+
+
+def replace(store: Store, prefix: str, records: list[Record], table: str) -> None:
+    """Atomically drop every record of `table` whose key starts with `prefix`, write `records`."""
+    store.replace_where(table, prefix, [(r.key, r.dump()) for r in records])
+
+
+def read(store: Store, cls: type[R]) -> list[R]:
+    """Every record of `cls.TABLE`, validated, in key order."""
+    return [cls.parse(d, where=f"{store.root}: {cls.TABLE}/{d.get('key')}")
+            for d in store.records(cls.TABLE)]
+
+
+def read_one(store: Store, cls: type[R], key: str) -> R | None:
+    data = store.get(cls.TABLE, key)
+    return None if data is None else cls.parse(data, where=f"{store.root}: {cls.TABLE}/{key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class DataRecord(Record):
+    """One task split as the data stage found it (key "<task>/<split>")."""
+
+    TABLE: ClassVar[str] = "data"
+    task: str
+    split: Literal["train", "eval"]
+    rows: int  # rows in the source
+    rows_used: int  # after the spec's subsampling
+    describe: dict[str, Any]  # label counts (classification) or min/mean/max (regression)
+    describe_used: dict[str, Any]
+    source: str  # "files", "glue_dir" or "hub"
+    path: str | None  # the local file, None for the hub
+    checksum: str  # sha256 of the source file, or of the canonical content (hub)
+    content_checksum: str  # sha256 of the subsampled rows the study uses
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.split}"
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+class RunRecord(Record):
+    """One training run (key: its run id). `status` running -> done | failed.
+
+    Times in seconds, memory in bytes, throughput per second of the training loop.
+    """
+
+    TABLE: ClassVar[str] = "runs"
+    run_id: str
+    task: str
+    method: str
+    method_type: str
+    seed: int
+    config: dict[str, Any]  # RunConfig.as_dict(): the resolved configuration
+    pid: int | None = None
+    started: str | None = None
+    status: Literal["running", "done", "failed"]
+    finished: str | None = None
+    failure_reason: str | None = None
+    main_metric: str | None = None
+    metrics: dict[str, dict[str, float | None]] | None = None  # name -> {value, ci_low, ...}
+    baselines: dict[str, Any] | None = None  # majority/chance/untrained-head rates + verdict
+    params: dict[str, Any] | None = None  # trainable / base parameter counts
+    artifact: str | None = None  # relative to the study directory
+    artifact_bytes: int | None = None
+    artifact_weight_bytes: int | None = None
+    eval_logits: str | None = None
+    train_time_s: float | None = None
+    train_wall_s: float | None = None
+    eval_time_s: float | None = None
+    steps: int | None = None
+    train_samples_per_s: float | None = None
+    train_tokens_per_s: float | None = None
+    padding_share: float | None = None
+    memory: dict[str, Any] | None = None
+    loss_curve: list[float | None] | None = None
+    log_history: list[dict[str, Any]] | None = None
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    search: dict[str, Any] | None = None  # the search trial the hyperparameters came from
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# represent
+
+
+class RepresentRecord(Record):
+    """The manifest of one model's pooled representations on a task (key "<task>/<key>")."""
+
+    TABLE: ClassVar[str] = "represent"
+    task: str
+    model_key: str  # "base" or the run id
+    run_id: str | None
+    method: str | None
+    method_type: str | None
+    seed: int | None
+    n: int  # probe examples
+    d: int  # features per layer
+    layers: int  # embeddings + blocks
+    layer_names: list[str]
+    pooling: str
+    dtype: str
+    model_family: str
+    padding_side: str
+    pad_token_id: int | None
+    probe_hash: str
+    probe_rows: list[int] | None
+    probe_samples: int
+    probe_seed: int
+    settings: dict[str, Any]
+    source: str  # base weights' revision or the run's artifact + finish time
+    file: str  # relative to the study directory
+    bytes: int
+    content_sha256: str
+    extract_time_s: float
+    examples_per_s: float | None
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.model_key}"
+
+
+# ---------------------------------------------------------------------------------------------
+# drift
+
+
+class DriftRecord(Record):
+    """Every measure of one layer of one pair of models of a task.
+
+    key "<kind>/<run_a>/<run_b>/L<layer:03d>"; run_a is "base" for base_vs_run.
+    values: measure -> value (None where undefined, with the reason in `undefined`);
+    null: measure -> permutation null {observed, null_mean, null_std, null_q95, p_value,
+    n_permutations} for measures that have one.
+    """
+
+    TABLE: ClassVar[str] = "drift"
+    task: str
+    method: str
+    method_type: str
+    kind: Literal["base_vs_run", "seed_to_seed"]
+    run_a: str
+    run_b: str
+    seed_a: int | None
+    seed_b: int
+    layer: int
+    layer_name: str
+    n_layers: int
+    n: int
+    d_a: int
+    d_b: int
+    pooling: str
+    probe_hash: str
+    values: dict[str, float | None]
+    undefined: dict[str, str]
+    null: dict[str, dict[str, Any] | None]
+    knn_k: int | None
+    settings: dict[str, Any]
+    stamp: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.run_a}/{self.run_b}/L{self.layer:03d}"
+
+
+class WeightRecord(Record):
+    """Weight-space statistics of one adapted matrix of one run (key "<run_id>/<module>").
+
+    The statistics (`stats`) are `peftlab.weights.UpdateStats.as_dict()`; None with the reason in
+    `undefined` where they cannot be computed.
+    """
+
+    TABLE: ClassVar[str] = "weights"
+    task: str
+    run_id: str
+    method: str
+    method_type: str
+    seed: int
+    is_peft: bool
+    module: str
+    matrix: str  # leaf name (q_proj, value, ...)
+    block: int | None
+    shape: list[int]
+    update: str  # how the update was formed ("B A (exact)", "merged - base", "tuned - base")
+    stats: dict[str, Any] | None
+    undefined: str | None
+    settings: dict[str, Any]
+    stamp: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.run_id}/{self.module}"
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+class BenchRecord(Record):
+    """One sweep point (batch size x sequence length) of one bench unit.
+
+    key "<mode>/<unit>/b<batch size>/s<seq len>" (mode may carry a "+compile" variant). Unit-level
+    figures (load, gate, storage, flops, memory after load) repeat on each point of the unit; the
+    point's figures are present when status is "done". latencies_ns: every timed request (ns).
+    """
+
+    TABLE: ClassVar[str] = "bench"
+    mode: str  # the registered mode
+    variant: str  # "eager", "compile", ...
+    mode_key: str  # mode plus variant suffix
+    unit: str
+    tasks: list[str]
+    task: str | None
+    method: str | None
+    method_type: str | None
+    seed: int | None
+    run_ids: list[str | None]
+    adapter_names: list[str]
+    artifacts: list[dict[str, Any]]
+    settings: dict[str, Any]
+    settings_hash: str
+    status: str  # done, failed, unsupported
+    failure_reason: str | None = None
+    traceback: str | None = None
+    batch_size: int
+    seq_len: int | str
+    process: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    load: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = None
+    flops: dict[str, Any] | None = None
+    memory_after_load: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None
+    order: dict[str, Any] | None = None  # where the unit ran in the schedule
+    # the timed point
+    latencies_ns: list[int] | None = None
+    latency_ms: dict[str, Any] | None = None
+    device_latencies_ns: list[int] | None = None
+    device_latency_ms: dict[str, Any] | None = None
+    throughput: dict[str, Any] | None = None
+    iterations: int | None = None
+    stopped_by: str | None = None
+    timed_wall_s: float | None = None
+    timer: str | None = None
+    gc_paused_while_timing: bool | None = None
+    first_call_ms: float | None = None
+    warmup_calls: int | None = None
+    tokens_per_request_mean: float | None = None
+    padded_len_mean: float | None = None
+    memory: dict[str, Any] | None = None
+    memory_measured_over: str | None = None
+    extras: dict[str, Any] | None = None  # the mode's own figures (adapter switches, k, ...)
+
+    @property
+    def key(self) -> str:
+        return f"{self.mode_key}/{self.unit}/b{self.batch_size}/s{self.seq_len}"
+
+
+# Every table with a schema, by name (the CLI and the store tests use it).
+SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
+    DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord)}
