@@ -13,7 +13,10 @@ Measures and their ranges
   2012), whose value for independent representations is about 0 at any n and d; the biased value
   is about 0.8 for independent Gaussians at n=500, d=2048, so it means little without its
   permutation floor (`cka_null`).
-- `cosine_similarity`: mean and per-example cosine of paired rows, in [-1, 1].
+- `cosine_similarity`: mean and per-example cosine of paired rows, in [-1, 1]; uncentred, so
+  a few huge constant features (the massive activations of LLM hidden states) push it towards 1
+  whatever else changed. `centered_cosine_similarity` removes each representation's probe-set
+  mean first, and `cosine_null` gives the shuffled-rows baseline either has to clear.
 - `procrustes_distance`: orthogonal Procrustes distance, in [0, 2], 0 = same up to rotation.
 - `knn_overlap`: mutual k-nearest-neighbour overlap, in [0, 1]; about k/(n-1) for unrelated data.
 
@@ -52,10 +55,10 @@ class CosineResult:
 
 @dataclass(frozen=True)
 class NullResult:
-    """CKA of the true row pairing against CKA after shuffling the rows of y.
+    """A similarity of the true row pairing against the same after shuffling the rows of y.
 
-    observed: CKA of (x, y). values: shape (n_permutations,), CKA of (x, y[perm]) for each
-    permutation. null_q95 is the floor a meaningful observed value has to clear.
+    observed: CKA (`cka_null`) or mean cosine (`cosine_null`) of (x, y). values: shape
+    (n_permutations,), the same of (x, y[perm]) for each permutation. null_q95 is the floor a meaningful observed value has to clear.
     p_value = (1 + #{values >= observed}) / (1 + n_permutations).
     """
 
@@ -499,7 +502,10 @@ def cosine_similarity(x, y) -> CosineResult:
     """Cosine similarity of paired rows of x and y, both (n_examples, n_features).
 
     per_row[i] = <x_i, y_i> / (|x_i| |y_i|), unitless in [-1, 1]; rows are not centred (this
-    compares each example's vector before and after, not the spread of the examples).
+    compares each example's vector before and after, not the spread of the examples). Label it
+    "uncentred" where it is reported: features with a large common offset dominate it (see
+    `centered_cosine_similarity`), so read it against its shuffled baseline,
+    `cosine_null(..., centered=False)`.
     """
     xa, ya = _pair(x, y, 1, "cosine similarity", same_features=True)
     norms = _row_norms(xa, "x", "its cosine similarity") * _row_norms(
@@ -507,6 +513,84 @@ def cosine_similarity(x, y) -> CosineResult:
     )
     per_row = np.clip(np.einsum("ij,ij->i", xa, ya, dtype=np.float64) / norms, -1.0, 1.0)
     return CosineResult(mean=float(per_row.mean()), per_row=per_row)
+
+
+def centered_cosine_similarity(x, y) -> CosineResult:
+    """Cosine similarity of paired rows after removing each representation's probe-set mean.
+
+    x, y: (n_examples, n_features), same features. per_row[i] = cos(x_i - mean(x), y_i - mean(y))
+    (means over the n examples, per feature), unitless in [-1, 1]. The constant part of a
+    representation (e.g. a few massive-activation dimensions with the same huge value on every
+    example) cancels, so the value says how each example's deviation from the rest moved, and
+    unrelated representations give about 0 (see `cosine_null`). Needs n >= 2; an example equal to
+    its probe-set mean has no direction (DegenerateInputError).
+    """
+    xa, ya = _pair(x, y, 2, "centred cosine similarity", same_features=True)
+    xc, sx = _center(xa, "x", "its centred cosine similarity")
+    yc, sy = _center(ya, "y", "its centred cosine similarity")
+    per_row = _paired_cosines(xc, yc, sx, sy)
+    return CosineResult(mean=float(per_row.mean()), per_row=per_row)
+
+
+def _paired_cosines(xc: np.ndarray, yc: np.ndarray, sq_x: np.ndarray, sq_y: np.ndarray
+                    ) -> np.ndarray:
+    """Per-row cosines of float64 xc, yc (n, d) given their squared row norms (n,).
+
+    A centred row at rounding level (squared norm below 1e-20 of the mean squared norm) is an
+    example equal to its probe-set mean: its direction is rounding noise, so it is refused."""
+    for name, sq in (("x", sq_x), ("y", sq_y)):
+        zero = np.flatnonzero(sq <= 1e-20 * sq.mean())
+        if zero.size:
+            raise DegenerateInputError(
+                f"{name} has {zero.size} rows equal to the probe-set mean (first: row {zero[0]}),"
+                " so their centred cosine is undefined"
+            )
+    dots = np.einsum("ij,ij->i", xc, yc)
+    return np.clip(dots / np.sqrt(sq_x * sq_y), -1.0, 1.0)
+
+
+def cosine_null(
+    x, y, n_permutations: int = 100, seed: int = 0, centered: bool = True
+) -> NullResult:
+    """Mean paired-row cosine of x, y (n, d) and its baseline under shuffled row pairing.
+
+    observed: mean cosine (centred, as `centered_cosine_similarity`, or uncentred, as
+    `cosine_similarity`). Each null value is the mean cosine of x_i with y_perm(i), for
+    permutations drawn from numpy.random.default_rng(seed) as in `cka_null`: what two
+    representations with this offset and spread reach with no example-level correspondence.
+    For uncentred cosine of hidden states with massive activations that baseline is near 1 too,
+    which is why a cosine is only read against it. Returns NullResult (null_q95 is the floor;
+    p_value = (1 + #{null >= observed}) / (1 + n_permutations)). Cost O(n d) per permutation.
+    """
+    if int(n_permutations) != n_permutations or n_permutations < 1:
+        raise PeftlabError(f"n_permutations must be a positive integer, got {n_permutations}")
+    n_permutations = int(n_permutations)
+    what = "centred cosine similarity" if centered else "cosine similarity"
+    xa, ya = _pair(x, y, 2, what, same_features=True)
+    if centered:
+        xc, sx = _center(xa, "x", f"its {what}")
+        yc, sy = _center(ya, "y", f"its {what}")
+        _paired_cosines(xc, yc, sx, sy)  # raises on rows without a direction
+        xu, yu = xc / np.sqrt(sx)[:, None], yc / np.sqrt(sy)[:, None]
+    else:
+        xu = _unit_rows(xa, "x", f"its {what}")
+        yu = _unit_rows(ya, "y", f"its {what}")
+    n = xu.shape[0]
+    observed = float(np.clip(np.einsum("ij,ij->i", xu, yu), -1.0, 1.0).mean())
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_permutations)
+    for i in range(n_permutations):
+        perm = rng.permutation(n)
+        values[i] = np.clip(np.einsum("ij,ij->i", xu, yu[perm]), -1.0, 1.0).mean()
+    return NullResult(
+        observed=observed,
+        null_mean=float(values.mean()),
+        null_std=float(values.std(ddof=1)) if n_permutations > 1 else 0.0,
+        null_q95=float(np.quantile(values, 0.95)),
+        p_value=float((1 + np.count_nonzero(values >= observed)) / (1 + n_permutations)),
+        n_permutations=n_permutations,
+        values=values,
+    )
 
 
 def procrustes_distance(x, y) -> float:

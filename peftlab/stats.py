@@ -1,38 +1,55 @@
 """Statistics for comparing methods across independent runs: tests, effect sizes, corrections,
-equivalence and intervals. Pure functions; every result is a frozen dataclass with `as_dict()`.
+equivalence, power, intervals and a mixed model across tasks. Pure functions; every result is a
+frozen dataclass with `as_dict()`.
 
 Unit of analysis: every `a`/`b` argument holds ONE VALUE PER INDEPENDENT RUN (a seed, i.e. a
 separately trained model or a separately repeated benchmark process), e.g. the median latency of
 each run in ms or the accuracy of each seed. Never pass per-request latencies or per-example scores:
-they are not independent and would make any difference "significant". For paired functions, `a[i]`
-and `b[i]` come from the same unit (same seed, same task, same machine session).
+they are not independent and would make any difference "significant". Comparisons are paired:
+`a[i]` and `b[i]` come from the same unit (same seed, same task, same machine session).
 
-Degenerate inputs follow stated conventions instead of returning NaN p-values:
-- a t statistic whose standard error is zero (all differences equal, up to 1e-12 of the data's
-  scale) is 0 with p = 1 when the mean difference is zero too, and +/-inf with p = 0 otherwise;
-- effect sizes whose standard deviation is zero are undefined: value and interval are NaN.
+Degenerate inputs follow stated conventions instead of returning NaN, inf or 0 p-values:
+- zero spread of the paired differences (all equal, up to 1e-12 of the data's scale; e.g. one
+  example better on every seed) leaves the t statistic undefined: it and its p-value are None
+  with the reason, and `compare` decides on the exact Wilcoxon signed-rank test instead (TOST on
+  the exact one-sided signed-rank tests), saying so in `decision_test` / `tost_test`;
+- effect sizes whose standard deviation is zero are undefined: NaN in `cohens_dz`, None in a
+  `Comparison`.
+
+Outcomes (`OUTCOMES`) read significance and equivalence together (Lakens, Scheel & Isager 2018,
+"Equivalence testing for psychological research"): "different" (significant, and TOST does not
+place the difference inside the declared margin), "negligible" (significant, but TOST places the
+whole (1 - 2 alpha) interval inside the margin), "equivalent" (TOST significant, not significant),
+"inconclusive" (neither), "insufficient runs" (too few pairs: nothing tested) and "void" (set by
+callers for degenerate runs, see `void_comparison`). Without a margin a significant difference is
+"different".
 
     python -c "from peftlab.stats import compare; print(compare([10.1, 10.3, 10], [7.6, 7.5, 8]))"
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
+from scipy import optimize
 from scipy import stats as st
 
 from peftlab.errors import DegenerateInputError
 
-OUTCOMES = ("significant", "equivalent", "inconclusive", "insufficient runs")
+OUTCOMES = ("different", "negligible", "equivalent", "inconclusive", "insufficient runs", "void")
+STATUSES = ("ok", "insufficient runs", "void")
 CORRECTIONS = ("holm", "bonferroni")
+T_TEST = "paired t-test"
+RANK_TEST = "Wilcoxon signed-rank"
 
 # Standard deviations this small relative to the data's magnitude are rounding noise, not spread.
 _REL_TOL = 1e-12
@@ -65,12 +82,14 @@ class _Record:
 @dataclass(frozen=True)
 class HypothesisTestResult(_Record):
     """One significance test. `estimate` is what the test is about, in the inputs' unit: the mean
-    difference a - b for the t-tests and the permutation test, the median difference for the rank
-    tests. `ci_low`/`ci_high` is its `confidence` interval where the test defines one, else None."""
+    difference a - b for the t-test and the permutation test, the median difference for the rank
+    test. `ci_low`/`ci_high` is its `confidence` interval where the test defines one, else None.
+    `statistic` and `pvalue` are None when the test is undefined for these data (`note` says
+    why), e.g. the t statistic of differences with zero spread."""
 
     test: str
-    statistic: float
-    pvalue: float
+    statistic: float | None
+    pvalue: float | None
     n_a: int
     n_b: int
     df: float | None
@@ -112,8 +131,12 @@ class Interval(_Record):
 class TostResult(_Record):
     """Two one-sided tests for equivalence of a - b to zero within [low, high] (inputs' unit).
 
-    `pvalue` = max(p_lower, p_upper); `ci_low`/`ci_high` is the (1 - 2*alpha) interval of the mean
-    difference; `equivalent` is `pvalue < alpha`, i.e. that interval lies inside [low, high]."""
+    `pvalue` = max(p_lower, p_upper); `equivalent` is `pvalue < alpha`. With spread, the two tests
+    are one-sided paired t-tests (`test` "TOST paired t") and `ci_low`/`ci_high` is the
+    (1 - 2*alpha) t-interval of the mean difference, which lies inside [low, high] exactly when
+    `equivalent`. With zero spread of the differences the t-tests are undefined: the exact
+    one-sided Wilcoxon signed-rank tests of d - low > 0 and d - high < 0 are used (`test`
+    "TOST exact Wilcoxon signed-rank", `df` and the interval None, `note` says why)."""
 
     test: str
     estimate: float
@@ -124,32 +147,49 @@ class TostResult(_Record):
     p_lower: float
     p_upper: float
     pvalue: float
-    ci_low: float
-    ci_high: float
+    ci_low: float | None
+    ci_high: float | None
     alpha: float
     equivalent: bool
-    df: float
+    df: float | None
     n_a: int
     n_b: int
+    note: str = ""
 
 
 @dataclass(frozen=True)
 class Comparison(_Record):
-    """Everything the report says about one comparison "a vs b" (see `compare`).
+    """Everything the report says about one paired comparison "a vs b" (see `compare`).
 
-    Units: `mean_a`, `mean_b`, `diff` (= mean_a - mean_b) and its CI and `tost_low`/`tost_high` are
-    in the inputs' unit; `rel_diff` = mean_a / mean_b - 1 is a fraction (0.35 = a is 35% higher);
-    `effect` is d_z (paired) or Hedges' g (unpaired). All intervals are at `confidence` = 1 - alpha,
-    except the TOST interval (1 - 2*alpha, its own definition). Fields are None when not computed.
-    `outcome` is decided from `p_adjusted` (and `tost_p_adjusted`) after `apply_correction`; a fresh
-    `compare` result is a family of one (`correction="none"`, `family_size=1`).
+    Units: `mean_a`, `mean_b`, `diff` (= mean_a - mean_b), its CI, `tost_low`/`tost_high`,
+    `sd_diff` (SD of the paired differences) and `mde_diff` are in the inputs' unit; `rel_diff` =
+    mean_a / mean_b - 1 is a fraction (0.35 = a is 35% higher); `effect` and `mde_dz` are d_z
+    (unitless). Intervals are at `confidence` = 1 - alpha, except TOST's (1 - 2*alpha). Fields are
+    None when not computed or undefined (never NaN/inf).
+
+    Tests: `test`/`statistic`/`df`/`p` are the paired t-test; `statistic` and `p` are None when
+    t is undefined (zero spread, `t_undefined_reason` says why). `rank_*` is the exact Wilcoxon
+    signed-rank test. `decision_test` names the test whose p-value decides (the t-test, or the
+    Wilcoxon test when t is undefined), `decision_p` is its p-value and `p_adjusted` that p-value
+    corrected over the family. `tost_test` names the equivalence test used.
+
+    Outcome (one of OUTCOMES) from `p_adjusted` and `tost_p_adjusted` (see `decide_outcome`); a
+    fresh `compare` result is a family of one (`correction="none"`, `family_size=1`) until
+    `apply_correction` runs over the declared family. `status` is "ok" (tested), "insufficient
+    runs" or "void" (not tested; `reason` says why).
+
+    Power (what the study could detect): `mde_dz` is the smallest |d_z| a two-sided paired t-test
+    at `mde_alpha` detects with probability `power` at this n (`minimum_detectable_effect`),
+    `mde_diff` = mde_dz * sd_diff the same in the inputs' unit, `runs_needed` the fewest pairs
+    giving that power for the observed d_z (`runs_needed`; None when d_z is 0 or undefined).
+    `mde_alpha` is alpha / family_size: Holm's first (strictest) step, Bonferroni's level.
     """
 
     label: str
-    status: str  # "ok" or "insufficient runs"
+    status: str  # one of STATUSES
     outcome: str  # one of OUTCOMES
-    paired: bool
-    n: int  # pairs when paired, n_a + n_b otherwise
+    paired: bool  # always True: comparisons are paired by run (seed)
+    n: int  # pairs
     n_a: int
     n_b: int
     alpha: float
@@ -166,16 +206,20 @@ class Comparison(_Record):
     statistic: float | None = None
     df: float | None = None
     p: float | None = None
-    p_adjusted: float | None = None
+    t_undefined_reason: str | None = None
     rank_test: str | None = None
     rank_statistic: float | None = None
     rank_p: float | None = None
+    decision_test: str | None = None
+    decision_p: float | None = None
+    p_adjusted: float | None = None
     effect_name: str | None = None
     effect: float | None = None
     effect_ci_low: float | None = None
     effect_ci_high: float | None = None
     equivalence_margin: float | None = None
     margin_relative: bool | None = None
+    tost_test: str | None = None
     tost_low: float | None = None
     tost_high: float | None = None
     tost_p: float | None = None
@@ -183,7 +227,52 @@ class Comparison(_Record):
     equivalent: bool | None = None
     correction: str = "none"
     family_size: int = 1
+    sd_diff: float | None = None
+    power: float = 0.8
+    mde_alpha: float | None = None
+    mde_dz: float | None = None
+    mde_diff: float | None = None
+    runs_needed: int | None = None
+    reason: str = ""
     note: str = ""
+
+
+@dataclass(frozen=True)
+class MixedEffectsResult(_Record):
+    """Method a vs method b across tasks (see `mixed_effects`).
+
+    `effect` is the mean over tasks of the per-task mean of value_a - value_b (inputs' unit), with
+    its `confidence` interval and two-sided p from a t reference with `df` degrees of freedom.
+    `fit` says what produced them: "MixedLM (REML)", "OLS on paired differences (fallback)" or
+    "none" (not estimable; `reason` says why, and effect/interval/p may be None). `converged` is
+    the MixedLM's own flag (None when it was not fitted). `seed_variance` and `residual_variance`
+    are the fitted variance of the (task, seed) random intercept and of the residual (squared
+    units). `per_task` maps task -> mean difference over its complete pairs. Counts: `n_tasks`
+    with at least one complete pair, `n_seeds` distinct seeds among complete pairs, `n_pairs`
+    complete (task, seed) pairs, `n_dropped` rows of a or b without their partner.
+    """
+
+    value: str
+    a: str
+    b: str
+    fit: str
+    effect: float | None
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    statistic: float | None
+    df: float | None
+    p: float | None
+    n_tasks: int
+    n_seeds: int
+    n_pairs: int
+    n_dropped: int
+    converged: bool | None
+    seed_variance: float | None
+    residual_variance: float | None
+    per_task: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -223,24 +312,27 @@ def _pair(a: Any, b: Any, min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _two(a: Any, b: Any, min_n: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _sample(a, "a"), _sample(b, "b")
-    if a.size < min_n or b.size < min_n:
-        raise ValueError(f"need at least {min_n} runs per group, got {a.size} and {b.size}")
-    return a, b
-
-
 def _scale(*arrays: np.ndarray) -> float:
     return max(float(np.max(np.abs(x))) for x in arrays if x.size) or 1.0
 
 
-def _t_ratio(estimate: float, se: float, scale: float) -> float:
-    """estimate / se with the module's zero-spread convention (see module docstring)."""
-    if se > _REL_TOL * scale:
-        return float(estimate / se)
-    if abs(estimate) <= _REL_TOL * scale:
-        return 0.0
-    return math.copysign(math.inf, estimate)
+def zero_spread_reason(a: Any, b: Any) -> str | None:
+    """Why the paired t statistic of a - b is undefined, or None when it is defined.
+
+    The differences have zero spread when their SD is at most 1e-12 of the data's magnitude:
+    rounding noise, not spread (e.g. [800, 810, 790]/872 - [799, 809, 789]/872, one example
+    better on every seed, has an SD of 6e-17). Then t = mean / 0 is undefined: inf (or 0/0)
+    would claim certainty that three runs cannot give.
+    """
+    a, b = _pair(a, b)
+    d = a - b
+    scale = _scale(a, b)
+    if d.std(ddof=1) > _REL_TOL * scale:
+        return None
+    if abs(d.mean()) <= _REL_TOL * scale:
+        return "t undefined: every paired difference is 0 (zero spread)"
+    return (f"t undefined: every paired difference equals {d.mean():.6g} (zero spread, so the"
+            " standard error is 0)")
 
 
 def _t_pvalue(t: float, df: float, alternative: str) -> float:
@@ -253,17 +345,6 @@ def _t_pvalue(t: float, df: float, alternative: str) -> float:
     raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
 
 
-def _welch_parts(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Standard error of mean(a) - mean(b) without assuming equal variances, and the
-    Welch-Satterthwaite degrees of freedom (n_a + n_b - 2 when both variances are zero)."""
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if va + vb == 0:
-        return se, float(a.size + b.size - 2)
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    return se, float(df)
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -271,33 +352,24 @@ def paired_ttest(a: Any, b: Any, confidence: float = 0.95) -> HypothesisTestResu
     """Paired t-test of mean(a - b) = 0 (two-sided), as scipy.stats.ttest_rel.
 
     a, b: one value per independent run, paired by index (same seed), in any common unit.
-    Also returns the mean difference with its `confidence` t-interval.
+    Also returns the mean difference with its `confidence` t-interval. With zero spread of the
+    differences (see `zero_spread_reason`) t is undefined: statistic, p-value and interval are
+    None and `note` gives the reason.
     """
     a, b = _pair(a, b)
     d = a - b
     n = d.size
+    common = {"test": T_TEST, "n_a": n, "n_b": n, "df": float(n - 1),
+              "alternative": "two-sided", "estimate": float(d.mean()), "confidence": confidence}
+    reason = zero_spread_reason(a, b)
+    if reason is not None:
+        return HypothesisTestResult(statistic=None, pvalue=None, note=reason, **common)
     se = d.std(ddof=1) / math.sqrt(n)
-    t = _t_ratio(d.mean(), se, _scale(a, b))
+    t = float(d.mean() / se)
     half = st.t.ppf(0.5 + confidence / 2, n - 1) * se
     return HypothesisTestResult(
-        test="paired t-test", statistic=t, pvalue=_t_pvalue(t, n - 1, "two-sided"), n_a=n, n_b=n,
-        df=float(n - 1), alternative="two-sided", estimate=float(d.mean()),
-        ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), confidence=confidence,
-    )
-
-
-def welch_ttest(a: Any, b: Any, confidence: float = 0.95) -> HypothesisTestResult:
-    """Welch's unequal-variance t-test of mean(a) = mean(b) (two-sided), as
-    scipy.stats.ttest_ind(equal_var=False). a, b: one value per independent run, unpaired."""
-    a, b = _two(a, b)
-    se, df = _welch_parts(a, b)
-    est = float(a.mean() - b.mean())
-    t = _t_ratio(est, se, _scale(a, b))
-    half = st.t.ppf(0.5 + confidence / 2, df) * se
-    return HypothesisTestResult(
-        test="Welch t-test", statistic=t, pvalue=_t_pvalue(t, df, "two-sided"), n_a=a.size,
-        n_b=b.size, df=df, alternative="two-sided", estimate=est, ci_low=est - half,
-        ci_high=est + half, confidence=confidence,
+        statistic=t, pvalue=_t_pvalue(t, n - 1, "two-sided"),
+        ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), **common,
     )
 
 
@@ -312,19 +384,24 @@ def _signed_rank_null_counts(doubled_ranks: np.ndarray) -> np.ndarray:
     return counts
 
 
-def wilcoxon_signed_rank(a: Any, b: Any) -> HypothesisTestResult:
-    """Wilcoxon signed-rank test on the paired differences a - b, two-sided, exact.
+def wilcoxon_signed_rank(a: Any, b: Any, alternative: str = "two-sided") -> HypothesisTestResult:
+    """Wilcoxon signed-rank test on the paired differences a - b, exact.
 
-    a, b: one value per independent run, paired by index. Zero differences are dropped before
-    ranking (scipy's default `zero_method="wilcox"`); tied |differences| get average ranks. The
-    p-value is computed from the exact permutation distribution of the signed-rank sum given those
-    (possibly tied) ranks, enumerated by dynamic programming for any n. Without ties or zeros this
-    equals scipy.stats.wilcoxon(method="exact"); with ties it is the exact conditional test (scipy's
+    a, b: one value per independent run, paired by index. alternative: "two-sided", "greater"
+    (a - b tends to be positive) or "less". Zero differences are dropped before ranking (scipy's
+    default `zero_method="wilcox"`); tied |differences| get average ranks. The p-value is computed
+    from the exact permutation distribution of the signed-rank sum given those (possibly tied)
+    ranks, enumerated by dynamic programming for any n. Without ties or zeros this equals
+    scipy.stats.wilcoxon(method="exact"); with ties it is the exact conditional test (scipy's
     "exact" would use the untied table). With all differences zero, statistic 0 and p = 1.
 
-    The statistic is min(R+, R-), as scipy reports it. Note the floor: with n pairs the smallest
-    possible two-sided p is 2 / 2^n (0.25 at n = 3, 0.0625 at n = 5).
+    The statistic is min(R+, R-) two-sided and R+ one-sided, as scipy reports them. Note the
+    floor: with n pairs the smallest possible two-sided p is 2 / 2^n (0.25 at n = 3, 0.0625 at
+    n = 5), one-sided 1 / 2^n.
     """
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(
+            f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}")
     a, b = _pair(a, b, min_n=1)
     d = a - b
     scale = _scale(a, b)
@@ -334,37 +411,25 @@ def wilcoxon_signed_rank(a: Any, b: Any) -> HypothesisTestResult:
     note = f"{a.size - n_used} zero difference(s) dropped" if n_used < a.size else ""
     if n_used == 0:
         return HypothesisTestResult(
-            test="Wilcoxon signed-rank", statistic=0.0, pvalue=1.0, n_a=a.size, n_b=a.size,
-            df=None, alternative="two-sided", estimate=median, method="exact", note=note,
+            test=RANK_TEST, statistic=0.0, pvalue=1.0, n_a=a.size, n_b=a.size,
+            df=None, alternative=alternative, estimate=median, method="exact", note=note,
         )
     doubled = np.rint(2 * st.rankdata(np.abs(d))).astype(int)
     r_plus = int(doubled[d > 0].sum())
     counts = _signed_rank_null_counts(doubled)
     cdf = np.cumsum(counts) / counts.sum()
-    p_le = cdf[r_plus]
-    p_ge = 1.0 - (cdf[r_plus - 1] if r_plus > 0 else 0.0)
+    p_le = float(cdf[r_plus])
+    p_ge = float(1.0 - (cdf[r_plus - 1] if r_plus > 0 else 0.0))
     has_ties = np.unique(doubled).size < doubled.size
     r_minus = int(doubled.sum()) - r_plus
+    if alternative == "two-sided":
+        statistic, pvalue = min(r_plus, r_minus) / 2.0, min(1.0, 2.0 * min(p_le, p_ge))
+    else:
+        statistic, pvalue = r_plus / 2.0, (p_ge if alternative == "greater" else p_le)
     return HypothesisTestResult(
-        test="Wilcoxon signed-rank", statistic=min(r_plus, r_minus) / 2.0,
-        pvalue=float(min(1.0, 2.0 * min(p_le, p_ge))), n_a=a.size, n_b=a.size, df=None,
-        alternative="two-sided", estimate=median,
+        test=RANK_TEST, statistic=statistic, pvalue=float(min(1.0, pvalue)), n_a=a.size,
+        n_b=a.size, df=None, alternative=alternative, estimate=median,
         method="exact (tied ranks)" if has_ties else "exact", note=note,
-    )
-
-
-def mann_whitney(a: Any, b: Any) -> HypothesisTestResult:
-    """Mann-Whitney U (Wilcoxon rank-sum) test, two-sided, the rank test for unpaired runs.
-    a, b: one value per independent run. Exact p-value when there are no ties (scipy
-    method="exact"), otherwise scipy's normal approximation with tie correction."""
-    a, b = _two(a, b, min_n=1)
-    has_ties = np.unique(np.concatenate([a, b])).size < a.size + b.size
-    method = "asymptotic" if has_ties else "exact"
-    res = st.mannwhitneyu(a, b, alternative="two-sided", method=method)
-    return HypothesisTestResult(
-        test="Mann-Whitney U", statistic=float(res.statistic), pvalue=float(res.pvalue),
-        n_a=a.size, n_b=b.size, df=None, alternative="two-sided",
-        estimate=float(np.median(a) - np.median(b)), method=method,
     )
 
 
@@ -464,35 +529,6 @@ def cohens_dz(a: Any, b: Any, confidence: float = 0.95) -> EffectSize:
     return EffectSize("d_z", dz, lo / math.sqrt(n), hi / math.sqrt(n), confidence, n, n, method)
 
 
-def _hedges_correction(df: float) -> float:
-    """Exact small-sample bias correction J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2))."""
-    log_ratio = special.gammaln(df / 2) - special.gammaln((df - 1) / 2)
-    return float(math.exp(log_ratio) / math.sqrt(df / 2))
-
-
-def hedges_g(a: Any, b: Any, confidence: float = 0.95) -> EffectSize:
-    """Hedges' g for unpaired runs: (mean(a) - mean(b)) / pooled SD, times the exact bias
-    correction J(n_a + n_b - 2) (unitless). a, b: one value per independent run.
-
-    Interval: noncentral t inversion of the pooled two-sample t (n_a + n_b - 2 df), converted to the
-    d scale and multiplied by J. It excludes 0 exactly when Student's (pooled-variance) t-test has
-    p < 1 - confidence; `compare` still tests with Welch's t, which does not assume equal variances.
-    """
-    a, b = _two(a, b)
-    df = a.size + b.size - 2
-    pooled = math.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / df)
-    method = "noncentral t, exact J correction"
-    if pooled <= _REL_TOL * _scale(a, b):
-        return EffectSize("hedges_g", math.nan, math.nan, math.nan, confidence, a.size, b.size,
-                          method + "; undefined: zero spread within groups")
-    j = _hedges_correction(df)
-    d = (a.mean() - b.mean()) / pooled
-    k = math.sqrt(1 / a.size + 1 / b.size)
-    lo, hi = _nct_ncp_interval(d / k, df, confidence)
-    return EffectSize("hedges_g", float(j * d), j * lo * k, j * hi * k, confidence, a.size,
-                      b.size, method)
-
-
 # --------------------------------------------------------------------------- multiplicity
 
 
@@ -539,15 +575,6 @@ def adjust_pvalues(pvalues: Sequence[float], method: str = "holm") -> list[float
 # --------------------------------------------------------------------------- equivalence
 
 
-def _tost(est: float, se: float, df: float, low: float, high: float, scale: float,
-          alpha: float) -> tuple[float, float, float, float]:
-    """(p_lower, p_upper, ci_low, ci_high) of TOST for a t-distributed estimate."""
-    p_lower = _t_pvalue(_t_ratio(est - low, se, scale), df, "greater")  # H0: diff <= low
-    p_upper = _t_pvalue(_t_ratio(est - high, se, scale), df, "less")  # H0: diff >= high
-    half = st.t.ppf(1 - alpha, df) * se
-    return p_lower, p_upper, est - half, est + half
-
-
 def _bounds(margin: float, relative: bool, b: np.ndarray) -> tuple[float, float]:
     if margin <= 0:
         raise ValueError(f"equivalence margin must be > 0, got {margin}")
@@ -559,36 +586,44 @@ def _bounds(margin: float, relative: bool, b: np.ndarray) -> tuple[float, float]
 
 def tost_paired(a: Any, b: Any, margin: float, relative: bool = True,
                 alpha: float = 0.05) -> TostResult:
-    """Paired equivalence test (two one-sided paired t-tests) of mean(a - b) within +/- the margin.
+    """Paired equivalence test (two one-sided tests) of mean(a - b) within +/- the margin.
 
     a, b: one value per independent run, paired by index. With `relative=True`, `margin` is a
     fraction of mean(b) (0.03: "a within +/-3% of b", bounds +/-0.03 * mean(b)); otherwise it is in
     the inputs' unit. mean(b) is treated as known when setting relative bounds, which is accurate
     when its run-to-run spread is small next to the margin.
+
+    The two one-sided tests are paired t-tests of H0: diff <= low and H0: diff >= high. With zero
+    spread of the differences (see `zero_spread_reason`) they are undefined (t = +/-inf would
+    give p = 0), and the exact one-sided Wilcoxon signed-rank tests of d - low and d - high
+    replace them: at n pairs their smallest p is 1 / 2^n, so three identical differences can never
+    be "equivalent" at alpha = 0.05 (p >= 0.125).
     """
     a, b = _pair(a, b)
     low, high = _bounds(margin, relative, b)
     d = a - b
+    est = float(d.mean())
+    common = {"estimate": est, "low": low, "high": high, "margin": margin, "relative": relative,
+              "alpha": alpha, "n_a": d.size, "n_b": d.size}
+    reason = zero_spread_reason(a, b)
+    if reason is not None:
+        zeros = np.zeros_like(d)
+        # The signed-rank test is defined for any differences: its p-value is never None.
+        p_lo = cast(float, wilcoxon_signed_rank(d - low, zeros, alternative="greater").pvalue)
+        p_hi = cast(float, wilcoxon_signed_rank(d - high, zeros, alternative="less").pvalue)
+        p = max(p_lo, p_hi)
+        return TostResult(test=f"TOST exact {RANK_TEST}", p_lower=p_lo, p_upper=p_hi, pvalue=p,
+                          ci_low=None, ci_high=None, equivalent=bool(p < alpha), df=None,
+                          note=reason, **common)
     se = d.std(ddof=1) / math.sqrt(d.size)
     df = float(d.size - 1)
-    p_lo, p_hi, ci_lo, ci_hi = _tost(float(d.mean()), se, df, low, high, _scale(a, b), alpha)
+    p_lo = _t_pvalue((est - low) / se, df, "greater")  # H0: diff <= low
+    p_hi = _t_pvalue((est - high) / se, df, "less")  # H0: diff >= high
+    half = st.t.ppf(1 - alpha, df) * se
     p = max(p_lo, p_hi)
-    return TostResult("TOST paired t", float(d.mean()), low, high, margin, relative, p_lo, p_hi, p,
-                      ci_lo, ci_hi, alpha, bool(p < alpha), df, d.size, d.size)
-
-
-def tost_welch(a: Any, b: Any, margin: float, relative: bool = True,
-               alpha: float = 0.05) -> TostResult:
-    """Unpaired equivalence test (two one-sided Welch t-tests) of mean(a) - mean(b) within +/- the
-    margin. a, b: one value per independent run. `margin`/`relative` as in `tost_paired`."""
-    a, b = _two(a, b)
-    low, high = _bounds(margin, relative, b)
-    se, df = _welch_parts(a, b)
-    est = float(a.mean() - b.mean())
-    p_lo, p_hi, ci_lo, ci_hi = _tost(est, se, df, low, high, _scale(a, b), alpha)
-    p = max(p_lo, p_hi)
-    return TostResult("TOST Welch t", est, low, high, margin, relative, p_lo, p_hi, p, ci_lo,
-                      ci_hi, alpha, bool(p < alpha), df, a.size, b.size)
+    return TostResult(test="TOST paired t", p_lower=p_lo, p_upper=p_hi, pvalue=p,
+                      ci_low=est - half, ci_high=est + half, equivalent=bool(p < alpha), df=df,
+                      **common)
 
 
 # --------------------------------------------------------------------------- intervals
@@ -655,56 +690,156 @@ def _mean_ratio_minus_one(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.nd
 def relative_difference_ci(
     a: Any,
     b: Any,
-    paired: bool = True,
     confidence: float = 0.95,
     method: str = "delta",
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Interval:
     """Relative difference mean(a) / mean(b) - 1 (a fraction: 0.35 means a is 35% above b), with a
-    confidence interval. a, b: one value per independent run (paired by index when `paired`).
+    confidence interval. a, b: one value per independent run, paired by index.
 
-    method="delta" (default): first-order delta method with a t quantile. Paired, this is the
-    t-interval of the linearised values (a_i - R b_i) / mean(b) with n - 1 df, R = mean(a)/mean(b);
-    unpaired, se^2 = (s_a^2/n_a + R^2 s_b^2/n_b) / mean(b)^2 with Welch-Satterthwaite df. It
-    behaves sensibly with 3-5 runs, where a bootstrap cannot. method="bootstrap": percentile
+    method="delta" (default): first-order delta method with a t quantile, i.e. the t-interval of
+    the linearised values (a_i - R b_i) / mean(b) with n - 1 df, R = mean(a)/mean(b). It behaves
+    sensibly with 3-5 runs, where a bootstrap cannot. method="bootstrap": paired percentile
     `bootstrap_ci` of the same statistic.
     """
-    a, b = _pair(a, b) if paired else _two(a, b)
+    a, b = _pair(a, b)
     mb = b.mean()
     if mb == 0:
         raise DegenerateInputError("relative difference undefined: mean(b) is 0")
     ratio = a.mean() / mb
     if method == "bootstrap":
         iv = bootstrap_ci((a, b), _mean_ratio_minus_one, n_resamples=n_resamples,
-                          confidence=confidence, seed=seed, paired=paired)
+                          confidence=confidence, seed=seed, paired=True)
         return replace(iv, estimate=float(ratio - 1))
     if method != "delta":
         raise ValueError(f"method must be 'delta' or 'bootstrap', got {method!r}")
-    if paired:
-        z = (a - ratio * b) / mb
-        se = z.std(ddof=1) / math.sqrt(z.size)
-        df = float(z.size - 1)
-    else:
-        u_a = a.var(ddof=1) / a.size / mb**2
-        u_b = ratio**2 * b.var(ddof=1) / b.size / mb**2
-        se = math.sqrt(u_a + u_b)
-        df = ((u_a + u_b) ** 2 / (u_a**2 / (a.size - 1) + u_b**2 / (b.size - 1))
-              if u_a + u_b > 0 else float(a.size + b.size - 2))
-    half = st.t.ppf(0.5 + confidence / 2, df) * se
+    z = (a - ratio * b) / mb
+    se = z.std(ddof=1) / math.sqrt(z.size)
+    half = st.t.ppf(0.5 + confidence / 2, z.size - 1) * se
     return Interval(float(ratio - 1), float(ratio - 1 - half), float(ratio - 1 + half), confidence,
                     "delta method, t quantile")
+
+
+# --------------------------------------------------------------------------- power
+
+
+def _paired_t_power(dz: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test at |d_z| = dz with n pairs and level alpha: the
+    probability that |T| > t_crit for T noncentral t with n - 1 df and ncp dz * sqrt(n).
+
+    Both tails use the survival function (P(T < -c; ncp) = P(T > c; -ncp)): scipy's nct.cdf
+    returns NaN at large ncp, and statsmodels 0.15's TTestPower inherits that (its solve_power
+    gives d_z = 4.29 for n = 3, alpha = 0.05/3, where the power there is 0.61, not 0.8)."""
+    df = n - 1
+    crit = st.t.isf(alpha / 2, df)
+    ncp = dz * math.sqrt(n)
+    return float(st.nct.sf(crit, df, ncp) + st.nct.sf(crit, df, -ncp))
+
+
+def _check_power_args(alpha: float, power: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not alpha < power < 1.0:
+        raise ValueError(f"power must be in (alpha, 1) = ({alpha}, 1), got {power}")
+
+
+def minimum_detectable_effect(n: int, alpha: float, power: float = 0.8) -> float:
+    """Smallest |d_z| (unitless: mean difference / SD of the paired differences) that a two-sided
+    paired t-test with `n` pairs at level `alpha` detects with probability `power`.
+
+    n = 3, alpha = 0.05: 3.26; under Holm or Bonferroni over 3 tests (alpha = 0.05 / 3): 5.68.
+    Multiply by the SD of the differences for the same in the measure's unit
+    (`minimum_detectable_difference`). Needs n >= 2 (one pair has no spread to test against).
+    """
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (pairs), got {n}")
+    _check_power_args(alpha, power)
+    return _mde(int(n), float(alpha), float(power))
+
+
+@functools.lru_cache(maxsize=1024)  # a study asks for the same (n, alpha) for every comparison
+def _mde(n: int, alpha: float, power: float) -> float:
+    hi = 1.0
+    while _paired_t_power(hi, n, alpha) < power:  # power rises with d_z: bracket, then solve
+        hi *= 2.0
+    return float(optimize.brentq(lambda d: _paired_t_power(d, n, alpha) - power, 0.0, hi,
+                                 xtol=1e-10))
+
+
+def minimum_detectable_difference(sd_diff: float, n: int, alpha: float,
+                                  power: float = 0.8) -> float:
+    """`minimum_detectable_effect` in the measure's own unit: mde_dz * sd_diff, where sd_diff is
+    the (observed) SD of the paired differences a - b, in the unit of a and b."""
+    if not (math.isfinite(sd_diff) and sd_diff >= 0):
+        raise ValueError(f"sd_diff must be a finite SD >= 0, got {sd_diff}")
+    return float(minimum_detectable_effect(n, alpha, power) * sd_diff)
+
+
+def runs_needed(d: float, alpha: float, power: float = 0.8) -> int | None:
+    """Fewest pairs n >= 2 with which a two-sided paired t-test at level `alpha` detects an
+    effect of size |d| (d_z, unitless) with probability >= `power`.
+
+    None when no number of runs would: d = 0 (nothing to detect) or d not finite (an undefined
+    d_z, e.g. from zero spread). Power grows with n, so the normal approximation
+    ((z_{1-alpha/2} + z_power) / d)^2 gives a start and an integer search finds the exact n.
+    """
+    _check_power_args(alpha, power)
+    if not math.isfinite(d) or d == 0:
+        return None
+    d = abs(float(d))
+    guess = max(2, math.floor(((st.norm.isf(alpha / 2) + st.norm.ppf(power)) / d) ** 2))
+    lo, hi = 1, guess  # invariant: power(lo) < target (or lo = 1, no test), power(hi) >= target
+    while _paired_t_power(d, hi, alpha) < power:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid >= 2 and _paired_t_power(d, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return int(max(hi, 2))
 
 
 # --------------------------------------------------------------------------- one-stop comparison
 
 
-def _decide(p_adjusted: float, tost_p_adjusted: float | None, alpha: float) -> str:
-    if p_adjusted < alpha:
-        return "significant"
-    if tost_p_adjusted is not None and tost_p_adjusted < alpha:
-        return "equivalent"
-    return "inconclusive"
+def decide_outcome(p_adjusted: float, tost_p_adjusted: float | None, alpha: float) -> str:
+    """The outcome word from the (corrected) decision p-value and TOST p-value.
+
+    significant = p_adjusted < alpha; equivalent = tost_p_adjusted < alpha (None: no margin).
+    significant and equivalent -> "negligible" (different, but the whole TOST interval lies
+    inside the margin); significant only -> "different"; equivalent only -> "equivalent";
+    neither -> "inconclusive". This is the four-way reading of Lakens, Scheel & Isager (2018).
+    """
+    significant = p_adjusted < alpha
+    equivalent = tost_p_adjusted is not None and tost_p_adjusted < alpha
+    if significant:
+        return "negligible" if equivalent else "different"
+    return "equivalent" if equivalent else "inconclusive"
+
+
+def _power_fields(n: int, sd_diff: float | None, dz: float | None, alpha: float,
+                  power: float) -> dict[str, Any]:
+    """The Comparison's power fields at level `alpha` (see Comparison)."""
+    mde = minimum_detectable_effect(n, alpha, power)
+    return {
+        "mde_alpha": float(alpha), "mde_dz": mde,
+        "mde_diff": mde * sd_diff if sd_diff else None,  # zero spread: no unit to scale by
+        "runs_needed": runs_needed(dz, alpha, power) if dz is not None else None,
+    }
+
+
+def _common(label: str, n: int, alpha: float, equivalence_margin: float | None,
+            margin_relative: bool, power: float) -> dict[str, Any]:
+    return {"label": label, "paired": True, "n": n, "n_a": n, "n_b": n, "alpha": alpha,
+            "confidence": 1 - alpha, "equivalence_margin": equivalence_margin,
+            "margin_relative": margin_relative if equivalence_margin is not None else None,
+            "power": power}
+
+
+def _means(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    return {k: float(x.mean()) for k, x in (("mean_a", a), ("mean_b", b)) if x.size}
 
 
 def compare(
@@ -716,90 +851,127 @@ def compare(
     min_n: int = 3,
     margin_relative: bool = True,
     label: str = "",
+    power: float = 0.8,
 ) -> Comparison:
-    """Compare runs of condition a with runs of condition b: the stats stage's one entry point.
+    """Compare paired runs of condition a with runs of condition b: the stats stage's entry point.
 
-    a, b: one value per independent run (seed), paired by index when `paired`, in any common unit.
-    With fewer than `min_n` runs in a group, no test runs: status and outcome "insufficient runs".
-    Otherwise: paired t-test (Welch if unpaired) as the decision test; Wilcoxon signed-rank (Mann-
-    Whitney if unpaired) alongside; d_z (Hedges' g) with CI; mean difference and relative difference
-    with CIs at 1 - alpha; TOST when `equivalence_margin` is given (a fraction of mean(b) when
-    `margin_relative`, else in the inputs' unit). The outcome is provisional (family of one) until
-    `apply_correction` is run over the whole declared family.
+    a, b: one value per independent run (seed), paired by index, in any common unit. `paired`
+    must be True (kept so callers can say so; unpaired comparisons are not offered because no
+    study design here produces them). With fewer than `min_n` pairs no test runs: status and
+    outcome "insufficient runs". Otherwise: paired t-test as the decision test (the exact Wilcoxon
+    signed-rank test when t is undefined by zero spread), the Wilcoxon test alongside; d_z with
+    CI; mean difference and relative difference with CIs at 1 - alpha; TOST when
+    `equivalence_margin` is given (a fraction of mean(b) when `margin_relative`, else in the
+    inputs' unit); the minimum detectable effect at this n (`power`). The outcome (see
+    `decide_outcome`) is provisional (family of one) until `apply_correction` is run over the
+    whole declared family.
     """
+    if not paired:
+        raise ValueError("compare is paired-only: pass one value per run for a and b, paired by"
+                         " seed")
     a_arr, b_arr = _sample(a, "a"), _sample(b, "b")
-    if paired and a_arr.size != b_arr.size:
+    if a_arr.size != b_arr.size:
         raise ValueError(f"paired samples need equal lengths, got {a_arr.size} and {b_arr.size}")
-    n = a_arr.size if paired else a_arr.size + b_arr.size
-    common: dict[str, Any] = {
-        "label": label, "paired": paired, "n": n, "n_a": a_arr.size, "n_b": b_arr.size,
-        "alpha": alpha, "confidence": 1 - alpha, "equivalence_margin": equivalence_margin,
-        "margin_relative": margin_relative if equivalence_margin is not None else None,
-    }
-    if min(a_arr.size, b_arr.size) < max(min_n, 2):
-        means = {k: float(x.mean()) for k, x in (("mean_a", a_arr), ("mean_b", b_arr)) if x.size}
+    n = a_arr.size
+    common = _common(label, n, alpha, equivalence_margin, margin_relative, power)
+    needed = max(min_n, 2)
+    if n < needed:
         return Comparison(status="insufficient runs", outcome="insufficient runs",
-                          note=f"fewer than {max(min_n, 2)} runs per group", **means, **common)
+                          reason=f"{n} complete pair(s), fewer than the {needed} needed",
+                          **_means(a_arr, b_arr), **common)
 
     notes = []
-    if paired:
-        test = paired_ttest(a_arr, b_arr, 1 - alpha)
-        rank = wilcoxon_signed_rank(a_arr, b_arr)
-        effect = cohens_dz(a_arr, b_arr, 1 - alpha)
-        tost = (tost_paired(a_arr, b_arr, equivalence_margin, margin_relative, alpha)
-                if equivalence_margin is not None else None)
-    else:
-        test = welch_ttest(a_arr, b_arr, 1 - alpha)
-        rank = mann_whitney(a_arr, b_arr)
-        effect = hedges_g(a_arr, b_arr, 1 - alpha)
-        tost = (tost_welch(a_arr, b_arr, equivalence_margin, margin_relative, alpha)
-                if equivalence_margin is not None else None)
+    test = paired_ttest(a_arr, b_arr, 1 - alpha)
+    rank = wilcoxon_signed_rank(a_arr, b_arr)
+    effect = cohens_dz(a_arr, b_arr, 1 - alpha)
+    tost = (tost_paired(a_arr, b_arr, equivalence_margin, margin_relative, alpha)
+            if equivalence_margin is not None else None)
+    t_defined = test.pvalue is not None
+    decision = test if t_defined else rank
+    if not t_defined:
+        notes.append(f"{test.note}; the exact {RANK_TEST} test decides")
     rel_fields: dict[str, float] = {}
     try:
-        rel = relative_difference_ci(a_arr, b_arr, paired=paired, confidence=1 - alpha)
+        rel = relative_difference_ci(a_arr, b_arr, confidence=1 - alpha)
         rel_fields = {"rel_diff": rel.estimate, "rel_diff_ci_low": rel.ci_low,
                       "rel_diff_ci_high": rel.ci_high}
     except DegenerateInputError as err:  # mean(b) == 0: report the rest, say why this is missing
         notes.append(err.reason)
     if rank.note:
         notes.append(f"{rank.test}: {rank.note}")
-    if paired and 2.0 / 2**a_arr.size >= alpha:  # smallest exact two-sided p is 2 / 2^n
-        notes.append(f"{rank.test} cannot reach p < {alpha} with {a_arr.size} pairs")
-    if not math.isfinite(effect.value):
+    if 2.0 / 2**n >= alpha:  # smallest exact two-sided p is 2 / 2^n
+        notes.append(f"{rank.test} cannot reach p < {alpha} with {n} pairs")
+    dz = effect.value if math.isfinite(effect.value) else None
+    if dz is None:
         notes.append(f"{effect.name} undefined: zero spread")
+    sd_diff = float((a_arr - b_arr).std(ddof=1)) if t_defined else 0.0
+    decision_p = cast(float, decision.pvalue)  # the t-test when defined, else the rank test
     tost_p = tost.pvalue if tost else None
     return Comparison(
-        status="ok", outcome=_decide(test.pvalue, tost_p, alpha),
-        mean_a=float(a_arr.mean()), mean_b=float(b_arr.mean()), diff=test.estimate,
+        status="ok", outcome=decide_outcome(decision_p, tost_p, alpha),
+        **_means(a_arr, b_arr), diff=test.estimate,
         diff_ci_low=test.ci_low, diff_ci_high=test.ci_high, **rel_fields,
-        test=test.test, statistic=test.statistic, df=test.df, p=test.pvalue, p_adjusted=test.pvalue,
+        test=test.test, statistic=test.statistic, df=test.df, p=test.pvalue,
+        t_undefined_reason=None if t_defined else test.note,
         rank_test=rank.test, rank_statistic=rank.statistic, rank_p=rank.pvalue,
-        effect_name=effect.name, effect=effect.value, effect_ci_low=effect.ci_low,
-        effect_ci_high=effect.ci_high,
+        decision_test=decision.test, decision_p=decision_p, p_adjusted=decision_p,
+        effect_name=effect.name, effect=dz,
+        effect_ci_low=effect.ci_low if dz is not None else None,
+        effect_ci_high=effect.ci_high if dz is not None else None,
+        tost_test=tost.test if tost else None,
         tost_low=tost.low if tost else None, tost_high=tost.high if tost else None,
         tost_p=tost_p, tost_p_adjusted=tost_p, equivalent=tost.equivalent if tost else None,
+        sd_diff=sd_diff, **_power_fields(n, sd_diff, dz, alpha, power),
         note="; ".join(notes), **common,
     )
+
+
+def void_comparison(
+    a: Any,
+    b: Any,
+    reason: str,
+    *,
+    alpha: float = 0.05,
+    label: str = "",
+    equivalence_margin: float | None = None,
+    margin_relative: bool = True,
+    power: float = 0.8,
+) -> Comparison:
+    """A comparison that is not evidence: status and outcome "void", `reason` saying why (e.g.
+    "every lora run on mrpc is at the majority-class rate"). a, b: the per-run values that
+    would have been compared (may be empty; equal lengths), kept as n and means so the record
+    still shows what was there. No test is run; `apply_correction` leaves it out of the family.
+    """
+    if not reason:
+        raise ValueError("a void comparison needs its reason")
+    a_arr, b_arr = _sample(a, "a"), _sample(b, "b")
+    if a_arr.size != b_arr.size:
+        raise ValueError(f"paired samples need equal lengths, got {a_arr.size} and {b_arr.size}")
+    return Comparison(status="void", outcome="void", reason=reason, **_means(a_arr, b_arr),
+                      **_common(label, a_arr.size, alpha, equivalence_margin, margin_relative,
+                                power))
 
 
 def apply_correction(comparisons: Sequence[Comparison], method: str = "holm") -> list[Comparison]:
     """Correct a declared family of comparisons for multiplicity and set each final `outcome`.
 
-    The family is every comparison with status "ok" (untested "insufficient runs" entries carry no
-    p-value and are passed through unchanged). The decision-test p-values are adjusted together;
-    the TOST p-values of the comparisons that have a margin form a second family, adjusted the
-    same way. Outcome: "significant" if p_adjusted < alpha, else "equivalent" if the adjusted TOST
-    p < alpha, else "inconclusive". Returns new Comparison objects in the input order.
+    The family is every comparison with status "ok" ("insufficient runs" and "void" entries carry
+    no p-value and are passed through unchanged), of any size (one study-wide family of primary
+    endpoints is fine). The decision p-values are adjusted together; the TOST p-values of the
+    comparisons that have a margin form a second family, adjusted the same way. The outcome is
+    then `decide_outcome(p_adjusted, tost_p_adjusted, alpha)`, and the power fields are restated
+    at alpha / family size. Returns new Comparison objects in the input order.
     """
     if method not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}")
     tested = [i for i, c in enumerate(comparisons) if c.status == "ok"]
     with_margin = [i for i in tested if comparisons[i].tost_p is not None]
-    p_adj = dict(zip(tested, adjust_pvalues([comparisons[i].p for i in tested], method),
+    p_adj = dict(zip(tested, adjust_pvalues([comparisons[i].decision_p for i in tested], method),
                      strict=True))
     tost_adj = dict(zip(with_margin,
                         adjust_pvalues([comparisons[i].tost_p for i in with_margin], method),
                         strict=True))
+    m = len(tested)
     out = []
     for i, c in enumerate(comparisons):
         if i not in p_adj:
@@ -809,9 +981,30 @@ def apply_correction(comparisons: Sequence[Comparison], method: str = "holm") ->
         out.append(replace(
             c, p_adjusted=p_adj[i], tost_p_adjusted=t_adj,
             equivalent=None if t_adj is None else bool(t_adj < c.alpha),
-            outcome=_decide(p_adj[i], t_adj, c.alpha), correction=method, family_size=len(tested),
+            outcome=decide_outcome(p_adj[i], t_adj, c.alpha), correction=method, family_size=m,
+            **_power_fields(c.n, c.sd_diff, c.effect, c.alpha / m, c.power),
         ))
     return out
+
+
+def correct_by_family(comparisons: Sequence[Comparison], families: Sequence[Hashable],
+                      method: str = "holm") -> list[Comparison]:
+    """`apply_correction` over each family separately: families[i] names the family of
+    comparisons[i] (e.g. "primary" for the study's pre-declared endpoints, corrected together
+    across tasks and areas, and "exploratory/drift/cka" for the rest). Returns the corrected
+    comparisons in the input order."""
+    if len(families) != len(comparisons):
+        raise ValueError(f"need one family per comparison, got {len(families)} for "
+                         f"{len(comparisons)}")
+    members: dict[Hashable, list[int]] = defaultdict(list)
+    for i, key in enumerate(families):
+        members[key].append(i)
+    out: list[Comparison | None] = [None] * len(comparisons)
+    for idx in members.values():
+        for i, c in zip(idx, apply_correction([comparisons[i] for i in idx], method),
+                        strict=True):
+            out[i] = c
+    return out  # type: ignore[return-value]  # every index belongs to one family
 
 
 # --------------------------------------------------------------------------- variance
@@ -857,3 +1050,147 @@ def variance_decomposition(
     ss["residual"], dof["residual"] = prev_rss, y.size - prev_rank
     shares = {k: v / total for k, v in ss.items()}
     return VarianceDecomposition(value, factors, int(y.size), total, ss, dof, shares)
+
+
+# --------------------------------------------------------------------------- across tasks
+
+
+def _none_result(base: dict[str, Any], reason: str, effect: float | None = None
+                 ) -> MixedEffectsResult:
+    return MixedEffectsResult(fit="none", effect=effect, ci_low=None, ci_high=None,
+                              statistic=None, df=None, p=None, converged=None,
+                              seed_variance=None, residual_variance=None, reason=reason, **base)
+
+
+def _t_summary(est: float, se: float, df: float, confidence: float) -> dict[str, float]:
+    t = est / se
+    half = float(st.t.isf((1 - confidence) / 2, df)) * se
+    return {"effect": float(est), "ci_low": float(est - half), "ci_high": float(est + half),
+            "statistic": float(t), "df": float(df), "p": _t_pvalue(t, df, "two-sided")}
+
+
+def mixed_effects(
+    frame: pd.DataFrame,
+    value: str,
+    method_col: str,
+    task_col: str,
+    seed_col: str,
+    a: str,
+    b: str,
+    alpha: float = 0.05,
+) -> MixedEffectsResult:
+    """Is method a different from method b across tasks? One estimate for the whole study.
+
+    frame: one row per independent run, with columns `value` (the measure, any unit), `method_col`,
+    `task_col` and `seed_col`; rows of other methods are ignored, and a (task, seed) where only
+    one of a and b finished is dropped (counted in `n_dropped`). At most one row per
+    (task, method, seed).
+
+    Model (statsmodels MixedLM, REML): value ~ task x method fixed effects (one mean per task and
+    method) + a random intercept per (task, seed). The effect reported is the contrast
+    mean over tasks of (mu[task, a] - mu[task, b]): each task weighs the same, and no common
+    effect across tasks is assumed (a method + task additive model would force one, and with it
+    hide a task where the methods differ the other way). The random intercept belongs to the
+    (task, seed) pair because that is the unit a and b share (same split, data order and head
+    initialisation); seed 0 on one task and seed 0 on another share only the integer.
+
+    Inference: estimate +/- t quantile x the model's standard error with df = n_pairs - n_tasks,
+    the residual df of the paired differences, not the Wald z that statsmodels prints: with a
+    handful of (task, seed) groups z is anti-conservative, and for complete balanced pairs this
+    t reference is the exact one (the contrast then equals the pooled paired analysis).
+
+    Fallback: if MixedLM fails (singular fit, no convergence) the same contrast comes from OLS on
+    the paired differences a - b with one mean per task (`fit` says which). Nothing is estimated
+    (`fit` "none", `reason` why) without complete pairs, without two pairs in some task
+    (no replication to estimate seed noise: n_pairs - n_tasks < 1), or with zero spread of the
+    differences around their task means (standard error 0: the t statistic is undefined).
+    """
+    from statsmodels.regression.linear_model import OLS
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    missing = [c for c in (value, method_col, task_col, seed_col) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"columns not in the table: {missing}")
+    if a == b:
+        raise ValueError(f"a and b must be different methods, got {a!r} twice")
+    rows = frame.loc[frame[method_col].isin([a, b]), [task_col, seed_col, method_col, value]]
+    y = rows[value].to_numpy(dtype=float)
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"column {value!r} contains NaN or inf: filter failed runs first")
+    dup = rows.duplicated([task_col, seed_col, method_col])
+    if dup.any():
+        first = rows[dup].iloc[0]
+        raise ValueError(f"more than one row for task {first[task_col]!r}, method "
+                         f"{first[method_col]!r}, seed {first[seed_col]!r}")
+    wide = rows.pivot(index=[task_col, seed_col], columns=method_col, values=value)
+    complete = (wide.dropna(subset=[a, b]) if {a, b} <= set(wide.columns)
+                else wide.iloc[:0].reindex(columns=[a, b]))
+    diffs = (complete[a] - complete[b]).astype(float)
+    tasks = diffs.index.get_level_values(0)
+    per_task = diffs.groupby(tasks, sort=True).mean()
+    n_pairs, n_tasks = int(diffs.size), int(per_task.size)
+    base: dict[str, Any] = {
+        "value": value, "a": str(a), "b": str(b), "confidence": 1 - alpha, "n_tasks": n_tasks,
+        "n_seeds": int(diffs.index.get_level_values(1).nunique()), "n_pairs": n_pairs,
+        "n_dropped": int(len(rows) - 2 * n_pairs),
+        "per_task": {str(t): float(v) for t, v in per_task.items()},
+    }
+    if n_pairs == 0:
+        return _none_result(base, f"no (task, seed) has both {a!r} and {b!r}")
+    effect = float(per_task.mean())
+    df = n_pairs - n_tasks
+    if df < 1:
+        return _none_result(base, "each task has a single complete pair: no replication within"
+                            " a task to estimate the seed-to-seed spread", effect)
+    resid = diffs.to_numpy() - per_task.reindex(tasks).to_numpy()
+    scale = max(float(np.max(np.abs(complete.to_numpy()))), 1e-300)
+    if float(np.sqrt(np.mean(resid**2))) <= _REL_TOL * scale:
+        return _none_result(base, "zero spread of the paired differences within tasks: the"
+                            " standard error is 0, so no t statistic is defined", effect)
+
+    task_names = list(per_task.index)
+    # Cell-means design: column 2k is (task k, a), 2k + 1 is (task k, b); L averages a - b.
+    long_task = np.repeat(pd.Index(task_names).get_indexer(tasks), 2)
+    long_is_b = np.tile([0, 1], n_pairs)
+    exog = np.zeros((2 * n_pairs, 2 * n_tasks))
+    exog[np.arange(2 * n_pairs), 2 * long_task + long_is_b] = 1.0
+    endog = np.column_stack([complete[a].to_numpy(float), complete[b].to_numpy(float)]).ravel()
+    groups = np.repeat(np.arange(n_pairs), 2)
+    contrast = np.tile([1.0, -1.0], n_tasks) / n_tasks
+    caught_messages: list[str] = []
+    why_fallback = ""
+    converged: bool | None = None  # stays None when MixedLM raised before reporting
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitted = MixedLM(endog, exog, groups).fit(reml=True)
+        caught_messages = sorted({str(w.message) for w in caught})
+        converged = bool(fitted.converged)
+        k = exog.shape[1]
+        cov = np.asarray(fitted.cov_params())[:k, :k]
+        est = float(contrast @ np.asarray(fitted.fe_params))
+        se = math.sqrt(float(contrast @ cov @ contrast)) if np.all(np.isfinite(cov)) else math.nan
+        if not converged:
+            why_fallback = "MixedLM did not converge"
+        elif not (math.isfinite(se) and se > 0):
+            why_fallback = f"MixedLM gave a standard error of {se}"
+        else:
+            return MixedEffectsResult(
+                fit="MixedLM (REML)", converged=True,
+                seed_variance=float(np.asarray(fitted.cov_re).ravel()[0]),
+                residual_variance=float(fitted.scale), warnings=caught_messages,
+                **_t_summary(est, se, df, 1 - alpha), **base)
+    except (np.linalg.LinAlgError, ValueError) as err:  # singular design or variance estimate
+        why_fallback = f"MixedLM failed: {err}"
+    design = np.zeros((n_pairs, n_tasks))
+    design[np.arange(n_pairs), pd.Index(task_names).get_indexer(tasks)] = 1.0
+    ols = OLS(diffs.to_numpy(), design).fit()
+    mean_contrast = np.full(n_tasks, 1.0 / n_tasks)
+    se = math.sqrt(float(mean_contrast @ np.asarray(ols.cov_params()) @ mean_contrast))
+    return MixedEffectsResult(
+        fit="OLS on paired differences (fallback)",
+        # Var(a - b) within a pair is twice the residual variance of the mixed model.
+        converged=converged, seed_variance=None, residual_variance=float(ols.scale) / 2,
+        reason=why_fallback,
+        warnings=caught_messages, **_t_summary(float(mean_contrast @ ols.params), se, df,
+                                               1 - alpha), **base)

@@ -10,8 +10,10 @@ import torch
 from peftlab import similarity
 from peftlab.errors import DegenerateInputError, PeftlabError
 from peftlab.similarity import (
+    centered_cosine_similarity,
     cka_from_grams,
     cka_null,
+    cosine_null,
     cosine_similarity,
     gram_linear,
     gram_rbf,
@@ -198,6 +200,64 @@ def test_cosine_similarity_per_row():
     assert cosine_similarity(x, 2.0 * x).mean == pytest.approx(1.0)
 
 
+def test_centered_cosine_removes_the_probe_set_mean():
+    x, y = _related_pair(7, dy=20)
+    result = centered_cosine_similarity(x + 5.0, y - 3.0)  # offsets cancel
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    direct = np.einsum("ij,ij->i", xc, yc) / (
+        np.linalg.norm(xc, axis=1) * np.linalg.norm(yc, axis=1))
+    np.testing.assert_allclose(result.per_row, direct, atol=1e-12)
+    assert result.mean == pytest.approx(direct.mean(), abs=1e-12)
+    assert centered_cosine_similarity(x, 2.0 * x + 7.0).mean == pytest.approx(1.0)
+
+
+def _massive_activation_pair(related: bool, seed: int = 0, n: int = 300, d: int = 64):
+    """Hidden-state-like data: 3 features with the same huge value on every example (massive
+    activations) plus ordinary features, unrelated between x and y unless `related`."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    y = x + 0.5 * rng.standard_normal((n, d)) if related else rng.standard_normal((n, d))
+    x[:, :3] += 200.0
+    y[:, :3] += 180.0
+    return x, y
+
+
+def test_massive_activations_fool_uncentred_cosine_not_centred_cosine():
+    x, y = _massive_activation_pair(related=False)
+    # Unrelated examples, yet the uncentred cosine is ~1: the constant dimensions dominate ...
+    assert cosine_similarity(x, y).mean > 0.99
+    # ... and its shuffled baseline is ~1 as well, so it carries no evidence of similarity.
+    raw = cosine_null(x, y, n_permutations=200, centered=False)
+    assert raw.null_mean > 0.99 and raw.p_value > 0.01
+    # Centred cosine stays at its shuffled baseline (about 0).
+    centred = cosine_null(x, y, n_permutations=200)
+    assert centred.observed == pytest.approx(centered_cosine_similarity(x, y).mean)
+    assert abs(centred.observed) < 0.05 and abs(centred.null_mean) < 0.01
+    assert centred.observed < centred.null_q95 + 0.01 and centred.p_value > 0.01
+    # Related examples clear the centred baseline by far.
+    rx, ry = _massive_activation_pair(related=True)
+    related = cosine_null(rx, ry, n_permutations=200)
+    assert related.observed > 0.8 > related.null_q95
+    assert related.p_value == pytest.approx(1 / 201)
+
+
+def test_cosine_null_is_seeded_like_cka_null():
+    x, y = _related_pair(3, dy=20)
+    first = cosine_null(x, y, n_permutations=50, seed=4)
+    assert np.array_equal(first.values, cosine_null(x, y, n_permutations=50, seed=4).values)
+    assert not np.array_equal(first.values, cosine_null(x, y, n_permutations=50, seed=5).values)
+    # The same permutations as cka_null draws: numpy.random.default_rng(seed).permutation(n).
+    rng = np.random.default_rng(4)
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    perm = rng.permutation(60)
+    expected = centered_cosine_similarity(xc, yc[perm]).mean
+    assert first.values[0] == pytest.approx(expected, abs=1e-12)
+    assert first.null_q95 == pytest.approx(np.quantile(first.values, 0.95))
+    assert first.n_permutations == 50 and first.values.shape == (50,)
+    with pytest.raises(PeftlabError, match="n_permutations"):
+        cosine_null(x, y, n_permutations=0)
+
+
 def test_procrustes_distance():
     x, y = _related_pair(8, dy=20)
     assert procrustes_distance(x, 3.0 * x @ _rotation(20, 10) + 1.0) == pytest.approx(0.0, abs=1e-9)
@@ -282,3 +342,7 @@ def test_zero_row_is_degenerate_for_cosine_measures():
     assert info.value.reason == str(info.value)
     with pytest.raises(DegenerateInputError, match="row 7"):
         knn_overlap(x, y)
+    y = x[:, :20].copy()
+    y[5] = np.delete(y, 5, axis=0).mean(axis=0)  # an example at the probe-set mean
+    with pytest.raises(DegenerateInputError, match="probe-set mean"):
+        centered_cosine_similarity(x[:, :20], y)

@@ -6,10 +6,14 @@ Representations (from `peftlab represent`), per task, for every layer:
 - `base_vs_run`: every configured measure between the base model and each finished run;
 - `seed_to_seed`: the same measures between two runs of the same task and method that differ only
   in their seed (every pair): the negative control, i.e. how much two equally good runs disagree.
-Each CKA measure (linear, debiased linear, RBF) carries its permutation null floor at the same n
-and d (`similarity.cka_null`: CKA after shuffling the pairing of examples): null mean, 95% quantile
-and permutation p-value. One record per (task, method, kind, run pair, layer) goes to the `drift`
-table, keyed "<kind>/<run_a>/<run_b>/L<layer:03d>" (run_a is "base" for base_vs_run).
+Each measure with a null (linear, debiased linear and RBF CKA: `similarity.cka_null`; centred and
+uncentred cosine: `similarity.cosine_null`) carries its permutation floor at the same n and d (the
+measure after shuffling the pairing of examples): null mean, 95% quantile (the floor the report
+draws) and permutation p-value. The primary drift measure (`stats.primary.drift.measure`, debiased
+linear CKA by default) also gets a percentile interval over `drift.bootstrap` resamples of probe
+examples (`measures.bootstrap_interval`; the same seeded resamples for every run and layer). One
+record per (task, method, kind, run pair, layer) goes to the `drift` table, keyed
+"<kind>/<run_a>/<run_b>/L<layer:03d>" (run_a is "base" for base_vs_run).
 
 A measure that is undefined for a layer (`DegenerateInputError`, e.g. CKA 0/0 when every example
 has the same pooled vector) is stored as value None with its reason under `undefined`;
@@ -17,12 +21,19 @@ the stats stage's layer bands (`stages.stats.band_value`) leave such layers out,
 never turns into NaN.
 
 Weights, per run and adapted weight matrix, to the `weights` table keyed "<run_id>/<module>":
-`weights.update_stats(base, tuned)` of the update tuned - base. For PEFT runs the tuned matrix is
-the merged one (adapter loaded on the base, upcast to float32, `merge_and_unload`), so every PEFT
-method (LoRA, DoRA, IA3, AdaLoRA) is measured the same way; the adapted matrices are the modules
-PEFT wrapped. For full fine-tuning every linear layer of the backbone is adapted. Left out: the
-classification head (freshly initialised for the task, so its "update" from a random start says
-nothing about drift from the pretrained model), embeddings, norms and biases.
+`weights.update_stats` of the update, formed as the record's `update` says:
+- "B A (exact)": LoRA and QLoRA, whose update is exactly scaling * B @ A: computed from the
+  adapter factors of the loaded PeftModel's layers (`weights.lora_delta`, float64), so its rank is
+  that of the product, free of the rounding a merged matrix carries;
+- "merged - base": other PEFT methods (DoRA, whose magnitude vector rescales the merged columns,
+  AdaLoRA, IA3, and a LoRA with use_dora): the merged matrix (adapter on the base, upcast to
+  float32, `merge_and_unload`) minus the base;
+- "tuned - base": full fine-tuning, every linear layer of the backbone.
+The rank cut-off follows the precision of the weights as stored (`weights.rank_cutoff`): the
+coarser of the base's and the tuned model's dtype for a difference (float32 for a float32 merge),
+float64 for the exact product. Left out: the classification head (freshly initialised for the
+task, so its "update" from a random start says nothing about drift from the pretrained model),
+embeddings, norms and biases.
 
 Both parts are idempotent: a comparison or run whose inputs (representation files, settings, run)
 are unchanged is skipped.
@@ -40,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from peftlab.errors import DegenerateInputError, PeftlabError
-from peftlab.measures import compare_layer, knn_k
+from peftlab.measures import bootstrap_interval, compare_layer, knn_k
 from peftlab.records import DriftRecord, WeightRecord, replace
 from peftlab.representations import BASE_KEY, layer_names, load_representations
 from peftlab.store import provenance
@@ -105,6 +116,7 @@ def representation_drift(ctx: Context) -> None:
     settings.pop("weight_modules")
     settings.pop("intruder_top_k")
     settings.pop("intruder_epsilon")
+    settings["bootstrap_measure"] = primary_measure(ctx)
     from peftlab.logs import track
 
     runs = _finished(ctx)
@@ -142,6 +154,18 @@ def representation_drift(ctx: Context) -> None:
         ctx.console.print(f"drift {task}: {done} comparisons computed, {skipped} up to date")
 
 
+def primary_measure(ctx: Context) -> str:
+    """The measure whose bootstrap interval the drift records carry: the primary drift measure,
+    or the first tested measure the study measures when the spec declares none."""
+    from peftlab.measures import tested_measures
+
+    primary = ctx.study.spec.stats.primary.drift
+    if primary is not None:
+        return primary.measure
+    measured = [m for m in tested_measures() if m in ctx.study.spec.drift.measures]
+    return measured[0] if measured else ctx.study.spec.drift.measures[0]
+
+
 def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
                   rc_a: RunConfig | None, rc_b: RunConfig, reps: Any, stamp: dict[str, Any],
                   settings: dict[str, Any]) -> list[DriftRecord]:
@@ -168,6 +192,7 @@ def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
         check_finite(x, f"drift {task}: {who_a}, layer {layer} ({names[layer]})")
         check_finite(y, f"drift {task}: {where}")
         result = compare_layer(x, y, cfg, f"{pair}, layer {layer} ({names[layer]})")
+        boot = bootstrap_interval(settings["bootstrap_measure"], x, y, cfg)
         items.append(DriftRecord(
             task=task,
             method=method,
@@ -186,6 +211,7 @@ def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
             pooling=man_b["pooling"],
             probe_hash=man_b["probe_hash"],
             **result,
+            bootstrap=boot,
             knn_k=knn_k(cfg, int(x.shape[0])) if "knn" in cfg.measures else None,
             settings=settings,
             stamp=stamp,
@@ -231,6 +257,39 @@ def backbone_linear_weights(model: Any) -> dict[str, Any]:
     return out
 
 
+# Method types whose update is exactly scaling * B @ A (no magnitude vector, no SVD-form
+# reparametrisation): measured from the adapter factors.
+EXACT_LORA = ("lora", "qlora")
+
+
+def lora_factors(model: Any) -> dict[str, tuple[Any, Any, float]] | None:
+    """{module name: (lora_A (r, in), lora_B (out, r), scaling)} of the active adapter of a
+    PeftModel's LoRA layers, as float32 CPU tensors; None when some wrapped layer is not plain
+    LoRA (DoRA's magnitude, AdaLoRA's SVD form): then only the merged matrix tells the update.
+    Module names are the plain transformers model's (no PEFT prefix), head modules left out."""
+    from peft.tuners.adalora import AdaLoraLayer
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from peftlab.models import head_module_names
+
+    inner = model.get_base_model()
+    heads = tuple(head_module_names(inner))
+    out = {}
+    for name, module in inner.named_modules():
+        if not isinstance(module, BaseTunerLayer) or name.split(".")[0] in heads:
+            continue
+        if not isinstance(module, LoraLayer) or isinstance(module, AdaLoraLayer):
+            return None  # an AdaLoRA / IA3 / other tuner layer
+        active = [a for a in module.active_adapters if a in module.lora_A]
+        if len(active) != 1 or module.use_dora.get(active[0], False):
+            return None
+        a = active[0]
+        out[name] = (module.lora_A[a].weight.detach().float().cpu(),
+                     module.lora_B[a].weight.detach().float().cpu(), float(module.scaling[a]))
+    return out
+
+
 def adapted_weights(model: Any, method_is_peft: bool) -> dict[str, Any]:
     """{module name: tuned weight (out, in), float32, CPU} of every adapted matrix of a run.
 
@@ -258,15 +317,32 @@ def adapted_weights(model: Any, method_is_peft: bool) -> dict[str, Any]:
     return {name: linear[name] for name in wrapped}
 
 
+def _coarsest(*dtypes: Any) -> tuple[str, float]:
+    """(name, machine epsilon) of the least precise of some torch floating dtypes."""
+    import torch
+
+    d = max(dtypes, key=lambda t: torch.finfo(t).eps)
+    return str(d).removeprefix("torch."), float(torch.finfo(d).eps)
+
+
+def _storage_dtype(model: Any) -> Any:
+    """The floating dtype most of a model's parameters are stored in (before any upcast)."""
+    from collections import Counter
+
+    counts = Counter(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+    return counts.most_common(1)[0][0]
+
+
 def weight_drift(ctx: Context) -> None:
     """update_stats of every adapted matrix of every finished run, to the `weights` table."""
     from peftlab.artifacts import ModelLoader, load_run
     from peftlab.methods import get_method
-    from peftlab.weights import base_left_singular_vectors, update_stats
+    from peftlab.weights import base_left_singular_vectors, lora_delta, update_stats
 
     cfg = ctx.study.spec.drift
     settings = {"top_k": cfg.intruder_top_k, "epsilon": cfg.intruder_epsilon,
-                "weight_modules": cfg.weight_modules}
+                "weight_modules": cfg.weight_modules, "rank_cutoff": "dtype-aware",
+                "exact_lora": list(EXACT_LORA)}
     have: dict[str, str] = {}
     for key in ctx.store.keys("weights"):
         have.setdefault(key.split("/", 1)[0], key)
@@ -288,6 +364,7 @@ def weight_drift(ctx: Context) -> None:
         base = ModelLoader(rc0.model, "cpu").base(
             1 if task_def.is_regression else len(task_def.label_names),
             None if task_def.is_regression else list(task_def.label_names))
+        base_dtype = _storage_dtype(base)
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}
         del base
@@ -295,8 +372,23 @@ def weight_drift(ctx: Context) -> None:
         prov = provenance()
         for rc, stamp in todo:
             method = get_method(rc.method_type)
-            _, tuned = load_run(ctx, rc.run_id, device="cpu")
-            tuned_weights = adapted_weights(tuned, method.is_peft)
+            # QLoRA's 4-bit base loads on CUDA only; everything else is analysed on the CPU.
+            _, tuned = load_run(ctx, rc.run_id,
+                                device=None if rc.method_type == "qlora" else "cpu")
+            factors = lora_factors(tuned) if rc.method_type in EXACT_LORA else None
+            cut: tuple[str, float] | None = None  # None: the float64 product's own precision
+            if factors is not None:
+                update = "B A (exact)"
+                tuned_weights: dict[str, Any] = dict(factors)
+            elif method.is_peft:
+                # merged in float32 (adapted_weights) onto a base stored in base_dtype
+                import torch
+
+                update, cut = "merged - base", _coarsest(base_dtype, torch.float32)
+                tuned_weights = adapted_weights(tuned, True)
+            else:
+                update, cut = "tuned - base", _coarsest(base_dtype, _storage_dtype(tuned))
+                tuned_weights = adapted_weights(tuned, False)
             del tuned
             items = []
             for name, weight in sorted(tuned_weights.items()):
@@ -306,13 +398,23 @@ def weight_drift(ctx: Context) -> None:
                 if name not in base_weights:
                     raise PeftlabError(f"weights {task}: run {rc.run_id}: module {name} has no "
                                        "counterpart in the base model")
+                shape = list(base_weights[name].shape)
                 stats, undefined = None, None
                 try:
                     if name not in base_u:
                         base_u[name] = base_left_singular_vectors(base_weights[name])
-                    stats = update_stats(base_weights[name], weight.detach(),
-                                         top_k=cfg.intruder_top_k, epsilon=cfg.intruder_epsilon,
-                                         base_u=base_u[name]).as_dict()
+                    common = {"top_k": cfg.intruder_top_k, "epsilon": cfg.intruder_epsilon,
+                              "base_u": base_u[name]}
+                    if factors is not None:
+                        lora_a, lora_b, scaling = weight
+                        stats = update_stats(base_weights[name],
+                                             delta=lora_delta(lora_a, lora_b, scaling),
+                                             **common).as_dict()
+                        stats["lora_rank"] = int(lora_a.shape[0])
+                    else:
+                        stats = update_stats(base_weights[name], weight.detach(),
+                                             dtype_eps=cut[1], **common).as_dict()
+                        stats["dtype"] = cut[0]  # the weights were upcast: name the storage
                 except DegenerateInputError as err:
                     undefined = err.reason
                 except PeftlabError as err:
@@ -321,10 +423,8 @@ def weight_drift(ctx: Context) -> None:
                 items.append(WeightRecord(
                     task=task, run_id=rc.run_id, method=rc.method, method_type=rc.method_type,
                     seed=rc.seed, is_peft=method.is_peft, module=name, matrix=leaf,
-                    block=block_index(name), shape=list(weight.shape),
-                    update="merged - base" if method.is_peft else "tuned - base",
+                    block=block_index(name), shape=shape, update=update,
                     stats=stats, undefined=undefined, settings=settings, stamp=stamp,
                     provenance=prov))
             replace(ctx.store, f"{rc.run_id}/", items, WeightRecord.TABLE)
-            ctx.console.print(f"weights {task}: run {rc.run_id}: {len(items)} matrices")
-
+            ctx.console.print(f"weights {task}: run {rc.run_id}: {len(items)} matrices ({update})")

@@ -1,0 +1,123 @@
+"""The baselines stage: what a run of each task must beat, on the evaluation subset it is
+evaluated on (run right after `data`).
+
+    peftlab run quickstart --stages baselines
+
+Per task, one `baselines` record (`peftlab.records.BaselineRecord`, key: the task):
+- the majority-class predictor's value of every metric with its bootstrap interval over the
+  evaluation examples, the best constant prediction per metric, and chance (uniform random
+  guessing), from `peftlab.baselines.baseline_metrics` on the evaluation labels;
+- the base model with an untrained head, initialised under the study's first seed, evaluated on
+  the same examples the runs are evaluated on (same tokenisation, pair template and padding), so
+  a reader sees what the pretrained features give with no training at all.
+
+The stats stage judges every run against this record (`peftlab.baselines.judge`): a run whose
+main metric's interval does not clear the majority and chance rates is flagged as degenerate and
+left out of drift and deployment verdicts. Idempotent: a task whose evaluation rows, model and
+settings are unchanged is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from peftlab.records import BaselineRecord, read_one, write
+
+if TYPE_CHECKING:
+    from peftlab.study import Context
+
+
+def _stamp(ctx: Context, task: str, checksum: str) -> dict[str, Any]:
+    spec = ctx.study.spec
+    settings = {"model": spec.model.model_dump(mode="json"), "seed": spec.seeds[0],
+                "n_bootstrap": spec.training.bootstrap_samples, "data_seed": spec.data.seed,
+                "eval_batch_size": spec.training.eval_batch_size, "pad_to": spec.training.pad_to}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
+                            ).hexdigest()[:16]
+    return {"eval": checksum, "settings": digest}
+
+
+def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_bootstrap: int,
+                   loader: Any) -> dict[str, Any]:
+    """The base classifier with a head initialised under `seed`, evaluated on `eval_df`:
+    {seed, metrics: {name: {value, ci_low, ci_high}}, predicted: {label: share}}."""
+    from peftlab.encode import encode_frame, predict
+    from peftlab.metrics import compute_metrics
+
+    spec = ctx.study.spec
+    labels = None if task_def.is_regression else list(task_def.label_names)
+    model = loader.base(task_def.num_labels, labels, seed=seed)
+    model.eval()
+    dataset = encode_frame(eval_df, loader.tokenizer, max_length=spec.model.max_length,
+                           pair_template=spec.model.pair_template,
+                           is_regression=task_def.is_regression)
+    logits = predict(model, dataset, loader.tokenizer, spec.training.eval_batch_size,
+                     ctx.device, pad_to=spec.training.pad_to)
+    del model
+    y = np.asarray(dataset["labels"])
+    pred = logits[:, 0] if task_def.is_regression else logits.argmax(-1)
+    out: dict[str, Any] = {
+        "seed": seed,
+        "metrics": compute_metrics(list(task_def.metrics), y, pred, n_bootstrap=n_bootstrap,
+                                   seed=seed)}
+    if not task_def.is_regression:
+        counts = np.bincount(pred, minlength=task_def.num_labels)
+        out["predicted"] = {str(name): float(c / pred.size)
+                            for name, c in zip(task_def.label_names, counts, strict=True)}
+    return out
+
+
+def run(ctx: Context) -> None:
+    """Fill the `baselines` table: one record per task of the study."""
+    from peftlab.artifacts import ModelLoader
+    from peftlab.baselines import baseline_metrics
+    from peftlab.errors import ModelError
+    from peftlab.store import provenance
+    from peftlab.tasks import split_checksum
+
+    spec = ctx.study.spec
+    loader = None
+    prov = provenance()
+    for tspec in spec.tasks:
+        task = tspec.name
+        task_def = ctx.data.task(task)
+        eval_df = ctx.data.split(task, "eval")
+        checksum = split_checksum(eval_df)
+        stamp = _stamp(ctx, task, checksum)
+        old = read_one(ctx.store, BaselineRecord, task)
+        if old is not None and old.stamp == stamp:
+            ctx.console.print(f"baselines {task}: up to date")
+            continue
+        n_boot = spec.training.bootstrap_samples
+        b = baseline_metrics(task_def, eval_df["label"].to_numpy(), n_bootstrap=n_boot,
+                             seed=spec.data.seed)
+        head, error = None, None
+        try:
+            loader = loader or ModelLoader(spec.model, ctx.device)
+            head = untrained_head(ctx, task_def, eval_df, spec.seeds[0], n_boot, loader)
+        except ModelError as err:  # e.g. the model cannot be loaded here: the rates still hold
+            error = str(err)
+        rec = BaselineRecord(
+            task=task, main_metric=task_def.metrics[0], metrics=list(task_def.metrics),
+            eval_examples=int(len(eval_df)), content_checksum=checksum,
+            label_counts=b["label_counts"], majority=b["majority"],
+            best_constant=b["best_constant"], chance=b["chance"], untrained_head=head,
+            untrained_error=error, n_bootstrap=n_boot, confidence=b["confidence"],
+            seed=spec.data.seed, stamp=stamp, provenance=prov)
+        write(ctx.store, [rec])
+        main = task_def.metrics[0]
+        maj = (b["majority"] or {}).get("metrics", {}).get(main, {}).get("value")
+        chance = b["chance"]["metrics"][main]["value"]
+        got = (head or {}).get("metrics", {}).get(main, {}).get("value")
+        ctx.console.print(
+            f"baselines {task}: {main} majority {_fmt(maj)}, chance {_fmt(chance)}, untrained "
+            f"head {_fmt(got)} ({len(eval_df)} eval examples)"
+            + (f"; untrained head not evaluated: {error}" if error else ""))
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
