@@ -1,0 +1,78 @@
+"""A built wheel carries the shipped specs: a fresh, non-editable install finds them by name.
+
+    pip wheel . --no-deps  ->  a fresh virtual environment  ->  peftlab validate quickstart
+
+The project environment has peftlab installed in editable mode, so the check needs an
+environment of its own: `python -m venv` (no pip, no packages), the wheel installed into it with
+`pip --python VENV install --no-deps`, and the dependencies (torch & co.) made visible through a
+.pth file that lists the project environment's site-packages folder. A folder listed that way is
+not a site directory, so its own .pth files (the editable install's finder among them) are not
+run: `import peftlab` can only find the wheel. Commands run through the venv's `peftlab` console
+script, from a folder outside the checkout. Offline: `--no-build-isolation` builds with the
+installed setuptools.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_wheel_install_runs_the_shipped_specs_by_name(tmp_path: Path) -> None:
+    # Build from a copy, so the checkout gets no build/ folder while others work in it.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "peftlab", src / "peftlab",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"}
+    env.pop("PYTHONPATH", None)
+    built = _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
+                  "--no-build-isolation", "-w", str(tmp_path / "dist"), "-q"], tmp_path, env)
+    assert built.returncode == 0, built.stderr
+    wheels = list((tmp_path / "dist").glob("peftlab-*.whl"))
+    assert len(wheels) == 1
+
+    venv = tmp_path / "venv"
+    made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                     tmp_path, env).stdout.strip())
+    (site / "project-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    installed = _run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                      "--no-deps", str(wheels[0]), "-q"], tmp_path, env)
+    assert installed.returncode == 0, installed.stderr
+
+    work = tmp_path / "work"
+    work.mkdir()
+    where = _run([str(python), "-c", "import peftlab; print(peftlab.__file__)"], work, env)
+    assert Path(where.stdout.strip()).is_relative_to(site), where  # the wheel, not the checkout
+    assert sorted(p.name for p in (site / "peftlab" / "studies").glob("*.yaml")) == sorted(
+        p.name for p in (ROOT / "peftlab" / "studies").glob("*.yaml"))
+
+    peftlab = str(venv / "bin" / "peftlab")
+    ok = _run([peftlab, "validate", "quickstart"], work, env)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok: quickstart (18 training runs)" in ok.stdout
+    init = _run([peftlab, "init", "my-study"], work, env)
+    assert init.returncode == 0, init.stderr
+    assert "wrote my-study.yaml" in init.stdout and (work / "my-study.yaml").is_file()
+    again = _run([peftlab, "validate", "my-study.yaml"], work, env)
+    assert again.returncode == 0, again.stderr
+    assert "ok: my-study.yaml (18 training runs)" in again.stdout
+    refused = _run([peftlab, "init", "my-study"], work, env)
+    assert refused.returncode == 2, refused
+    assert refused.stderr.startswith("error: my-study.yaml") and "already exists" in refused.stderr
