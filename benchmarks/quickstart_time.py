@@ -1,7 +1,7 @@
 """Wall time of the quickstart study, stage by stage and in total.
 
     python benchmarks/quickstart_time.py --data-dir ../shared/data/glue [--output-dir DIR]
-                                         [--spec studies/quickstart.yaml] [--keep]
+                                         [--spec quickstart] [--keep]
 
 Runs every stage of the pipeline (`peftlab.study.STAGES`, in order) on the quickstart study
 through `peftlab.study.run_stages(study, [stage])`, one stage at a time, in a fresh study
@@ -22,14 +22,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=QUICKSTART,
-                        help="study spec (default: studies/quickstart.yaml)")
+    parser.add_argument("--spec", default="quickstart",
+                        help="study spec: a file or a shipped spec's name (default: quickstart)")
     parser.add_argument("--data-dir", default=os.environ.get("PEFTLAB_DATA_DIR"),
                         help="local GLUE folder (default: $PEFTLAB_DATA_DIR, else the hub)")
     parser.add_argument("--output-dir", type=Path, default=None,

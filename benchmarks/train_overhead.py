@@ -161,4 +161,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from peftlab.logs import script_log
+
+    with script_log("train-overhead"):  # load reports and warnings: to a log file
+        main()

@@ -84,10 +84,13 @@ class ModelLoader:
         options = dict(method.base_load_options(params or {}, device=self.device)) if (
             method is not None) else {}
         dtype = options.pop("dtype", self.dtype)
-        return load_classifier(self.resolved, num_labels=num_labels, dtype=dtype,
-                               device=self.device, tokenizer=self.tokenizer,
-                               trust_remote_code=self.spec.get("trust_remote_code", False),
-                               label_names=label_names, **options)
+        model = load_classifier(self.resolved, num_labels=num_labels, dtype=dtype,
+                                device=self.device, tokenizer=self.tokenizer,
+                                trust_remote_code=self.spec.get("trust_remote_code", False),
+                                label_names=label_names, **options)
+        # placed at load time (a quantised base): must never be moved with .to() afterwards
+        model.peftlab_placed = "device_map" in options
+        return model
 
     def _base_for(self, artifact: dict[str, Any], seed: int | None) -> Any:
         return self.base(artifact["num_labels"], artifact.get("label_names"), seed,
@@ -133,8 +136,7 @@ class ModelLoader:
             raise ModelError(f"cannot load adapter(s) {names} onto {self.resolved.describe()}: "
                              f"{str(err).splitlines()[0]}") from err
         model.set_adapter(first["name"], inference_mode=True)
-        if not getattr(model, "is_loaded_in_4bit", False) and not getattr(
-                model.get_base_model(), "is_quantized", False):
+        if not getattr(base, "peftlab_placed", False):
             model.to(self.device)
         model.eval()
         return model

@@ -1,12 +1,15 @@
 """The `peftlab` command: thin subcommands over library functions.
 
-    peftlab run                      # the quickstart study (studies/quickstart.yaml)
+    peftlab run                      # the shipped quickstart study
     peftlab run SPEC --data-dir ../shared/data/glue
+    peftlab init my-study [--from quickstart]     # a starter spec to edit: my-study.yaml
     peftlab validate SPEC | plan SPEC [--json] | data SPEC [--json]
-    peftlab results STUDY_DIR --table runs [--format csv|json]
+    peftlab results STUDY_DIR [--table runs] [--format csv|json]
 
-Every error a user can cause ends in one message on stderr and exit code 2 (`--debug` shows the
-traceback).
+SPEC is a YAML file or the name of a shipped spec (`quickstart`, `tinyllama-glue`). Every error a
+user can cause, including a missing or malformed argument, ends in one `error:` message on stderr
+and exit code 2 (`--debug` shows the traceback). Library warnings go to the study's log.txt
+(`--verbose` also shows them).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from peftlab import logs
 from peftlab.errors import PeftlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,9 +35,9 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 _DEBUG = {"on": False}
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"
-
-SpecArg = Annotated[Path, typer.Argument(help="Study spec (YAML).", show_default=False)]
+SpecArg = Annotated[Path, typer.Argument(
+    help="Study spec: a YAML file, or the name of a shipped spec (quickstart, tinyllama-glue).",
+    show_default=False, metavar="SPEC")]
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="Local GLUE folder (<dir>/SST-2/train.tsv, ...); or set PEFTLAB_DATA_DIR.")]
 OutputDir = Annotated[Path | None, typer.Option(
@@ -42,8 +46,17 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _main(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show library warnings and logs live (always in log.txt).")
+    ] = False,
+) -> None:
     _DEBUG["on"] = debug
+    # For the whole command: library output stays off the console (a study's stages log it to
+    # <study dir>/log.txt; commands without a study directory drop it unless --verbose).
+    ctx.with_resource(logs.capture(None, console=err, verbose=verbose))
 
 
 def _load(spec: Path, data_dir: Path | None = None, output_dir: Path | None = None):
@@ -68,13 +81,15 @@ def validate(spec: SpecArg, data_dir: DataDir = None) -> None:
 @app.command()
 def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None) -> None:
     """List every training run the study implies, its id, and whether it is done."""
+    from peftlab.stages.stats import planned_families
     from peftlab.study import plan as make_plan
 
     study = _load(spec, output_dir=output_dir)
     rows = make_plan(study)
+    families = planned_families(study)  # the comparisons the spec implies, per family
     if json_out:
         print(json.dumps({"study": study.spec.name, "output_dir": str(study.output_dir),
-                          "runs": rows}, indent=2))
+                          "runs": rows, "families": families}, indent=2))
         return
     table = Table(title=f"{study.spec.name}: {len(rows)} training runs -> {study.output_dir}")
     for col in ("run_id", "task", "method", "seed", "status"):
@@ -85,6 +100,9 @@ def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None
     out.print(table)
     done = sum(r["status"] == "done" for r in rows)
     out.print(f"{done} done, {len(rows) - done} to do")
+    out.print(f"comparisons planned: {sum(families.values())}, corrected per family "
+              f"({study.spec.stats.correction}): "
+              + ", ".join(f"{name} {n}" for name, n in families.items()))
 
 
 @app.command()
@@ -113,17 +131,21 @@ def data(spec: SpecArg, data_dir: DataDir = None, json_out: JsonFlag = False) ->
 
 @app.command()
 def run(
-    spec: Annotated[Path | None, typer.Argument(
-        help="Study spec; default: the quickstart study.", show_default=False)] = None,
+    spec: Annotated[Path, typer.Argument(
+        help="Study spec: a YAML file or a shipped spec's name.", metavar="SPEC")
+    ] = Path("quickstart"),
     data_dir: DataDir = None,
     output_dir: OutputDir = None,
     stages: Annotated[str | None, typer.Option(
         "--stages", help="Comma-separated subset of stages to run, in pipeline order.")] = None,
 ) -> None:
-    """Run the whole pipeline on a study, skipping work that is already done."""
+    """Run the whole pipeline on a study, skipping work that is already done.
+
+    Library warnings and load reports go to <study dir>/log.txt.
+    """
     from peftlab.study import run_stages
 
-    study = _load(spec or QUICKSTART, data_dir, output_dir)
+    study = _load(spec, data_dir, output_dir)
     names = [s.strip() for s in stages.split(",")] if stages else None
     run_stages(study, names, console=err)
     report = study.output_dir / "report.html"
@@ -134,11 +156,13 @@ def run(
 
 @app.command()
 def results(
-    study_dir: Annotated[Path, typer.Argument(help="A study directory.", show_default=False)],
-    table: Annotated[str, typer.Option("--table", help="Results table, e.g. runs, drift.")],
+    study_dir: Annotated[Path, typer.Argument(
+        help="A study directory.", show_default=False, metavar="STUDY_DIR")],
+    table: Annotated[str | None, typer.Option(
+        "--table", help="Results table, e.g. runs, drift; without it: list the tables.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv, json or table.")] = "table",
 ) -> None:
-    """Print a results table of a study directory."""
+    """Print a results table of a study directory (without --table: which tables it has)."""
     from peftlab.errors import StoreError
     from peftlab.store import Store
 
@@ -146,6 +170,21 @@ def results(
         raise StoreError(f"--format: expected csv, json or table, got {fmt!r}")
     store = Store(study_dir, create=False)
     names = store.tables()
+    if table is None:
+        counts = {name: len(store.keys(name)) for name in names}
+        if fmt == "json":
+            print(json.dumps({"study_dir": str(study_dir), "tables": counts}, indent=2))
+        elif fmt == "csv":
+            sys.stdout.write("table,rows\n" + "".join(f"{n},{c}\n" for n, c in counts.items()))
+        else:
+            t = Table(title=f"{study_dir}: {len(counts)} results tables")
+            t.add_column("table")
+            t.add_column("rows", justify="right")
+            for name, count in counts.items():
+                t.add_row(name, f"{count:,}")
+            out.print(t)
+            out.print(f"show one: peftlab results {study_dir} --table NAME")
+        return
     if table not in names:
         raise StoreError(f"{study_dir}: no results table {table!r}; tables present: {names}")
     if fmt == "json":
@@ -162,6 +201,37 @@ def results(
     for _, r in df[cols].iterrows():
         t.add_row(*[_short(v) for v in r])
     out.print(t)
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(
+        help="The new study's name; the spec is written to NAME.yaml (NAME may be a path).",
+        metavar="NAME")] = "my-study",
+    template: Annotated[str, typer.Option(
+        "--from", help="The shipped spec to start from (quickstart, tinyllama-glue, ...).")
+    ] = "quickstart",
+) -> None:
+    """Write a starter spec (a copy of a shipped one, renamed) to edit; never overwrites."""
+    from peftlab.errors import SpecError
+    from peftlab.spec import shipped_specs, starter_spec
+
+    shipped = shipped_specs()
+    if template not in shipped:
+        raise SpecError(f"--from: no shipped spec {template!r}; shipped specs: "
+                        f"{', '.join(shipped)}")
+    target = Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if target.exists():
+        raise SpecError(f"{target}: already exists; choose another NAME or remove it "
+                        "(peftlab init never overwrites)")
+    if not target.parent.is_dir():
+        raise SpecError(f"{target}: folder {target.parent} does not exist")
+    text = starter_spec(shipped[template], target)
+    with open(target, "x", encoding="utf-8") as f:  # "x": refuses a file created meanwhile
+        f.write(text)
+    out.print(f"wrote {target} (from the shipped spec {template!r}); edit it, then:")
+    out.print(f"  peftlab validate {target}")
+    out.print(f"  peftlab run {target}")
 
 
 def _short(v: object) -> str:
@@ -182,8 +252,10 @@ def _stage_command(stage: str, doc: str) -> None:
 
 
 for _name, _doc in {
+    "search": "Hyperparameter search per task and method (the spec's `search:` block).",
     "finetune": "Train and evaluate every run that is not done yet.",
     "represent": "Extract pooled per-layer hidden states of the base and every finished run.",
+    "forgetting": "Off-task probe accuracy and held-out LM loss of every run against the base.",
     "drift": "Similarity to the base per layer (with null floors and seed-to-seed controls) "
              "and weight-space analysis.",
     "stats": "Paired tests, effect sizes, corrections and equivalence tests over the results.",
@@ -192,10 +264,19 @@ for _name, _doc in {
     _stage_command(_name, _doc)
 
 
+def _bench_default(name: str):
+    """A `bench` spec field's default: the one-off command's options share the study's."""
+    from peftlab.spec import BenchSpec
+
+    field = BenchSpec.model_fields[name]
+    return field.default_factory() if field.default_factory is not None else field.default
+
+
 @app.command()
 def bench(
     spec: Annotated[Path | None, typer.Argument(
-        help="Study spec: benchmark the study's trained runs.", show_default=False)] = None,
+        help="Study spec (file or shipped name): benchmark the study's trained runs.",
+        show_default=False, metavar="SPEC")] = None,
     data_dir: DataDir = None,
     output_dir: OutputDir = None,
     model: Annotated[str | None, typer.Option(
@@ -205,17 +286,26 @@ def bench(
     mode: Annotated[list[str] | None, typer.Option(
         "--mode", help="One-off: modes to run (repeatable); default: what the adapters allow.")
     ] = None,
-    batch_size: Annotated[list[int], typer.Option("--batch-size")] = [1, 8, 32],  # noqa: B006
-    seq_length: Annotated[list[str], typer.Option(
-        "--seq-length", help="'data' or a token count (repeatable).")] = ["data"],  # noqa: B006
+    batch_size: Annotated[list[int] | None, typer.Option(
+        "--batch-size", help=f"Repeatable; default {_bench_default('batch_sizes')}.")] = None,
+    seq_length: Annotated[list[str] | None, typer.Option(
+        "--seq-length", help="'data' or a token count (repeatable); default "
+                             f"{_bench_default('seq_lengths')}.")] = None,
     task: Annotated[str, typer.Option("--task", help="One-off: requests from this task.")]
     = "sst2",
-    threads: Annotated[int | None, typer.Option("--threads")] = None,
-    min_iterations: Annotated[int, typer.Option("--min-iterations")] = 50,
-    min_seconds: Annotated[float, typer.Option("--min-seconds")] = 2.0,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads; default: all cores.")] = _bench_default("threads"),
+    warmup: Annotated[int, typer.Option("--warmup")] = _bench_default("warmup"),
+    min_iterations: Annotated[int, typer.Option(
+        "--min-iterations")] = _bench_default("min_iterations"),
+    min_seconds: Annotated[float, typer.Option("--min-seconds")] = _bench_default("min_seconds"),
+    max_seconds: Annotated[float, typer.Option("--max-seconds")] = _bench_default("max_seconds"),
     json_out: JsonFlag = False,
 ) -> None:
-    """Deployment benchmark: a study's runs (SPEC), or a one-off (--model M --adapter A ...)."""
+    """Deployment benchmark: a study's runs (SPEC), or a one-off (--model M [--adapter A ...]).
+
+    One-off options default to a study's `bench` defaults; with --model alone the base model is
+    benchmarked (mode base)."""
     from peftlab.errors import SpecError
 
     if spec is not None:
@@ -225,22 +315,29 @@ def bench(
 
         run_stages(_load(spec, data_dir, output_dir), ["bench"], console=err)
         return
-    if not model or not adapter:
-        raise SpecError("peftlab bench: give a SPEC, or --model M and at least one --adapter A")
+    if not model:
+        raise SpecError("peftlab bench: give a SPEC, or --model M (and --adapter A, repeatable)")
     from peftlab.bench import bench_oneoff
+    from peftlab.spec import BenchSpec, ModelSpec, build_section
 
-    lengths: list[int | str] = []
-    for s in seq_length:
-        if s == "data":
-            lengths.append(s)
-        elif s.isdigit():
-            lengths.append(int(s))
-        else:
-            raise SpecError(f"--seq-length: expected 'data' or a token count, got {s!r}")
-    records = bench_oneoff(model, adapter, mode or None, batch_sizes=batch_size,
-                           seq_lengths=lengths, task=task,
-                           data_dir=str(data_dir) if data_dir else None, threads=threads,
-                           min_iterations=min_iterations, min_seconds=min_seconds, console=err)
+    lengths: list[int | str] | None = None
+    if seq_length:
+        lengths = []
+        for s in seq_length:
+            if s == "data":
+                lengths.append(s)
+            elif s.isdigit():
+                lengths.append(int(s))
+            else:
+                raise SpecError(f"--seq-length: expected 'data' or a token count, got {s!r}")
+    given = {"batch_sizes": batch_size or None, "seq_lengths": lengths, "threads": threads,
+             "warmup": warmup, "min_iterations": min_iterations, "min_seconds": min_seconds,
+             "max_seconds": max_seconds}
+    bench_spec = build_section(BenchSpec, "peftlab bench",
+                               **{k: v for k, v in given.items() if v is not None})
+    model_spec = build_section(ModelSpec, "peftlab bench --model", name=model)
+    records = bench_oneoff(model_spec, bench_spec, adapter or [], modes=mode or None, task=task,
+                           data_dir=str(data_dir) if data_dir else None, console=err)
     if json_out:
         print(json.dumps(records, indent=2, default=str))
         return
@@ -257,20 +354,50 @@ def bench(
     out.print(table)
 
 
+def _click_exceptions():
+    """The click exception classes typer raises (typer >= 0.20 vendors click as typer._click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer: the click package itself
+        from click import exceptions
+    return exceptions
+
+
+def _usage_error(e: Exception) -> int:
+    """Print a usage problem as the command's usage line and one `error:` line; exit code 2."""
+    ctx = getattr(e, "ctx", None) or _command_context(sys.argv[1:])
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+    return 2
+
+
+def _command_context(args: list[str]):
+    """A context for the subcommand named in `args` (for its usage line), or the group's.
+
+    Some parser errors (an option missing its value) come without a context.
+    """
+    group = typer.main.get_command(app)
+    try:
+        ctx = group.make_context("peftlab", [], resilient_parsing=True)
+        name = next((a for a in args if a in group.commands), None)  # type: ignore[attr-defined]
+        if name is None:
+            return ctx
+        return group.commands[name].make_context(  # type: ignore[attr-defined]
+            name, [], parent=ctx, resilient_parsing=True)
+    except Exception:  # noqa: BLE001  (only a usage line is at stake)
+        return None
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # transformers prints a load report and progress bars for every model it loads (dozens per
-    # study); peftlab records what it loaded, so only transformers' errors are shown.
-    if "--debug" not in sys.argv:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        import warnings
-
-        # raised inside peft 0.21 on transformers 5 at every training step, not by peftlab
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    # Progress bars of the libraries are neither peftlab's progress nor messages worth a log line.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    exc = _click_exceptions()
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="peftlab")
     except PeftlabError as e:
         if _DEBUG["on"]:
             raise
@@ -279,15 +406,18 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except exc.NoArgsIsHelpError as e:  # `peftlab` alone: the overview, on stdout
+        print(e.ctx.get_help())
+        sys.exit(0)
+    except exc.UsageError as e:  # missing/unknown/malformed arguments: usage + one error line
+        if _DEBUG["on"]:
+            raise
+        sys.exit(_usage_error(e))
+    except exc.ClickException as e:
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

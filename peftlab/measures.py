@@ -32,6 +32,8 @@ class Measure:
 
     compute(x, y, cfg) -> float, unitless; raises DegenerateInputError where it is undefined.
     null(x, y, cfg) -> similarity.NullResult (permutation null at this n and d), or None.
+    bootstrap(x, y, cfg) -> similarity_bootstrap.BootstrapResult over cfg.bootstrap resamples of
+    probe examples, a fast form; measures without one are recomputed on each resample.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Measure:
     tested: bool = False  # compared between methods (paired by seed) in the stats stage
     higher_is_similar: bool = True  # False for distances (Procrustes)
     default: bool = True  # part of drift.measures when the spec does not list them
+    bootstrap: Callable[[np.ndarray, np.ndarray, Any], Any] | None = None
 
     @property
     def has_null(self) -> bool:
@@ -89,6 +92,44 @@ def _cosine(x, y, cfg):
     return cosine_similarity(x, y).mean
 
 
+def _centered_cosine(x, y, cfg):
+    from peftlab.similarity import centered_cosine_similarity
+
+    return centered_cosine_similarity(x, y).mean
+
+
+def _cosine_null(centered: bool) -> Callable[[np.ndarray, np.ndarray, Any], Any]:
+    def null(x: np.ndarray, y: np.ndarray, cfg: Any) -> Any:
+        from peftlab.similarity import cosine_null
+
+        return cosine_null(x, y, cfg.null_permutations, cfg.seed, centered=centered)
+
+    return null
+
+
+def _cka_bootstrap(debiased: bool) -> Callable[[np.ndarray, np.ndarray, Any], Any]:
+    def boot(x: np.ndarray, y: np.ndarray, cfg: Any) -> Any:
+        from peftlab.similarity_bootstrap import linear_cka_bootstrap
+
+        return linear_cka_bootstrap(x, y, cfg.bootstrap, cfg.seed, debiased=debiased)
+
+    return boot
+
+
+def _cosine_bootstrap(centered: bool) -> Callable[[np.ndarray, np.ndarray, Any], Any]:
+    def boot(x: np.ndarray, y: np.ndarray, cfg: Any) -> Any:
+        from peftlab.similarity import centered_cosine_similarity, cosine_similarity
+        from peftlab.similarity_bootstrap import mean_bootstrap
+
+        # Centred: the per-example cosines keep the full probe set's centring (re-centring
+        # each resample would move every value by O(1/n)).
+        rows = (centered_cosine_similarity if centered else cosine_similarity)(x, y).per_row
+        return mean_bootstrap(rows, cfg.bootstrap, cfg.seed,
+                              what="mean of the per-example cosines")
+
+    return boot
+
+
 def _procrustes(x, y, cfg):
     from peftlab.similarity import procrustes_distance
 
@@ -103,10 +144,18 @@ def _knn(x, y, cfg):
 
 for _m in (
     Measure("linear_cka_debiased", "debiased linear CKA", _linear_cka_debiased,
-            null=_cka_null(True, "linear"), tested=True),
-    Measure("linear_cka", "linear CKA", _linear_cka, null=_cka_null(False, "linear")),
+            null=_cka_null(True, "linear"), tested=True, bootstrap=_cka_bootstrap(True)),
+    Measure("linear_cka", "linear CKA", _linear_cka, null=_cka_null(False, "linear"),
+            bootstrap=_cka_bootstrap(False)),
     Measure("rbf_cka", "RBF CKA", _rbf_cka, null=_cka_null(False, "rbf"), default=False),
-    Measure("cosine", "cosine similarity", _cosine, tested=True),
+    # Centred (probe-set mean removed): the constant offset of massive-activation features
+    # cancels, and its shuffled-rows baseline sits near 0. The uncentred cosine is kept for
+    # comparison with earlier studies, always labelled "uncentred" and read against its own
+    # shuffled baseline (near 1 for LLM hidden states).
+    Measure("centered_cosine", "centred cosine", _centered_cosine, null=_cosine_null(True),
+            tested=True, bootstrap=_cosine_bootstrap(True)),
+    Measure("cosine", "uncentred cosine", _cosine, null=_cosine_null(False),
+            bootstrap=_cosine_bootstrap(False)),
     Measure("procrustes", "Procrustes distance", _procrustes, higher_is_similar=False),
     Measure("knn", "kNN overlap", _knn),
 ):
@@ -132,12 +181,36 @@ def null_floor(measure: Measure, x: np.ndarray, y: np.ndarray, cfg: DriftSpec
     """Permutation null of a measure at this n and d (drift.null_permutations shuffles).
 
     {observed, null_mean, null_std, null_q95, p_value, n_permutations}; p_value is the share
-    of shuffled pairings (plus one) whose value reaches the observed one.
+    of shuffled pairings (plus one) whose value reaches the observed one. The floor the report
+    draws and tables is null_q95 (a value below it is not distinguishable from unrelated
+    representations at the 5% level); null_mean is kept for reference.
     """
     res = measure.null(x, y, cfg)
     return {"observed": res.observed, "null_mean": res.null_mean, "null_std": res.null_std,
             "null_q95": res.null_q95, "p_value": res.p_value,
             "n_permutations": res.n_permutations}
+
+
+def bootstrap_interval(name: str, x: np.ndarray, y: np.ndarray, cfg: DriftSpec
+                       ) -> dict[str, Any] | None:
+    """The measure's percentile interval over cfg.bootstrap resamples of probe examples (seeded
+    by cfg.seed, so every run and layer uses the same resamples), as a dict
+    {measure, estimate, ci_low, ci_high, confidence, n_resamples, undefined, method}; None when
+    cfg.bootstrap is 0 or the measure is undefined on these data."""
+    if cfg.bootstrap <= 0:
+        return None
+    m = MEASURES.get(name, where="stats.primary.drift.measure")
+    try:
+        if m.bootstrap is not None:
+            res = m.bootstrap(x, y, cfg)
+        else:
+            from peftlab.similarity_bootstrap import generic_bootstrap
+
+            res = generic_bootstrap(lambda a, b: m.compute(a, b, cfg), x, y, cfg.bootstrap,
+                                    cfg.seed)
+    except DegenerateInputError:
+        return None
+    return {"measure": name, **res.as_dict()}
 
 
 def compare_layer(x: np.ndarray, y: np.ndarray, cfg: DriftSpec, where: str) -> dict[str, Any]:

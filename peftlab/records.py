@@ -236,6 +236,9 @@ class DriftRecord(Record):
     values: dict[str, float | None]
     undefined: dict[str, str]
     null: dict[str, dict[str, Any] | None]
+    # the primary drift measure's percentile interval over resampled probe examples
+    # (measures.bootstrap_interval: {measure, estimate, ci_low, ci_high, confidence, ...})
+    bootstrap: dict[str, Any] | None = None
     knn_k: int | None
     settings: dict[str, Any]
     stamp: dict[str, Any]
@@ -341,6 +344,155 @@ class BenchRecord(Record):
         return f"{self.mode_key}/{self.unit}/b{self.batch_size}/s{self.seq_len}"
 
 
+# ---------------------------------------------------------------------------------------------
+# search
+
+
+class SearchTrialRecord(Record):
+    """One trial of a hyperparameter search (key "trial/<task>/<method>/<search id[:8]>/<n:04d>").
+
+    state: running -> complete | pruned | failed; "interrupted" is a trial whose process died
+    (it is retried with the same values and does not count against the budget). values: objective
+    name -> value on the validation split (costs included), for complete trials. intermediate:
+    [{"step", "value"}] reported during training (the first objective, for the pruner).
+    """
+
+    TABLE: ClassVar[str] = "search"
+    task: str
+    method: str
+    method_type: str
+    search_id: str
+    study_name: str  # the Optuna study in the search storage
+    number: int  # Optuna's trial number
+    state: Literal["running", "complete", "pruned", "failed", "interrupted"]
+    counted: bool  # counts against the budget (every finished trial but an interrupted one)
+    params: dict[str, Any]  # the sampled values, as applied to the run (training or method keys)
+    values: dict[str, float | None] | None = None
+    intermediate: list[dict[str, Any]] = []
+    pruned_at_step: int | None = None
+    failure_reason: str | None = None
+    retry_of: int | None = None  # the interrupted trial this one repeats
+    started: str
+    finished: str | None = None
+    duration_s: float | None = None
+    steps: int | None = None  # training steps run
+    train_examples: int  # the training subset minus the validation split
+    validation_examples: int
+    validation_digest: str  # sha256 of the validation rows (the summary lists them)
+    run_config: dict[str, Any] | None = None  # the trial's RunConfig.as_dict()
+    pid: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"trial/{self.task}/{self.method}/{self.search_id[:8]}/{self.number:04d}"
+
+
+class SearchRecord(Record):
+    """The summary of one search of a (task, method) pair (key "summary/<task>/<method>/<id8>"),
+    everything a report shows about it.
+
+    objectives: [{"name", "direction"}]. best: {"trial", "params", "values"}, the trial the final
+    runs use (multi-objective: the Pareto-front trial best on the first objective). pareto:
+    [{"trial", "params", "values"}] (one entry when single-objective). history: one entry per
+    finished trial in order, {"trial", "state", "value" (first objective, None unless complete),
+    "best" (best first-objective value so far)}. importances: parameter -> share of the
+    objective's variance (Optuna's fANOVA, summing to 1), None with `importance_error` when it
+    cannot be computed. budget: {"n_trials", "timeout_s"} as the spec sets it (the same for every
+    method of the task); counts: {"complete", "pruned", "failed", "interrupted"}; trials_s:
+    seconds spent in trials over every session; stopped_by: "n_trials" or "timeout_s".
+    """
+
+    TABLE: ClassVar[str] = "search"
+    task: str
+    method: str
+    method_type: str
+    search_id: str
+    study_name: str
+    status: Literal["running", "done"]
+    objectives: list[dict[str, str]]
+    space: dict[str, Any]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    validation: dict[str, Any]  # {"share", "seed", "train_examples", "validation_examples", ...}
+    budget: dict[str, Any]
+    counts: dict[str, int]
+    trials_s: float
+    stopped_by: str | None = None
+    best: dict[str, Any] | None = None
+    pareto: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    importances: dict[str, float] | None = None
+    importance_method: str | None = None
+    importance_error: str | None = None
+    budget_sentence: str | None = None  # e.g. "lora on rte: 8 trials (budget: 8 trials) ..."
+    storage: str  # the Optuna storage file, relative to the study directory
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"summary/{self.task}/{self.method}/{self.search_id[:8]}"
+
+
+def read_search(store: Store) -> tuple[list[SearchTrialRecord], list[SearchRecord]]:
+    """The `search` table as (trials, summaries), each validated, in key order."""
+    trials, summaries = [], []
+    for d in store.records("search"):
+        where = f"{store.root}: search/{d.get('key')}"
+        if str(d.get("key", "")).startswith("summary/"):
+            summaries.append(SearchRecord.parse(d, where=where))
+        else:
+            trials.append(SearchTrialRecord.parse(d, where=where))
+    return trials, summaries
+
+
 # Every table with a schema, by name (the CLI and the store tests use it).
 SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
     DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord)}
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines
+
+
+class BaselineRecord(Record):
+    """What a run of a task must beat, on the evaluation subset the runs are evaluated on
+    (key: the task). See `peftlab.baselines` for the definitions.
+
+    majority / best_constant / chance / label_counts: `baselines.baseline_metrics(...)` (metric
+    values in metric units; the majority predictor's with bootstrap intervals over the
+    `eval_examples` examples). untrained_head: the base model with a freshly initialised head
+    (`seed`) evaluated there: {seed, metrics: {name: {value, ci_low, ci_high}}, predicted:
+    {label name: share of predictions}}, None with the reason in `untrained_error` when it
+    could not be evaluated.
+    """
+
+    TABLE: ClassVar[str] = "baselines"
+    task: str
+    main_metric: str
+    metrics: list[str]
+    eval_examples: int
+    content_checksum: str  # sha256 of the evaluation rows (the data stage's content_checksum)
+    label_counts: dict[str, int]
+    majority: dict[str, Any] | None
+    best_constant: dict[str, Any]
+    chance: dict[str, Any]
+    untrained_head: dict[str, Any] | None = None
+    untrained_error: str | None = None
+    n_bootstrap: int
+    confidence: float
+    seed: int
+    stamp: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.task
+
+    def baselines(self) -> dict[str, Any]:
+        """The `baselines.baseline_metrics` dict this record holds (what `judge` takes)."""
+        return {"n": self.eval_examples, "metrics": self.metrics,
+                "label_counts": self.label_counts, "majority": self.majority,
+                "best_constant": self.best_constant, "chance": self.chance}
+
+
+SCHEMAS[BaselineRecord.TABLE] = BaselineRecord

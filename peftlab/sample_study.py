@@ -4,15 +4,20 @@
 
 For tests of the stats stage and the report, and to preview a report in seconds. The study: SST-2,
 MRPC and RTE x {full, lora} x seeds 1, 2, 3, where RTE's full run of seed 3 failed (so RTE has 2
-complete pairs: "insufficient runs"); drift and weight records for SST-2 and MRPC; benchmark
-records for SST-2 and MRPC (full, unmerged, merged at batch 1 and 4, plus base, multi-2 and
-mixed-2). Every value is drawn from a seeded generator, so the store is identical on every call.
-Dataset and spec text carry markup (`<script>`, `|`) to test escaping.
+complete pairs: "insufficient runs"). With `degenerate=True` (the default) every MRPC run scores
+exactly what always predicting "equivalent" scores (F1 0.8 on 16 of 24 positives: the quickstart's
+case), and RTE's lora run of seed 2 sits at chance, so the stats stage must flag them and void what
+rests on them; `degenerate=False` gives every run a score well above its baselines. Drift and
+weight records for all three tasks; benchmark records for all three (full, unmerged, merged at
+batch 1 and 4, plus base, multi-3 and mixed-3 over the three tasks). Every value is drawn from a
+seeded generator, so the store is identical on every call. Dataset and spec text carry markup
+(`<script>`, `|`) to test escaping.
 
 The record layouts follow the stages' code: `runs` (finetune._record_done), `data`
-(study.data_stage), `drift` (drift._compare_runs), `weights` (drift.weight_drift); `bench` records
-are made by the bench stage's own `bench.units.unit_records` from worker results shaped like
-`bench.worker.run_job`'s. When a stage changes its records, update the builder here.
+(study.data_stage), `baselines` (stages.baselines, built with `peftlab.baselines`), `drift`
+(drift._compare_runs), `weights` (drift.weight_drift); `bench` records are made by the bench
+stage's own `bench.units.unit_records` from worker results shaped like `bench.worker.run_job`'s.
+When a stage changes its records, update the builder here.
 """
 
 from __future__ import annotations
@@ -23,15 +28,28 @@ from typing import Any
 
 import numpy as np
 
-from peftlab.records import DataRecord, DriftRecord, RunRecord, WeightRecord, write
+from peftlab.records import (
+    BaselineRecord,
+    DataRecord,
+    DriftRecord,
+    RunRecord,
+    WeightRecord,
+    write,
+)
 from peftlab.spec import Study, load_spec
 
 TASKS = ("sst2", "mrpc", "rte")
 SEEDS = (1, 2, 3)
 FAILED = ("rte", "full", 3)  # the run that failed: RTE is left with 2 complete pairs
-DRIFT_TASKS = ("sst2", "mrpc")
-BENCH_TASKS = ("sst2", "mrpc")
+DEGENERATE_TASK = "mrpc"  # every run at the majority-class rate (degenerate=True)
+DEGENERATE_RUN = ("rte", "lora", 2)  # at chance (degenerate=True)
+DRIFT_TASKS = ("sst2", "mrpc", "rte")
+BENCH_TASKS = TASKS
 N_LAYERS = 6
+EVAL_EXAMPLES = 24
+# label counts of the evaluation subset (label id order): MRPC has 16 "equivalent" of 24, so
+# always predicting it gives F1 0.8 and accuracy 0.667
+EVAL_LABELS = {"sst2": (12, 12), "mrpc": (8, 16), "rte": (12, 12)}
 SCRIPT = "<script>alert(1)</script>"
 PROVENANCE = {
     "versions": {"python": "3.11.2", "peftlab": "0.1.0", "torch": "2.13.0",
@@ -45,8 +63,8 @@ PROVENANCE = {
 # Main metric per task and method: (mean over seeds, spread between seeds). SST-2: lora clearly
 # below full; MRPC: the two are close.
 METRIC_MEANS = {("sst2", "full"): (0.86, 0.004), ("sst2", "lora"): (0.81, 0.004),
-                ("mrpc", "full"): (0.80, 0.02), ("mrpc", "lora"): (0.805, 0.02),
-                ("rte", "full"): (0.60, 0.02), ("rte", "lora"): (0.58, 0.02)}
+                ("mrpc", "full"): (0.90, 0.01), ("mrpc", "lora"): (0.905, 0.01),
+                ("rte", "full"): (0.68, 0.01), ("rte", "lora"): (0.66, 0.01)}
 # Median latency (ms) per mode at batch 1; batch b costs (1 + 0.4 (b - 1)) times as much: unmerged
 # LoRA about a third slower than merged, merged as fast as full.
 MODE_MS = {"base": 2.0, "full": 2.0, "unmerged": 2.7, "merged": 2.0, "multi": 2.9,
@@ -70,8 +88,15 @@ def sample_spec(output_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_sample(root: Path) -> Study:
-    """Write the sample spec (root/spec.yaml) and its study directory (root/study); return it."""
+def eval_labels(task: str) -> np.ndarray:
+    """The sample's evaluation labels of a task (label ids, in a fixed order)."""
+    neg, pos = EVAL_LABELS[task]
+    return np.array([0] * neg + [1] * pos)
+
+
+def write_sample(root: Path, degenerate: bool = True) -> Study:
+    """Write the sample spec (root/spec.yaml) and its study directory (root/study); return it.
+    degenerate: MRPC's runs and one RTE run learned nothing (see the module docstring)."""
     import yaml
 
     from peftlab.store import Store
@@ -89,9 +114,10 @@ def write_sample(root: Path) -> Study:
         rng = np.random.default_rng(0)
         # Built through the same record types the stages write (peftlab.records), so the
         # sample cannot drift from what a real study holds.
-        runs = run_records(study, rng)
+        runs = run_records(study, rng, degenerate)
         write(store, runs)
         write(store, data_records())
+        write(store, baseline_records(study))
         done = [r.dump() for r in runs if r.status == "done"]
         write(store, drift_records(done, rng))
         write(store, weight_records(done, rng))
@@ -101,7 +127,41 @@ def write_sample(root: Path) -> Study:
     return study
 
 
-def run_records(study: Study, rng: np.random.Generator) -> list[RunRecord]:
+def _metrics_of(task: str, pred: np.ndarray, seed: int) -> dict[str, dict[str, float | None]]:
+    """Every metric of the task for predictions `pred` on the sample's evaluation labels, with
+    bootstrap intervals (what a run or a baseline that predicts `pred` would record)."""
+    from peftlab.metrics import compute_metrics
+    from peftlab.tasks import get_task
+
+    return compute_metrics(list(get_task(task).metrics), eval_labels(task), pred,
+                           n_bootstrap=200, seed=seed)
+
+
+def baseline_records(study: Study) -> list[BaselineRecord]:
+    """The baselines stage's records, from `peftlab.baselines` on the sample's labels; the
+    untrained head predicts the same label for 20 of 24 examples."""
+    from peftlab.baselines import baseline_metrics
+    from peftlab.tasks import get_task
+
+    out = []
+    for task in TASKS:
+        tdef = get_task(task)
+        b = baseline_metrics(tdef, eval_labels(task), n_bootstrap=200, seed=0)
+        pred = np.array([1] * 20 + [0] * 4)
+        out.append(BaselineRecord(
+            task=task, main_metric=tdef.metrics[0], metrics=list(tdef.metrics),
+            eval_examples=EVAL_EXAMPLES, content_checksum=f"eval{task}".ljust(64, "1"),
+            label_counts=b["label_counts"], majority=b["majority"],
+            best_constant=b["best_constant"], chance=b["chance"],
+            untrained_head={"seed": study.spec.seeds[0], "metrics": _metrics_of(task, pred, 0),
+                            "predicted": {tdef.label_names[0]: 4 / 24,
+                                          tdef.label_names[1]: 20 / 24}},
+            n_bootstrap=200, confidence=0.95, seed=0, stamp={}, provenance=PROVENANCE))
+    return out
+
+
+def run_records(study: Study, rng: np.random.Generator, degenerate: bool = True
+                ) -> list[RunRecord]:
     out = []
     for rc in study.runs():
         metric = "f1" if rc.task == "mrpc" else "accuracy"
@@ -118,6 +178,11 @@ def run_records(study: Study, rng: np.random.Generator) -> list[RunRecord]:
         if metric == "f1":
             acc = value - 0.05
             metrics["accuracy"] = {"value": acc, "ci_low": acc - 0.04, "ci_high": acc + 0.04}
+        if degenerate and (rc.task == DEGENERATE_TASK
+                           or (rc.task, rc.method, rc.seed) == DEGENERATE_RUN):
+            # always the majority label (MRPC) / the first label (RTE, balanced: chance)
+            pred = np.full(EVAL_EXAMPLES, 1 if rc.task == DEGENERATE_TASK else 0)
+            metrics = _metrics_of(rc.task, pred, rc.seed)
         full = rc.method_type == "full"
         trainable = 106_000 if full else 2_300
         out.append(RunRecord(**{
@@ -146,14 +211,15 @@ def data_records() -> list[DataRecord]:
         labels = (["negative", SCRIPT] if task == "sst2" else ["not_equivalent | x", "equivalent"]
                   if task == "mrpc" else ["entailment", "not_entailment"])
         rows = 6_000 if split == "train" else 800
-        used = 32 if split == "train" else 24
+        used = 32 if split == "train" else EVAL_EXAMPLES
+        used_counts = [used // 2, used // 2] if split == "train" else list(EVAL_LABELS[task])
         out.append(DataRecord(**{
             "task": task, "split": split, "source": "glue_dir",
             "path": f"/data/glue/{task}/{split}.tsv", "checksum": f"{task}{split}".ljust(64, "0"),
             "content_checksum": f"{split}{task}".ljust(64, "1"), "rows": rows, "rows_used": used,
             "describe": {"rows": rows, "label_counts": dict(zip(labels, [rows // 2, rows - rows // 2],
                                                                 strict=True))},
-            "describe_used": {"rows": used, "label_counts": dict(zip(labels, [used // 2, used // 2],
+            "describe_used": {"rows": used, "label_counts": dict(zip(labels, used_counts,
                                                                      strict=True))},
         }))
     return out
@@ -162,30 +228,40 @@ def data_records() -> list[DataRecord]:
 def _layer_record(task: str, kind: str, method: str, run_a: str, run_b: str, seed_a: Any,
                   seed_b: int, layer: int, similarity: float, rng: np.random.Generator
                   ) -> DriftRecord:
-    """One drift record as drift._compare_runs writes it; layer 0's debiased CKA is undefined
-    (every pooled vector identical), as the embedding layer can be."""
+    """One drift record as drift._compare_runs writes it, with every default measure; layer 0's
+    debiased CKA is undefined (every pooled vector identical), as the embedding layer can be."""
     values: dict[str, float | None] = {
         "linear_cka_debiased": similarity,
         "linear_cka": min(1.0, similarity + 0.05),
-        "cosine": min(1.0, similarity + 0.02 * rng.random()),
+        "centered_cosine": min(1.0, similarity - 0.03 * rng.random()),
+        "cosine": min(1.0, 0.97 + 0.03 * similarity),
+        "procrustes": max(0.0, 1.2 * (1.0 - similarity) + 0.01 * rng.random()),
+        "knn": min(1.0, 0.4 + 0.5 * similarity),
     }
     undefined = {}
     null: dict[str, Any] = {}
-    for m in ("linear_cka_debiased", "linear_cka"):
-        floor = 0.0 if m == "linear_cka_debiased" else 0.62
+    # null floors: debiased CKA and centred cosine near 0, biased CKA and uncentred cosine high
+    for m, floor in (("linear_cka_debiased", 0.0), ("linear_cka", 0.62),
+                     ("centered_cosine", 0.0), ("cosine", 0.95)):
         null[m] = {"observed": values[m], "null_mean": floor + 0.01 * rng.random(),
                    "null_std": 0.01, "null_q95": floor + 0.03, "p_value": 1 / 21,
                    "n_permutations": 20}
+    boot = {"measure": "linear_cka_debiased", "estimate": similarity,
+            "ci_low": similarity - 0.02, "ci_high": min(1.0, similarity + 0.015),
+            "confidence": 0.95, "n_resamples": 100, "undefined": 0,
+            "method": "percentile bootstrap over probe examples"}
     if layer == 0:
         values["linear_cka_debiased"] = None
         null["linear_cka_debiased"] = None
+        boot = None
         undefined["linear_cka_debiased"] = "every example has the same pooled vector: CKA is 0/0"
     return DriftRecord(
         task=task, method=method, method_type=method, kind=kind, run_a=run_a, run_b=run_b,
         seed_a=seed_a, seed_b=seed_b, layer=layer,
         layer_name="embeddings" if layer == 0 else f"block {layer - 1}", n_layers=N_LAYERS,
         n=24, d_a=32, d_b=32, pooling="last", probe_hash="c" * 64, values=values,
-        undefined=undefined, null=null, knn_k=None, settings={}, stamp={}, provenance=PROVENANCE)
+        undefined=undefined, null=null, bootstrap=boot, knn_k=10, settings={}, stamp={},
+        provenance=PROVENANCE)
 
 
 def drift_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list[DriftRecord]:
@@ -221,21 +297,29 @@ def weight_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list
             part = "mlp" if leaf == "down_proj" else "self_attn"
             module = f"model.layers.{block}.{part}.{leaf}"
             upd = float((0.02 if peft else 0.2) * (1 + 0.1 * rng.random()))
+            stats = {"update_fro": upd, "base_fro": 4.0, "relative_update": upd / 4.0,
+                     "effective_rank": float(3.6 if peft else 20 + rng.random()),
+                     "rank_energy": 4 if peft else 18, "numerical_rank": 4 if peft else 32,
+                     "rank_cutoff": 1e-15 if peft else 2.4e-7,
+                     "cutoff_rule": ("max(out, in) * eps * sigma_max" if peft else
+                                     "max(max(out, in) * eps * sigma_max, eps / 2 * ||tuned||_F)"),
+                     "intruder_dims": int(peft and block == 1),
+                     "update_singular_values": [upd * 0.6, upd * 0.3],
+                     "source": "delta" if peft else "difference",
+                     "dtype": "float64" if peft else "float32", "top_k": 10, "epsilon": 0.5,
+                     "energy": 0.9}
+            if peft:
+                stats["lora_rank"] = 4
             out.append(WeightRecord(
                 task=r["task"], run_id=r["run_id"], method=r["method"],
                 method_type=r["method_type"], seed=r["seed"], is_peft=peft, module=module,
                 matrix=leaf, block=block, shape=[32, 32],
-                update="merged - base" if peft else "tuned - base",
-                stats={"update_fro": upd, "base_fro": 4.0, "relative_update": upd / 4.0,
-                       "effective_rank": float(3.6 if peft else 20 + rng.random()),
-                       "rank_energy": 4 if peft else 18, "intruder_dims": int(peft and block == 1),
-                       "update_singular_values": [upd * 0.6, upd * 0.3], "top_k": 10,
-                       "epsilon": 0.5, "energy": 0.9},
-                undefined=None, settings={}, stamp={}, provenance=PROVENANCE))
+                update="B A (exact)" if peft else "tuned - base",
+                stats=stats, undefined=None, settings={}, stamp={}, provenance=PROVENANCE))
     return out
 
 
-def _point(mode: str, batch: int, rng: np.random.Generator) -> dict[str, Any]:
+def _point(mode: str, batch: int, rng: np.random.Generator, k: int = 1) -> dict[str, Any]:
     """One timed sweep point as `bench.worker.run_point` returns it."""
     from peftlab.bench.timing import latency_stats, throughput
 
@@ -255,7 +339,7 @@ def _point(mode: str, batch: int, rng: np.random.Generator) -> dict[str, Any]:
         switched = [i % 2 for i in range(len(raw))]
         lat = np.asarray(raw) / 1e6
         flags = np.asarray(switched, dtype=bool)
-        point["extras"] = dict(k=2, switches=int(flags.sum()), switch_share=float(flags.mean()),
+        point["extras"] = dict(k=k, switches=int(flags.sum()), switch_share=float(flags.mean()),
                                p50_ms_with_switch=float(np.median(lat[flags])),
                                p50_ms_without_switch=float(np.median(lat[~flags])))
     return point
@@ -317,7 +401,7 @@ def bench_records(done: list[dict[str, Any]], rng: np.random.Generator
     out = []
     for unit in units:
         result = {**_unit_result(unit.mode, len(unit.artifacts), rng),
-                  "points": [_point(unit.mode, b, rng) for b, _ in points]}
+                  "points": [_point(unit.mode, b, rng, len(unit.artifacts)) for b, _ in points]}
         out += unit_records(unit, result, points, settings={"warmup": 3}, digest="sample",
                             extra={"provenance": PROVENANCE})
     return out

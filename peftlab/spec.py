@@ -1,6 +1,7 @@
 """The study spec: one YAML file in, typed config objects out.
 
-    peftlab validate studies/quickstart.yaml
+    peftlab validate quickstart            # a shipped spec, by name
+    peftlab validate my-study.yaml
 
 A spec names the model, the tasks, the methods (each with its own hyperparameters), the seeds and the
 settings of every stage. Validation happens at load time and every message names the file and the key
@@ -11,6 +12,11 @@ path. Hyperparameters resolve in this order, later wins:
 and method parameters: methods.<name> < overrides[j].params. Every (task, method, seed) resolves to a
 `RunConfig` whose deterministic id (`run_id`) keys its results, so a rerun skips finished work and a
 changed hyperparameter gives a new id instead of silently reusing an old result.
+
+With a `search:` block (`SearchSpec`), each (task, method) also resolves to a `SearchConfig`; once
+that search has finished (its summary is in the study directory's `search` table), its best
+trial's values are applied on top of the layers above and become part of the run's identity;
+until then the run is `waiting` (`RunConfig.waiting`).
 """
 
 from __future__ import annotations
@@ -152,7 +158,10 @@ class DriftSpec(_Strict):
     # Leaf names of the weight matrices to analyse (e.g. [q_proj, v_proj] to compare full
     # fine-tuning on LoRA's targets only); None: every adapted matrix (all linear layers for full).
     weight_modules: list[str] | None = None
-    seed: int = 0  # seeds the permutations of the null floor
+    seed: int = 0  # seeds the permutations of the null floor and the bootstrap resamples
+    # Resamples of probe examples for the interval of stats.primary.drift.measure per run and
+    # layer (0: none).
+    bootstrap: int = Field(100, ge=0)
 
     @field_validator("measures")
     @classmethod
@@ -194,7 +203,9 @@ class BenchSpec(_Strict):
     drop_page_cache: bool = True  # posix_fadvise(DONTNEED) on the weight files before cold load
     # forkserver: each mode in a fresh process forked from a server that imported torch once;
     # subprocess: `python -m peftlab.bench.worker` per mode (nothing shared, pays imports each time)
-    isolation: Literal["forkserver", "subprocess"] = "forkserver"
+    # in-process: no isolation at all, for tests and debugging (a plug-in mode registered at run
+    # time exists only in this process); never for measurements you report
+    isolation: Literal["forkserver", "subprocess", "in-process"] = "forkserver"
 
     @field_validator("modes")
     @classmethod
@@ -236,6 +247,59 @@ class BenchSpec(_Strict):
         return {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2, **v}
 
 
+class PrimaryDriftSpec(_Strict):
+    """RQ1's primary endpoint: base-vs-run similarity, PEFT method vs full fine-tuning."""
+
+    measure: str = "linear_cka_debiased"  # a measure the stats stage tests (measures.tested)
+    band: Literal["early", "middle", "late", "mean"] = "mean"  # over transformer layers only
+    # across_tasks: one mixed-model estimate per PEFT method over every task (the per-task tests
+    # are then exploratory); per_task: one primary test per task.
+    scope: Literal["across_tasks", "per_task"] = "across_tasks"
+
+    @field_validator("measure")
+    @classmethod
+    def _tested_measure(cls, v: str) -> str:
+        from peftlab.measures import tested_measures
+
+        if v not in tested_measures():
+            raise ValueError(f"the primary drift measure must be one the stats stage tests: "
+                             f"{tested_measures()}, got {v!r}")
+        return v
+
+
+class PrimaryDeploymentSpec(_Strict):
+    """RQ2's primary endpoints: per task and PEFT method, median latency at one sweep point."""
+
+    # "<mode a>_vs_<mode b>", as the bench modes declare them (bench.mode.Comparison)
+    comparisons: list[str] = Field(
+        default_factory=lambda: ["unmerged_vs_merged", "merged_vs_full"], min_length=1)
+    batch_size: int = Field(1, gt=0)
+    seq_len: int | Literal["data"] = "data"
+
+    @field_validator("comparisons")
+    @classmethod
+    def _declared(cls, v: list[str]) -> list[str]:
+        from peftlab.bench.modes import get_mode, mode_names
+
+        declared = [f"{m}_vs_{c.other}" for m in mode_names() for c in get_mode(m).comparisons
+                    if c.reference != "single"]
+        unknown = [c for c in v if c not in declared]
+        if unknown or len(set(v)) != len(v):
+            raise ValueError(f"comparisons must be distinct latency comparisons the bench modes "
+                             f"declare ({declared}), got {v}")
+        return v
+
+
+class PrimarySpec(_Strict):
+    """One pre-declared primary endpoint per research question, corrected together across the
+    study (family "primary"); every other comparison is exploratory. None: no primary endpoint
+    for that question."""
+
+    accuracy: Literal["main"] | None = "main"  # each task's main metric, PEFT vs full
+    drift: PrimaryDriftSpec | None = Field(default_factory=PrimaryDriftSpec)
+    deployment: PrimaryDeploymentSpec | None = Field(default_factory=PrimaryDeploymentSpec)
+
+
 class StatsSpec(_Strict):
     """How the stats stage tests comparisons (see `peftlab.stages.stats`)."""
 
@@ -246,6 +310,202 @@ class StatsSpec(_Strict):
     # +/-3% of it); main metric: absolute, in metric units (0.01 = within +/-1 point).
     latency_margin: float = Field(0.03, gt=0)
     metric_margin: float = Field(0.01, gt=0)
+    power: float = Field(0.8, gt=0, lt=1)  # for minimum detectable effects and runs needed
+    primary: PrimarySpec = Field(default_factory=PrimarySpec)
+
+
+class ForgettingSpec(_Strict):
+    """What tuning cost the base's other abilities (see `peftlab.stages.forgetting`): off-task
+    linear probes for every model, held-out LM loss for decoder models."""
+
+    enabled: bool = True
+    # Probe tasks: registered names or the user's files (the `tasks` entry form; `train_samples`
+    # / `eval_samples` there override the probe sizes below). None: the study's other tasks.
+    # A run is never probed on the task it was tuned on.
+    tasks: list[TaskSpec] | None = None
+    # Hidden states probed: "middle" (the middle block), "last" (the final one) or indices
+    # (0 = embeddings, i = block i).
+    layers: list[Literal["middle", "last"] | int] = Field(
+        default_factory=lambda: ["middle", "last"])
+    probe_train_samples: int = Field(500, gt=0)  # from each probe task's train split (seeded)
+    probe_test_samples: int = Field(500, gt=0)  # from its eval split (seeded)
+    probe_seed: int = 0  # subsamples, cross-validation folds and bootstrap
+    cv_folds: int = Field(5, ge=2)  # stratified folds that choose C on the probe training split
+    c_grid: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    bootstrap_samples: int = Field(1000, ge=0)  # resamples of test examples / texts
+    confidence: float = Field(0.95, gt=0, lt=1)
+    batch_size: int = Field(32, gt=0)  # probe extraction
+    # Held-out text for the LM loss (decoders): a UTF-8 file, one text per line (blank lines
+    # skipped); None: the evaluation sentences of the tasks a run was not tuned on.
+    text_file: Path | None = None
+    lm_texts: int | None = Field(200, gt=0)  # texts per source, seeded subsample; None: all
+    lm_max_length: int | None = Field(None, gt=1)  # tokens per text; None: model.max_length
+    lm_batch_size: int = Field(8, gt=0)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, list):  # `- cola` is shorthand for `- {name: cola}`, as in `tasks`
+            return [{"name": t} if isinstance(t, str) else t for t in v]
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _probe_tasks(cls, v: list[TaskSpec] | None) -> list[TaskSpec] | None:
+        if v is None:
+            return v
+        from peftlab.tasks import get_task
+
+        if not v:
+            raise ValueError("list at least one probe task, or leave `tasks` out for the "
+                             "study's other tasks")
+        names = [t.name for t in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"probe task names must be unique, repeated: {dupes}")
+        for t in v:
+            if t.training:
+                raise ValueError(f"task {t.name!r}: `training` does not apply to a probe task")
+            try:
+                regression = t.regression if t.files is not None else get_task(
+                    t.name).is_regression
+            except PeftlabError as e:  # unknown task name: a validation error naming the key
+                raise ValueError(str(e)) from None
+            if regression:
+                raise ValueError(f"task {t.name!r} is a regression task: a logistic probe "
+                                 "needs classes")
+        return v
+
+    @field_validator("c_grid")
+    @classmethod
+    def _positive_grid(cls, v: list[float]) -> list[float]:
+        if not v or any(not c > 0 for c in v):
+            raise ValueError(f"C values must be > 0 (at least one), got {v}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, v: list[str | int]) -> list[str | int]:
+        if not v:
+            raise ValueError("at least one layer ('middle', 'last' or an index) is required")
+        bad = [x for x in v if isinstance(x, int) and x < 0]
+        if bad:
+            raise ValueError(f"layer indices count from 0 (embeddings), got {bad}")
+        return v
+
+
+# Cost objectives a search can minimise next to a metric (multi-objective: a Pareto front).
+SEARCH_COSTS: dict[str, str] = {"trainable_params": "trainable parameters (incl. the head)",
+                                "train_time_s": "seconds of the training loop"}
+
+
+class ParamRange(_Strict):
+    """A numeric search range, both ends included: uniform, or log-uniform with `log: true`;
+    `type: int` samples integers (e.g. `epochs: {low: 1, high: 4, type: int}`)."""
+
+    low: float
+    high: float
+    log: bool = False
+    type: Literal["float", "int"] = "float"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ParamRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-uniform range needs low > 0, got {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int range needs whole ends, got {self.low}..{self.high}")
+        return self
+
+
+# A searched value: a range, or a list of choices (categorical; a choice may itself be a list,
+# e.g. target_modules: [[query, value], all-linear]).
+SearchValues = ParamRange | list[Any]
+
+
+def _check_space(v: dict[str, SearchValues]) -> dict[str, SearchValues]:
+    for key, values in v.items():
+        if isinstance(values, list) and not values:
+            raise ValueError(f"{key}: list at least one choice")
+    return v
+
+
+class SearchOverride(_Strict):
+    """Search space or budget for a subset of (task, method) pairs, applied in order."""
+
+    tasks: list[str] | None = None  # None: every task
+    methods: list[str] | None = None  # None: every method
+    space: dict[str, SearchValues] = Field(default_factory=dict)
+    n_trials: int | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+
+    _space = field_validator("space")(_check_space)
+
+
+class SearchSpec(_Strict):
+    """Hyperparameter search per task x method before the final runs (`peftlab.search`).
+
+    Keys of a space are training keys (learning_rate, warmup_ratio, epochs, ...) or parameters of
+    the method (r, alpha, dropout, target_modules, ...). The space resolves like the rest of the
+    spec: `space` (every method) < `methods.<name>` < `overrides[j]` (in order). The budget
+    (`n_trials` finished trials and/or `timeout_s` seconds of trials, per task x method) must be
+    the same for every method of a task. Trials train on the training subset minus a validation
+    share carved from it (seeded, stratified) and are scored there, never on the eval split.
+    """
+
+    n_trials: int | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+    # "main" (the task's first metric), other metric names of the task, and costs to minimise
+    # (SEARCH_COSTS); more than one: a multi-objective search and its Pareto front
+    objective: list[str] = Field(default_factory=lambda: ["main"])
+    sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"  # auto: tpe, nsga2 if several
+    seed: int = 0  # seeds the sampler, the trials' training and nothing else
+    startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space
+    pruner: Literal["none", "median", "successive_halving"] = "median"
+    pruner_startup_trials: int = Field(2, ge=0)  # median: finished trials before any is pruned
+    reduction_factor: int = Field(3, ge=2)  # successive halving: keep the best 1/factor per rung
+    eval_steps: int | None = Field(None, gt=0)  # validation evaluations (pruning); None: per epoch
+    validation_share: float = Field(0.2, gt=0, lt=1)  # of the training subset
+    validation_seed: int = 0
+    space: dict[str, SearchValues] = Field(default_factory=dict)
+    methods: dict[str, dict[str, SearchValues]] = Field(default_factory=dict)
+    overrides: list[SearchOverride] = Field(default_factory=list)
+
+    _space = field_validator("space")(_check_space)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _one_or_more(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("objective")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one objective (e.g. main)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"objectives must be unique, got {v}")
+        if all(o in SEARCH_COSTS for o in v):
+            raise ValueError(f"{v}: a search needs a metric to maximise, not only costs")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _method_spaces(cls, v: dict[str, dict[str, SearchValues]]
+                       ) -> dict[str, dict[str, SearchValues]]:
+        for space in v.values():
+            _check_space(space)
+        return v
+
+    @model_validator(mode="after")
+    def _budget_and_pruner(self) -> SearchSpec:
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("give a budget: n_trials, timeout_s or both (per task x method)")
+        if len(self.objective) > 1 and self.pruner != "none":
+            raise ValueError(f"pruner {self.pruner!r} needs a single objective (Optuna prunes "
+                             "single-objective studies only); set pruner: none")
+        return self
 
 
 class StudySpec(_Strict):
@@ -261,9 +521,11 @@ class StudySpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     overrides: list[OverrideSpec] = Field(default_factory=list)
     represent: RepresentSpec = Field(default_factory=RepresentSpec)
+    forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
     stats: StatsSpec = Field(default_factory=StatsSpec)
+    search: SearchSpec | None = None  # hyperparameter search before the final runs
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -300,6 +562,15 @@ class StudySpec(_Strict):
             raise ValueError("at least one method is required")
         return v
 
+    @model_validator(mode="after")
+    def _primary_drift_is_measured(self) -> StudySpec:
+        primary = self.stats.primary.drift
+        if primary is not None and primary.measure not in self.drift.measures:
+            raise ValueError(f"stats.primary.drift.measure {primary.measure!r} is not in "
+                             f"drift.measures {self.drift.measures}: add it there, or name a "
+                             "measured one")
+        return self
+
 
 class OverrideSpec(_Strict):
     """Settings for a subset of (task, method) pairs, e.g. a learning rate per task and method."""
@@ -332,7 +603,15 @@ class RunConfig:
     eval_samples: int | None
     data_seed: int
     task_data: dict[str, Any] = field(default_factory=dict)  # a user-file task's definition
+    # Set when a search chose hyperparameters: {"id", "study", "trial", "params", "values"}; or,
+    # before that search has finished, {"id", "study", "status": "waiting"} (see Study.resolve).
+    search: dict[str, Any] | None = None
     run_id: str = field(default="")
+
+    @property
+    def waiting(self) -> bool:
+        """True when the run's hyperparameters come from a search that has not finished."""
+        return bool(self.search) and self.search.get("status") == "waiting"
 
     def identity(self) -> dict[str, Any]:
         """The content the run id hashes: what changes the trained model."""
@@ -351,12 +630,26 @@ class RunConfig:
             "data_seed": self.data_seed,
             # only for tasks from the user's files, so registered tasks keep their ids
             **({"task_data": self.task_data} if self.task_data else {}),
+            # the search the chosen values came from (the values themselves are in params and
+            # training; the trial's number is not: a resumed search that retried a trial
+            # chooses the same values under another number); only for searched runs, so other
+            # runs keep their ids
+            **({"search": self.search["id"]} if self.search and "trial" in self.search else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:
         d = self.identity()
         d.update(run_id=self.run_id, method=self.method, training=self.training.model_dump(mode="json"))
         return d
+
+
+def build_section(cls: type[BaseModel], where: str, **values: Any) -> Any:
+    """A spec section built outside a spec file (e.g. from command-line options); bad values
+    raise SpecError naming `where` and the key, as they would in a spec."""
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise SpecError(format_validation(e, where)) from None
 
 
 def make_run_id(task: str, method: str, seed: int, identity: dict[str, Any]) -> str:
@@ -372,6 +665,9 @@ class Study:
     path: Path | None  # the spec file
     data_dir: Path | None = None  # a local GLUE folder given on the command line or environment
     _plan: tuple[RunConfig, ...] | None = field(default=None, repr=False, compare=False)
+    _searches: dict[tuple[str, str], SearchConfig] | None = field(default=None, repr=False,
+                                                                 compare=False)
+    _outcomes: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def output_dir(self) -> Path:
@@ -402,6 +698,29 @@ class Study:
         raise SpecError(f"{self.where('tasks')}: no task named {name!r}")
 
     def resolve(self, task: str, method: str, seed: int) -> RunConfig:
+        """The run (task, method, seed) as the spec defines it; when the spec has a `search`,
+        with the values its best trial chose, or marked waiting while that search is unfinished
+        (the chosen values are part of the run's identity, so its id is only known then)."""
+        from dataclasses import replace
+
+        rc = self._resolve_spec(task, method, seed)
+        sc = self.search_config(task, method)
+        if sc is None:
+            return rc
+        outcome = self.search_outcomes().get(sc.search_id)
+        best = (outcome or {}).get("best")
+        if best is None:
+            return replace(rc, search={"id": sc.search_id, "study": sc.study_name,
+                                       "status": "waiting"},
+                           run_id=f"{task}-{method}-s{seed}-waiting")
+        chosen = self.with_values(rc, best["params"],
+                                  where=self.where(f"search (best trial of {sc.study_name})"))
+        return _with_id(replace(chosen, search={
+            "id": sc.search_id, "study": sc.study_name, "trial": best["trial"],
+            "params": best["params"], "values": best["values"]}))
+
+    def _resolve_spec(self, task: str, method: str, seed: int) -> RunConfig:
+        """The run as the spec's layers define it, before any searched value."""
         from peftlab.methods import get_method  # the registry imports torch/peft lazily
 
         spec = self.spec
@@ -460,6 +779,50 @@ class Study:
         """The planned run with this id, or None when the spec no longer implies it."""
         return next((rc for rc in self.runs() if rc.run_id == run_id), None)
 
+    # -- search ------------------------------------------------------------------------------
+    def search_config(self, task: str, method: str) -> SearchConfig | None:
+        """The resolved search of (task, method), or None when the spec has no `search`."""
+        if self.spec.search is None:
+            return None
+        if self._searches is None:
+            self._searches = _resolve_searches(self)
+        return self._searches[(task, method)]
+
+    def search_configs(self) -> list[SearchConfig]:
+        """Every search of the study (task x method, plan order); empty without `search`."""
+        if self.spec.search is None:
+            return []
+        return [self.search_config(t.name, m) for t in self.spec.tasks  # type: ignore[misc]
+                for m in self.spec.methods]
+
+    def with_values(self, rc: RunConfig, values: dict[str, Any], *, where: str) -> RunConfig:
+        """`rc` with searched values applied (training keys and method parameters), validated
+        and with its new id."""
+        from dataclasses import replace
+
+        from peftlab.methods import get_method
+
+        training = {k: v for k, v in values.items() if k in TrainingSpec.model_fields}
+        params = {k: v for k, v in values.items() if k not in training}
+        try:
+            tr = TrainingSpec(**{**rc.training.model_dump(), **training})
+        except ValidationError as e:
+            raise SpecError(format_validation(e, where)) from None
+        p = (get_method(rc.method_type).validate_params({**rc.params, **params}, where=where)
+             if params else rc.params)
+        return _with_id(replace(rc, training=tr, params=p))
+
+    def search_outcomes(self) -> dict[str, dict[str, Any]]:
+        """Finished searches stored in the study directory: search id -> its summary record."""
+        if self._outcomes is None:
+            self._outcomes = _stored_search_outcomes(self.output_dir)
+        return self._outcomes
+
+    def refresh(self) -> None:
+        """Forget the resolved plan and the stored search outcomes (a search has finished)."""
+        self._plan = None
+        self._outcomes = None
+
 
 def _with_id(rc: RunConfig) -> RunConfig:
     from dataclasses import replace
@@ -490,16 +853,365 @@ def _merge(target: dict[str, Any], updates: dict[str, Any], where: str) -> None:
     target.update(updates)
 
 
+# ----------------------------------------------------------------------------------------------
+# Search resolution: (task, method) -> SearchConfig (space, budget, objective, trial base)
+
+# Training keys that do not change the trained model (or only its report): nothing to search.
+_UNSEARCHABLE = ("report_to", "logging_steps", "eval_batch_size", "bootstrap_samples")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One resolved search: the space, budget and objective of a (task, method) pair.
+
+    space: name -> {"target": "training" | "params", "kind": "float" | "int" | "categorical",
+    "low", "high", "log"} for ranges or {"choices", "labels"} for categorical values (`labels`
+    are what Optuna stores: the choice itself, or its JSON text when it is a list or mapping).
+    `base` is a trial's run before any sampled value, at the search's seed. `search_id` hashes
+    everything here, so a changed space, budget, objective, sampler or base is a new search.
+    """
+
+    task: str
+    method: str
+    base: RunConfig
+    space: dict[str, dict[str, Any]]
+    n_trials: int | None  # finished trials (complete, pruned or failed; not interrupted ones)
+    timeout_s: float | None  # seconds of trials, summed over every session of the search
+    objectives: tuple[str, ...]  # metric names ("main" resolved) and SEARCH_COSTS names
+    directions: tuple[str, ...]  # "maximize" | "minimize", one per objective
+    sampler: str  # tpe | nsga2 | random
+    seed: int
+    startup_trials: int
+    pruner: str  # none | median | successive_halving
+    pruner_startup_trials: int
+    reduction_factor: int
+    eval_steps: int | None
+    validation_share: float
+    validation_seed: int
+    search_id: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = {k: v for k, v in asdict(self).items() if k not in ("base", "search_id")}
+        d["base"] = self.base.identity()
+        return d
+
+    @property
+    def study_name(self) -> str:
+        """The Optuna study's name inside the search storage."""
+        return f"{self.task}-{self.method}-{self.search_id[:8]}"
+
+
+def _choice_label(choice: Any) -> Any:
+    if choice is None or isinstance(choice, (bool, int, float, str)):
+        return choice
+    return json.dumps(choice, sort_keys=True)
+
+
+def _search_dim(study: Study, base: RunConfig, key: str, values: Any, where: str
+                ) -> dict[str, Any]:
+    """One searched key, resolved and checked: every end or choice must make a valid run."""
+    from peftlab.methods import get_method
+
+    method_keys = sorted(get_method(base.method_type).Params.model_fields)
+    if key in TrainingSpec.model_fields and key not in _UNSEARCHABLE:
+        target = "training"
+    elif key in method_keys:
+        target = "params"
+    else:
+        training_keys = sorted(k for k in TrainingSpec.model_fields if k not in _UNSEARCHABLE)
+        raise SpecError(f"{study.where(where)}: {key!r} is not a training key nor a parameter of "
+                        f"method type {base.method_type!r}; training keys: {training_keys}; "
+                        f"method parameters: {method_keys or 'none'}")
+    if isinstance(values, ParamRange):
+        ends = [int(values.low), int(values.high)] if values.type == "int" else [values.low,
+                                                                                values.high]
+        for v in ends:
+            study.with_values(base, {key: v}, where=study.where(where))
+        return {"target": target, "kind": values.type, "low": ends[0], "high": ends[1],
+                "log": values.log}
+    labels = [_choice_label(c) for c in values]
+    if len(set(map(json.dumps, labels))) != len(labels):
+        raise SpecError(f"{study.where(where)}: choices must be unique, got {values}")
+    for c in values:
+        study.with_values(base, {key: c}, where=study.where(where))
+    return {"target": target, "kind": "categorical", "choices": list(values), "labels": labels}
+
+
+def _resolve_searches(study: Study) -> dict[tuple[str, str], SearchConfig]:
+    """Every (task, method) search of the study, checked; the fair-search rule included."""
+    from dataclasses import replace
+
+    from peftlab.data import StudyData
+
+    spec, s = study.spec, study.spec.search
+    assert s is not None
+    tasks, methods = [t.name for t in spec.tasks], list(spec.methods)
+    for name in s.methods:
+        if name not in spec.methods:
+            raise SpecError(f"{study.where(f'search.methods.{name}')}: unknown method {name!r}; "
+                            f"the study's methods are {sorted(methods)}")
+    for i, ov in enumerate(s.overrides):
+        for t in ov.tasks or []:
+            if t not in tasks:
+                raise SpecError(f"{study.where(f'search.overrides[{i}].tasks')}: unknown task "
+                                f"{t!r}; the study's tasks are {sorted(tasks)}")
+        for m in ov.methods or []:
+            if m not in spec.methods:
+                raise SpecError(f"{study.where(f'search.overrides[{i}].methods')}: unknown "
+                                f"method {m!r}; the study's methods are {sorted(methods)}")
+    data = StudyData(study)
+    out: dict[tuple[str, str], SearchConfig] = {}
+    for t in tasks:
+        task_metrics = list(data.task(t).metrics)
+        objectives: list[str] = []
+        for o in s.objective:
+            name = task_metrics[0] if o == "main" else o
+            if name not in SEARCH_COSTS and name not in task_metrics:
+                raise SpecError(f"{study.where('search.objective')}: task {t!r} does not compute "
+                                f"{o!r}; its metrics are {task_metrics} (or 'main'), costs "
+                                f"{sorted(SEARCH_COSTS)}")
+            if name in objectives:
+                raise SpecError(f"{study.where('search.objective')}: {o!r} repeats objective "
+                                f"{name!r} for task {t!r}")
+            objectives.append(name)
+        for m in methods:
+            base = study._resolve_spec(t, m, s.seed)
+            space: dict[str, tuple[Any, str]] = {k: (v, f"search.space.{k}")
+                                                 for k, v in s.space.items()}
+            space.update({k: (v, f"search.methods.{m}.{k}")
+                          for k, v in s.methods.get(m, {}).items()})
+            n_trials, timeout_s = s.n_trials, s.timeout_s
+            for i, ov in enumerate(s.overrides):
+                if (ov.tasks is None or t in ov.tasks) and (ov.methods is None or m in ov.methods):
+                    space.update({k: (v, f"search.overrides[{i}].space.{k}")
+                                  for k, v in ov.space.items()})
+                    n_trials = ov.n_trials if ov.n_trials is not None else n_trials
+                    timeout_s = ov.timeout_s if ov.timeout_s is not None else timeout_s
+            if not space:
+                raise SpecError(f"{study.where('search.space')}: nothing to search for task "
+                                f"{t!r}, method {m!r}; name at least one key, e.g. "
+                                "learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}")
+            dims = {k: _search_dim(study, base, k, v, where)
+                    for k, (v, where) in sorted(space.items())}
+            sc = SearchConfig(
+                task=t, method=m, base=base, space=dims, n_trials=n_trials, timeout_s=timeout_s,
+                objectives=tuple(objectives),
+                directions=tuple("minimize" if o in SEARCH_COSTS else "maximize"
+                                 for o in objectives),
+                sampler=s.sampler if s.sampler != "auto" else (
+                    "tpe" if len(objectives) == 1 else "nsga2"),
+                seed=s.seed, startup_trials=s.startup_trials, pruner=s.pruner,
+                pruner_startup_trials=s.pruner_startup_trials,
+                reduction_factor=s.reduction_factor, eval_steps=s.eval_steps,
+                validation_share=s.validation_share, validation_seed=s.validation_seed)
+            digest = hashlib.sha256(json.dumps(sc.identity(), sort_keys=True,
+                                               default=str).encode()).hexdigest()
+            out[(t, m)] = replace(sc, search_id=digest[:16])
+        # The fair-search rule: one budget for every method of a task.
+        budgets = {m: (out[(t, m)].n_trials, out[(t, m)].timeout_s) for m in methods}
+        if len(set(budgets.values())) > 1:
+            culprits = [i for i, ov in enumerate(s.overrides)
+                        if (ov.n_trials is not None or ov.timeout_s is not None)
+                        and (ov.tasks is None or t in ov.tasks)]
+            key = f"search.overrides[{culprits[0]}]" if culprits else "search"
+            shown = ", ".join(f"{m}: n_trials {n}, timeout_s {sec}"
+                              for m, (n, sec) in budgets.items())
+            raise SpecError(
+                f"{study.where(key)}: the search budget of task {t!r} differs between methods "
+                f"({shown}); every method of a task must get the same n_trials and timeout_s, "
+                "or the comparison measures the search rather than the method")
+    return out
+
+
+def _stored_search_outcomes(root: Path) -> dict[str, dict[str, Any]]:
+    """Summary records of the finished searches in a study directory, by search id."""
+    from peftlab.records import read_search
+    from peftlab.store import DB_NAME, Store
+
+    if not (Path(root) / DB_NAME).is_file():
+        return {}
+    store = Store(root, create=False)
+    try:
+        _, summaries = read_search(store)
+    finally:
+        store.close()
+    return {r.search_id: r.dump() for r in summaries if r.status == "done"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: YAML (duplicate keys refused), shipped specs by name, paths relative to the spec file
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "studies"  # package data: ships in the wheel
+
+
+def shipped_specs() -> dict[str, Path]:
+    """The specs that ship with peftlab, by name (`quickstart` -> .../studies/quickstart.yaml)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}
+
+
+def find_spec(spec: str | os.PathLike[str]) -> Path:
+    """The spec file a command-line argument means: an existing file, else a shipped spec's name.
+
+    A path that exists wins, so a file of your own never loses to a shipped name.
+    """
+    p = Path(spec)
+    if p.is_file():
+        return p
+    shipped = shipped_specs()
+    name = p.stem if p.suffix in (".yaml", ".yml") else p.name
+    if len(p.parts) == 1 and name in shipped:  # a bare name, not a path into a folder
+        return shipped[name]
+    raise SpecError(f"{p}: spec file not found (a path to a YAML file, or the name of a shipped "
+                    f"spec: {', '.join(shipped) or 'none'})")
+
+
+def starter_spec(template: Path, target: Path) -> str:
+    """The text of a new spec: `template` (a shipped spec) renamed after `target`'s file name.
+
+    `name` becomes the file's stem and `output_dir` runs/<stem>; the comments stay, so the
+    starter explains itself, except the shipped spec's own run commands (replaced by the new
+    file's). Raises SpecError if the result does not carry the new name (a template without
+    top-level `name:` and `output_dir:` lines).
+    """
+    import re
+
+    name = target.stem
+
+    def scalar(v: str) -> str:  # plain when YAML reads it back as this string, else quoted
+        return v if re.fullmatch(r"[\w./-]+", v) and yaml.safe_load(v) == v else json.dumps(v)
+
+    lines = template.read_text(encoding="utf-8").splitlines(keepends=True)
+    n = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    header = [line for line in lines[:n] if not re.match(r"#\s+peftlab\b", line)]
+    while header and header[-1].strip() == "#":
+        header.pop()
+    intro = [f"# {name}: written by `peftlab init` from the shipped spec '{template.stem}'.\n",
+             "#\n", f"#   peftlab validate {target}\n", f"#   peftlab run {target}\n"]
+    body = "".join(lines[n:])
+    body, n_name = re.subn(r"^name:.*$", f"name: {scalar(name)}", body, count=1, flags=re.M)
+    body, n_out = re.subn(r"^output_dir:.*$", f"output_dir: {scalar(f'runs/{name}')}", body,
+                          count=1, flags=re.M)
+    text = "".join(intro + (["#\n", *header] if header else [])) + body
+    parsed = yaml.safe_load(text)
+    if not (n_name and n_out and parsed.get("name") == name
+            and parsed.get("output_dir") == f"runs/{name}"):
+        raise SpecError(f"{template}: cannot be used as a starter: expected top-level `name:` "
+                        "and `output_dir:` lines")
+    return text
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """Keys given more than once in one mapping: [(key path, key, [line, ...]), ...]."""
+
+    def __init__(self, duplicates: list[tuple[str, str, list[int]]]):
+        super().__init__(duplicates)
+        self.duplicates = duplicates
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping, at any depth.
+
+    PyYAML (like the YAML 1.1 loaders it follows) silently keeps the last value of a repeated
+    key, so `name: a ... name: b` would validate. The document's node tree carries each key's
+    line, so the check runs on it before anything is constructed.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        dupes: list[tuple[str, str, list[int]]] = []
+        _find_duplicates(node, "", dupes, set())
+        if dupes:
+            raise DuplicateKeyError(dupes)
+        return super().construct_document(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _find_duplicates(node: yaml.Node, where: str, out: list[tuple[str, str, list[int]]],
+                     seen: set[int]) -> None:
+    if id(node) in seen:  # an anchor used twice (or a recursive one) is checked once
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], list[int]] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue  # `<<: *base` merges are overridden on purpose
+            lines.setdefault((key.tag, key.value), []).append(key.start_mark.line + 1)
+            _find_duplicates(value, f"{where}.{key.value}" if where else key.value, out, seen)
+        for (_, key), at in lines.items():
+            if len(at) > 1:
+                out.append((f"{where}.{key}" if where else key, key, at))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _find_duplicates(item, f"{where}[{i}]", out, seen)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; SpecError naming the file (and, for repeated keys, key path and lines)."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # a SafeLoader
+    except DuplicateKeyError as e:
+        lines = []
+        for where, key, at in sorted(e.duplicates, key=lambda d: d[2]):
+            if len(set(at)) == 1:  # a flow mapping: {a: 1, a: 2}
+                at_s = f"{len(at)} times on line {at[0]}"
+            else:
+                at_s = "lines " + ", ".join(map(str, at[:-1])) + f" and {at[-1]}"
+            lines.append(f"{path}: {where}: key {key!r} is given more than once ({at_s}); "
+                         "keep one")
+        raise SpecError("\n".join(lines)) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+
+
+def resolve_spec_paths(spec: StudySpec, folder: Path) -> StudySpec:
+    """Relative input paths of a spec, made absolute against the spec file's folder.
+
+    Every `Path`-typed setting (task data files, data.glue_dir, ...) is an input and resolves
+    against `folder`, so a spec and its data can move together; `model.name` does too when it
+    names a folder or a .gguf file that exists there (aliases and hub ids are left alone, and
+    `model.gguf_file` stays a file name inside that folder or hub repo). `output_dir` is where
+    results go and stays relative to the current directory (as torchtune and the Hugging Face
+    Trainer treat theirs).
+    """
+    folder = Path(os.path.abspath(folder))  # abspath, not resolve(): symlinked folders stay
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, Path):
+            value = value.expanduser()
+            return value if value.is_absolute() else Path(os.path.normpath(folder / value))
+        if isinstance(value, BaseModel):
+            return value.model_copy(update={k: fix(getattr(value, k))
+                                            for k in type(value).model_fields
+                                            if k != "output_dir"})
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    spec = fix(spec)
+    name = spec.model.name.strip()
+    local = folder / name
+    relative = bool(name) and not name.startswith("~") and not Path(name).is_absolute()
+    if relative and (local.is_dir() or (local.is_file() and name.lower().endswith(".gguf"))):
+        spec = spec.model_copy(update={"model": spec.model.model_copy(
+            update={"name": os.path.normpath(local)})})
+    return spec
+
+
 def load_spec(path: str | os.PathLike[str], *, data_dir: str | None = None,
               output_dir: str | None = None) -> Study:
-    """Read, validate and fully resolve a study spec; raise SpecError naming file and key."""
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"{p}: spec file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from None
+    """Read, validate and fully resolve a study spec; raise SpecError naming file and key.
+
+    `path` is a YAML file or the name of a shipped spec (`quickstart`, see `shipped_specs`).
+    Relative input paths inside it resolve against its folder (`resolve_spec_paths`).
+    """
+    p = find_spec(path)
+    raw = read_yaml(p)
     if not isinstance(raw, dict):
         raise SpecError(f"{p}: expected a mapping of study settings at the top level")
     if output_dir is not None:
@@ -508,6 +1220,7 @@ def load_spec(path: str | os.PathLike[str], *, data_dir: str | None = None,
         spec = StudySpec(**raw)
     except ValidationError as e:
         raise SpecError(format_validation(e, str(p))) from None
+    spec = resolve_spec_paths(spec, p.parent)
     env_dir = os.environ.get("PEFTLAB_DATA_DIR")
     study = Study(spec=spec, path=p, data_dir=Path(data_dir) if data_dir else
                   (Path(env_dir) if env_dir else None))

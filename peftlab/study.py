@@ -1,6 +1,6 @@
 """The pipeline: which stages a study has, in which order, and what each one receives.
 
-    peftlab run studies/quickstart.yaml
+    peftlab run quickstart
 
 Stages are the modules of `peftlab/stages/` (each exposes `run(ctx)`), in the order of `STAGES`.
 They talk to each other only through the study directory (`peftlab.store.Store`): each reads the
@@ -10,6 +10,7 @@ rerun alone (`peftlab finetune SPEC`, `peftlab drift SPEC`, ...).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable
@@ -20,13 +21,15 @@ from typing import Any
 
 from rich.console import Console
 
+from peftlab import logs
 from peftlab.data import StudyData
 from peftlab.errors import SpecError
 from peftlab.spec import RunConfig, Study
 from peftlab.store import Store, atomic_write_text, provenance
 
 # Pipeline order. Each name is a module `peftlab.stages.<name>` with a `run(ctx)` function.
-STAGES: tuple[str, ...] = ("data", "finetune", "represent", "drift", "bench", "stats", "report")
+STAGES: tuple[str, ...] = ("data", "baselines", "search", "finetune", "represent", "forgetting",
+                           "drift", "bench", "stats", "report")
 
 
 @dataclass
@@ -54,33 +57,56 @@ class Context:
 
 
 def run_status(store: Store | None, rc: RunConfig) -> dict[str, Any]:
-    """status of one planned run: pending, done, failed (with reason) or interrupted."""
+    """status of one planned run: pending, done, failed (with reason), interrupted, or waiting
+    (for the search that chooses its hyperparameters)."""
+    if rc.waiting:
+        study_name = (rc.search or {}).get("study")
+        return {"status": "waiting", "reason": f"for search {study_name}"}
     rec = store.get("runs", rc.run_id) if store is not None else None
     if rec is None:
         return {"status": "pending"}
     status = rec.get("status", "pending")
-    if status == "running" and not _alive(rec.get("pid")):
+    if status == "running" and not _alive(rec.get("pid"), rec.get("started")):
         status = "interrupted"
     return {"status": status, "reason": rec.get("failure_reason")}
 
 
-def _alive(pid: int | None) -> bool:
+def _alive(pid: int | None, started: str | None = None) -> bool:
+    """Whether the process that wrote a `running` record still runs (psutil).
+
+    Gone, a zombie (exited, not yet reaped), or a newer process that reuses the pid (it started
+    after the record did) all mean the run was interrupted.
+    """
+    import psutil
+
     if not pid or pid == os.getpid():
         return False  # our own earlier record can only be a leftover of a killed attempt
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if started:
+            import datetime
+
+            with contextlib.suppress(ValueError):
+                t0 = datetime.datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+                if proc.create_time() > t0 + 1.0:  # the record is second-resolution
+                    return False
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
+    except psutil.AccessDenied:
+        return True  # another user's live process
     return True
 
 
 def plan(study: Study) -> list[dict[str, Any]]:
-    """Every unit of training work with its deterministic id and whether it is done."""
+    """Every unit of training work with its deterministic id and whether it is done: search
+    trials first (`kind` "search trial"), then the runs."""
+    from peftlab.search import plan_rows
+
     root = study.output_dir
     store = Store(root, create=False) if (root / "results.sqlite").is_file() else None
-    out = []
+    out = plan_rows(study, store)
     for rc in study.runs():
         st = run_status(store, rc)
         out.append({"run_id": rc.run_id, "task": rc.task, "method": rc.method,
@@ -117,10 +143,21 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
     deep_check(study)  # bad targets, impossible devices, oversized batches: fail in seconds
     store = open_study_store(study)
     ctx = Context(study=study, store=store, console=console or Console(stderr=True))
+    # Library warnings, logging and stray stderr output go to <study dir>/log.txt, labelled with
+    # the stage and unit (peftlab.logs); the console keeps peftlab's own lines and progress.
     try:
-        for name, fn in funcs:
-            ctx.console.rule(f"[bold]{name}")
-            fn(ctx)
+        with logs.capture(store.path(logs.LOG_NAME), console=ctx.console) as log:
+            with logs.stage("peftlab"):
+                logs.emit(f"pid {os.getpid()}: stages {', '.join(names)} of "
+                          f"{study.path or study.spec.name} -> {study.output_dir}")
+            start = log.path.stat().st_size
+            for name, fn in funcs:
+                ctx.console.rule(f"[bold]{name}")
+                with logs.stage(name):
+                    fn(ctx)
+            added = logs.lines_since(log.path, start)  # bench unit processes append there too
+            if added:
+                ctx.console.print(f"library messages: {added} lines in {log.path}")
     finally:
         store.close()
     return ctx

@@ -55,13 +55,13 @@ def _run_id(runs, task, method):
 def _unit_job(study, mode, *, artifacts=None):
     """The job the stage would give a worker for `mode` on the study's first matching unit."""
     from peftlab.bench.units import bench_settings, make_job, sweep_points
-    from peftlab.stages.bench import plan_units
+    from peftlab.stages.bench import study_units
     from peftlab.store import Store
     from peftlab.study import Context
 
     store = Store(study.output_dir, create=False)
     try:
-        units, tasks = plan_units(Context(study=study, store=store))
+        units, tasks = study_units(Context(study=study, store=store))
     finally:
         store.close()
     unit = next(u for u in units if u.mode == mode)
@@ -159,6 +159,7 @@ def test_each_unit_ran_in_a_fresh_process_of_its_own(benched):
 
 
 def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
+    import peftlab.bench.runner as runner
     import peftlab.stages.bench as stage
     from peftlab.store import Store
     from peftlab.study import Context, open_study_store
@@ -168,7 +169,7 @@ def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a finished sweep point was measured again")
 
-    monkeypatch.setattr(stage, "run_isolated", refuse)
+    monkeypatch.setattr(runner, "run_isolated", refuse)
     store = open_study_store(study)
     try:
         stage.run(Context(study=study, store=store))
@@ -287,6 +288,50 @@ def test_timing_loop_meets_both_minimums_and_stops_at_the_cap():
     assert s["p50"] == 2.0 and s["mean"] == pytest.approx(7 / 3) and s["count"] == 3
 
 
+def test_p99_comes_with_a_seeded_bootstrap_interval_and_only_from_100_requests():
+    from peftlab.bench.timing import latency_stats
+
+    rng = np.random.default_rng(0)
+    ns = (rng.lognormal(np.log(10.0), 0.3, size=400) * 1e6).astype(np.int64)  # ~10 ms
+    s = latency_stats(ns)
+    assert s["p99_reliable"] and s["p99_note"] is None and s["p99_n"] == 400
+    for q in (50, 99):
+        lo, hi = s[f"p{q}_ci"]
+        assert lo < s[f"p{q}"] < hi, (q, lo, hi)
+    assert s["p99_ci"][0] > s["p50_ci"][1]  # the tail interval sits above the median's
+    assert latency_stats(ns)["p99_ci"] == s["p99_ci"]  # seeded: the same latencies, same interval
+    assert latency_stats(ns, seed=1)["p99_ci"] != s["p99_ci"]
+    # ten times the requests: a far narrower interval
+    many = (rng.lognormal(np.log(10.0), 0.3, size=4000) * 1e6).astype(np.int64)
+    narrow = latency_stats(many)["p99_ci"]
+    assert narrow[1] - narrow[0] < 0.6 * (s["p99_ci"][1] - s["p99_ci"][0])
+    few = latency_stats(ns[:99])
+    assert not few["p99_reliable"] and few["p99_ci"] is None
+    assert few["p99_note"] == "too few requests (n < 100)"
+    assert few["p99"] == pytest.approx(np.percentile(ns[:99] / 1e6, 99), rel=1e-12)  # still raw
+    assert few["p50_ci"][0] <= few["p50"] <= few["p50_ci"][1]
+    assert latency_stats([5_000_000])["p50_ci"] == [5.0, 5.0]
+
+
+def test_bootstrap_intervals_cover_the_true_percentiles():
+    """Exponential latencies (mean 1 ms): true p50 = ln 2, p99 = ln 100 ms. Over 200 samples of
+    400 requests the 95% intervals cover them about 95% of the time (percentile bootstrap
+    under-covers extreme quantiles a little); a wrong interval (e.g. one from p50's spread, or
+    an unresampled one) covers far less often."""
+    from peftlab.bench.timing import latency_stats
+
+    rng = np.random.default_rng(42)
+    hits = {50: 0, 99: 0}
+    for i in range(200):
+        ns = rng.exponential(1e6, size=400)
+        s = latency_stats(ns, resamples=400, seed=i)
+        for q, true in ((50, np.log(2)), (99, np.log(100))):
+            lo, hi = s[f"p{q}_ci"]
+            hits[q] += lo <= true <= hi
+    assert 0.88 <= hits[50] / 200 <= 0.99, hits
+    assert 0.80 <= hits[99] / 200 <= 0.99, hits
+
+
 def test_interleaving_is_seeded_and_round_robin_cycles():
     from peftlab.bench.requests import adapter_sequence
 
@@ -306,9 +351,12 @@ def test_bench_oneoff_measures_a_mode_in_its_own_process(benched, tiny_llama_dir
 
     study, _, runs = benched
     art = study.output_dir / runs[_run_id(runs, "sst2", "lora")]["artifact"]
-    recs = bench_oneoff(str(tiny_llama_dir), [str(art)], ["unmerged"], batch_sizes=[2],
-                        seq_lengths=[8], data_dir=glue_dir, eval_samples=16, warmup=1,
-                        min_iterations=3, min_seconds=0.0, threads=1)
+    from peftlab.spec import BenchSpec, ModelSpec
+
+    recs = bench_oneoff(ModelSpec(name=str(tiny_llama_dir)),
+                        BenchSpec(batch_sizes=[2], seq_lengths=[8], warmup=1, min_iterations=3,
+                                  min_seconds=0.0, threads=1),
+                        [str(art)], modes=["unmerged"], data_dir=glue_dir, eval_samples=16)
     assert len(recs) == 1
     rec = recs[0]
     assert rec["status"] == "done" and rec["key"].startswith("unmerged/") and rec["key"].endswith(
@@ -328,8 +376,12 @@ def test_bad_input_gives_one_clear_error(benched, tiny_llama_dir, tiny_bert_dir,
     full = study.output_dir / runs[_run_id(runs, "sst2", "full")]["artifact"]
     kw = {"data_dir": glue_dir, "eval_samples": 8}
 
-    def oneoff(model, adapters, modes, **extra):
-        return bench_oneoff(str(model), [str(a) for a in adapters], modes, **{**kw, **extra})
+    def oneoff(model, adapters, modes, batch_sizes=(1,), **extra):
+        from peftlab.spec import BenchSpec, ModelSpec, build_section
+
+        bench = build_section(BenchSpec, "peftlab bench", batch_sizes=list(batch_sizes))
+        return bench_oneoff(ModelSpec(name=str(model)), bench, [str(a) for a in adapters],
+                            modes=modes, **{**kw, **extra})
 
     with pytest.raises(ModelError, match="adapter 'nowhere'.*does not exist"):
         oneoff(tiny_llama_dir, [tmp_path / "nowhere"], ["unmerged"])

@@ -142,10 +142,46 @@ def test_validate_good_spec(tmp_path: Path, tiny_llama_dir: Path, glue_dir: Path
 
 
 def test_validate_shipped_quickstart() -> None:
-    quickstart = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
-    res = cli("validate", quickstart)
+    from peftlab.spec import SHIPPED_DIR
+
+    for spec in ("quickstart", SHIPPED_DIR / "quickstart.yaml"):  # by name or by path
+        res = cli("validate", spec)
+        assert res.code == 0, res.err
+        assert says(res.out, f"ok: {spec}", "(18 training runs)")
+
+
+def test_validate_from_the_parent_folder_finds_files_beside_the_spec(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama_dir: Path) -> None:
+    """`peftlab validate sub/user.yaml` with train.csv beside the spec (the issue's case)."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "train.csv").write_text("text,stars\na warm film,pos\na dull mess,neg\n"
+                                   "funny,pos\nflat,neg\n")
+    (sub / "eval.csv").write_text("text,stars\nwonderful,pos\nbad,neg\n")
+    spec = spec_for(tmp_path, tiny_llama_dir)
+    spec["tasks"] = [{"name": "reviews", "files": {"train": "train.csv", "eval": "eval.csv"},
+                      "columns": {"text_a": "text", "label": "stars"},
+                      "label_names": ["neg", "pos"]}]
+    spec["data"] = {}
+    spec["training"].update(batch_size=1, grad_accum=1)
+    write_spec(sub / "user.yaml", spec)
+    monkeypatch.chdir(tmp_path)
+    res = cli("validate", "sub/user.yaml")
     assert res.code == 0, res.err
-    assert says(res.out, "(18 training runs)")
+    rows = {r["split"]: r["rows"] for r in json.loads(cli("data", "sub/user.yaml", "--json").out)}
+    assert rows == {"train": 4, "eval": 2}
+    (sub / "train.csv").unlink()  # the message names the file where it was looked for
+    failed(cli("validate", "sub/user.yaml"), sub / "train.csv", "not found")
+
+
+def test_duplicate_key_is_one_error_naming_both_lines(tmp_path: Path) -> None:
+    path = write_spec(tmp_path / "spec.yaml", spec_for(tmp_path, "tinyllama"))
+    path.write_text(path.read_text() + "seeds: [1, 2]\n")
+    first = next(i + 1 for i, line in enumerate(path.read_text().splitlines())
+                 if line.startswith("seeds:"))
+    last = len(path.read_text().splitlines())
+    for command in ("validate", "plan", "run"):
+        failed(cli(command, path), path, "seeds", f"lines {first} and {last}")
 
 
 def test_plan_json_lists_runs_with_statuses(tmp_path: Path) -> None:
@@ -179,6 +215,37 @@ def test_plan_json_lists_runs_with_statuses(tmp_path: Path) -> None:
     table = cli("plan", path)
     assert table.code == 0
     assert says(table.out, "1 done, 7 to do", "loss diverged", expected[0])
+
+
+def test_plan_says_interrupted_for_a_zombie_and_for_a_reused_pid(tmp_path: Path) -> None:
+    """A recorded pid that is a zombie (exited, not reaped) or now belongs to a process started
+    after the record is no training process: the run is interrupted, not running."""
+    import time
+
+    import psutil
+
+    path = write_spec(tmp_path / "spec.yaml", spec_for(tmp_path, "tinyllama", seeds=(1, 2, 3)))
+    ids = [r.run_id for r in load_spec(path).runs()]
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.05)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        hour_ago = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - 3600))
+        store = Store(tmp_path / "study")
+        store.put("runs", ids[0], {"status": "running", "pid": zombie.pid, "started": now})
+        store.put("runs", ids[1], {"status": "running", "pid": live.pid, "started": now})
+        store.put("runs", ids[2], {"status": "running", "pid": live.pid, "started": hour_ago})
+        store.close()
+        runs = json.loads(cli("plan", path, "--json").out)["runs"]
+        assert [r["status"] for r in runs] == ["interrupted", "running", "interrupted"]
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
 
 
 GLUE_COUNTS = {
@@ -280,6 +347,25 @@ def test_results_json(finished: dict[str, Any]) -> None:
                           "json").out)
     train = next(r for r in data if r["key"] == "sst2/train")
     assert train["rows"] == 67349 and train["rows_used"] == 16
+
+
+def test_results_without_a_table_lists_the_tables_and_their_rows(finished: dict[str, Any]
+                                                                 ) -> None:
+    store = Store(finished["study"], create=False)
+    expected = {name: len(store.keys(name)) for name in store.tables()}
+    store.close()
+    assert expected["runs"] == 1 and expected["data"] >= 2
+    res = cli("results", finished["study"], "--format", "json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["tables"] == expected
+    csv = cli("results", finished["study"], "--format", "csv")
+    assert dict(pd.read_csv(io.StringIO(csv.out)).itertuples(index=False)) == expected
+    table = cli("results", finished["study"])
+    assert table.code == 0, table.err
+    rows = [line.split() for line in table.out.splitlines()]
+    for name, count in expected.items():
+        assert any(name in r and f"{count:,}" in r for r in rows), (name, table.out)
+    assert says(table.out, f"peftlab results {finished['study']} --table NAME")
 
 
 def test_results_table_and_bad_requests(finished: dict[str, Any], tmp_path: Path) -> None:
@@ -472,3 +558,137 @@ def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
     path = write_spec(tmp_path / "bad.yaml", spec)
     res = cli("--debug", "validate", path)
     assert res.code == 1 and "Traceback" in res.err and "SpecError" in res.err
+
+
+# -- every command: missing, unknown and malformed arguments --------------------------------------
+
+
+def _commands() -> dict[str, Any]:
+    """The subcommands, read from the typer app itself (so a new command is walked too)."""
+    import typer
+
+    from peftlab.cli import app
+
+    return dict(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def _numeric(param: Any) -> bool:
+    """Whether a typer option takes a number (int, float, a list of them, or one or None)."""
+    import typing
+
+    td = getattr(param, "type_descriptor", None)
+    if td is None:  # older typer: a click type
+        return getattr(getattr(param, "type", None), "name", "") in ("integer", "float")
+    return bool({td.annotation, *typing.get_args(td.annotation)} & {int, float})
+
+
+def usage_error(res: Result, command: str, *expected: str) -> None:
+    """Exit 2, the command's usage line, then exactly one `error:` line; nothing else."""
+    assert res.code == 2, f"exit code {res.code}\nstdout: {res.out}\nstderr: {res.err}"
+    assert "Traceback" not in res.err, res.err
+    lines = res.err.splitlines()
+    assert len(lines) == 2, res.err
+    assert lines[0].startswith(f"Usage: peftlab {command}".rstrip()), res.err
+    assert lines[1].startswith("error: ") and f"'peftlab {command}".rstrip() in lines[1], res.err
+    for piece in expected:
+        assert piece in lines[1], (piece, res.err)
+
+
+def test_every_command_answers_bad_arguments_with_usage_and_one_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commands = _commands()
+    assert len(commands) >= 10 and "plan" in commands  # the walk really reads the app
+    monkeypatch.chdir(tmp_path)  # `init` with no arguments writes here
+    ran: list[tuple[str, Any]] = []
+    monkeypatch.setattr("peftlab.study.run_stages",
+                        lambda study, stages=None, **kw: ran.append((study.spec.name, stages)))
+    for name, command in commands.items():
+        required = [p.metavar or p.name.upper() for p in command.params if p.required]
+        res = cli(name)
+        if required:  # nothing given: which argument is missing
+            usage_error(res, name, "Missing", required[0])
+        else:  # everything has a default: it runs, or says in one line what it needs
+            assert res.code in (0, 2) and "Traceback" not in res.err, (name, res.err)
+            if res.code == 2:
+                assert res.error
+        usage_error(cli(name, "--no-such-option"), name, "No such option: --no-such-option")
+        usage_error(cli(name, "x", "y", "z"), name, "unexpected extra argument")
+        for p in command.params:  # every option: its value left out, or not a number
+            if p.param_type_name != "option" or p.is_flag:
+                continue
+            usage_error(cli(name, p.opts[0]), name, p.opts[0], "requires an argument")
+            if _numeric(p):
+                usage_error(cli(name, p.opts[0], "many"), name, "Invalid value", p.opts[0])
+    # the commands that ran with no arguments at all did what their defaults say
+    assert ("quickstart", None) in ran  # `peftlab run` = the shipped quickstart
+    assert (tmp_path / "my-study.yaml").is_file()  # `peftlab init`
+
+
+def test_no_command_shows_the_overview_and_an_unknown_one_is_a_usage_error() -> None:
+    res = cli()
+    assert res.code == 0 and "Usage: peftlab" in res.out and "init" in res.out
+    res = cli("nosuch")
+    assert res.code == 2 and res.err.splitlines()[0].startswith("Usage: peftlab")
+    assert res.error == "error: No such command 'nosuch'. (see 'peftlab --help')"
+
+
+# -- init -----------------------------------------------------------------------------------------
+
+
+def test_init_writes_a_starter_spec_that_validates(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftlab.spec import shipped_specs
+
+    monkeypatch.chdir(tmp_path)
+    for template, shipped in shipped_specs().items():
+        name = f"mine-{template}"
+        res = cli("init", name, "--from", template)
+        assert res.code == 0, res.err
+        assert says(res.out, f"wrote {name}.yaml", f"peftlab run {name}.yaml")
+        written = load_spec(f"{name}.yaml")
+        assert written.spec.name == name and written.spec.output_dir == Path(f"runs/{name}")
+        assert [r.run_id for r in written.runs()] == [
+            r.run_id for r in load_spec(shipped, output_dir="o").runs()]
+        ok = cli("validate", f"{name}.yaml")
+        assert ok.code == 0, ok.err
+    default = cli("init")
+    assert default.code == 0 and load_spec("my-study.yaml").spec.name == "my-study"
+    nested = cli("init", "specs/deep")
+    failed(nested, "specs/deep.yaml", "does not exist")
+
+
+def test_init_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.yaml").write_text("mine\n")
+    failed(cli("init", "taken"), "taken.yaml", "already exists")
+    failed(cli("init", "taken.yaml"), "taken.yaml", "already exists")
+    assert (tmp_path / "taken.yaml").read_text() == "mine\n"
+    failed(cli("init", "other", "--from", "nope"), "--from", "'nope'", "quickstart")
+    assert not (tmp_path / "other.yaml").exists()
+
+
+# -- quiet console, log.txt -----------------------------------------------------------------------
+
+
+def test_run_keeps_library_output_in_the_study_log(tmp_path: Path, tiny_llama_dir: Path,
+                                                   glue_dir: Path) -> None:
+    """Train one tiny LoRA run and bench it unmerged. The bench unit's process (forked from the
+    bench server, outside pytest's warning filters) gets transformers' FutureWarning about
+    `is_gradient_checkpointing` from peft: it must be in log.txt under the unit's label and
+    nowhere on the console."""
+    spec = spec_for(tmp_path, tiny_llama_dir, train_samples=16, eval_samples=8)
+    spec["bench"].update(modes=["unmerged"], batch_sizes=[1])
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    res = cli("run", path, "--stages", "data,finetune,bench", "--data-dir", glue_dir)
+    assert res.code == 0, res.err
+    run_id = load_spec(path).runs()[0].run_id
+    log = (tmp_path / "study" / "log.txt").read_text()
+    unit = f"[bench unmerged/{run_id}]"
+    assert any(unit in line and "Warning" in line for line in log.splitlines()), log
+    assert "[peftlab] pid" in log
+    console = res.out + res.err
+    for line in log.splitlines():
+        message = line.split("] ", 1)[1]
+        assert message not in console, message
+    assert "Warning" not in console and "warnings.warn" not in console
+    assert says(res.err, f"done {run_id}", "finetune", "1/1", "eta", "library messages:")

@@ -189,33 +189,45 @@ def test_divergence_threshold_stops_the_run(tmp_path, tiny_llama_dir):
     assert row["status"] == "failed" and row["reason"].startswith("diverged")
 
 
+def _wait_for_training_steps(db: Path, proc: subprocess.Popen, steps: int) -> int:
+    """Block until the running record reports at least `steps` training steps (finetune writes
+    the steps done at every log), or fail if the process ends first; return the steps seen."""
+    import json
+
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before step {steps}")
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as con:
+                    row = con.execute("SELECT data FROM records WHERE tbl='runs'").fetchone()
+            except sqlite3.OperationalError:  # the table is being created
+                row = None
+            rec = json.loads(row[0]) if row else {}
+            if rec.get("status") == "running" and rec.get("steps", 0) >= steps:
+                return rec["steps"]
+        time.sleep(0.05)
+    pytest.fail(f"the run never reached step {steps}")
+
+
 def test_killed_run_restarts_cleanly(tmp_path, tiny_llama_dir):
     """SIGKILL mid-training: plan says interrupted, the next run trains it again from scratch."""
     training = {"max_steps": 400, "batch_size": 8, "logging_steps": 1, "bootstrap_samples": 0}
     study = _study(tmp_path, tiny_llama_dir, tasks=[_toy_task(tmp_path)], methods=("lora",),
                    seeds=(1,), data={}, training=training)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "run", str(study.path),
                              "--stages", "data,finetune"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = study.output_dir / "results.sqlite"
-    deadline = time.time() + 120
     try:
-        while time.time() < deadline:
-            if db.exists() and list((study.output_dir / "runs").glob("*.tmp-*")):
-                with sqlite3.connect(db) as con:
-                    row = con.execute("SELECT data FROM records WHERE tbl='runs'").fetchone()
-                if row and '"running"' in row[0]:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never started")
-        time.sleep(1.0)  # well inside training
-        proc.send_signal(signal.SIGKILL)
+        seen = _wait_for_training_steps(study.output_dir / "results.sqlite", proc, steps=3)
+        proc.send_signal(signal.SIGKILL)  # mid-training: 3 of 400 steps are done
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert 3 <= seen < 400
     (row,) = plan(study)
     assert row["status"] == "interrupted"
     leftovers = list((study.output_dir / "runs").glob("*.tmp-*"))

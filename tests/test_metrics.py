@@ -3,7 +3,7 @@ bootstrap checked replicate by replicate against the same functions on the resam
 
 from __future__ import annotations
 
-import time
+import math
 
 import numpy as np
 import pytest
@@ -141,11 +141,25 @@ def test_regression_metrics_and_nan_aware_interval():
         assert np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"])
 
 
-def test_bootstrap_is_fast():
+def test_blocked_bootstrap_bounds_memory_and_equals_one_block(monkeypatch):
+    # Performance lives in benchmarks/; here: the blocking that bounds memory changes nothing.
+    import peftlab.metrics as metrics
+
     y_true, y_pred = _binary(1000, seed=5)
-    start = time.perf_counter()
-    compute_metrics(["accuracy"], y_true, y_pred, n_bootstrap=1000)
-    assert time.perf_counter() - start < 1.0
+    names = ["accuracy", "f1", "mcc"]
+    one_block = compute_metrics(names, y_true, y_pred, n_bootstrap=300, seed=2)
+    shapes = []
+
+    def recording(indices, n):
+        shapes.append(indices.shape)
+        return counts_from_indices(indices, n)
+
+    monkeypatch.setattr(metrics, "_BLOCK_CELLS", 7 * 1000)  # 7 resamples of 1000 per block
+    monkeypatch.setattr(metrics, "counts_from_indices", recording)
+    blocked = compute_metrics(names, y_true, y_pred, n_bootstrap=300, seed=2)
+    assert blocked == one_block
+    assert max(rows * n for rows, n in shapes) <= 7 * 1000
+    assert sum(rows for rows, _ in shapes) == 300 and len(shapes) == math.ceil(300 / 7)
 
 
 def test_input_checks_and_no_bootstrap():

@@ -1,15 +1,19 @@
-"""The report built from a small fixed results store (no training): sections, numbers traced back
-to the store, escaping, well-formed self-contained HTML, figures.
+"""The report built from a small fixed results store (no training): the answers first, the trust
+panel, numbers traced back to the store, every measure with its floor, escaping, well-formed
+self-contained HTML, figures, and (with Chromium) the first screen at 1280 x 800.
 
     .venv/bin/python -m pytest tests/test_report.py -q
 
-The store is `peftlab.sample_study` (see tests/test_analysis.py). When Chromium is installed,
-one test renders report.html headless and checks the browser sees every figure.
+The store is `peftlab.sample_study` (see tests/test_analysis.py): every MRPC run and one RTE run
+learned nothing. When Chromium is installed, one test renders report.html headless, saves a
+1280 x 800 screenshot and measures the layout with an injected probe: nothing wider than the
+page, and both answers with their figures inside the first 800 px.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -20,23 +24,30 @@ import pytest
 from rich.console import Console
 from scipy import stats as sst
 
+from peftlab.measures import label as measure_label
 from peftlab.sample_study import SCRIPT, write_sample
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report import run as report_stage
+from peftlab.stages.report.document import FOLD_ROWS
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
 from peftlab.study import Context
 
-SECTIONS = ["How to read this report", "Summary of findings", "Runs", "Accuracy",
+FRONT = ["Answers", "Can these answers be trusted?"]
+SECTIONS = ["Findings", "How to read this report", "Runs", "Accuracy",
             "Representational drift", "Weight space", "Deployment", "Deployment decision",
             "Data", "Environment and provenance"]
-SUBSECTIONS = ["Correctness gate", "Latency distributions", "Percentiles and throughput",
+SUBSECTIONS = ["Primary endpoints", "Exploratory: drift", "Exploratory: seed noise",
+               "Correctness gate", "Latency distributions", "Percentiles and throughput",
                "Sweep over batch size and sequence length",
                "Unmerged overhead and its compute floor", "Memory", "Load times", "Storage"]
 # A number as printed: optional sign, digits, optional decimals and percent sign; not part of a
 # word (the 2 of "sst2") or of a longer number.
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?(?![\w])")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--hide-scrollbars", "--window-size=1280,800"]
 
 
 def _build(study) -> dict:
@@ -80,17 +91,49 @@ def _tables(md: str) -> list[list[list[str]]]:
     return tables
 
 
-def test_report_has_every_section_and_names_every_run(built):
+def _comparisons(built) -> list[dict]:
+    """The stored comparisons in the study's order (as the report lists them)."""
+    return sorted((r for r in built["stats"] if r["kind"] in ("comparison", "across_tasks")),
+                  key=lambda r: r["order"])
+
+
+def test_report_answers_first_then_supports(built):
     md, html = built["md"], built["html"]
-    for title in SECTIONS:
-        assert re.search(rf"^## {re.escape(title)}$", md, flags=re.M), title
+    order = [md.index(f"## {t}\n") for t in FRONT + ["Contents"] + SECTIONS]
+    assert order == sorted(order)  # the answers and the trust panel come before the contents
+    for title in FRONT + SECTIONS:
         assert f">{title}</h2>" in html, title
     for title in SUBSECTIONS:
         assert re.search(rf"^### {re.escape(title)}$", md, flags=re.M), title
     for run in built["runs"]:
         assert run["run_id"] in md
-    assert "insufficient runs" in _section(md, "Summary of findings")
+    answers = _section(md, "Answers")
+    # each question with its outcome words and the primary estimate with its interval
+    rq1 = next(c for c in _comparisons(built) if c.get("question") == "RQ1")
+    assert f"**RQ1 · Does lora drift less than full?** — **{rq1['outcome']}**" in answers
+    assert (f"{f.similarity(rq1['diff'])} "
+            f"{f.interval(rq1['diff_ci_low'], rq1['diff_ci_high'], f.similarity)}") in answers
+    assert f"primary family of {rq1['family_size']}" in answers
+    assert "**RQ2 · What does each way of serving a PEFT adapter cost?**" in answers
     assert "Not measured" not in md  # the sample has every table
+
+
+def test_the_trust_panel_flags_degenerate_runs_and_voids(built):
+    trust = _section(built["md"], "Can these answers be trusted?")
+    assert "10 of 17 finished runs" in trust and "mrpc 0 of 6" in trust
+    assert "**void** — degenerate runs on mrpc" in trust
+    rows = _tables(_section(built["md"], "Runs"))[0]
+    flagged = [r[0] for r in rows[1:] if r[6] == "DEGENERATE"]
+    assert len(flagged) == 7 and all(r.startswith(("mrpc-", "rte-lora-s2")) for r in flagged)
+    drift = _section(built["md"], "Representational drift")
+    assert "**mrpc:** every run with drift records is degenerate" in drift
+    assert "7 degenerate run(s) are left out of the lines" in drift
+    # the minimum detectable effect of every tested primary comparison, in d_z and in units
+    power = next(t for t in _tables(trust) if t[0][0] == "Question")
+    tested = [c for c in _comparisons(built) if c["role"] == "primary" and c["status"] == "ok"]
+    assert len(power) == 1 + len(tested)
+    for row, c in zip(power[1:], tested, strict=True):
+        assert row[5] == f.stat(c["mde_dz"]) and row[6] == fnd.value_format(c)(c["mde_diff"])
 
 
 def test_accuracy_table_numbers_come_from_the_runs(built):
@@ -112,7 +155,12 @@ def test_accuracy_table_numbers_come_from_the_runs(built):
         assert len(cells) == len(seeds)
         for seed, cell in zip(seeds, cells, strict=True):
             m = runs[(task, method, seed)]["metrics"][metric]
-            assert cell == f"s{seed}: {m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+            assert cell.startswith(f"s{seed}: {m['value']:.4f} [{m['ci_low']:.4f}, "
+                                   f"{m['ci_high']:.4f}]")
+    # the baselines beside them: the majority-class rate of MRPC is the degenerate runs' F1
+    base = _tables(_section(built["md"], "Accuracy"))[1]
+    mrpc = next(r for r in base if r[0] == "mrpc")
+    assert mrpc[4].startswith("0.8000") and "always 'equivalent'" in mrpc[4]
 
 
 def _printed_forms(value) -> set[str]:
@@ -128,37 +176,94 @@ def _printed_forms(value) -> set[str]:
         for fmt in (f.metric, f.pvalue, f.stat, f.dof, f.ms, f.pct, f.share, f.integer):
             text = fmt(value)
             out |= {text, text.lstrip("+"), text.replace("< ", "")}
-        out.add(f"{round(100 * value)}%")  # confidence levels: "95% CI"
-    elif isinstance(value, str) and value.isdigit():
-        out.add(value)  # seeds as keys of `missing`
+        out.add(f"{round(100 * value)}%")  # confidence levels: "95% CI", power "80%"
+    elif isinstance(value, str):
+        out |= {x for x in NUMBER.findall(value)}  # numbers inside stored text (reasons)
     return out
 
 
 def test_every_number_in_the_findings_is_in_the_stats_table(built):
-    summary = _section(built["md"], "Summary of findings")
-    comparisons = [r for r in built["stats"] if r["kind"] == "comparison"]
+    findings = _section(built["md"], "Findings")
+    comparisons = _comparisons(built)
     settings = next(r for r in built["stats"] if r["kind"] == "settings")
-    bullets = [line[2:] for line in summary.splitlines() if line.startswith("- ")]
-    assert len(bullets) >= 10
-    for bullet in bullets:
-        # the one comparison a finding is about: where it was made, its two sides, its quantity
+    bullets = [line[2:] for line in findings.splitlines() if line.startswith("- ")]
+    tested = [b for b in bullets if not b.startswith(("**void**", "**insufficient runs**"))]
+    assert len(tested) >= 10
+    for bullet in tested:
+        # the one comparison a finding is about: where it was made, its sides, its quantity
         matches = [c for c in comparisons
                    if bullet.startswith(f.md_text(fnd.where(c)) + ": ")
                    and all(f.md_text(x) in bullet for x in (fnd.name(c, "a"), fnd.name(c, "b"),
                                                              fnd.quantity(c)))]
         assert len(matches) == 1, bullet
         c = matches[0]
-        assert c["outcome"].split()[0] in bullet  # phrased from its stored outcome
+        assert f"**{c['outcome']}**" in bullet  # phrased from its stored outcome
         allowed = (_printed_forms(c) | _printed_forms(list(c.get("missing", {})))
                    | _printed_forms(settings))
         for number in NUMBER.findall(bullet):
             assert number in allowed, (number, bullet)
-    counts = re.search(r"(\d+) comparisons: (\d+) significant, (\d+) equivalent, "
-                       r"(\d+) inconclusive, (\d+) insufficient runs", summary)
+        if c["outcome"] == "inconclusive":  # what the study could have detected
+            assert f.md_text(f"|d_z| ≥ {f.stat(c['mde_dz'])}") in bullet
+    counts = re.search(r"(\d+) comparisons: (\d+) different, (\d+) negligible, (\d+) equivalent, "
+                       r"(\d+) inconclusive, (\d+) insufficient runs, (\d+) void", findings)
     assert counts and int(counts.group(1)) == len(comparisons)
-    for i, outcome in enumerate(("significant", "equivalent", "inconclusive",
-                                 "insufficient runs"), start=2):
+    for i, outcome in enumerate(("different", "negligible", "equivalent", "inconclusive",
+                                 "insufficient runs", "void"), start=2):
         assert int(counts.group(i)) == sum(c["outcome"] == outcome for c in comparisons)
+
+
+def test_comparisons_not_tested_collapse_to_one_line_per_reason(built):
+    findings = _section(built["md"], "Findings")
+    untested = [c for c in _comparisons(built) if c["status"] != "ok"]
+    lines = [line for line in findings.splitlines()
+             if line.startswith(("- **void**", "- **insufficient runs**"))]
+    reasons = {(c["family"], fnd.untested_key(c)) for c in untested}
+    assert len(lines) == len(reasons) < len(untested) / 2
+    total = sum(int(re.search(r": (\d+) comparisons?", line).group(1)) for line in lines)
+    assert total == len(untested)
+
+
+def test_every_measure_is_reported_with_its_floor_and_p(built):
+    drift = _section(built["md"], "Representational drift")
+    band_table = next(t for t in _tables(drift) if "Null floor (q95)" in t[0] and "Band (layers)"
+                      in t[0])
+    header = band_table[0]
+    summaries = sorted((r for r in built["stats"] if r["kind"] == "summary"
+                        and r["area"] == "drift"), key=lambda r: r["order"])
+    assert len(band_table) == 1 + len(summaries)
+    measures = {row[1] for row in band_table[1:]}
+    assert measures == {measure_label(m) for m in ("linear_cka_debiased", "linear_cka",
+                                                   "centered_cosine", "cosine", "procrustes",
+                                                   "knn")}
+    assert "uncentred cosine" in measures
+    q95, null_mean, p = (header.index(h) for h in ("Null floor (q95)", "Null mean",
+                                                    "Permutation p (max)"))
+    for row, sm in zip(band_table[1:], summaries, strict=True):
+        assert row[q95] == f.similarity(sm.get("null_q95"))  # the floor is the 95% quantile
+        assert row[null_mean] == f.similarity(sm.get("null_mean"))
+        assert row[p] == f.pvalue(sm.get("p_max"))
+    biased = [r for r in band_table[1:] if r[1] == "linear CKA" and r[2].startswith("mean")
+              and r[4] != "0"]  # tasks with learned runs
+    assert biased and all(r[q95] != f.MISSING for r in biased)  # biased CKA beside its floor
+    # layer 0 stands apart: its own band, never inside the others
+    assert any(r[2] == "embeddings (0)" for r in band_table[1:])
+    assert all("(0-" not in r[2] for r in band_table[1:])
+    layer_table = next(t for t in _tables(drift) if "Probe bootstrap CI (mean bounds)" in t[0])
+    assert len(layer_table) > 1
+
+
+def test_long_tables_fold_in_html_and_stay_complete_in_markdown(built):
+    html, md = built["html"], built["md"]
+    root = ET.fromstring(html.removeprefix("<!DOCTYPE html>"))
+    folded = [d for d in root.iter("details")]
+    assert folded
+    for d in folded:
+        rows = list(d.iter("tr"))[1:]
+        assert len(rows) > FOLD_ROWS
+        summary = "".join(d.find("summary").itertext())
+        assert summary.endswith(f"({len(rows)} rows)")
+    longest = max(len(t) - 1 for t in _tables(md))
+    assert longest == max(len(list(d.iter("tr"))) - 1 for d in folded)
 
 
 def test_html_is_well_formed_and_self_contained(built):
@@ -175,16 +280,21 @@ def test_html_is_well_formed_and_self_contained(built):
     assert "@import" not in html and "url(" not in html  # nothing fetched from the CSS either
 
 
+# RQ1 forest + RQ2 ratios + accuracy + 2 drift tasks (every MRPC run is degenerate: no learned
+# run to draw) + 4 ECDFs (3 tasks, the multi-adapter group) + sweep
+FIGURES = 10
+
+
 def test_figures_are_embedded_pngs(built):
     root = ET.fromstring(built["html"].removeprefix("<!DOCTYPE html>"))
     images = list(root.iter("img"))
     captions = re.findall(r"^\*Figure (\d+) \(in report\.html\)", built["md"], flags=re.M)
-    # accuracy + 2 drift tasks + 3 ECDFs (sst2, mrpc, multi/mixed) + sweep
-    assert len(images) == len(captions) == 7
+    assert len(images) == len(captions) == FIGURES
     for img in images:
         data = base64.b64decode(img.get("src").split(",", 1)[1], validate=True)
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
         assert img.get("alt")
+    assert [img.get("alt") for img in images[:2]] == ["RQ1 forest plot", "RQ2 latency ratios"]
 
 
 def test_dataset_and_spec_text_is_escaped(built):
@@ -210,17 +320,65 @@ def test_sections_without_results_say_not_measured(tmp_path):
     for title in ("Representational drift", "Weight space", "Deployment",
                   "Deployment decision"):
         assert "**Not measured**" in _section(md, title), title
+    answers = _section(md, "Answers")
+    assert answers.count("— **not measured**") == 2  # neither question has its data
     assert "Accuracy" in md and not list(study.output_dir.glob("*.tmp-*"))
 
 
-def test_chromium_renders_the_figures(built):
-    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                     if shutil.which(n)), None)
-    if chromium is None:
+# A layout probe injected into a copy of report.html (the report itself has no script): with
+# every <details> opened, the widest element and the page's scroll width, and where the two
+# answers' texts and figures lie.
+PROBE = """<script>
+window.addEventListener('load', function () {
+  function box(sel) { var el = document.querySelector(sel); if (!el) return null;
+    var r = el.getBoundingClientRect();
+    return {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY, right: r.right}; }
+  var first = {rq1_text: box('#rq1 .answer-text'), rq1_figure: box('#rq1 img'),
+               rq2_text: box('#rq2 .answer-text'), rq2_figure: box('#rq2 img')};
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  var widest = 0, what = '';
+  document.querySelectorAll('body *').forEach(function (el) {
+    var r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > widest) { widest = r.right; what = el.tagName; } });
+  var out = {first: first, widest: widest, widest_element: what,
+             scroll_width: document.documentElement.scrollWidth, width: window.innerWidth};
+  var pre = document.createElement('pre'); pre.id = 'layout-probe';
+  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium():
+    found = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                  if shutil.which(n)), None)
+    if found is None:
         pytest.skip("Chromium is not installed: headless rendering of report.html not checked")
+    return found
+
+
+def test_chromium_first_screen_answers_both_questions(built, tmp_path):
+    chromium = _chromium()
     page = built["study"].output_dir / "report.html"
-    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert len(re.findall(r'<img src="data:image/png;base64,', out)) == 7
-    assert "Summary of findings" in out
+    shot = tmp_path / "first-screen.png"
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-shot'}",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120,
+                   check=True)
+    png = shot.read_bytes()
+    assert png.startswith(b"\x89PNG")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1280, 800)
+    probe_page = tmp_path / "probe.html"
+    probe_page.write_text(built["html"].replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", probe_page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    m = re.search(r'<pre id="layout-probe">(.*?)</pre>', dom, flags=re.S)
+    assert m, dom[-2000:]
+    layout = json.loads(m.group(1))
+    assert layout["width"] == 1280
+    # nothing scrolls sideways, not even an opened table
+    assert layout["scroll_width"] <= 1280 and layout["widest"] <= 1280, layout
+    for name, b in layout["first"].items():
+        assert b is not None, name
+        assert b["bottom"] <= 800 and b["right"] <= 1280, (name, b)  # on the first screen
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == FIGURES

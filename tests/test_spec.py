@@ -15,9 +15,9 @@ import pytest
 
 from peftlab.errors import SpecError
 from peftlab.fixtures import tiny_spec, write_spec
-from peftlab.spec import RunConfig, Study, load_spec
+from peftlab.spec import SHIPPED_DIR, RunConfig, Study, load_spec
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = SHIPPED_DIR  # peftlab/studies: package data
 SHIPPED = sorted(STUDIES.glob("*.yaml")) + sorted(STUDIES.glob("*.yml"))
 
 
@@ -549,3 +549,144 @@ def test_file_task_needs_mapping_and_labels(tmp_path: Path) -> None:
                       "columns": {"text_a": "text", "label": "label"}}]
     msg = spec_error(tmp_path, spec)
     assert "tasks.0" in msg and "label_names" in msg
+
+
+# -- duplicate keys ------------------------------------------------------------------------------
+
+
+def _line_of(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line number of the nth line that starts with `needle` (indentation included)."""
+    hits = [i + 1 for i, line in enumerate(text.splitlines()) if line.startswith(needle)]
+    return hits[nth - 1]
+
+
+def test_duplicate_keys_at_any_depth_are_refused_with_key_path_and_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys silently; a spec must refuse them instead."""
+    text = write_spec(tmp_path / "ok.yaml", base_spec(tmp_path)).read_text()
+    assert "  epochs: 1\n" in text and "    r: 4\n" in text
+    text = ("name: first\n" + text.replace("  epochs: 1\n", "  epochs: 1\n  epochs: 5\n")
+            .replace("    r: 4\n", "    r: 4\n    r: 16\n") + "name: last\n")
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    msg = str(info.value)
+    lines = msg.splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{path}: ") for line in lines), msg
+    name = [_line_of(text, "name: ", n) for n in (1, 2, 3)]
+    assert f"{path}: name: key 'name' is given more than once " \
+           f"(lines {name[0]}, {name[1]} and {name[2]})" in msg
+    epochs = _line_of(text, "  epochs: 1")
+    assert f"{path}: training.epochs: key 'epochs' is given more than once " \
+           f"(lines {epochs} and {epochs + 1})" in msg
+    r = _line_of(text, "    r: 4")
+    assert f"methods.lora.r: key 'r' is given more than once (lines {r} and {r + 1})" in msg
+
+
+def test_duplicate_keys_inside_a_list_and_a_flow_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    text = write_spec(tmp_path / "ok.yaml", base_spec(tmp_path)).read_text()
+    assert "tasks:\n- sst2\n- rte\n" in text
+    text = text.replace("tasks:\n- sst2\n- rte\n", "tasks:\n- sst2\n- {name: rte, train_samples: 8, "
+                                                    "train_samples: 9}\n")
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    line = _line_of(text, "- {name: rte")
+    assert str(info.value) == (f"{path}: tasks[1].train_samples: key 'train_samples' is given "
+                               f"more than once (2 times on line {line}); keep one")
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    """`<<: *defaults` then an override is how YAML shares settings: not a repeated key."""
+    text = write_spec(tmp_path / "ok.yaml", base_spec(tmp_path)).read_text()
+    assert "\ntraining:\n" in text
+    text = text.replace("\ntraining:\n", "\ntraining:\n  <<: {epochs: 7, batch_size: 4}\n")
+    path = tmp_path / "merge.yaml"
+    path.write_text(text)
+    study = load_spec(path)
+    assert study.spec.training.epochs == 1  # the file's own key wins over the merged one
+    assert study.spec.training.batch_size == 8
+
+
+# -- shipped specs by name; starter specs --------------------------------------------------------
+
+
+def test_shipped_specs_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftlab.spec import find_spec, shipped_specs
+
+    monkeypatch.chdir(tmp_path)
+    assert set(shipped_specs()) >= {"quickstart", "tinyllama-glue"}
+    for name, path in shipped_specs().items():
+        assert path.parent == SHIPPED_DIR and find_spec(name) == path
+        assert find_spec(f"{name}.yaml") == path
+        assert load_spec(name, output_dir=str(tmp_path / "o")).path == path
+    # a file of your own wins over a shipped name; a path into a folder is never a name
+    mine = write_spec(tmp_path / "quickstart.yaml", base_spec(tmp_path))
+    assert find_spec("quickstart.yaml") == Path("quickstart.yaml")
+    assert load_spec("quickstart.yaml").spec.name == "tiny" and mine.is_file()
+    with pytest.raises(SpecError, match="sub/quickstart: spec file not found.*quickstart, "):
+        find_spec("sub/quickstart")
+    with pytest.raises(SpecError, match="'?nope'?: spec file not found.*tinyllama-glue"):
+        load_spec("nope")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_starter_spec_is_the_shipped_one_renamed(path: Path, tmp_path: Path) -> None:
+    from peftlab.spec import starter_spec
+
+    target = tmp_path / "my study-2.yaml"
+    text = starter_spec(path, target)
+    target.write_text(text)
+    new = load_spec(target)
+    old = load_spec(path, output_dir=str(tmp_path / "unused"))
+    assert new.spec.name == "my study-2"
+    assert new.spec.output_dir == Path("runs/my study-2")
+    assert [r.run_id for r in new.runs()] == [r.run_id for r in old.runs()]
+    assert new.spec.model_dump(exclude={"name", "output_dir"}) == \
+        old.spec.model_dump(exclude={"name", "output_dir"})
+    assert f"peftlab run {target}" in text and "written by `peftlab init`" in text
+    first_comment = path.read_text().splitlines()[0]
+    assert first_comment in text  # the shipped spec's own explanation stays
+
+
+# -- relative paths ------------------------------------------------------------------------------
+
+
+def test_relative_input_paths_resolve_against_the_spec_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama_dir: Path) -> None:
+    """Data files, a GLUE folder and a model folder beside the spec are found from anywhere;
+    output_dir stays relative to the current directory."""
+    sub = tmp_path / "sub"
+    (sub / "data").mkdir(parents=True)
+    (sub / "model").symlink_to(tiny_llama_dir)
+    (sub / "glue").mkdir()
+    (sub / "train.csv").write_text("text,stars\ngood,pos\nbad,neg\n")
+    (sub / "data" / "eval.csv").write_text("text,stars\nfine,pos\n")
+    spec = base_spec(tmp_path)
+    spec["output_dir"] = "out/study"
+    spec["model"]["name"] = "model"
+    spec["data"] = {"glue_dir": "glue"}
+    spec["tasks"] = [{"name": "reviews", "files": {"train": "train.csv", "eval": "data/eval.csv"},
+                      "columns": {"text_a": "text", "label": "stars"},
+                      "label_names": ["neg", "pos"]}]
+    write_spec(sub / "user.yaml", spec)
+    monkeypatch.chdir(tmp_path)
+    study = load_spec("sub/user.yaml")
+    s = study.spec
+    assert s.tasks[0].files == {"train": sub / "train.csv", "eval": sub / "data" / "eval.csv"}
+    assert s.data.glue_dir == sub / "glue"
+    assert s.model.name == str(sub / "model")  # the folder as written: symlinks are kept
+    assert s.output_dir == Path("out/study")  # not the spec's folder
+    assert study.runs()[0].task_data["files"]["train"] == str(sub / "train.csv")
+    # the same spec read from inside its folder means the same files
+    monkeypatch.chdir(sub)
+    assert load_spec("user.yaml").spec.tasks[0].files == s.tasks[0].files
+
+
+def test_model_aliases_and_hub_ids_are_not_paths(tmp_path: Path) -> None:
+    spec = base_spec(tmp_path)
+    spec["model"]["name"] = "tinyllama"
+    assert load(tmp_path, spec).spec.model.name == "tinyllama"
+    (tmp_path / "tinyllama").write_text("a file, not a model folder")
+    assert load(tmp_path, spec, "again.yaml").spec.model.name == "tinyllama"

@@ -1,6 +1,6 @@
 """Deployment benchmark: what serving each fine-tuned model costs, measured correctly.
 
-    peftlab bench studies/quickstart.yaml                       # the study's `bench` stage
+    peftlab bench quickstart                                    # the study's `bench` stage
                                                                 (peftlab/stages/bench.py)
     peftlab bench --model M --adapter A [--adapter B] ...       # one-off, see `bench_oneoff`
 

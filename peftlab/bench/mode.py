@@ -1,7 +1,13 @@
 """The interface every deployment mode follows, and the registry.
 
 Adding a mode is one file in `peftlab/bench/modes/` defining a `Mode` subclass with `@register`, plus
-one import line in `peftlab/bench/modes/__init__.py` (or a `MODES.register` call from a plug-in). A mode says what it serves and how:
+one import line in `peftlab/bench/modes/__init__.py` (or a `MODES.register` call from a plug-in).
+Nothing else names modes: the spec validates `bench.modes` against the registry, the planner asks
+each mode for its units, the stats stage asks each mode which comparisons it joins, the report
+labels and orders them by the mode's declarations. A mode says what it serves and how:
+
+    plan(candidates, settings)  the units it serves from the study's trained artifacts
+    comparisons                 the latency comparisons it joins (Comparison declarations)
 
     check(artifacts, methods)   refuse (UnsupportedMode) what it cannot serve, before any process starts
     weight_files(env)           files a cold load reads (their page cache is dropped first)
@@ -17,9 +23,10 @@ one import line in `peftlab/bench/modes/__init__.py` (or a `MODES.register` call
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from peftlab.errors import PeftlabError
+from peftlab.errors import PeftlabError, SpecError
 from peftlab.registry import Registry
 
 if TYPE_CHECKING:
@@ -34,6 +41,23 @@ class UnsupportedMode(PeftlabError):
     """This mode cannot serve these artifacts (e.g. mixed batches of DoRA adapters)."""
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A latency comparison a mode joins: this mode (a) against mode `other` (b), paired by seed.
+
+    reference: "same" - b is the same method's unit of mode `other` on the same task;
+    "full" - b is each full fine-tuning method of the study on the same task; "single" - b is the
+    same adapters served one at a time by mode `other` (multi-adapter modes).
+    equivalence: the comparison backs a no-difference claim, so it carries a TOST within
+    stats.latency_margin. claim: what it answers, in a few words, for the report.
+    """
+
+    other: str
+    reference: str = "same"
+    equivalence: bool = False
+    claim: str = ""
+
+
 class Mode:
     """One way of serving a fine-tuned model."""
 
@@ -44,6 +68,38 @@ class Mode:
     artifact_kind: ClassVar[str | None] = "peft"
     min_artifacts: ClassVar[int] = 1
     max_artifacts: ClassVar[int | None] = 1
+    comparisons: ClassVar[tuple[Comparison, ...]] = ()
+    label: ClassVar[str] = ""  # how the report names the mode ("merged adapter")
+
+    @property
+    def serves_several(self) -> bool:
+        """Several adapters on one base (its units serve several tasks)."""
+        return self.max_artifacts is None or self.max_artifacts > 1
+
+    def plan(self, candidates: list[Candidate], settings: PlanSettings) -> list[Any]:
+        """The units this mode serves (`bench.units.Unit`), from the study's trained artifacts.
+
+        Default, by what the mode serves: no artifact - once per task; one artifact - once per
+        candidate of `artifact_kind`; several - per method and seed, one adapter per task (see
+        `plan.group_for_seed`). Override for anything else.
+        """
+        if self.max_artifacts == 0:
+            return [u for task in settings.tasks
+                    for u in make_units(self, task, [], [task], settings)]
+        mine = [c for c in candidates if c.kind == self.artifact_kind]
+        if self.max_artifacts == 1:
+            return [u for c in mine for u in make_units(
+                self, c.unit_name, [c], [c.task], settings, method=c.method, seed=c.seed)]
+        units = []
+        for method in dict.fromkeys(c.method for c in mine):
+            group_of = [c for c in mine if c.method == method]
+            for seed in settings.seeds:
+                group, why = group_for_seed(group_of, seed, settings, method, self.name)
+                if group:
+                    units += make_units(self, "+".join(c.unit_name for c in group), group,
+                                        [c.task for c in group], settings, method=method,
+                                        seed=seed, unsupported=why)
+        return units
 
     def check(self, artifacts: list[dict[str, Any]], methods: list[Any]) -> None:
         """Raise UnsupportedMode naming the artifact and what was expected."""
@@ -99,6 +155,86 @@ class Mode:
 
     def extras(self, env: WorkerEnv, timing: Timing, state: dict[str, Any]) -> dict[str, Any]:
         return {}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained artifact that can be served.
+
+    artifact: the artifact dict (`peftlab.artifacts`); method: the study's method name (the
+    one-off uses the method type); seed: the training seed (None outside a study); method_obj:
+    the registered `Method` (None for a PEFT type peftlab has no method for).
+    """
+
+    artifact: dict[str, Any]
+    method: str | None
+    seed: int | None
+    method_obj: Any = None
+
+    @property
+    def kind(self) -> str:
+        return self.artifact["kind"]
+
+    @property
+    def task(self) -> str:
+        return self.artifact["task"]
+
+    @property
+    def unit_name(self) -> str:
+        return self.artifact.get("run_id") or self.artifact["name"]
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What a mode's planner may use besides the candidates."""
+
+    tasks: list[str]  # the tasks requests come from, in order
+    seeds: list[int | None]  # seeds whose runs are served ([None] outside a study)
+    multi_k: int | None  # adapters per multi-adapter unit (None: one per task)
+    variants: list[str]  # "" (eager) and e.g. "+compile"
+
+
+def group_for_seed(candidates: list[Candidate], seed: int | None, settings: PlanSettings,
+                   method: str | None, mode: str) -> tuple[list[Candidate], str | None]:
+    """The adapters of one multi-adapter unit: one per task for `seed`, then other seeds'
+    adapters (in seed order) when multi_k asks for more adapters than there are tasks.
+
+    Returns (group, reason it cannot be served or None); an empty group: nothing to plan.
+    """
+    mine = [c for c in candidates if c.seed == seed]
+    if not mine:
+        return [], None
+    k = settings.multi_k or (len(settings.tasks) if seed is not None else len(mine))
+    pool = mine + [c for s in settings.seeds if s != seed for c in candidates if c.seed == s]
+    if settings.multi_k is not None and settings.multi_k > len(mine):
+        pool += [c for c in candidates if c.seed not in settings.seeds]
+    if k > len(pool):
+        raise SpecError(f"bench.multi_k: {k} adapters of method {method!r} are needed for mode "
+                        f"{mode!r} but only {len(pool)} trained ones exist for seed {seed}")
+    group = pool[:k]
+    if len(group) < 2:
+        return group, (f"mode {mode!r} needs at least 2 adapters on one base; method "
+                       f"{method!r} has {len(group)} for seed {seed} (one task): add tasks or "
+                       "set bench.multi_k with more seeds")
+    return group, None
+
+
+def make_units(mode: Mode, name: str, group: list[Candidate], served: list[str],
+               settings: PlanSettings, *, method: str | None = None, seed: int | None = None,
+               unsupported: str | None = None) -> list[Any]:
+    """One `bench.units.Unit` per variant of `mode` on `group`; a unit the mode cannot serve
+    (`Mode.check` raises UnsupportedMode) carries the reason in `unsupported`."""
+    from peftlab.bench.units import Unit
+
+    if unsupported is None:
+        try:
+            mode.check([c.artifact for c in group], [c.method_obj for c in group])
+        except UnsupportedMode as err:
+            unsupported = str(err)
+    return [Unit(mode=mode.name + v, name=name, artifacts=[c.artifact for c in group],
+                 tasks_served=served, method=method,
+                 method_type=group[0].artifact.get("method_type") if group else None,
+                 seed=seed, unsupported=unsupported) for v in settings.variants]
 
 
 MODES: Registry[Mode] = Registry("bench mode")

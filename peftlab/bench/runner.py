@@ -12,7 +12,10 @@ isolation "subprocess": `python -m peftlab.bench.worker JOB RESULT`, a new inter
 "in-process": `worker.safe_run` in this process, for tests and debugging only (not isolated).
 
 Either way the child writes its result to a JSON file (atomically), so a child that dies (killed
-for memory, segfault) is reported with its exit code instead of hanging the parent.
+for memory, segfault) is reported with its exit code instead of hanging the parent. What a child
+writes to stderr (library warnings, load reports) goes to the study's log.txt under its unit's
+label, never to the console: the job carries the parent's log settings (`peftlab.logs`), and the
+server's own stderr is a pipe the parent reads into the same log.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peftlab import logs
 from peftlab.errors import PeftlabError
 
 ISOLATIONS = ("forkserver", "subprocess", "in-process")
@@ -40,7 +44,7 @@ def run_isolated(job: dict[str, Any], *, isolation: str = "forkserver",
     """The unit's result dict (see `worker.run_job`); status "failed" if the child died."""
     if isolation not in ISOLATIONS:
         raise PeftlabError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
-    job = {**job, "isolation": isolation}
+    job = {**job, "isolation": isolation, "log": logs.child_settings()}
     if isolation == "in-process":
         from peftlab.bench.worker import safe_run
 
@@ -50,13 +54,17 @@ def run_isolated(job: dict[str, Any], *, isolation: str = "forkserver",
         if isolation == "subprocess":
             job_path = Path(tmp) / "job.json"
             job_path.write_text(_roundtrip(job), encoding="utf-8")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "peftlab.bench.worker", str(job_path), str(result_path)],
+                stderr=subprocess.PIPE)
+            reader = logs.pump(proc.stderr)  # its imports' warnings, before it logs by itself
             try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "peftlab.bench.worker", str(job_path),
-                     str(result_path)], timeout=timeout_s, check=False)
-                code: int | None = proc.returncode
+                code: int | None = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
                 code = None
+            reader.join(timeout=10)
         else:
             code = _run_forkserver(job, Path(tmp) / "job.json", result_path, timeout_s)
         if result_path.is_file():
@@ -75,8 +83,12 @@ class ForkServer:
     """Client of `python -m peftlab.bench.server`, started on first use, one per process."""
 
     def __init__(self) -> None:
+        # stderr: a pipe read into the active study log (the server's import-time warnings;
+        # a child that was given no log settings writes there too)
         self.proc = subprocess.Popen([sys.executable, "-m", "peftlab.bench.server"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        logs.pump(self.proc.stderr)
         self.fd = self.proc.stdout.fileno()
         self.buf = b""
 

@@ -6,7 +6,9 @@ Protocol (one JSON object per line): the parent writes {"job": JOB_PATH, "result
 stdin; the server forks, answers {"started": CHILD_PID} at once and {"pid": CHILD_PID,
 "exit_code": N} when the child is gone (N < 0: killed by signal -N). The answers go to the
 server's original stdout; the server's fd 1 is pointed at stderr first, so whatever the libraries
-print in a child cannot corrupt the protocol. End of stdin ends the server.
+print in a child cannot corrupt the protocol. The server's stderr is a pipe that the parent reads
+into the study's log.txt, and each child sends its own output to that log file under its unit's
+label (`worker.child_main`, `peftlab.logs.capture_child`). End of stdin ends the server.
 
 Each child starts from the server's pristine state (libraries imported, no model, no CUDA context:
 the server never touches the GPU), runs `worker.child_main` and exits; nothing it allocates,

@@ -3,6 +3,7 @@
     timing = time_requests(call, stream.next, warmup=10, min_iterations=50, min_seconds=2.0,
                            max_seconds=60.0, device="cpu")
     stats = latency_stats(timing.latencies_ns)          # ms: mean, std, p50, p90, p95, p99, ...
+                                                        # + p50_ci, p99_ci, p99_note (n < 100)
 
 One timed iteration is one request: everything the server does for it (an adapter switch included)
 sits between the two clock reads, and nothing else does (choosing the next request, bookkeeping).
@@ -138,17 +139,36 @@ def time_requests(
                   else "perf_counter_ns")
 
 
-def latency_stats(latencies_ns: list[int] | np.ndarray) -> dict[str, float | int]:
-    """Summary of raw latencies, in ms: count, total_ms, mean, std, min, p50, p90, p95, p99, max.
+# p99 is the interpolation of the slowest 1% of requests: below 100 requests that is fewer than one
+# request, so its value is read off the one or two slowest calls and no interval can cover it.
+MIN_P99_REQUESTS = 100
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+TOO_FEW_FOR_P99 = f"too few requests (n < {MIN_P99_REQUESTS})"
+
+
+def latency_stats(latencies_ns: list[int] | np.ndarray, *,
+                  resamples: int = BOOTSTRAP_RESAMPLES,
+                  seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+    """Summary of raw latencies, in ms: count, total_ms, mean, std, min, p50, p90, p95, p99, max,
+    and bootstrap intervals for p50 and p99.
 
     Percentiles are NumPy's `np.percentile` with its default linear interpolation; std is the
     sample standard deviation (ddof=1; 0 for a single value); cv = std / mean.
+
+    Intervals: `p50_ci` / `p99_ci` = [low, high] ms, the percentile bootstrap (`resamples`
+    resamples of the raw latencies with replacement, seeded by `seed`, so the same latencies give
+    the same interval) at `ci_level` (0.95). `p99_reliable` is False and `p99_note` says
+    "too few requests (n < 100)" when fewer than `MIN_P99_REQUESTS` latencies back p99: `p99` is
+    still the raw percentile (for old readers), but `p99_ci` is None and a report must print
+    the note instead of the number. `p99_n` is the number of requests p99 rests on.
     """
     x = np.asarray(latencies_ns, dtype=np.float64) / 1e6
     if x.size == 0:
         raise ValueError("no latencies to summarise")
     std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
-    out: dict[str, float | int] = {
+    out: dict[str, Any] = {
         "count": int(x.size),
         "total_ms": float(x.sum()),
         "mean": float(x.mean()),
@@ -159,7 +179,44 @@ def latency_stats(latencies_ns: list[int] | np.ndarray) -> dict[str, float | int
     for q in PERCENTILES:
         out[f"p{q}"] = float(np.percentile(x, q))
     out["max"] = float(x.max())
+    reliable = x.size >= MIN_P99_REQUESTS
+    ci = bootstrap_percentile_ci(x, (50, 99) if reliable else (50,), resamples=resamples,
+                                 seed=seed, level=CI_LEVEL)
+    out.update({
+        "p50_ci": ci[50],
+        "p99_ci": ci.get(99),
+        "p99_n": int(x.size),
+        "p99_reliable": bool(reliable),
+        "p99_note": None if reliable else TOO_FEW_FOR_P99,
+        "ci_level": CI_LEVEL,
+        "ci_method": f"percentile bootstrap, {resamples} resamples, seed {seed}",
+    })
     return out
+
+
+def bootstrap_percentile_ci(x: np.ndarray, qs: tuple[int, ...], *, resamples: int, seed: int,
+                            level: float = CI_LEVEL) -> dict[int, list[float] | None]:
+    """Percentile-bootstrap interval [low, high] of each percentile q in `qs` of the values `x`.
+
+    Resampling is done in chunks (at most ~4 million drawn values at a time), so 10^4 latencies x
+    2000 resamples need tens of MB, not 160. A single value gives [x, x].
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 1:
+        return {q: [float(x[0]), float(x[0])] for q in qs}
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(resamples, 4_000_000 // x.size))
+    draws = []
+    done = 0
+    while done < resamples:
+        m = min(chunk, resamples - done)
+        idx = rng.integers(0, x.size, size=(m, x.size))
+        draws.append(np.percentile(x[idx], qs, axis=1))  # [len(qs), m]
+        done += m
+    boot = np.concatenate(draws, axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=1)
+    return {q: [float(lo[i]), float(hi[i])] for i, q in enumerate(qs)}
 
 
 def throughput(latencies_ns: list[int], rows: list[int], tokens: list[int],

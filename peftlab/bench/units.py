@@ -76,16 +76,6 @@ def check_lengths(seq_lengths: list[int | str], base: dict[str, Any], where: str
                         f"{base['describe']}")
 
 
-def check_unit(unit: Unit, methods: list[Any]) -> None:
-    """Ask the mode whether it can serve the unit; note the reason on the unit if not."""
-    from peftlab.bench.modes import UnsupportedMode, get_mode
-
-    try:
-        get_mode(unit.mode).check(unit.artifacts, methods)
-    except UnsupportedMode as err:
-        unit.unsupported = str(err)
-
-
 def make_job(unit: Unit, *, model: dict[str, Any], device: str, settings: dict[str, Any],
              tasks: dict[str, dict[str, Any]], points: list[tuple[int, Any]]) -> dict[str, Any]:
     """The JSON job a worker runs (see `worker.run_job`). tasks: name -> {num_labels,

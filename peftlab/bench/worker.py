@@ -166,9 +166,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     # Everything alive now (the imported libraries: ~10^6 objects) is never garbage: freezing it
     # makes each later gc.collect() between loads take milliseconds instead of ~0.4 s.
     gc.freeze()
-    if job.get("isolation") in ("forkserver", "subprocess"):
-        # A unit loads its model 3-6 times (cold, repeats, gate references): one "newly
-        # initialized head" report per load is noise here; the gate checks the head instead.
+    if job.get("isolation") in ("forkserver", "subprocess") and not job.get("log"):
+        # A unit loads its model 3-6 times (cold, repeats, gate references): with no study log
+        # to hold them, one "newly initialized head" report per load is noise on the console;
+        # the gate checks the head instead. With a log (child_main), they are kept there.
         transformers.logging.set_verbosity_error()
     settings = job["settings"]
     if settings.get("threads"):
@@ -357,7 +358,16 @@ def safe_run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(job: dict[str, Any], result_path: str) -> None:
-    """Entry point of a unit process: run the job, write the result JSON atomically."""
+    """Entry point of a unit process: run the job, write the result JSON atomically.
+
+    With `job["log"]` (the parent's `peftlab.logs.child_settings()`), everything the process
+    writes (library warnings, load reports, stray prints) goes to the study's log.txt under the
+    unit's label instead of the console.
+    """
+    if job.get("log"):
+        from peftlab.logs import capture_child
+
+        capture_child(job["log"])
     atomic_write_text(Path(result_path), dumps(safe_run(job)))
 
 

@@ -118,9 +118,11 @@ def wrap_peft(model: nn.Module, config: Any, head_names: list[str]) -> nn.Module
     """
     from peft import get_peft_model
 
+    heads = list(dict.fromkeys(head_names))  # before PEFT extends the list it was given in place
+    config.modules_to_save = list(heads)
     peft_model = get_peft_model(model, config)
     for cfg in peft_model.peft_config.values():
-        cfg.modules_to_save = list(head_names)
+        cfg.modules_to_save = list(heads)
     return peft_model
 
 

@@ -11,6 +11,7 @@ from peftlab.bench.mode import Mode, register
 class Base(Mode):
     name = "base"
     order = 0
+    label = "base model (fresh head)"
     artifact_kind = None
     min_artifacts = 0
     max_artifacts = 0

@@ -13,6 +13,7 @@ from peftlab.bench.mode import Mode, register
 class Full(Mode):
     name = "full"
     order = 10
+    label = "fully fine-tuned model"
     artifact_kind = "full"
 
     def weight_files(self, env):

@@ -11,13 +11,17 @@ import tempfile
 from typing import Any
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Mode, UnsupportedMode, register
+from peftlab.bench.mode import Comparison, Mode, UnsupportedMode, register
 
 
 @register
 class Merged(Mode):
     name = "merged"
     order = 30
+    label = "merged adapter"
+    # "merging removes the overhead" is a no-difference claim: it carries an equivalence test
+    comparisons = (Comparison("full", "full", equivalence=True,
+                              claim="a merged adapter serves as fast as full fine-tuning"),)
 
     def check(self, artifacts, methods):
         super().check(artifacts, methods)

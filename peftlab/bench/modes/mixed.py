@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import UnsupportedMode, register
+from peftlab.bench.mode import Comparison, UnsupportedMode, register
 from peftlab.bench.modes.multi import AdapterGroup
 
 
@@ -17,6 +17,9 @@ from peftlab.bench.modes.multi import AdapterGroup
 class Mixed(AdapterGroup):
     name = "mixed"
     order = 50
+    label = "several adapters in one batch"
+    comparisons = (Comparison("unmerged", "single", equivalence=True,
+                              claim="mixed-adapter batches cost no more than one adapter"),)
 
     def check(self, artifacts, methods):
         super().check(artifacts, methods)

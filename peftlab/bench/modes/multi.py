@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Mode, UnsupportedMode, register
+from peftlab.bench.mode import Comparison, Mode, UnsupportedMode, register
 
 
 def check_group(mode: str, artifacts: list[dict[str, Any]]) -> None:
@@ -52,6 +52,9 @@ class AdapterGroup(Mode):
 class Multi(AdapterGroup):
     name = "multi"
     order = 40
+    label = "several adapters, switched per request"
+    comparisons = (Comparison("unmerged", "single", equivalence=True,
+                              claim="several adapters on one base cost no more than one"),)
 
     def make_call(self, env, model, forward):
         state = env.state

@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Mode, register
+from peftlab.bench.mode import Comparison, Mode, register
 
 
 @register
 class Unmerged(Mode):
     name = "unmerged"
     order = 20
+    label = "unmerged adapter"
+    comparisons = (
+        Comparison("merged", "same", claim="what the live adapter path costs"),
+        Comparison("full", "full", claim="an unmerged adapter against full fine-tuning"),
+    )
 
     def load(self, env) -> Any:
         return env.loader.adapters(env.artifacts, env.seed)

@@ -5,6 +5,12 @@ thing. All text is plain text until rendering, where it is escaped for the targe
 (`format.md_text`) or HTML (`html.escape`). The HTML is self-contained: CSS inline, figures as
 base64 PNG data URIs, no script, no external URL; it is also well-formed XML (XHTML syntax), so
 it can be checked with any XML parser.
+
+Layout: the document's `front` sections (the answers and the trust panel) come first, before the
+table of contents, so the first screen answers the research questions; an `Answer` block puts
+its text beside its figure (a two-column grid in HTML). Tables longer than `FOLD_ROWS` rows fold
+into a <details> element in HTML (report.md always holds every row), and the CSS lets every cell
+wrap, so nothing is wider than the page at 1280 px.
 """
 
 from __future__ import annotations
@@ -15,9 +21,15 @@ from dataclasses import dataclass, field
 
 from peftlab.stages.report.format import html_text, md_line, md_text
 
+FOLD_ROWS = 12  # HTML tables with more rows than this fold into <details>
+
 
 class Strong(str):
     """A span of a paragraph shown in bold."""
+
+
+class Outcome(str):
+    """An outcome word (different, equivalent, ...) shown as a badge; bold in Markdown."""
 
 
 @dataclass
@@ -40,6 +52,7 @@ class Table:
     rows: list[list[str]]
     caption: str = ""
     numeric: list[bool] | None = None  # right-align these columns
+    fold: bool | None = None  # HTML: fold into <details>; None: when longer than FOLD_ROWS
 
 
 @dataclass
@@ -55,7 +68,18 @@ class Code:
     text: str
 
 
-Block = Paragraph | Bullets | Table | Figure | Code
+@dataclass
+class Answer:
+    """One research question answered: a heading line, the answer's paragraphs, its figure."""
+
+    question: str  # "RQ1: does lora drift less than full fine-tuning?"
+    outcome: list[str]  # the outcome words, shown above the text
+    paragraphs: list[Paragraph]
+    figure: Figure | None = None
+    anchor: str = ""
+
+
+Block = Paragraph | Bullets | Table | Figure | Code | Answer
 
 
 @dataclass
@@ -80,6 +104,7 @@ class Document:
     title: str
     intro: list[Block]
     sections: list[Section]
+    front: list[Section] = field(default_factory=list)  # before the contents: the answers
 
 
 def slug(text: str) -> str:
@@ -93,11 +118,13 @@ def number_figures(doc: Document) -> list[Figure]:
     def walk(sections: list[Section]) -> None:
         for s in sections:
             for b in s.blocks:
-                if isinstance(b, Figure):
-                    figures.append(b)
-                    b.number = len(figures)
+                fig = b.figure if isinstance(b, Answer) else b
+                if isinstance(fig, Figure):
+                    figures.append(fig)
+                    fig.number = len(figures)
             walk(s.subsections)
 
+    walk(doc.front)
     walk(doc.sections)
     return figures
 
@@ -106,7 +133,7 @@ def number_figures(doc: Document) -> list[Figure]:
 
 
 def _md_spans(p: Paragraph) -> str:
-    text = "".join(f"**{md_text(s)}**" if isinstance(s, Strong) else md_text(s)
+    text = "".join(f"**{md_text(s)}**" if isinstance(s, (Strong, Outcome)) else md_text(s)
                    for s in p.spans)
     return md_line(text)
 
@@ -133,6 +160,14 @@ def _md_block(b: Block) -> str:
         # can be entity-escaped like every other text of the report (a fence shows entities
         # literally).
         return f"<pre><code>{html_text(b.text.rstrip())}</code></pre>"
+    if isinstance(b, Answer):
+        lines = [f"**{md_text(b.question)}** — "
+                 + ", ".join(f"**{md_text(o)}**" for o in b.outcome), ""]
+        for p in b.paragraphs:
+            lines += [_md_spans(p), ""]
+        if b.figure is not None:
+            lines.append(_md_block(b.figure))
+        return "\n".join(lines).rstrip()
     raise TypeError(f"unknown block {type(b).__name__}")
 
 
@@ -140,8 +175,6 @@ def to_markdown(doc: Document) -> str:
     number_figures(doc)
     out = [f"# {md_text(doc.title)}", ""]
     out += [x for b in doc.intro for x in (_md_block(b), "")]
-    out += ["## Contents", ""]
-    out += [f"- [{md_text(s.title)}](#{s.anchor})" for s in doc.sections] + [""]
 
     def section(s: Section, level: int) -> None:
         out.extend([f'<a id="{s.anchor}"></a>', "", f"{'#' * level} {md_text(s.title)}", ""])
@@ -149,6 +182,11 @@ def to_markdown(doc: Document) -> str:
             out.extend([_md_block(b), ""])
         for child in s.subsections:
             section(child, level + 1)
+
+    for s in doc.front:
+        section(s, 2)
+    out += ["## Contents", ""]
+    out += [f"- [{md_text(s.title)}](#{s.anchor})" for s in doc.sections] + [""]
 
     for s in doc.sections:
         section(s, 2)
@@ -159,26 +197,59 @@ def to_markdown(doc: Document) -> str:
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #1f2328; line-height: 1.45; }
-h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
-h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2.2rem; }
-table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .88rem; }
+       max-width: 1180px; margin: .6rem auto 2rem; padding: 0 1rem; color: #1f2328;
+       line-height: 1.4; font-size: 15px; }
+h1 { font-size: 1.45rem; margin: .2rem 0 .1rem; }
+p.meta { margin: 0 0 .5rem; color: #57606a; font-size: .85rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
+section.front > h2 { display: none; }
+section#answers { border-top: 2px solid #d0d7de; }
+.answer { display: grid; grid-template-columns: minmax(0, 41fr) minmax(0, 59fr); gap: 1rem;
+          align-items: start; padding: .45rem 0; border-bottom: 1px solid #eaeef2; }
+.answer .q { font-weight: 600; margin: 0 0 .25rem; font-size: 1.02rem; }
+.answer p { margin: .25rem 0; font-size: .87rem; }
+.answer figure { margin: 0; }
+.answer figure img { width: 100%; max-height: 300px; object-fit: contain; }
+.answer figcaption { font-size: .72rem; line-height: 1.25; }
+.outcome { display: inline-block; padding: 0 .45rem; border-radius: .7rem; font-weight: 600;
+           font-size: .85rem; background: #eaeef2; }
+.o-different { background: #ffd8b5; } .o-negligible { background: #d8f3dc; }
+.o-equivalent { background: #b7ebc6; } .o-inconclusive { background: #fff1a8; }
+.o-insufficient-runs, .o-void, .o-not-measured { background: #e1e4e8; color: #57606a; }
+table { border-collapse: collapse; margin: .6rem 0 1.2rem; font-size: .8rem; max-width: 100%; }
 caption { text-align: left; font-style: italic; padding-bottom: .3rem; }
-th, td { border: 1px solid #d0d7de; padding: .25rem .5rem; vertical-align: top; }
+th, td { border: 1px solid #d0d7de; padding: .2rem .4rem; vertical-align: top;
+         overflow-wrap: break-word; }
+td.brk { overflow-wrap: anywhere; }
 th { background: #f6f8fa; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+details { margin: .4rem 0 1rem; }
+details > summary { cursor: pointer; color: #0969da; }
 figure { margin: 1rem 0 1.6rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
-figcaption { font-size: .9rem; color: #57606a; }
-pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .82rem; }
-nav ul { columns: 2; }
+figcaption { font-size: .85rem; color: #57606a; }
+pre { background: #f6f8fa; padding: .8rem; white-space: pre-wrap; overflow-wrap: anywhere;
+      font-size: .8rem; }
+nav ul { columns: 3; }
 li { margin: .2rem 0; }
 """
 
 
+def _cell_class(text: str, numeric: bool) -> str:
+    """A cell's class: right-aligned numbers; cells holding a long unbroken token (a checksum,
+    a path, a run id) may break anywhere, so no table is wider than the page."""
+    names = (["num"] if numeric else []) + (
+        ["brk"] if any(len(tok) > 24 for tok in str(text).split()) else [])
+    return f' class="{" ".join(names)}"' if names else ""
+
+
+def _badge(word: str) -> str:
+    return f'<span class="outcome o-{slug(word)}">{html_text(word)}</span>'
+
+
 def _html_spans(p: Paragraph) -> str:
     return "".join(f"<strong>{html_text(s)}</strong>" if isinstance(s, Strong)
-                   else html_text(s) for s in p.spans)
+                   else _badge(s) if isinstance(s, Outcome) else html_text(s) for s in p.spans)
 
 
 def _html_block(b: Block) -> str:
@@ -195,10 +266,15 @@ def _html_block(b: Block) -> str:
                      + "</tr></thead><tbody>")
         for row in b.rows:
             parts.append("<tr>" + "".join(
-                f'<td class="num">{html_text(c)}</td>' if n else f"<td>{html_text(c)}</td>"
+                f"<td{_cell_class(c, n)}>{html_text(c)}</td>"
                 for c, n in zip(row, numeric, strict=True)) + "</tr>")
         parts.append("</tbody></table>")
-        return "".join(parts)
+        html_table = "".join(parts)
+        if b.fold or (b.fold is None and len(b.rows) > FOLD_ROWS):
+            what = b.caption.split(". ")[0].rstrip(".") if b.caption else "Table"
+            return (f"<details><summary>{html_text(what)} ({len(b.rows)} rows)</summary>"
+                    f"{html_table}</details>")
+        return html_table
     if isinstance(b, Figure):
         data = base64.b64encode(b.png).decode("ascii")
         return (f'<figure id="figure-{b.number}"><img src="data:image/png;base64,{data}" '
@@ -206,6 +282,14 @@ def _html_block(b: Block) -> str:
                 f"{html_text(b.caption)}</figcaption></figure>")
     if isinstance(b, Code):
         return f"<pre><code>{html_text(b.text.rstrip())}</code></pre>"
+    if isinstance(b, Answer):
+        anchor = f' id="{b.anchor}"' if b.anchor else ""
+        text = [f'<p class="q">{html_text(b.question)} '
+                + " ".join(_badge(o) for o in b.outcome) + "</p>"]
+        text += [_html_block(p) for p in b.paragraphs]
+        fig = _html_block(b.figure) if b.figure is not None else ""
+        return (f'<div class="answer"{anchor}><div class="answer-text">{"".join(text)}</div>'
+                f"{fig}</div>")
     raise TypeError(f"unknown block {type(b).__name__}")
 
 
@@ -216,18 +300,23 @@ def to_html(doc: Document) -> str:
            '<meta name="viewport" content="width=device-width, initial-scale=1" />',
            f"<title>{html_text(doc.title)}</title>", f"<style>{CSS}</style>", "</head><body>",
            f"<h1>{html_text(doc.title)}</h1>"]
-    out += [_html_block(b) for b in doc.intro]
-    out.append("<nav><h2>Contents</h2><ul>" + "".join(
-        f'<li><a href="#{s.anchor}">{html_text(s.title)}</a></li>' for s in doc.sections)
-        + "</ul></nav>")
+    for b in doc.intro:
+        out.append(f'<p class="meta">{_html_spans(b)}</p>' if isinstance(b, Paragraph)
+                   else _html_block(b))
 
-    def section(s: Section, level: int) -> None:
-        out.append(f'<section id="{s.anchor}"><h{level}>{html_text(s.title)}</h{level}>')
+    def section(s: Section, level: int, front: bool = False) -> None:
+        cls = ' class="front"' if front else ""
+        out.append(f'<section id="{s.anchor}"{cls}><h{level}>{html_text(s.title)}</h{level}>')
         out.extend(_html_block(b) for b in s.blocks)
         for child in s.subsections:
             section(child, min(level + 1, 6))
         out.append("</section>")
 
+    for s in doc.front:
+        section(s, 2, front=s.anchor == "answers")
+    out.append("<nav><h2>Contents</h2><ul>" + "".join(
+        f'<li><a href="#{s.anchor}">{html_text(s.title)}</a></li>'
+        for s in [*doc.front, *doc.sections]) + "</ul></nav>")
     for s in doc.sections:
         section(s, 2)
     out.append("</body></html>")

@@ -1,31 +1,42 @@
 """Findings in words, phrased from the outcome of each stored comparison (`stats` table).
 
-Nothing here decides anything: the outcome (significant / equivalent / inconclusive /
-insufficient runs) comes from `peftlab.stats.apply_correction` as stored by the stats stage, and
-every number is the stored value formatted with `peftlab.stages.report.format`.
+Nothing here decides anything: the outcome (different / negligible / equivalent / inconclusive /
+insufficient runs / void, `peftlab.stats.OUTCOMES`) comes from `peftlab.stats.apply_correction`
+as stored by the stats stage, and every number is a stored value formatted with
+`peftlab.stages.report.format`. Comparisons that were not tested are not phrased one by one:
+`untested_lines` collapses them to one line per reason.
 """
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from typing import Any
 
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Paragraph, Strong, Table
+from peftlab.stages.report.document import Outcome, Paragraph, Table
+from peftlab.stats import OUTCOMES
 
-OUTCOME_ORDER = ("significant", "equivalent", "inconclusive", "insufficient runs")
+OUTCOME_ORDER = OUTCOMES
+TESTED = ("different", "negligible", "equivalent", "inconclusive")
 
 
 def value_format(c: dict[str, Any]):
     """The formatter for a comparison's values (in its own unit)."""
-    return {"metric": f.metric, "drift": f.similarity}.get(c.get("area"), f.ms)
+    return {"metric": f.metric, "drift": f.similarity, "seed_noise": f.similarity}.get(
+        c.get("area"), f.ms)
 
 
 def where(c: dict[str, Any]) -> str:
     """Where the comparison was made: task and, by area, layer band or sweep point."""
-    if c["area"] == "drift":
+    if c.get("kind") == "across_tasks":
+        return "across tasks"
+    if c["area"] in ("drift", "seed_noise"):
         layers = c.get("layers") or []
-        span = f" (layers {layers[0]}-{layers[-1]})" if layers else ""
-        return f"{c['task']}, {c['band']} layers{span}"
+        span = f" ({layers[0]}-{layers[-1]})" if len(layers) > 1 else (
+            f" ({layers[0]})" if layers else "")
+        method = f", {c['method_a']}" if c["area"] == "seed_noise" else ""
+        return f"{c['task']}{method}, {c['band']} transformer layers{span}"
     if c["area"] in ("latency", "serving"):
         return f"{c['task']}, batch {c['batch_size']}, length {c['seq_len']}"
     return c["task"]
@@ -43,7 +54,7 @@ def name(c: dict[str, Any], side: str) -> str:
 
 
 def quantity(c: dict[str, Any]) -> str:
-    if c["area"] == "drift":
+    if c["area"] in ("drift", "seed_noise"):
         return f"{c['unit']} to the base"
     return str(c.get("quantity") or c.get("unit"))
 
@@ -57,6 +68,11 @@ def direction(c: dict[str, Any]) -> str:
     if c["area"] == "drift":
         return (f"{a} stays closer to the base model than {b}" if up
                 else f"{a} moves further from the base model than {b}")
+    if c["area"] == "seed_noise":
+        m = c.get("method_a")
+        return (f"{m}'s runs are further from the base than from each other (its drift exceeds "
+                "seed noise)" if not up else
+                f"{m}'s runs are closer to the base than to each other (drift within seed noise)")
     return f"{a} is {'slower' if up else 'faster'} than {b}"
 
 
@@ -73,10 +89,19 @@ def correction_name(c: dict[str, Any]) -> str:
     return {"holm": "Holm", "bonferroni": "Bonferroni"}.get(c.get("correction"), "uncorrected")
 
 
+def family_text(c: dict[str, Any]) -> str:
+    fam = "primary family" if c.get("role") == "primary" else f"family {c.get('family')}"
+    return f"{fam} of {c.get('family_size', 1)}"
+
+
 def test_text(c: dict[str, Any]) -> str:
-    """'paired t-test t(2) = -4.21, Holm-corrected p = 0.0412 (family of 3)'."""
+    """'paired t-test t(2) = -4.21, Holm-corrected p = 0.0412 (primary family of 10)'; with
+    zero spread the exact Wilcoxon test that decided instead."""
     corrected = (f"{correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} "
-                 f"(family of {c.get('family_size', 1)})")
+                 f"({family_text(c)})")
+    if c.get("t_undefined_reason"):
+        return (f"t undefined (zero spread of the paired differences): {c.get('decision_test')} "
+                f"p = {f.pvalue(c.get('decision_p'))} decides, {corrected}")
     return f"{c.get('test')} t({f.dof(c.get('df'))}) = {f.stat(c.get('statistic'))}, {corrected}"
 
 
@@ -84,6 +109,8 @@ def effect_text(c: dict[str, Any]) -> str:
     name_ = c.get("effect_name") or "effect"
     if c.get("effect") is None:
         return f"{name_} undefined (zero spread)"
+    if c.get("effect_ci_low") is None:
+        return f"{name_} = {f.stat(c['effect'])}"
     return (f"{name_} = {f.stat(c['effect'])} "
             f"{f.interval(c.get('effect_ci_low'), c.get('effect_ci_high'), f.stat)}")
 
@@ -91,6 +118,9 @@ def effect_text(c: dict[str, Any]) -> str:
 def difference_text(c: dict[str, Any]) -> str:
     fmt = value_format(c)
     conf = f"{round(100 * c['confidence'])}% CI"
+    if c.get("kind") == "across_tasks":
+        return (f"estimate {fmt(c.get('diff'))} "
+                f"{f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)} ({conf})")
     text = (f"{fmt(c.get('mean_a'))} vs {fmt(c.get('mean_b'))}; difference {fmt(c.get('diff'))}"
             f" {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}")
     if c.get("rel_diff") is not None:
@@ -99,18 +129,58 @@ def difference_text(c: dict[str, Any]) -> str:
     return f"{text} ({conf})"
 
 
-def missing_text(c: dict[str, Any]) -> str:
-    missing = c.get("missing") or {}
-    return "; ".join(f"seed {s}: {why}" for s, why in missing.items())
+def n_text(c: dict[str, Any]) -> str:
+    if c.get("kind") == "across_tasks":
+        return (f"n = {c['n']} pairs of learned runs over {c.get('n_tasks')} task(s), "
+                f"{c.get('n_seeds')} seeds; {c.get('fit')}")
+    return f"n = {c['n']} seeds"
+
+
+def power_text(c: dict[str, Any]) -> str:
+    """What the comparison could have detected: the minimum detectable d_z at its n and
+    corrected alpha, in the measure's unit too, and the seeds the observed effect needs."""
+    if c.get("mde_dz") is None:
+        return ""
+    pw = f"{round(100 * c.get('power', 0.8))}%"
+    unit = f" (about {value_format(c)(c['mde_diff'])} {c.get('unit', '')})".replace(" )", ")") \
+        if c.get("mde_diff") is not None else ""
+    text = (f"at this n and alpha {f.pvalue(c.get('mde_alpha'))} (corrected) the study detects "
+            f"|d_z| \u2265 {f.stat(c['mde_dz'])}{unit} with {pw} power")
+    if c.get("runs_needed") is not None:
+        per = " per task" if c.get("kind") == "across_tasks" else ""
+        text += (f"; the observed d_z would need {c['runs_needed']} seeds{per} for {pw} "
+                 "power")
+    return text
+
+
+def power_short(c: dict[str, Any]) -> str:
+    """`power_text` in a few words: 'could detect |d_z| >= 6.55 (about 0.330 ms); the observed
+    effect needs 17 seeds'."""
+    if c.get("mde_dz") is None:
+        return ""
+    unit = (f" (about {value_format(c)(c['mde_diff'])} {c.get('unit', '')})".replace(" )", ")")
+            if c.get("mde_diff") is not None else "")
+    text = f"could detect |d_z| \u2265 {f.stat(c['mde_dz'])}{unit}"
+    if c.get("runs_needed") is not None:
+        per = " per task" if c.get("kind") == "across_tasks" else ""
+        text += f"; the observed effect needs {c['runs_needed']} seeds{per}"
+    return text
+
+
+def outcome_cell(c: dict[str, Any]) -> str:
+    """The outcome word for a table cell; an inconclusive one with what it could detect."""
+    if c["outcome"] == "inconclusive" and c.get("mde_dz") is not None:
+        return f"inconclusive (could detect |d_z| \u2265 {f.stat(c['mde_dz'])})"
+    return c["outcome"]
 
 
 def context_text(c: dict[str, Any]) -> str:
-    """What a difference is measured against: the drift controls, the compute floor."""
-    if c["area"] == "drift":
+    """What a difference is measured against: the drift floors and controls, compute floor."""
+    if c["area"] == "drift" and c.get("kind") != "across_tasks":
         parts = []
-        if c.get("null_mean_a") is not None:
-            parts.append(f"null floor {f.similarity(c['null_mean_a'])} / "
-                         f"{f.similarity(c.get('null_mean_b'))}")
+        if c.get("null_q95_a") is not None:
+            parts.append(f"null floor (q95) {f.similarity(c['null_q95_a'])} / "
+                         f"{f.similarity(c.get('null_q95_b'))}")
         if c.get("seed_to_seed_mean_a") is not None:
             parts.append(f"seed-to-seed control {f.similarity(c['seed_to_seed_mean_a'])} / "
                          f"{f.similarity(c.get('seed_to_seed_mean_b'))}")
@@ -120,31 +190,36 @@ def context_text(c: dict[str, Any]) -> str:
     return ""
 
 
-def phrase(c: dict[str, Any], min_runs: int) -> Paragraph:
-    """One finding, worded from its stored outcome."""
+def phrase(c: dict[str, Any]) -> Paragraph:
+    """One tested finding, worded from its stored outcome, with its numbers and its power."""
     head = f"{where(c)}: "
     outcome = c["outcome"]
-    n = f"n = {c['n']} seeds{context_text(c)}"
-    if outcome == "insufficient runs":
-        gap = missing_text(c)
-        return Paragraph.of(head, f"{subject(c)} ", Strong("not tested, insufficient runs"),
-                            f": {c['n']} complete pair(s), fewer than stats.min_runs = {min_runs}"
-                            + (f" ({gap})" if gap else "") + ".")
-    if outcome == "significant":
-        return Paragraph.of(head, f"{direction(c)} on {quantity(c)}: ", Strong("significant"),
-                            f". {difference_text(c)}; {test_text(c)}; {effect_text(c)}; {n}.")
+    tail = f"{difference_text(c)}; {test_text(c)}; {effect_text(c)}; {n_text(c)}" \
+           f"{context_text(c)}"
+    power = power_text(c)
+    if c["area"] == "seed_noise":  # name the two sides: the direction alone is abstract
+        head += f"{name(c, 'a')} vs {name(c, 'b')}: "
+    if outcome == "different":
+        beyond = (f", and TOST does not place it within {margin_text(c)}"
+                  if c.get("equivalence_margin") is not None else "")
+        return Paragraph.of(head, f"{direction(c)} on {quantity(c)}: ", Outcome("different"),
+                            f"{beyond}. {tail}.")
+    if outcome == "negligible":
+        return Paragraph.of(
+            head, f"{direction(c)} on {quantity(c)}, but by less than {margin_text(c)}: ",
+            Outcome("negligible"), f" (different, TOST {correction_name(c)}-corrected p = "
+            f"{f.pvalue(c.get('tost_p_adjusted'))} places it inside the margin). {tail}.")
     if outcome == "equivalent":
         return Paragraph.of(
-            head, f"{name(c, 'a')} and {name(c, 'b')} are ", Strong("equivalent"),
+            head, f"{name(c, 'a')} and {name(c, 'b')} are ", Outcome("equivalent"),
             f" on {quantity(c)} within {margin_text(c)}: TOST {correction_name(c)}-corrected "
-            f"p = {f.pvalue(c.get('tost_p_adjusted'))}. {difference_text(c)}; {test_text(c)}; "
-            f"{effect_text(c)}; {n}.")
+            f"p = {f.pvalue(c.get('tost_p_adjusted'))}. {tail}.")
     why = (f"equivalence within {margin_text(c)} not shown either (TOST "
            f"{correction_name(c)}-corrected p = {f.pvalue(c.get('tost_p_adjusted'))})"
            if c.get("equivalence_margin") is not None else "no equivalence margin declared")
-    return Paragraph.of(head, f"{subject(c)}: ", Strong("inconclusive"),
-                        f": no significant difference, and {why}. {difference_text(c)}; "
-                        f"{test_text(c)}; {effect_text(c)}; {n}.")
+    return Paragraph.of(head, f"{subject(c)}: ", Outcome("inconclusive"),
+                        f": no significant difference, and {why}; {power or 'no power figure'}. "
+                        f"{tail}.")
 
 
 def counts_text(comparisons: list[dict[str, Any]]) -> str:
@@ -153,28 +228,82 @@ def counts_text(comparisons: list[dict[str, Any]]) -> str:
             + ", ".join(f"{n} {o}" for o, n in counts.items()))
 
 
+# ----------------------------------------------------------------------------- not tested
+
+_PREFIX = re.compile(r"^[\w+-]+( \([\w.+-]+\))?: ")
+
+
+def _why_seed(reason: str) -> str:
+    """A missing seed's reason without its method/mode prefix ("merged (lora): not
+    benchmarked" -> "not benchmarked")."""
+    return _PREFIX.sub("", reason.split("; ")[0])
+
+
+def untested_key(c: dict[str, Any]) -> tuple[str, str]:
+    """(outcome, reason) that groups comparisons which were not tested for the same reason."""
+    if c["outcome"] == "void":
+        where_ = "across tasks" if c.get("kind") == "across_tasks" else f"on {c['task']}"
+        return "void", f"degenerate runs {where_}"
+    missing = c.get("missing") or {}
+    whys = sorted({_why_seed(r) for r in missing.values()})
+    seeds = ", ".join(sorted(missing, key=lambda s: int(s) if s.lstrip("-").isdigit() else 0))
+    detail = f" (seed {seeds}: {'; '.join(whys)})" if missing else ""
+    return "insufficient runs", f"{c['n']} complete pair(s), fewer than needed{detail}"
+
+
+def untested_lines(comparisons: list[dict[str, Any]], min_runs: int, limit: int = 8
+                   ) -> list[Paragraph]:
+    """One line per reason for every comparison that was not tested (insufficient runs,
+    void), naming the comparisons it covers (the first `limit`, then how many more)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for c in comparisons:
+        if c["outcome"] not in TESTED:
+            groups[untested_key(c)].append(c)
+    out = []
+    for (outcome, reason), comps in groups.items():
+        reason = reason.replace("fewer than needed", f"fewer than stats.min_runs = {min_runs}")
+        names = [f"{where(c)}: {subject(c)}" for c in comps]
+        shown = "; ".join(names[:limit]) + (f"; and {len(names) - limit} more"
+                                            if len(names) > limit else "")
+        out.append(Paragraph.of(Outcome(outcome), f" \u2014 {reason}: {len(comps)} "
+                                f"comparison{'s' if len(comps) != 1 else ''} ({shown})."))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+
+
 def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
     """Every comparison of a group with the figures behind its outcome."""
     rows = []
     for c in comparisons:
         fmt = value_format(c)
-        tested = c["outcome"] != "insufficient runs"
+        tested = c["status"] == "ok"
+        p = (f"{f.pvalue(c.get('decision_p'))} ({'Wilcoxon' if c.get('t_undefined_reason') else 't'})"
+             if tested else f.MISSING)
+        family = str(c.get("family", "")).removeprefix("exploratory/")
         rows.append([
-            where(c), subject(c), str(c["n"]),
+            where(c), subject(c),
+            f"{family} ({c.get('family_size', 1)})" if tested else family,
+            str(c["n"]),
             f"{fmt(c.get('mean_a'))} / {fmt(c.get('mean_b'))}",
             f"{fmt(c.get('diff'))} {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}"
             if tested else f.MISSING,
             f"{f.pct(c.get('rel_diff'))} "
             f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)}"
             if tested and c.get("rel_diff") is not None else f.MISSING,
-            f"{f.pvalue(c.get('p'))} / {f.pvalue(c.get('p_adjusted'))}" if tested else f.MISSING,
-            f.pvalue(c.get("rank_p")) if tested else f.MISSING,
+            p, f.pvalue(c.get("p_adjusted")) if tested else f.MISSING,
+            f.pvalue(c.get("rank_p")) if tested and c.get("rank_p") is not None else f.MISSING,
             effect_text(c) if tested else f.MISSING,
             (f"{margin_text(c)}: p = {f.pvalue(c.get('tost_p_adjusted'))}"
              if tested and c.get("equivalence_margin") is not None else f.MISSING),
-            c["outcome"],
+            (f"{f.stat(c.get('mde_dz'))}" + (f" / {c['runs_needed']}" if c.get("runs_needed")
+                                              else "")) if tested else f.MISSING,
+            outcome_cell(c),
         ])
-    return Table(["Where", "Comparison (a vs b)", "n", "Mean a / b", "Difference a - b [CI]",
-                  "Relative [CI]", "t-test p / corrected", "Wilcoxon p", "Effect [CI]",
-                  "Equivalence (TOST, corrected)", "Outcome"], rows, caption,
-                 numeric=[False, False, True, True, True, True, True, True, False, False, False])
+    return Table(["Where", "Comparison (a vs b)", "Family (m tested)", "n",
+                  "Mean a / b", "Difference a - b [CI]", "Relative [CI]", "p (test)",
+                  "Corrected p", "Wilcoxon p", "Effect [CI]", "Equivalence (TOST, corrected)",
+                  "MDE d_z / seeds needed", "Outcome"], rows, caption,
+                 numeric=[False, False, False, True, True, True, True, True, True, True, False,
+                          False, True, False])

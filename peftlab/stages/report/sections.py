@@ -2,27 +2,42 @@
 
 Every section reads its results table(s) and is rendered only from what is there: a table with no
 rows gives a section that says "not measured" (and which stage fills it) instead of a table of
-blanks. Numbers are formatted by `peftlab.stages.report.format`; statistical statements come from the
-`stats` table (`peftlab.stages.report.findings`).
+blanks. Numbers are formatted by `peftlab.stages.report.format`; statistical statements come from
+the `stats` table (`peftlab.stages.report.findings`).
+
+The report answers first: `FRONT` (the answers to RQ1 and RQ2, each a few sentences beside one
+figure, then the trust panel) comes before the table of contents; `SECTIONS` supports them. A new
+section is one function `(Results) -> Section` added to one of these lists.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import yaml
 
-from peftlab.bench.modes import mode_names
+from peftlab.bench.modes import get_mode, mode_names
+from peftlab.measures import MEASURES
 from peftlab.measures import label as measure_label
-from peftlab.measures import tested_measures
-from peftlab.records import DataRecord, DriftRecord, WeightRecord, read
+from peftlab.records import BaselineRecord, DataRecord, DriftRecord, WeightRecord, read
 from peftlab.results import RunView, bench_rows, seq_sort_key, served_tasks
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Bullets, Code, Figure, Paragraph, Section, Strong, Table
+from peftlab.stages.report.document import (
+    Answer,
+    Bullets,
+    Code,
+    Figure,
+    Outcome,
+    Paragraph,
+    Section,
+    Strong,
+    Table,
+)
 
 
 def not_measured(what: str, *stages: str) -> Paragraph:
@@ -50,9 +65,11 @@ class Results:
         self.spec = ctx.study.spec
         self.view = view
         self.stats = sorted(store.records("stats"), key=lambda r: r.get("order", 0))
-        self.comparisons = [r for r in self.stats if r.get("kind") == "comparison"]
+        self.comparisons = [r for r in self.stats
+                            if r.get("kind") in ("comparison", "across_tasks")]
         self.summaries = [r for r in self.stats if r.get("kind") == "summary"]
         self.variance = [r for r in self.stats if r.get("kind") == "variance"]
+        self.settings = next((r for r in self.stats if r.get("kind") == "settings"), {})
         own = set(view.run_ids.values())
         # Read through the record types: a record a stage could not have written fails here.
         self.drift = [r.dump() for r in read(store, DriftRecord) if r.run_b in own]
@@ -60,11 +77,14 @@ class Results:
         self.weights = [{**r.dump(), **(r.stats or {})} for r in read(store, WeightRecord)
                         if r.run_id in own]
         self.bench = bench_rows(store.records("bench"))
+        self.baselines = {r.task: r for r in read(store, BaselineRecord)}
         order = {t: i for i, t in enumerate(view.tasks)}
         self.data = sorted((r.dump() for r in read(store, DataRecord)), key=lambda d: (
             order.get(d.get("task"), len(order)), d.get("split") != "train"))
         self.meta = store.get("meta", "study") or {}
         self.min_runs = self.spec.stats.min_runs
+        self.verdicts = {(r["task"], r["method"], r["seed"]): r
+                         for r in self.summaries if r["area"] == "runs"}
 
     def comparisons_of(self, *areas: str, family_prefix: str = "") -> list[dict[str, Any]]:
         return [c for c in self.comparisons if c["area"] in areas
@@ -79,6 +99,334 @@ class Results:
                 return c
         return None
 
+    def primary(self, question: str) -> list[dict[str, Any]]:
+        return [c for c in self.comparisons if c.get("question") == question]
+
+    def degenerate_runs(self) -> list[dict[str, Any]]:
+        return [v for v in self.verdicts.values() if v.get("learned") is False]
+
+
+def _families(res: Results) -> dict[str, dict[str, Any]]:
+    """The settings record's families, primary first, then the exploratory areas in order."""
+    fams = res.settings.get("families") or {}
+    return dict(sorted(fams.items(), key=lambda kv: (kv[0] != "primary", kv[1].get(
+        "order", 0), kv[0])))
+
+
+def _conf(res: Results) -> str:
+    return f"{round(100 * (1 - res.spec.stats.alpha))}%"
+
+
+def _outcome_words(comps: list[dict[str, Any]]) -> list[str]:
+    """The outcome words of a group, each once, with a count when it occurs more than once."""
+    counts: dict[str, int] = defaultdict(int)
+    for c in comps:
+        counts[c["outcome"]] += 1
+    return [o if n == 1 else f"{o} \u00d7{n}" for o, n in counts.items()]
+
+
+# ----------------------------------------------------------------------------- the answers
+
+
+def _drift_summary(res: Results, task: str, measure: str, band: str, method: str
+                   ) -> dict[str, Any]:
+    return next((s for s in res.summaries_of("drift") if s["task"] == task
+                 and s["measure"] == measure and s["band"] == band and s["method"] == method),
+                {})
+
+
+def rq1_answer(res: Results) -> Answer:
+    """RQ1 in a few sentences (primary endpoint, outcome, estimate with interval, n, power)
+    beside the forest plot of PEFT minus full per task and across tasks."""
+    primary_cfg = res.spec.stats.primary.drift
+    peft, refs = res.view.peft(), res.view.references()
+    who = (f"{' and '.join(peft)} drift less than {' and '.join(refs)}" if peft and refs
+           else "the methods differ in drift")
+    question = f"RQ1 \u00b7 Does {who}?"
+    comps = res.primary("RQ1")
+    if primary_cfg is None:
+        return Answer(question, ["not declared"], [Paragraph.of(
+            "stats.primary.drift is null: the study declares no primary drift endpoint; see "
+            "the exploratory drift comparisons below.")], anchor="rq1")
+    if not comps:
+        return Answer(question, ["not measured"], [not_measured(
+            "drift comparisons", "drift", "stats")], anchor="rq1")
+    measure, band = primary_cfg.measure, primary_cfg.band
+    unit = measure_label(measure)
+    endpoint = res.settings.get("endpoints", {}).get("RQ1", "")
+    paras = [Paragraph.of(f"Primary endpoint: {endpoint}.")]
+    for c in comps:
+        paras.append(_primary_sentence(c, res))
+    per_task = [c for c in res.comparisons_of("drift") if c.get("kind") != "across_tasks"
+                and c.get("measure") == measure and c.get("band") == band
+                and c.get("method_b") in refs and c.get("method_a") in peft]
+    if per_task and primary_cfg.scope == "across_tasks":
+        spans: list[str] = ["Per task (exploratory): "]
+        for i, c in enumerate(per_task):
+            diff = (f" {f.similarity(c['diff'])} "
+                    f"{f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), f.similarity)}"
+                    if c["status"] == "ok" else "")
+            spans += [("; " if i else "") + f"{c['task']}{diff} ", Outcome(c["outcome"])]
+            if c["outcome"] == "inconclusive" and c.get("mde_dz") is not None:
+                spans.append(f" ({fnd.power_short(c)})")
+        paras.append(Paragraph.of(*spans, "."))
+    rows, across = [], []
+    for task in res.view.tasks:
+        for c in [c for c in per_task if c["task"] == task]:
+            sa = _drift_summary(res, task, measure, band, c["method_a"])
+            sb = _drift_summary(res, task, measure, band, c["method_b"])
+            lows = [x for x in (sa.get("seed_to_seed_ci_low"), sb.get("seed_to_seed_ci_low"))
+                    if x is not None] or [min(x) for x in (sa.get("seed_to_seed"),
+                                                          sb.get("seed_to_seed")) if x]
+            highs = [x for x in (sa.get("seed_to_seed_ci_high"),
+                                 sb.get("seed_to_seed_ci_high")) if x is not None] or [
+                max(x) for x in (sa.get("seed_to_seed"), sb.get("seed_to_seed")) if x]
+            floors = [x for x in (sa.get("null_q95"), sb.get("null_q95")) if x is not None]
+            tested = c["status"] == "ok"
+            diff = c.get("diff") if tested else (
+                c["mean_a"] - c["mean_b"] if c.get("mean_a") is not None
+                and c.get("mean_b") is not None and c["outcome"] != "void" else None)
+            rows.append({
+                "task": task if len(peft) == 1 else f"{task} ({c['method_a']})",
+                "a": c["method_a"], "b": c["method_b"],
+                "a_mean": sa.get("mean"), "a_lo": sa.get("ci_low"), "a_hi": sa.get("ci_high"),
+                "b_mean": sb.get("mean"), "b_lo": sb.get("ci_low"), "b_hi": sb.get("ci_high"),
+                "diff": diff, "diff_lo": c.get("diff_ci_low"), "diff_hi": c.get("diff_ci_high"),
+                "tested": tested, "floor": max(floors) if floors else None,
+                "s2s_lo": min(lows) if lows else None, "s2s_hi": max(highs) if highs else None,
+                "note": None if tested else c["outcome"]})
+    for c in comps:
+        if c.get("kind") == "across_tasks":
+            across.append({"label": "across tasks" if len(peft) == 1
+                           else f"across tasks ({c['method_a']})", "diff": c.get("diff"),
+                           "lo": c.get("diff_ci_low"), "hi": c.get("diff_ci_high"),
+                           "tested": c["status"] == "ok",
+                           "note": None if c["status"] == "ok" else c["outcome"]})
+    figure = None
+    if rows or across:
+        figure = Figure(figs.forest_figure(rows, across, list(res.view.methods), unit),
+                        "RQ1 forest plot",
+                        f"RQ1: {unit} to the base over {band} transformer layers per task "
+                        f"(left: each method, {_conf(res)} t-interval over seeds; dotted: null "
+                        "floor q95; shaded: seed-to-seed) and PEFT minus full (right; diamond: "
+                        "across tasks).")
+    return Answer(question, _outcome_words(comps), paras, figure, anchor="rq1")
+
+
+def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
+    """One primary comparison in a sentence or two: estimate, interval, corrected p, n, power
+    (what it could have detected, when inconclusive), or why it was not tested."""
+    lead = f"{fnd.where(c)}: {fnd.name(c, 'a')} \u2212 {fnd.name(c, 'b')}"
+    if c["status"] != "ok":
+        return Paragraph.of(f"{lead}: ", Outcome(c["outcome"]), f", not tested: {c['reason']}.")
+    fmt = fnd.value_format(c)
+    est = (f"{fmt(c.get('diff'))} {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}"
+           f" ({round(100 * c['confidence'])}% CI)")
+    if c.get("rel_diff") is not None:
+        est += f", relative {f.pct(c['rel_diff'])}"
+    text = (f" {est}; {fnd.correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} in "
+            f"the primary family of {c.get('family_size')}; {fnd.n_text(c)}.")
+    if c["outcome"] == "different":
+        text = f" ({fnd.direction(c)});" + text
+    power = fnd.power_short(c)
+    if c["outcome"] == "inconclusive" and power:
+        text += f" {power[0].upper()}{power[1:]}."
+    return Paragraph.of(f"{lead}: ", Outcome(c["outcome"]), text)
+
+
+def _ratio_rows(res: Results, pairs: list[str], seq: str) -> list[dict[str, Any]]:
+    rows = []
+    peft = res.view.peft()
+    for c in res.comparisons_of("latency"):
+        if c.get("pair") not in pairs or str(c["seq_len"]) != seq:
+            continue
+        tested = c["status"] == "ok"
+        ratio = (1 + c["rel_diff"] if tested and c.get("rel_diff") is not None else
+                 c["mean_a"] / c["mean_b"] if c.get("mean_a") and c.get("mean_b") else None)
+        if ratio is None or c["outcome"] == "void":
+            continue  # a void comparison's runs are not evidence: not drawn
+        series = f"{c['mode_a']}/{c['mode_b']}"
+        if len(peft) > 1:
+            series = f"{c['method_a']} {series}"
+        rows.append({
+            "label": f"{c['task']}, batch {c['batch_size']}", "series": series, "ratio": ratio,
+            "lo": 1 + c["rel_diff_ci_low"] if tested and c.get("rel_diff_ci_low") is not None
+            else None,
+            "hi": 1 + c["rel_diff_ci_high"] if tested and c.get("rel_diff_ci_high") is not None
+            else None, "tested": tested,
+            "floor": 1 + c["flops_share"] if c.get("flops_share") is not None
+            and c.get("mode_b") == "merged" else None})
+    return rows
+
+
+def rq2_answer(res: Results) -> Answer:
+    """RQ2 in a few sentences per declared comparison beside the dot plot of latency ratios
+    (per task and batch size) with the compute-only floor."""
+    d = res.spec.stats.primary.deployment
+    question = "RQ2 \u00b7 What does each way of serving a PEFT adapter cost?"
+    if d is None:
+        return Answer(question, ["not declared"], [Paragraph.of(
+            "stats.primary.deployment is null: no primary deployment endpoint; see the "
+            "deployment comparisons below.")], anchor="rq2")
+    comps = res.primary("RQ2")
+    if not comps:
+        return Answer(question, ["not measured"], [not_measured(
+            f"latency comparisons at batch size {d.batch_size}, length {d.seq_len}", "bench",
+            "stats")], anchor="rq2")
+    paras = [Paragraph.of(f"Primary endpoints: {res.settings.get('endpoints', {}).get('RQ2')}.")]
+    for pair in d.comparisons:
+        group = [c for c in comps if c.get("pair") == pair]
+        if not group:
+            continue
+        first = group[0]
+        spans: list[str] = [Strong(f"{fnd.name(first, 'a')} vs {fnd.name(first, 'b')}"),
+                            f" ({first.get('claim') or pair}): "]
+        by_outcome: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for c in group:
+            by_outcome[c["outcome"]].append(c)
+        for i, (outcome, cs) in enumerate(by_outcome.items()):
+            spans += ["; " if i else "", Outcome(outcome), " on "]
+            if outcome in fnd.TESTED and len(cs) <= 2:
+                spans.append(", ".join(
+                    f"{c['task']} ({f.pct(c.get('rel_diff'))} "
+                    f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)})"
+                    for c in cs) + f", n = {cs[0]['n']} seeds")
+            elif outcome in fnd.TESTED:  # many tasks: the range, the intervals are in the plot
+                rel = sorted(c["rel_diff"] for c in cs if c.get("rel_diff") is not None)
+                lows = [c["rel_diff_ci_low"] for c in cs if c.get("rel_diff_ci_low") is not None]
+                highs = [c["rel_diff_ci_high"] for c in cs
+                         if c.get("rel_diff_ci_high") is not None]
+                spans.append(", ".join(c["task"] for c in cs) + (
+                    f": {f.pct(rel[0])} to {f.pct(rel[-1])} (intervals within "
+                    f"[{f.pct(min(lows))}, {f.pct(max(highs))}])" if rel and lows and highs
+                    else "") + f", n = {cs[0]['n']} seeds each")
+            else:
+                why = ("degenerate runs" if outcome == "void" else
+                       f"{cs[0]['n']} complete pair(s), {res.min_runs} needed")
+                spans.append(", ".join(c["task"] for c in cs) + f" ({why})")
+        shares = [c["flops_share"] for c in group if c.get("flops_share") is not None
+                  and c.get("mode_b") == "merged"]
+        if shares:
+            spans.append(f"; compute-only floor: the adapter adds {f.share(min(shares))}"
+                         + (f"-{f.share(max(shares))}" if max(shares) > min(shares) else "")
+                         + " of the FLOPs")
+        inconclusive = [c for c in group if c["outcome"] == "inconclusive"]
+        if inconclusive:
+            spans.append(f"; {fnd.power_short(inconclusive[0])}")
+        paras.append(Paragraph.of(*spans, "."))
+    rows = _ratio_rows(res, list(d.comparisons), str(d.seq_len))
+    figure = None
+    if rows:
+        margin = res.spec.stats.latency_margin if any(
+            c.get("equivalence_margin") for c in comps) else None
+        figure = Figure(figs.ratio_figure(rows, margin), "RQ2 latency ratios",
+                        "RQ2: latency ratio of the paired medians per task and batch size "
+                        f"(length {d.seq_len}; {_conf(res)} interval; hollow: not tested); "
+                        "black tick: the compute-only floor; shaded: the equivalence margin.")
+    return Answer(question, _outcome_words(comps), paras, figure, anchor="rq2")
+
+
+def answers(res: Results) -> Section:
+    s = Section("Answers", "answers")
+    if not res.stats:
+        return s.add(not_measured("statistics", "stats"))
+    return s.add(rq1_answer(res), rq2_answer(res))
+
+
+def trust(res: Results) -> Section:
+    """Can the answers be trusted: runs that learned, what the study could detect, what was
+    voided and why."""
+    s = Section("Can these answers be trusted?", "trust")
+    if not res.stats:
+        return s.add(not_measured("statistics", "stats"))
+    runs = res.settings.get("runs") or {}
+    items = []
+    bad = res.degenerate_runs()
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for v in res.verdicts.values():
+        by_task[v["task"]].append(v)
+    per_task = []
+    for task in res.view.tasks:
+        vs = by_task.get(task, [])
+        if vs:
+            per_task.append(f"{task} {sum(v.get('learned') is True for v in vs)} of {len(vs)}")
+    spans: list[str] = [Strong("Runs that learned:"),
+                        f" {runs.get('learned', 0)} of {runs.get('judged', 0)} finished runs "
+                        "(the lower bound of the main metric's bootstrap interval clears the "
+                        f"majority-class and chance rates): {', '.join(per_task)}."]
+    if runs.get("not_judged"):
+        spans.append(f" {runs['not_judged']} run(s) not judged: no baselines record (run "
+                     "`peftlab run SPEC --stages baselines,stats,report`).")
+    if bad:
+        example = bad[0]
+        spans.append(f" Degenerate runs are left out of the drift and deployment comparisons; "
+                     f"e.g. {example['run_id']}: {example['reason']}.")
+    items.append(Paragraph.of(*spans))
+    primary = [c for c in res.comparisons if c.get("role") == "primary"]
+    tested = [c for c in primary if c["status"] == "ok"]
+    fam = (res.settings.get("families") or {}).get("primary", {})
+    if primary:
+        detect: list[str] = []
+        seen = set()
+        for c in tested:
+            key = (c.get("kind"), c["n"], round(c.get("mde_dz") or 0, 2))
+            if c.get("mde_dz") is None or key in seen:
+                continue
+            seen.add(key)
+            what = ("across tasks" if c.get("kind") == "across_tasks" else f"n = {c['n']} seeds")
+            detect.append(f"|d_z| \u2265 {f.stat(c['mde_dz'])} ({what})")
+        text = (f"primary family of {fam.get('tested', len(tested))} tested of "
+                f"{fam.get('planned', len(primary))} planned, {fnd.correction_name(primary[0])} "
+                f"at alpha {res.spec.stats.alpha}; with {round(100 * res.spec.stats.power)}% "
+                f"power the tests detect {', '.join(detect) or 'nothing (none was tested)'}.")
+        items.append(Paragraph.of(Strong("What the study could detect:"), " " + text))
+    void = [c for c in res.comparisons if c["outcome"] == "void"]
+    if void:
+        items.append(Paragraph.of(Strong("Voided:"), f" {len(void)} comparison(s) rest on "
+                                  "degenerate runs and are not evidence:"))
+        items += fnd.untested_lines(void, res.min_runs, limit=6)
+    else:
+        items.append(Paragraph.of(Strong("Voided:"), " nothing."))
+    insufficient = [c for c in res.comparisons if c["outcome"] == "insufficient runs"]
+    if insufficient:
+        items.append(Paragraph.of(Strong("Not tested:"), f" {len(insufficient)} comparison(s) "
+                                  "with too few complete pairs, one line per reason in "
+                                  "Findings below."))
+    s.add(Bullets(items))
+    rows = []
+    for v in sorted(res.verdicts.values(), key=lambda v: (
+            res.view.tasks.index(v["task"]), list(res.view.methods).index(v["method"]),
+            v["seed"])):
+        rows.append([v["run_id"], v["task"], v["method"], str(v["seed"]),
+                     f"{v.get('main_metric', '')} {f.metric(v.get('value'))} "
+                     f"{f.interval(v.get('ci_low'), v.get('ci_high'), f.metric)}",
+                     f.metric(v.get("majority")), f.metric(v.get("chance")),
+                     f.metric(v.get("untrained_head")),
+                     {True: "yes", False: "DEGENERATE", None: "not judged"}[v.get("learned")],
+                     v.get("reason") or ""])
+    if rows:
+        s.add(Table(["Run", "Task", "Method", "Seed", "Main metric [CI]", "Majority class",
+                     "Chance", "Untrained head", "Learned", "Why"], rows,
+                    "Every finished run against its task's baselines (the same evaluation "
+                    "examples; intervals: bootstrap over examples).",
+                    numeric=[False, False, False, True, False, True, True, True, False, False]))
+    if tested:
+        s.add(Table(["Question", "Where", "Comparison", "n", "Corrected alpha (first step)",
+                     "MDE d_z", "MDE in units", "Observed d_z", "Seeds needed", "Outcome"],
+                    [[c.get("question") or "", fnd.where(c), fnd.subject(c), str(c["n"]),
+                      f.pvalue(c.get("mde_alpha")), f.stat(c.get("mde_dz")),
+                      fnd.value_format(c)(c.get("mde_diff")), f.stat(c.get("effect")),
+                      f.text(c.get("runs_needed")) + (" per task" if c.get("kind") ==
+                                                      "across_tasks" and c.get("runs_needed")
+                                                      else ""),
+                      c["outcome"]] for c in tested],
+                    f"What each primary test could detect with {round(100 * res.spec.stats.power)}"
+                    "% power: the minimum detectable d_z at its n and the family's corrected "
+                    "alpha, the same in the measure's unit (at the observed spread), and the "
+                    "seeds that would detect the observed effect.",
+                    numeric=[False, False, False, True, True, True, True, True, True, False]))
+    return s
+
 
 # ----------------------------------------------------------------------------- front matter
 
@@ -86,51 +434,71 @@ class Results:
 def how_to_read(res: Results) -> Section:
     cfg = res.spec.stats
     s = Section("How to read this report", "how-to-read")
+    fams = _families(res)
+    fam_text = ", ".join(f"{name} ({v.get('tested', 0)} tested of {v.get('planned', 0)} "
+                         "planned)" for name, v in fams.items())
     s.add(Bullets([
         Paragraph.of("Unit of analysis: one value per independent run (seed). Benchmarks enter "
                      "as each run's median latency, never as individual requests."),
-        Paragraph.of("Decision test: paired t-test (pairs matched by seed), with the exact "
-                     "Wilcoxon signed-rank test alongside; effect size d_z with its interval; "
-                     f"intervals at {round(100 * (1 - cfg.alpha))}%."),
+        Paragraph.of("Runs that learned nothing: each run's main metric is set against the "
+                     "majority-class rate, the best constant prediction and chance on the same "
+                     "evaluation examples; a run whose bootstrap interval does not clear them "
+                     "is degenerate, listed, and left out of the drift and deployment "
+                     "comparisons."),
+        Paragraph.of("Decision test: paired t-test (pairs matched by seed); when the paired "
+                     "differences have zero spread t is undefined and the exact Wilcoxon "
+                     "signed-rank test decides. Effect size d_z with its interval; intervals "
+                     f"at {_conf(res)}."),
+        Paragraph.of("Primary endpoints (one per question, corrected together across the "
+                     "study, family 'primary'): "
+                     + "; ".join(f"{q}: {t}" for q, t in
+                                 (res.settings.get("endpoints") or {}).items())
+                     + ". Everything else is exploratory, corrected within its own family."),
         Paragraph.of(f"Multiplicity: {fnd.correction_name({'correction': cfg.correction})} "
-                     f"correction at alpha = {cfg.alpha} within each declared family (a kind of "
-                     "comparison across tasks; each table names its family)."),
+                     f"correction at alpha = {cfg.alpha} within each family: {fam_text}."),
         Paragraph.of("No-difference claims use equivalence tests (TOST): main metric within "
                      f"\u00b1{f.metric(cfg.metric_margin)} (absolute), latency within "
                      f"\u00b1{f.pct(cfg.latency_margin).lstrip('+')} of the reference's mean."),
-        Paragraph.of("Outcomes: ", Strong("significant"), " (corrected p < alpha), ",
-                     Strong("equivalent"), " (corrected TOST p < alpha), ", Strong("inconclusive"),
-                     " (neither), ", Strong("insufficient runs"),
-                     f" (fewer than {cfg.min_runs} complete pairs: no test is run)."),
+        Paragraph.of("Outcomes: ", Outcome("different"), " (corrected p < alpha, not inside the "
+                     "margin), ", Outcome("negligible"), " (different, but TOST places it inside "
+                     "the margin), ", Outcome("equivalent"), " (corrected TOST p < alpha), ",
+                     Outcome("inconclusive"), " (neither; with what the study could have "
+                     "detected), ", Outcome("insufficient runs"),
+                     f" (fewer than {cfg.min_runs} complete pairs: no test), ", Outcome("void"),
+                     " (the runs are degenerate: not evidence)."),
+        Paragraph.of("Drift: layer bands are over transformer layers; layer 0 (the embedding "
+                     "output) is shown on its own and never averaged in. The null floor is the "
+                     "95% quantile of the measure after shuffling the pairing of examples (its "
+                     "mean is kept in the data); cosine is centred (probe-set mean removed) "
+                     "unless labelled uncentred."),
+        Paragraph.of(f"Power: minimum detectable effects at {round(100 * cfg.power)}% power, at "
+                     "each test's n and its family's corrected alpha (Holm's first step)."),
         Paragraph.of("Precision: " + "; ".join(f"{k}: {v}" for k, v in f.PRECISION.items())
                      + ". Missing values print as " + f.MISSING + "."),
     ]))
     return s
 
 
-def summary(res: Results) -> Section:
-    s = Section("Summary of findings", "summary")
+def findings(res: Results) -> Section:
+    s = Section("Findings", "findings")
     if not res.stats:
         return s.add(not_measured("statistics", "stats"))
     s.add(Paragraph.of(fnd.counts_text(res.comparisons) + "."))
-    # The headline drift measure: debiased CKA when the study measured it.
-    drift_families = [c["family"] for c in res.comparisons_of("drift")
-                      if c["family"].endswith("/mean")]
-    measure = next((m for m in tested_measures() if f"drift/{m}/mean" in drift_families),
-                   tested_measures()[0])
-    groups = [
-        ("Main metric: PEFT vs full fine-tuning", res.comparisons_of("metric")),
-        (f"Drift: similarity to the base model, mean over layers "
-         f"({measure_label(measure)})",
-         res.comparisons_of("drift", family_prefix=f"drift/{measure}/mean")),
-        ("Deployment latency", res.comparisons_of("latency")),
-        ("Multi-adapter serving", res.comparisons_of("serving")),
-    ]
+    groups = [("Primary endpoints", [c for c in res.comparisons if c.get("role") == "primary"])]
+    for family in _families(res):
+        if family != "primary":
+            groups.append((f"Exploratory: {family.split('/', 1)[-1].replace('_', ' ')}",
+                           [c for c in res.comparisons if c.get("family") == family
+                            and c.get("role") != "primary"]))
     for title, comps in groups:
         sub = s.sub(title)
-        if comps:
-            sub.add(Bullets([fnd.phrase(c, res.min_runs) for c in comps]))
-        else:
+        tested = [c for c in comps if c["outcome"] in fnd.TESTED]
+        if tested:
+            sub.add(Bullets([fnd.phrase(c) for c in tested]))
+        untested = fnd.untested_lines(comps, res.min_runs)
+        if untested:
+            sub.add(Paragraph.of("Not tested, one line per reason:"), Bullets(untested))
+        if not comps:
             sub.add(Paragraph.of("No comparison of this kind: the study has no results for "
                                  "it (see the sections below)."))
     return s
@@ -148,19 +516,23 @@ def runs_section(res: Results) -> Section:
                 if rec.get("status") == "done":
                     metric = (rec.get("metrics") or {}).get(rec.get("main_metric"), {}).get("value")
                 params = rec.get("params") or {}
+                learned = (res.verdicts.get((task, method, seed)) or {}).get("learned")
                 rows.append([
                     v.run_ids[(task, method, seed)], task, method, str(seed),
                     rec.get("status", "not run"),
                     f"{rec.get('main_metric')} {f.metric(metric)}" if metric is not None
                     else (rec.get("failure_reason") or f.MISSING),
+                    {True: "yes", False: "DEGENERATE", None: f.MISSING}[learned],
                     f.seconds(rec.get("train_time_s")), f.integer(params.get("trainable")),
                     f.share(params.get("trainable_share_of_base")),
                 ])
     s.add(Paragraph.of(f"{len(rows)} planned runs: {len(v.tasks)} task(s) x {len(v.methods)} "
-                       f"method(s) x {len(v.seeds)} seed(s)."),
-          Table(["Run", "Task", "Method", "Seed", "Status", "Main metric / failure",
+                       f"method(s) x {len(v.seeds)} seed(s); 'learned' as judged in the trust "
+                       "panel."),
+          Table(["Run", "Task", "Method", "Seed", "Status", "Main metric / failure", "Learned",
                  "Train time (s)", "Trainable params", "Trainable / base"], rows,
-                numeric=[False, False, False, True, False, False, True, True, True]))
+                "Every planned run.",
+                numeric=[False, False, False, True, False, False, False, True, True, True]))
     return s
 
 
@@ -181,25 +553,55 @@ def accuracy(res: Results) -> Section:
         for seed in sm["seeds"]:
             m = (v.done(sm["task"], sm["method"], seed) or {}).get("metrics", {}).get(
                 sm["metric"], {})
+            flag = " (degenerate)" if (sm.get("learned") or {}).get(str(seed)) is False else ""
             per_seed.append(f"{seed_label(seed)}: {f.metric(m.get('value'))} "
-                            f"{f.interval(m.get('ci_low'), m.get('ci_high'), f.metric)}")
+                            f"{f.interval(m.get('ci_low'), m.get('ci_high'), f.metric)}{flag}")
         rows.append([sm["task"], sm["method"], sm["metric"], str(sm["n"]), f.metric(sm["mean"]),
                      f.interval(sm.get("ci_low"), sm.get("ci_high"), f.metric),
                      "; ".join(per_seed) or f.MISSING])
-    conf = round(100 * (1 - res.spec.stats.alpha))
-    s.add(Table(["Task", "Method", "Metric", "n", "Mean", f"{conf}% CI (over seeds)",
+    s.add(Table(["Task", "Method", "Metric", "n", "Mean", f"{_conf(res)} CI (over seeds)",
                  "Per seed: value [bootstrap CI over examples]"], rows,
                 "Main metric of each task and method: mean over seeds with its t-interval, and "
                 "each seed's value with its bootstrap interval over evaluation examples.",
                 numeric=[False, False, False, True, True, True, False]))
-    s.add(Figure(figs.accuracy_figure(sums, v.tasks, list(v.methods)),
+    base_ref: dict[str, dict[str, float | None]] = {}
+    brows = []
+    for task in v.tasks:
+        b = res.baselines.get(task)
+        if b is None:
+            continue
+        main = b.main_metric
+        maj = ((b.majority or {}).get("metrics") or {}).get(main, {})
+        chance = b.chance["metrics"][main]["value"]
+        best = b.best_constant.get(main, {})
+        head = ((b.untrained_head or {}).get("metrics") or {}).get(main, {})
+        base_ref[task] = {"majority": maj.get("value"), "chance": chance}
+        brows.append([task, main, str(b.eval_examples),
+                      ", ".join(f"{k}: {n}" for k, n in b.label_counts.items()),
+                      f"{f.metric(maj.get('value'))} "
+                      f"{f.interval(maj.get('ci_low'), maj.get('ci_high'), f.metric)} "
+                      f"(always '{(b.majority or {}).get('label_name', '')}')",
+                      f"{f.metric(best.get('value'))} (always '{best.get('label_name', '')}')",
+                      f"{f.metric(chance)} ({b.chance['metrics'][main]['method']})",
+                      f"{f.metric(head.get('value'))} "
+                      f"{f.interval(head.get('ci_low'), head.get('ci_high'), f.metric)}"
+                      if head else (b.untrained_error or f.MISSING)])
+    if brows:
+        s.add(Table(["Task", "Metric", "Eval examples", "Labels", "Majority class [CI]",
+                     "Best constant", "Chance (uniform guessing)", "Base, untrained head [CI]"],
+                    brows, "What a run must beat, on the evaluation examples the runs are "
+                    "evaluated on (peftlab.baselines).",
+                    numeric=[False, False, True, False, True, True, True, True]))
+    s.add(Figure(figs.accuracy_figure(sums, v.tasks, list(v.methods), base_ref),
                  "Main metric per task and method",
-                 "Main metric per task: each seed (small dots) and the mean with its interval "
-                 "over seeds (marker and bar)."))
+                 "Main metric per task: each seed (small dots; a cross: degenerate run) and the "
+                 "mean with its interval over seeds (marker and bar); dashed: majority-class "
+                 "rate, dotted: chance."))
     comps = res.comparisons_of("metric")
     if comps:
-        s.add(fnd.comparison_table(comps, "PEFT vs full fine-tuning, paired by seed (family "
-                                          "'metric')."))
+        s.add(fnd.comparison_table(comps, "PEFT vs full fine-tuning, paired by seed (the main "
+                                          "metric is a primary endpoint; other metrics are "
+                                          "exploratory)."))
     if res.variance:
         vrows = []
         for vd in res.variance:
@@ -218,6 +620,12 @@ def accuracy(res: Results) -> Section:
 # ----------------------------------------------------------------------------- drift
 
 
+def _measures(res: Results) -> list[str]:
+    """Every measure the drift table holds, in registration order."""
+    present = {m for r in res.drift for m in (r.get("values") or {})}
+    return [m for m in MEASURES.names() if m in present]
+
+
 def drift(res: Results) -> Section:
     s = Section("Representational drift", "drift")
     if not res.drift:
@@ -225,21 +633,39 @@ def drift(res: Results) -> Section:
     v = res.view
     methods = list(v.methods)
     first = res.drift[0]
+    measures = _measures(res)
+    labels = {m: measure_label(m) for m in measures}
+    boot = next((r["bootstrap"] for r in res.drift if r.get("bootstrap")), None)
     s.add(Paragraph.of(
         f"Similarity of each run's pooled representations ({first.get('pooling')} pooling, "
-        f"n = {first.get('n')} probe examples) to the base model's, per layer. Bands are "
-        "shaded over seeds; the dotted line is the permutation null floor of CKA at the same n "
-        "and d; the hatched band is the seed-to-seed control (two runs of the same method). "
-        "Layers where a measure is undefined are left out of every mean."))
-    measures = [m for m in tested_measures() if any(m in (r.get("values") or {}) for r in res.drift)]
+        f"n = {first.get('n')} probe examples) to the base model's, per layer, for every "
+        f"measure computed ({', '.join(labels.values())}). Lines: mean over learned runs, "
+        f"band: {_conf(res)} t-interval over seeds; dotted: the null floor (95% quantile of "
+        "the measure after shuffling the pairing of examples, at the same n and d); dashed and "
+        "hatched: the seed-to-seed control (two runs of the same method). Layer 0 (embeddings) "
+        "is drawn apart and left out of every band; layers where a measure is undefined are "
+        "left out of every mean."
+        + (f" The primary measure ({measure_label(boot['measure'])}) also has a bootstrap "
+           f"interval over probe examples per run and layer ({boot['n_resamples']} resamples)."
+           if boot else "")))
+    degenerate = [d for d in res.degenerate_runs()]
+    if degenerate:
+        s.add(Paragraph.of(f"{len(degenerate)} degenerate run(s) are left out of the lines, "
+                           "floors, controls and tests: "
+                           + ", ".join(d["run_id"] for d in degenerate) + "."))
+    layer_sums = res.summaries_of("drift_layer")
     for task in v.tasks:
-        recs = [r for r in res.drift if r["task"] == task]
-        if recs:
-            s.add(Figure(figs.drift_figure(task, recs, measures, methods, {m: measure_label(m) for m in measures}),
+        ls = [r for r in layer_sums if r["task"] == task]
+        if not ls and any(r["task"] == task for r in res.drift):
+            s.add(Paragraph.of(Strong(f"{task}:"), " every run with drift records is "
+                               "degenerate, so there is no learned run to draw; its drift "
+                               "comparisons are void."))
+        if ls:
+            s.add(Figure(figs.drift_figure(task, ls, measures, methods, labels),
                          f"Per-layer drift on {task}",
-                         f"{task}: similarity to the base model per layer, per method (line: "
-                         "mean over seeds; band: range over seeds; dotted: null floor; hatched: "
-                         "seed-to-seed range)."))
+                         f"{task}: similarity to the base model per layer, one panel per "
+                         "measure (line: mean over learned runs; band: t-interval over seeds; "
+                         "dotted: null floor q95; dashed/hatched: seed-to-seed)."))
     undefined = sorted({(v.tasks.index(r["task"]), r["layer"], m, why) for r in res.drift
                         for m, why in (r.get("undefined") or {}).items()})
     if undefined:
@@ -250,28 +676,53 @@ def drift(res: Results) -> Section:
     rows = []
     for sm in res.summaries_of("drift"):
         layers = sm["layers"]
-        rows.append([
-            sm["task"], measure_label(sm["measure"]),
-            f"{sm['band']} ({layers[0]}-{layers[-1]})" if layers else sm["band"], sm["method"],
-            str(sm["n"]), f.similarity(sm["mean"]),
-            ", ".join(f"{seed_label(x)}: {f.similarity(y)}"
-                      for x, y in zip(sm["seeds"], sm["values"], strict=True)) or f.MISSING,
-            f"{f.similarity(sm.get('null_mean'))} / {f.similarity(sm.get('null_q95'))}",
-            (f"{f.similarity(sm.get('seed_to_seed_mean'))} "
-             f"{f.interval(min(sm['seed_to_seed'], default=None), max(sm['seed_to_seed'], default=None), f.similarity)}"
-             if sm["seed_to_seed"] else f.MISSING),
-            ", ".join(str(x) for x in sm["undefined_layers"]) or "none",
-        ])
-    if rows:
-        s.add(Table(["Task", "Measure", "Band (layers)", "Method", "n", "Mean vs base",
-                     "Per seed", "Null floor (mean / 95% quantile)",
-                     "Seed-to-seed mean [min, max]", "Undefined layers"], rows,
-                    "Similarity to the base model averaged over each band of layers.",
-                    numeric=[False, False, False, False, True, True, False, True, True, False]))
-    comps = res.comparisons_of("drift")
+        span = f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+        rows.append([sm["task"], measure_label(sm["measure"]), f"{sm['band']} ({span})",
+                     sm["method"], str(sm["n"]), f.similarity(sm.get("mean")),
+                     f.interval(sm.get("ci_low"), sm.get("ci_high"), f.similarity),
+                     f.similarity(sm.get("null_q95")), f.similarity(sm.get("null_mean")),
+                     f.pvalue(sm.get("p_max")), f.similarity(sm.get("seed_to_seed_mean")),
+                     f.interval(sm.get("seed_to_seed_ci_low"), sm.get("seed_to_seed_ci_high"),
+                                f.similarity)])
+    s.add(Table(["Task", "Measure", "Band (layers)", "Method", "Runs", "Mean",
+                 f"{_conf(res)} CI over seeds", "Null floor (q95)", "Null mean",
+                 "Permutation p (max)", "Seed-to-seed", "Seed-to-seed CI"], rows,
+                "Every measure per layer band: base vs run over learned runs, beside its null "
+                "floor (the largest permutation p over runs and layers: every value clears its "
+                "floor when it is small) and the seed-to-seed control. Procrustes is a distance "
+                "(0 = same up to rotation); the rest are similarities.",
+                numeric=[False, False, False, False, True, True, True, True, True, True, True,
+                         True]))
+    lrows = []
+    for sm in layer_sums:
+        lrows.append([sm["task"], measure_label(sm["measure"]),
+                      f"{sm['layer']} ({sm.get('layer_name') or ''})", sm["method"],
+                      str(sm["n"]), f.similarity(sm.get("mean")),
+                      f.interval(sm.get("ci_low"), sm.get("ci_high"), f.similarity),
+                      f.interval(sm.get("bootstrap_low"), sm.get("bootstrap_high"),
+                                 f.similarity),
+                      f.similarity(sm.get("null_q95")), f.pvalue(sm.get("p_max")),
+                      f.similarity(sm.get("seed_to_seed_mean"))])
+    if lrows:
+        s.add(Table(["Task", "Measure", "Layer", "Method", "Runs", "Mean",
+                     f"{_conf(res)} CI over seeds", "Probe bootstrap CI (mean bounds)",
+                     "Null floor (q95)", "Permutation p (max)", "Seed-to-seed"], lrows,
+                    "Every measure per layer (base vs run, learned runs): the t-interval over "
+                    "seeds, the bootstrap interval over probe examples (primary measure; bounds "
+                    "averaged over runs), the null floor and the largest permutation p.",
+                    numeric=[False, False, False, False, True, True, True, True, True, True,
+                             True]))
+    comps = [c for c in res.comparisons_of("drift")]
     if comps:
-        s.add(fnd.comparison_table(comps, "Method vs method on similarity to the base, paired "
-                                          "by seed (families 'drift/<measure>/<band>')."))
+        s.add(fnd.comparison_table(comps, "Method vs method on base-vs-run similarity, paired "
+                                          "by seed, per task and band, and across tasks (mixed "
+                                          "model)."))
+    noise = res.comparisons_of("seed_noise")
+    if noise:
+        s.add(fnd.comparison_table(noise, "Drift against seed noise: each run's similarity to "
+                                          "the base vs the mean seed-to-seed similarity of the "
+                                          "pairs containing it (mean over transformer layers; "
+                                          "exploratory, the references share pairs)."))
     return s
 
 
@@ -282,13 +733,17 @@ def weights(res: Results) -> Section:
     s = Section("Weight space", "weights")
     if not res.weights:
         return s.add(not_measured("weight-space records", "drift"))
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    bad = {d["run_id"] for d in res.degenerate_runs()}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in res.weights:
-        groups[(r["task"], r["method"], r.get("matrix") or r["module"].split(".")[-1])].append(r)
+        if r["run_id"] in bad:
+            continue
+        groups[(r["task"], r["method"], r.get("matrix") or r["module"].split(".")[-1],
+                r.get("update", ""))].append(r)
     rows = []
     order = {t: i for i, t in enumerate(res.view.tasks)}
     morder = {m: i for i, m in enumerate(res.view.methods)}
-    for (task, method, matrix), recs in sorted(
+    for (task, method, matrix, update), recs in sorted(
             groups.items(), key=lambda kv: (order.get(kv[0][0], 99), morder.get(kv[0][1], 99),
                                             kv[0][2])):
         ok = [r for r in recs if not r.get("undefined")]
@@ -297,23 +752,31 @@ def weights(res: Results) -> Section:
             vals = [r[key] for r in ok if r.get(key) is not None]
             return float(np.mean(vals)) if vals else None
 
-        rows.append([task, method, matrix, str(len({r["run_id"] for r in recs})), str(len(recs)),
-                     f.sig(mean("update_fro")), f.sig(mean("relative_update")),
-                     f.num(mean("effective_rank"), 2), f.num(mean("rank_energy"), 2),
+        dtypes = sorted({str(r.get("dtype")) for r in ok if r.get("dtype")})
+        rows.append([task, method, matrix, update, str(len({r["run_id"] for r in recs})),
+                     str(len(recs)), f.sig(mean("update_fro")), f.sig(mean("relative_update")),
+                     f.num(mean("effective_rank"), 2), f.num(mean("numerical_rank"), 2),
+                     f.num(mean("rank_energy"), 2), f"{f.sig(mean('rank_cutoff'))} "
+                     f"({', '.join(dtypes) or f.MISSING})",
                      f.num(mean("intruder_dims"), 2),
                      f.integer(sum(r.get("intruder_dims") or 0 for r in ok)),
                      str(len(recs) - len(ok))])
     first = next((r for r in res.weights if r.get("top_k")), {})
     s.add(Paragraph.of(
-        "Update of each adapted weight matrix (merged adapter minus base for PEFT, tuned minus "
-        "base for full fine-tuning), averaged over the matrices of each kind and over runs. "
-        f"Intruder dimensions: top-{first.get('top_k', f.MISSING)} singular vectors of the tuned "
-        f"matrix with |cosine| below {first.get('epsilon', f.MISSING)} to every singular vector "
-        "of the base."),
-          Table(["Task", "Method", "Matrix", "Runs", "Matrices", "||dW||_F (mean)",
-                 "||dW||_F / ||W||_F (mean)", "Effective rank (mean)", "Energy rank (mean)",
+        "Update of each adapted weight matrix, averaged over the matrices of each kind and over "
+        "learned runs: 'B A (exact)' is LoRA's update formed from its factors (rank at most r, "
+        "no rounding); 'merged - base' the merged adapter minus the base (DoRA, AdaLoRA, IA3); "
+        "'tuned - base' full fine-tuning. Ranks count singular values above a cut-off set by "
+        "the precision the weights are stored in (shown with its dtype). Intruder dimensions: "
+        f"top-{first.get('top_k', f.MISSING)} singular vectors of the tuned matrix with "
+        f"|cosine| below {first.get('epsilon', f.MISSING)} to every singular vector of the "
+        "base."),
+          Table(["Task", "Method", "Matrix", "Update", "Runs", "Matrices", "||dW||_F (mean)",
+                 "||dW||_F / ||W||_F (mean)", "Effective rank (mean)",
+                 "Numerical rank (mean)", "Energy rank (mean)", "Rank cut-off (dtype)",
                  "Intruder dims (mean)", "Intruder dims (total)", "Undefined"], rows,
-                numeric=[False, False, False] + [True] * 9))
+                "Weight-space statistics per matrix kind.",
+                numeric=[False, False, False, False] + [True] * 11))
     return s
 
 
@@ -411,11 +874,11 @@ def deployment(res: Results) -> Section:
 
     over = s.sub("Unmerged overhead and its compute floor")
     orows = []
-    for c in res.comparisons_of("latency", family_prefix="latency/unmerged_vs_merged"):
+    for c in [c for c in res.comparisons_of("latency") if c.get("pair") == "unmerged_vs_merged"]:
         orows.append([c["task"], str(c["batch_size"]), str(c["seq_len"]), c["method_a"],
                       str(c["n"]), f.pct(c.get("rel_diff")),
                       f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct),
-                      f.share(c.get("flops_share")), c["outcome"]])
+                      f.share(c.get("flops_share")), fnd.outcome_cell(c)])
     if orows:
         over.add(Paragraph.of(
             "Measured latency of the unmerged adapter relative to the same adapter merged, "
@@ -471,8 +934,9 @@ def deployment(res: Results) -> Section:
     comps = res.comparisons_of("latency", "serving")
     if comps:
         s.sub("Deployment comparisons").add(fnd.comparison_table(
-            comps, "Median latency per run, paired by seed (families 'latency/<a>_vs_<b>' and "
-                   "'serving/<mode>_vs_single')."))
+            comps, "Median latency per run, paired by seed (primary at the declared sweep "
+                   "point, exploratory elsewhere; serving: several adapters on one base vs "
+                   "each served alone)."))
     return s
 
 
@@ -532,7 +996,9 @@ def served(x: dict[str, Any]) -> str:
 
 def decision(res: Results) -> Section:
     s = Section("Deployment decision", "decision")
-    lat = [x for x in res.summaries_of("latency") if x["mode"] in ("full", "unmerged", "merged")]
+    # trained models served one at a time (modes with an artifact, one per unit)
+    single = {m for m in mode_names() if get_mode(m).max_artifacts == 1}
+    lat = [x for x in res.summaries_of("latency") if x["mode"] in single]
     if not lat:
         return s.add(not_measured("latency summaries", "bench", "stats"))
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
@@ -556,7 +1022,7 @@ def decision(res: Results) -> Section:
                              method_b=best["method"]))
             row += [served(nxt), f.ms(nxt["median"]),
                     f.pct(nxt["median"] / best["median"] - 1) if best["median"] else f.MISSING,
-                    c["outcome"] if c else "not compared"]
+                    fnd.outcome_cell(c) if c else "not compared"]
         else:
             row += [f.MISSING] * 4
         rows.append(row)
@@ -576,7 +1042,7 @@ def decision(res: Results) -> Section:
                       f"{c['mode_a']}-{c['k']} ({c['method_a']})", f.ms(c.get("mean_a")),
                       f.ms(c.get("mean_b")), f.pct(c.get("rel_diff")),
                       f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct),
-                      c["outcome"]] for c in serving],
+                      fnd.outcome_cell(c)] for c in serving],
                     "What serving several adapters on one base costs per request, against "
                     "serving each adapter alone (means over seeds of per-run medians).",
                     numeric=[False, True, False, False, True, True, True, True, False]))
@@ -681,6 +1147,17 @@ def environment(res: Results) -> Section:
     return s
 
 
+# The report in order: FRONT before the table of contents (the answers, then whether to trust
+# them), SECTIONS after it. A new section is one function added to a list.
+FRONT: list[Callable[[Results], Section]] = [answers, trust]
+SECTIONS: list[Callable[[Results], Section]] = [
+    findings, how_to_read, runs_section, accuracy, drift, weights, deployment, decision, data,
+    environment]
+
+
+def build_front(res: Results) -> list[Section]:
+    return [fn(res) for fn in FRONT]
+
+
 def build_sections(res: Results) -> list[Section]:
-    return [how_to_read(res), summary(res), runs_section(res), accuracy(res), drift(res),
-            weights(res), deployment(res), decision(res), data(res), environment(res)]
+    return [fn(res) for fn in SECTIONS]
