@@ -58,8 +58,9 @@ class NullResult:
     """A similarity of the true row pairing against the same after shuffling the rows of y.
 
     observed: CKA (`cka_null`) or mean cosine (`cosine_null`) of (x, y). values: shape
-    (n_permutations,), the same of (x, y[perm]) for each permutation. null_q95 is the floor a meaningful observed value has to clear.
-    p_value = (1 + #{values >= observed}) / (1 + n_permutations).
+    (n_permutations,), the same of (x, y[perm]) for each permutation. null_q95 is the floor a
+    meaningful observed value has to clear. p_value = (1 + #{values >= observed}) /
+    (1 + n_permutations).
     """
 
     observed: float
@@ -69,6 +70,20 @@ class NullResult:
     p_value: float
     n_permutations: int
     values: np.ndarray
+
+    @classmethod
+    def of(cls, observed: float, values: np.ndarray) -> NullResult:
+        """The summary of permuted `values` (shape (n_permutations,)) against `observed`."""
+        n = len(values)
+        return cls(
+            observed=float(observed),
+            null_mean=float(values.mean()),
+            null_std=float(values.std(ddof=1)) if n > 1 else 0.0,
+            null_q95=float(np.quantile(values, 0.95)),
+            p_value=float((1 + np.count_nonzero(values >= observed)) / (1 + n)),
+            n_permutations=n,
+            values=values,
+        )
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -464,15 +479,7 @@ def cka_null(
         for i in range(n_permutations):
             values[i] = _permuted_inner(kx, ky, rng.permutation(n), rows) / norm
 
-    return NullResult(
-        observed=float(observed),
-        null_mean=float(values.mean()),
-        null_std=float(values.std(ddof=1)) if n_permutations > 1 else 0.0,
-        null_q95=float(np.quantile(values, 0.95)),
-        p_value=float((1 + np.count_nonzero(values >= observed)) / (1 + n_permutations)),
-        n_permutations=n_permutations,
-        values=values,
-    )
+    return NullResult.of(observed, values)
 
 
 # ----------------------------------------------------------------------------- other measures
@@ -582,15 +589,7 @@ def cosine_null(
     for i in range(n_permutations):
         perm = rng.permutation(n)
         values[i] = np.clip(np.einsum("ij,ij->i", xu, yu[perm]), -1.0, 1.0).mean()
-    return NullResult(
-        observed=observed,
-        null_mean=float(values.mean()),
-        null_std=float(values.std(ddof=1)) if n_permutations > 1 else 0.0,
-        null_q95=float(np.quantile(values, 0.95)),
-        p_value=float((1 + np.count_nonzero(values >= observed)) / (1 + n_permutations)),
-        n_permutations=n_permutations,
-        values=values,
-    )
+    return NullResult.of(observed, values)
 
 
 def procrustes_distance(x, y) -> float:

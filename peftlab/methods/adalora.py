@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from peftlab.methods.base import Method, MethodParams, check_targets, register, wrap_peft
+from peftlab.methods.base import Method, MethodParams, register, wrap_peft
 
 
 class AdaLoraParams(MethodParams):
@@ -44,7 +44,6 @@ class AdaLora(Method):
 
     def check(self, params, *, linear_names, device, where):
         super().check(params, linear_names=linear_names, device=device, where=where)
-        check_targets(params.get("target_modules"), linear_names, where)
         if params["target_r"] > params["init_r"]:
             from peftlab.errors import SpecError
 

@@ -53,12 +53,16 @@ class Method:
 
     def check(self, params: dict[str, Any], *, linear_names: list[str] | None, device: str,
               where: str) -> None:
-        """Refuse, before any training, what this model or device cannot do."""
+        """Refuse, before any training, what this model or device cannot do: a CUDA-only method
+        off CUDA, and `target_modules` (for methods that take them) naming no linear layer of the
+        model."""
         if self.needs_cuda and device != "cuda":
             raise SpecError(
                 f"{where}: method {self.name!r} needs a CUDA device, but this study runs on "
                 f"{device!r}"
             )
+        if "target_modules" in params:
+            check_targets(params["target_modules"], linear_names, where)
 
     def base_load_options(self, params: dict[str, Any], *, device: str) -> dict[str, Any]:
         """Extra keyword arguments of `models.load_classifier` for this method's base model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from peftlab.methods.base import Method, MethodParams, check_targets, register, wrap_peft
+from peftlab.methods.base import Method, MethodParams, register, wrap_peft
 
 
 class IA3Params(MethodParams):
@@ -19,7 +19,6 @@ class IA3(Method):
 
     def check(self, params, *, linear_names, device, where):
         super().check(params, linear_names=linear_names, device=device, where=where)
-        check_targets(params.get("target_modules"), linear_names, where)
         ff, tm = params.get("feedforward_modules"), params.get("target_modules")
         if ff and isinstance(tm, list) and not set(ff) <= set(tm):
             from peftlab.errors import SpecError

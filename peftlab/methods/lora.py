@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from peftlab.methods.base import Method, MethodParams, check_targets, register, wrap_peft
+from peftlab.methods.base import Method, MethodParams, register, wrap_peft
 
 
 class LoraParams(MethodParams):
@@ -26,10 +26,6 @@ class Lora(Method):
     name = "lora"
     Params = LoraParams
     supports_mixed_batch = True
-
-    def check(self, params, *, linear_names, device, where):
-        super().check(params, linear_names=linear_names, device=device, where=where)
-        check_targets(params.get("target_modules"), linear_names, where)
 
     def peft_config(self, params: dict[str, Any], head_names: list[str]):
         from peft import LoraConfig, TaskType

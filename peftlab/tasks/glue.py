@@ -14,137 +14,55 @@ HUB_GLUE = "nyu-mll/glue"
 TRAIN_DEV = (("train", "train.tsv"), ("eval", "dev.tsv"))
 NLI_2 = (("entailment", 0), ("not_entailment", 1))
 
-SST2 = TaskDef(
-    name="sst2",
-    text_columns=("sentence",),
-    label_names=("negative", "positive"),
-    metrics=("accuracy",),
-    hub=HubLayout(HUB_GLUE, "sst2", ("sentence",)),
-    # sentence<TAB>label; every sentence ends with a space (removed by normalise_text).
-    glue=GlueLayout("SST-2", TRAIN_DEV, text_a="sentence", label="label", num_fields=2),
-)
 
-MRPC = TaskDef(
-    name="mrpc",
-    text_columns=("sentence1", "sentence2"),
-    label_names=("not_equivalent", "equivalent"),
-    # GLUE reports F1 (of "equivalent") first for MRPC, accuracy second.
-    metrics=("f1", "accuracy"),
-    hub=HubLayout(HUB_GLUE, "mrpc", ("sentence1", "sentence2")),
-    # Quality<TAB>#1 ID<TAB>#2 ID<TAB>#1 String<TAB>#2 String: label first; the header has a BOM.
-    glue=GlueLayout(
-        "MRPC", TRAIN_DEV, text_a="#1 String", text_b="#2 String", label="Quality", num_fields=5
-    ),
-)
+def glue_task(name: str, text_columns: tuple[str, ...], label_names: tuple[str, ...] | None,
+              metrics: tuple[str, ...], folder: str, *, num_fields: int | None, label: str | int
+              = "label", texts: tuple[str | int, ...] | None = None, files=TRAIN_DEV,
+              header: bool = True, label_map: tuple[tuple[str, int], ...] | None = None,
+              eval_split: str = "validation") -> TaskDef:
+    """A GLUE task: its hub copy is `nyu-mll/glue/<name>` with `text_columns`; its GLUE folder
+    names (or numbers, without a header) the same texts unless `texts` says otherwise."""
+    a, *b = texts or text_columns
+    return TaskDef(
+        name=name, text_columns=text_columns, label_names=label_names, metrics=metrics,
+        eval_split=eval_split, hub=HubLayout(HUB_GLUE, name, text_columns),
+        glue=GlueLayout(folder, files, text_a=a, text_b=b[0] if b else None, label=label,
+                        header=header, num_fields=num_fields, label_map=label_map))
 
-RTE = TaskDef(
-    name="rte",
-    text_columns=("sentence1", "sentence2"),
-    label_names=("entailment", "not_entailment"),
-    metrics=("accuracy",),
-    hub=HubLayout(HUB_GLUE, "rte", ("sentence1", "sentence2")),
-    glue=GlueLayout(
-        "RTE",
-        TRAIN_DEV,
-        text_a="sentence1",
-        text_b="sentence2",
-        label="label",
-        num_fields=4,
-        label_map=NLI_2,
-    ),
-)
 
-COLA = TaskDef(
-    name="cola",
-    text_columns=("sentence",),
-    label_names=("unacceptable", "acceptable"),
-    metrics=("mcc", "accuracy"),
-    hub=HubLayout(HUB_GLUE, "cola", ("sentence",)),
-    # No header: source<TAB>label<TAB>original label<TAB>sentence, so columns go by position.
-    glue=GlueLayout("CoLA", TRAIN_DEV, text_a=3, label=1, header=False, num_fields=4),
-)
+PAIR = ("sentence1", "sentence2")
 
-QNLI = TaskDef(
-    name="qnli",
-    text_columns=("question", "sentence"),
-    label_names=("entailment", "not_entailment"),
-    metrics=("accuracy",),
-    hub=HubLayout(HUB_GLUE, "qnli", ("question", "sentence")),
-    glue=GlueLayout(
-        "QNLI",
-        TRAIN_DEV,
-        text_a="question",
-        text_b="sentence",
-        label="label",
-        num_fields=4,
-        label_map=NLI_2,
-    ),
-)
-
-QQP = TaskDef(
-    name="qqp",
-    text_columns=("question1", "question2"),
-    label_names=("not_duplicate", "duplicate"),
-    metrics=("f1", "accuracy"),
-    hub=HubLayout(HUB_GLUE, "qqp", ("question1", "question2")),
-    # id<TAB>qid1<TAB>qid2<TAB>question1<TAB>question2<TAB>is_duplicate
-    glue=GlueLayout(
-        "QQP",
-        TRAIN_DEV,
-        text_a="question1",
-        text_b="question2",
-        label="is_duplicate",
-        num_fields=6,
-    ),
-)
-
-MNLI = TaskDef(
-    name="mnli",
-    text_columns=("premise", "hypothesis"),
-    label_names=("entailment", "neutral", "contradiction"),
-    metrics=("accuracy",),
-    eval_split="validation_matched",  # the matched dev set is the conventional MNLI eval
-    hub=HubLayout(HUB_GLUE, "mnli", ("premise", "hypothesis")),
-    # train.tsv has 12 columns, dev_matched.tsv 16 (five annotator labels): width from the header.
-    glue=GlueLayout(
-        "MNLI",
-        (("train", "train.tsv"), ("eval", "dev_matched.tsv")),
-        text_a="sentence1",
-        text_b="sentence2",
-        label="gold_label",
-        num_fields=None,
-        label_map=(("entailment", 0), ("neutral", 1), ("contradiction", 2)),
-    ),
-)
-
-STSB = TaskDef(
-    name="stsb",
-    text_columns=("sentence1", "sentence2"),
-    label_names=None,  # regression: similarity score, a float from 0 to 5
-    metrics=("pearson", "spearman"),
-    hub=HubLayout(HUB_GLUE, "stsb", ("sentence1", "sentence2")),
-    # index genre filename year old_index source1 source2 sentence1 sentence2 score
-    glue=GlueLayout(
-        "STS-B",
-        TRAIN_DEV,
-        text_a="sentence1",
-        text_b="sentence2",
-        label="score",
-        num_fields=10,
-    ),
-)
-
-WNLI = TaskDef(
-    name="wnli",
-    text_columns=("sentence1", "sentence2"),
-    # Note the order: the hub (and GLUE's 0/1 labels) put not_entailment first, unlike RTE/QNLI.
-    label_names=("not_entailment", "entailment"),
-    metrics=("accuracy",),
-    hub=HubLayout(HUB_GLUE, "wnli", ("sentence1", "sentence2")),
-    glue=GlueLayout(
-        "WNLI", TRAIN_DEV, text_a="sentence1", text_b="sentence2", label="label", num_fields=4
-    ),
-)
+# sentence<TAB>label; every sentence ends with a space (removed by normalise_text).
+SST2 = glue_task("sst2", ("sentence",), ("negative", "positive"), ("accuracy",), "SST-2",
+                 num_fields=2)
+# Quality<TAB>#1 ID<TAB>#2 ID<TAB>#1 String<TAB>#2 String: label first; the header has a BOM.
+# GLUE reports F1 (of "equivalent") first for MRPC, accuracy second.
+MRPC = glue_task("mrpc", PAIR, ("not_equivalent", "equivalent"), ("f1", "accuracy"), "MRPC",
+                 num_fields=5, label="Quality", texts=("#1 String", "#2 String"))
+RTE = glue_task("rte", PAIR, ("entailment", "not_entailment"), ("accuracy",), "RTE",
+                num_fields=4, label_map=NLI_2)
+# No header: source<TAB>label<TAB>original label<TAB>sentence, so columns go by position.
+COLA = glue_task("cola", ("sentence",), ("unacceptable", "acceptable"), ("mcc", "accuracy"),
+                 "CoLA", num_fields=4, label=1, texts=(3,), header=False)
+QNLI = glue_task("qnli", ("question", "sentence"), ("entailment", "not_entailment"),
+                 ("accuracy",), "QNLI", num_fields=4, label_map=NLI_2)
+# id<TAB>qid1<TAB>qid2<TAB>question1<TAB>question2<TAB>is_duplicate
+QQP = glue_task("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"),
+                ("f1", "accuracy"), "QQP", num_fields=6, label="is_duplicate")
+# train.tsv has 12 columns, dev_matched.tsv 16 (five annotator labels): width from the header.
+# The matched dev set is the conventional MNLI eval.
+MNLI = glue_task("mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+                 ("accuracy",), "MNLI", num_fields=None, label="gold_label", texts=PAIR,
+                 files=(("train", "train.tsv"), ("eval", "dev_matched.tsv")),
+                 label_map=(("entailment", 0), ("neutral", 1), ("contradiction", 2)),
+                 eval_split="validation_matched")
+# index genre filename year old_index source1 source2 sentence1 sentence2 score;
+# regression: a similarity score, a float from 0 to 5.
+STSB = glue_task("stsb", PAIR, None, ("pearson", "spearman"), "STS-B", num_fields=10,
+                 label="score")
+# Note the order: the hub (and GLUE's 0/1 labels) put not_entailment first, unlike RTE/QNLI.
+WNLI = glue_task("wnli", PAIR, ("not_entailment", "entailment"), ("accuracy",), "WNLI",
+                 num_fields=4)
 
 GLUE_TASKS = (SST2, MRPC, RTE, COLA, QNLI, QQP, MNLI, STSB, WNLI)
 
