@@ -190,28 +190,9 @@ class Store:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    @contextlib.contextmanager
-    def atomic_dir(self, final: Path) -> Iterator[Path]:
-        """Yield a temporary folder that becomes `final` only if the block finishes.
-
-        A process killed inside the block leaves `<final>.tmp-<pid>`, which `sweep_partial` removes
-        on the next run, so a half-written artifact is never read as complete.
-        """
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
-        if final.exists():  # moved aside, not deleted, so a kill here loses nothing complete
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+    def atomic_dir(self, final: Path) -> contextlib.AbstractContextManager[Path]:
+        """`atomic_dir(final)`: a temporary folder that becomes `final` only if the block ends."""
+        return atomic_dir(final)
 
     def sweep_partial(self) -> list[Path]:
         """Remove leftovers of killed processes (`*.tmp-<pid>` folders and files)."""
@@ -221,6 +202,31 @@ class Store:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 gone.append(p)
         return gone
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder that becomes `final` only if the block finishes.
+
+    A process killed inside the block leaves `<final>.tmp-<pid>`, which `sweep_partial` removes
+    on the next run, so a half-written artifact is never read as complete. Needs no store: a
+    remote worker writing an artifact into the study directory uses it too.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f"{final.name}.tmp-old-{os.getpid()}")
+    if final.exists():  # moved aside, not deleted, so a kill here loses nothing complete
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -24,6 +24,7 @@ from rich.console import Console
 from peftlab import logs
 from peftlab.data import StudyData
 from peftlab.errors import SpecError
+from peftlab.execution import Executor, LocalExecutor
 from peftlab.spec import RunConfig, Study
 from peftlab.store import Store, atomic_write_text, provenance
 
@@ -34,12 +35,14 @@ STAGES: tuple[str, ...] = ("data", "baselines", "search", "finetune", "represent
 
 @dataclass
 class Context:
-    """What a stage receives: the study (with its resolved plan), its store, its data, the device
-    and a console."""
+    """What a stage receives: the study (with its resolved plan), its store, its data, the device,
+    a console and the executor its units of work go to."""
 
     study: Study
     store: Store
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    # where units of work run (peftlab.execution); run_stages sets the spec's, else in-process
+    executor: Executor = field(default_factory=lambda: LocalExecutor())
 
     @cached_property
     def device(self) -> str:
@@ -134,15 +137,28 @@ def open_study_store(study: Study) -> Store:
 
 
 def run_stages(study: Study, stages: list[str] | None = None, *,
-               console: Console | None = None) -> Context:
-    """Run the named stages (default: all, in pipeline order) on one locked study directory."""
+               console: Console | None = None, executor: str | None = None,
+               address: str | None = None) -> Context:
+    """Run the named stages (default: all, in pipeline order) on one locked study directory.
+
+    executor / address: "local" or "ray" and a Ray address, over the spec's `execution` block
+    (`peftlab run --executor ray --address auto`). With Ray, this process stays the driver: it
+    holds the lock and writes every record, and first checks that every node sees the study
+    directory.
+    """
+    from peftlab.execution import make_executor
     from peftlab.validate import deep_check
 
     names = list(STAGES) if stages is None else stages
     funcs = [(n, stage_function(n)) for n in names]  # unknown names fail before any work
     deep_check(study)  # bad targets, impossible devices, oversized batches: fail in seconds
     store = open_study_store(study)
-    ctx = Context(study=study, store=store, console=console or Console(stderr=True))
+    try:
+        ex = make_executor(study.spec.execution, backend=executor, address=address)
+    except BaseException:
+        store.close()
+        raise
+    ctx = Context(study=study, store=store, console=console or Console(stderr=True), executor=ex)
     # Library warnings, logging and stray stderr output go to <study dir>/log.txt, labelled with
     # the stage and unit (peftlab.logs); the console keeps peftlab's own lines and progress.
     try:
@@ -151,6 +167,10 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
                 logs.emit(f"pid {os.getpid()}: stages {', '.join(names)} of "
                           f"{study.path or study.spec.name} -> {study.output_dir}")
             start = log.path.stat().st_size
+            if not ex.in_process:
+                hosts = ex.check_shared_filesystem(store.root)
+                ctx.console.print(f"{ex.backend}: {len(hosts)} nodes see {store.root} "
+                                  f"({', '.join(sorted(set(hosts)))})")
             for name, fn in funcs:
                 ctx.console.rule(f"[bold]{name}")
                 with logs.stage(name):
@@ -159,5 +179,6 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
             if added:
                 ctx.console.print(f"library messages: {added} lines in {log.path}")
     finally:
+        ex.close()  # cancels whatever is still in flight (Ctrl-C, an error) before the unlock
         store.close()
     return ctx

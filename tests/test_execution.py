@@ -1,0 +1,274 @@
+"""Executors: the tiny study through Ray gives what the local backend gives; dead workers,
+parallel search trials and the shared-filesystem check.
+
+    .venv/bin/python -m pytest tests/test_execution.py -q
+
+Ray runs on this machine (`ray.init(num_cpus=2)`, one module-wide runtime): each unit asks for
+one CPU, so two units run at once, in worker processes of their own. Skipped without Ray
+(`pip install -e ".[ray]"`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peftlab.errors import SpecError, StoreError
+from peftlab.execution import LocalExecutor, Unit, make_executor
+from peftlab.fixtures import tiny_spec, write_spec
+from peftlab.records import RunRecord, read, read_search
+from peftlab.spec import ExecutionSpec, load_spec
+from peftlab.store import Store
+from peftlab.study import run_stages
+
+STUDY = dict(tasks=("sst2",), methods=("full", "lora"), seeds=(1, 2))
+
+
+def _study(tmp: Path, model_dir: Path, glue_dir: Path, **sections):
+    spec = tiny_spec(tmp / "study", model_dir=model_dir, **{**STUDY, **sections})
+    return load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=str(glue_dir))
+
+
+def _runs(study) -> dict[str, RunRecord]:
+    store = Store(study.output_dir, create=False)
+    try:
+        return {r.run_id: r for r in read(store, RunRecord)}
+    finally:
+        store.close()
+
+
+# -- without Ray ------------------------------------------------------------------------------
+
+
+def test_local_executor_runs_units_in_order_and_returns_user_errors():
+    ex = LocalExecutor()
+    started = []
+    ex.submit(Unit("a", sorted, ([3, 1, 2],), on_start=lambda: started.append("a")))
+    ex.submit(Unit("b", load_spec, ("/nonexistent/spec.yaml",),
+                   on_start=lambda: started.append("b")))
+    assert started == []  # lazy: a unit starts when its outcome is asked for
+    first = ex.next_done()
+    assert (first.unit.key, first.value, started) == ("a", [1, 2, 3], ["a"])
+    second = ex.next_done()
+    assert isinstance(second.error, SpecError) and second.value is None
+    assert ex.pending == 0
+
+
+def test_an_address_without_the_ray_backend_is_refused():
+    with pytest.raises(SpecError, match="--executor ray"):
+        make_executor(ExecutionSpec(), address="auto")
+    with pytest.raises(SpecError, match="local or ray"):
+        make_executor(ExecutionSpec(), backend="dask")
+
+
+def test_the_execution_block_is_validated_with_its_key(tmp_path, tiny_llama_dir, glue_dir):
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, **STUDY,
+                     execution={"backend": "ray", "max_retries": -1})
+    with pytest.raises(SpecError, match="execution.max_retries"):
+        load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+
+
+# -- on a local Ray runtime -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_and_ray(ray_runtime, tmp_path_factory, tiny_llama_dir, glue_dir):
+    """The same tiny study (2 methods x 2 seeds, then representations) locally and on Ray."""
+    out = {}
+    for backend in ("local", "ray"):
+        tmp = tmp_path_factory.mktemp(backend)
+        study = _study(tmp, tiny_llama_dir, glue_dir, execution={"backend": backend})
+        run_stages(study, ["data", "finetune", "represent"])
+        out[backend] = study
+    return out
+
+
+def test_ray_gives_the_local_run_ids_and_metrics(local_and_ray):
+    local, remote = (_runs(local_and_ray[b]) for b in ("local", "ray"))
+    assert sorted(local) == sorted(remote) and len(local) == 4
+    for run_id, a in local.items():
+        b = remote[run_id]
+        assert a.status == b.status == "done"
+        assert a.metrics.keys() == b.metrics.keys()
+        for name, m in a.metrics.items():
+            assert b.metrics[name]["value"] == pytest.approx(m["value"], abs=1e-9), name
+        assert b.loss_curve == pytest.approx(a.loss_curve, rel=1e-5)
+        assert a.provenance["execution"]["backend"] == "local"
+        ex = b.provenance["execution"]
+        assert ex["backend"] == "ray" and ex["attempt"] == 1 and ex["host"]
+        assert (local_and_ray["ray"].output_dir / b.artifact / "adapter_config.json").is_file() \
+            or (local_and_ray["ray"].output_dir / b.artifact / "config.json").is_file()
+
+
+def test_ray_representations_match_the_local_ones(local_and_ray):
+    from safetensors.numpy import load_file
+
+    files = {}
+    for backend, study in local_and_ray.items():
+        store = Store(study.output_dir, create=False)
+        try:
+            files[backend] = {r["key"]: study.output_dir / r["file"]
+                              for r in store.records("represent")}
+        finally:
+            store.close()
+    assert files["local"].keys() == files["ray"].keys()
+    assert len(files["ray"]) == 5  # the base and 4 runs
+    for key, path in files["local"].items():
+        a, b = load_file(path), load_file(files["ray"][key])
+        assert a.keys() == b.keys()
+        for layer in a:
+            np.testing.assert_allclose(b[layer], a[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_a_study_directory_the_workers_do_not_see_is_refused(ray_runtime, tmp_path):
+    ex = make_executor(ExecutionSpec(backend="ray"))
+    try:
+        assert len(ex.check_shared_filesystem(tmp_path)) == 1  # one node, the same folder
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        with pytest.raises(StoreError, match="not on a filesystem that every Ray node sees"):
+            ex.check_shared_filesystem(tmp_path, worker_root=elsewhere)
+        assert not (tmp_path / ".peftlab-probes").exists()  # the probes are cleaned up
+    finally:
+        ex.close()
+
+
+def test_a_user_mistake_in_a_worker_comes_back_as_the_same_error(ray_runtime):
+    ex = make_executor(ExecutionSpec(backend="ray"))
+    try:
+        ex.submit(Unit("bad", load_spec, ("/nonexistent/spec.yaml",)))
+        out = ex.next_done()
+        assert isinstance(out.error, SpecError) and "nonexistent" in str(out.error)
+    finally:
+        ex.close()
+
+
+def _killer(targets: dict[str, int], stop: threading.Event, killed: list[tuple[str, int]]):
+    """SIGKILL the Ray worker running unit `key` each time it starts, `targets[key]` times.
+
+    A worker's process title is `ray::peftlab:<unit key>` while it runs that unit (the task's
+    name), so a retried attempt in a fresh worker is found again.
+    """
+    import psutil
+
+    seen: dict[int, float] = {}
+    while not stop.is_set() and any(targets.values()):
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            title = " ".join(proc.info["cmdline"] or [])
+            for key, left in targets.items():
+                if left and f"ray::peftlab:{key}" in title:
+                    # mid-run: once it has trained for a moment, not while it imports
+                    first = seen.setdefault(proc.info["pid"], time.monotonic())
+                    if time.monotonic() - first > 1.0:
+                        os.kill(proc.info["pid"], signal.SIGKILL)
+                        targets[key] -= 1
+                        killed.append((key, proc.info["pid"]))
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_leaves_its_unit_retried_or_failed_and_the_rest_finish(
+        ray_runtime, tmp_path, tiny_llama_dir, glue_dir):
+    # lora runs train long enough (25 epochs) to be killed mid-run; the full runs are quick
+    study = _study(tmp_path, tiny_llama_dir, glue_dir,
+                   execution={"backend": "ray", "max_retries": 1},
+                   overrides=[{"methods": ["lora"], "training": {"epochs": 25}}])
+    lora = sorted(rc.run_id for rc in study.runs() if rc.method == "lora")
+    retried, failed = lora
+    targets = {retried: 1, failed: 2}  # max_retries 1: two deaths exhaust the unit
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_killer, args=(targets, stop, killed), daemon=True)
+    watcher.start()
+    try:
+        run_stages(study, ["data", "finetune"])
+    finally:
+        stop.set()
+        watcher.join()
+    assert sorted(k for k, _ in killed) == sorted([retried, failed, failed])
+    runs = _runs(study)
+    assert runs[failed].status == "failed"
+    assert "worker died on all 2 attempts" in runs[failed].failure_reason
+    assert "WorkerCrashedError" in runs[failed].failure_reason
+    assert len(runs[failed].provenance["execution"]["earlier_attempts"]) == 2
+    assert runs[retried].status == "done"
+    ex = runs[retried].provenance["execution"]
+    assert ex["attempt"] == 2 and "WorkerCrashedError" in ex["earlier_attempts"][0]["reason"]
+    others = [r for k, r in runs.items() if k not in lora]
+    assert len(others) == 2 and all(r.status == "done" for r in others)
+    assert not list(study.output_dir.rglob("*.tmp-*"))  # killed attempts left nothing behind
+
+
+SEARCH = {"n_trials": 4, "eval_steps": 2, "pruner": "median", "pruner_startup_trials": 1,
+          "startup_trials": 2, "validation_share": 0.25,
+          "space": {"learning_rate": {"low": 1.0e-6, "high": 3.0e-2, "log": True}},
+          "methods": {"lora": {"r": [2, 4]}}}
+
+
+def test_a_search_with_two_parallel_trials_loses_and_repeats_none(ray_runtime, tmp_path,
+                                                                   tiny_llama_dir, glue_dir):
+    from peftlab.search import STORAGE_NAME, storage
+
+    study = _study(tmp_path, tiny_llama_dir, glue_dir, methods=("lora",), seeds=(1,),
+                   training={"epochs": 2, "batch_size": 8, "logging_steps": 1,
+                             "bootstrap_samples": 20, "warmup_ratio": 0.0},
+                   search=copy.deepcopy(SEARCH),
+                   execution={"backend": "ray", "parallel_trials": 2})
+    run_stages(study, ["data", "search"])
+    store = Store(study.output_dir, create=False)
+    trials, summaries = read_search(store)
+    store.close()
+    (summary,) = summaries
+    assert summary.status == "done" and summary.stopped_by == "n_trials"
+    assert summary.sampler["parallel_trials"] == 2
+    numbers = sorted(t.number for t in trials)
+    assert numbers == [0, 1, 2, 3]  # one record per trial: none lost, none twice
+    assert all(t.state in ("complete", "pruned") and t.counted for t in trials)
+    # the workers reported to the pruner through the shared journal (StorageReporter)
+    assert all(t.intermediate for t in trials)
+    # Optuna's own storage agrees: exactly 4 trials, every one finished, distinct values
+    import optuna
+
+    opt = optuna.load_study(study_name=summary.study_name,
+                            storage=storage(study.output_dir / "search" / STORAGE_NAME))
+    states = [t.state.name for t in opt.get_trials(deepcopy=False)]
+    assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert len({t.params["learning_rate"] for t in opt.get_trials()}) == 4
+    # two in flight at once: the second trial was asked before the first one was told
+    first, second = sorted(opt.get_trials(), key=lambda t: t.number)[:2]
+    assert second.datetime_start <= first.datetime_complete
+
+
+def test_closing_the_executor_kills_the_units_in_flight(ray_runtime):
+    """What Ctrl-C on the driver does (run_stages closes its executor on the way out): the
+    workers of units still running are killed, so none of them goes on writing."""
+    import psutil
+
+    def workers() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if "ray::peftlab:sleeper" in " ".join(p.info["cmdline"] or [])]
+
+    ex = make_executor(ExecutionSpec(backend="ray"))
+    ex.submit(Unit("sleeper", time.sleep, (120,)))
+    deadline = time.monotonic() + 60
+    while not workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = workers()
+    assert pids, "the unit never started"
+    ex.close()
+    assert ex.pending == 0
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids], timeout=30)
+    assert not alive
