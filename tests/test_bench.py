@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,10 @@ from peftlab.errors import ModelError, PeftlabError, SpecError
 
 BENCH = {"batch_sizes": [1, 4], "seq_lengths": ["data", 16], "warmup": 1, "min_iterations": 3,
          "min_seconds": 0.0, "threads": 1, "interleave": "round_robin", "gate_examples": 8,
-         "load_repeats": 1}
+         "load_repeats": 1,
+         "serving": {"rates": [100.0, 400.0], "max_requests": 40, "max_seconds": 0.4,
+                     "patterns": ["uniform", "identical"], "max_batch_size": 4,
+                     "max_wait_ms": 2.0}}
 POINTS = [(1, "data"), (1, 16), (4, "data"), (4, 16)]
 
 
@@ -414,3 +418,389 @@ def test_bad_input_gives_one_clear_error(benched, tiny_llama_dir, tiny_bert_dir,
         oneoff(tiny_llama_dir, [doras[0], rte], ["multi"], adapter_tasks=["sst2", "rte"])
     with pytest.raises(PeftlabError, match="unknown bench mode 'fast'"):
         oneoff(tiny_llama_dir, [lora], ["fast"])
+
+
+# -- like with like: multi-adapter units per task ------------------------------------------------
+
+
+def _sim_rows(rng, seed, task_ms, switch_ms=0.0, n=300):
+    """bench_rows-shaped rows of one seed: an unmerged unit per task and one multi unit whose
+    requests for task t take what t's single adapter takes (+ switch_ms when it switched)."""
+    tasks = list(task_ms)
+    singles = {}
+    for t, ms in task_ms.items():
+        batches = [int(i % 16) for i in range(n)]
+        singles[t] = {"tasks": [t], "seed": seed,
+                      "latencies_ms": list(ms * rng.lognormal(0, 0.05, n)),
+                      "extras": {"request_batches": batches}}
+    who = [int(x) for x in rng.integers(0, len(tasks), n)]
+    lat = [task_ms[tasks[a]] * float(rng.lognormal(0, 0.05))
+           + (switch_ms if j and who[j - 1] != a else 0.0) for j, a in enumerate(who)]
+    cursor = dict.fromkeys(range(len(tasks)), 0)
+    batches = []
+    for a in who:
+        batches.append(cursor[a] % 16)
+        cursor[a] += 1
+    multi = {"tasks": tasks, "seed": seed, "latencies_ms": lat,
+             "extras": {"request_adapters": who, "request_batches": batches}}
+    return singles, multi
+
+
+def test_multi_against_single_per_task_shows_no_difference_without_a_switch_cost():
+    """The issue's simulation: tasks of 8/12/22 ms, no switch cost. Pooling the stream against
+    the mean of the single medians calls multi ~13% faster for every seed (a paired test would
+    call that significant); per task, on that task's requests, there is no difference."""
+    from peftlab import stats as st
+    from peftlab.bench.compare import matched_latencies, median, task_latencies
+
+    task_ms = {"sst2": 8.0, "mrpc": 12.0, "rte": 22.0}
+    rng = np.random.default_rng(0)
+    pooled_a, pooled_b = [], []
+    per_task = {t: ([], []) for t in task_ms}
+    for seed in (1, 2, 3):
+        singles, multi = _sim_rows(rng, seed, task_ms)
+        pooled_a.append(median(multi["latencies_ms"]))
+        pooled_b.append(np.mean([median(r["latencies_ms"]) for r in singles.values()]))
+        for t, lat in task_latencies(multi).items():
+            ref, matched = matched_latencies(singles[t], lat.batches)
+            assert matched
+            per_task[t][0].append(median(lat.ms))
+            per_task[t][1].append(median(ref))
+    # the old comparison: a spurious ~13% "speed-up", significant across seeds
+    old = st.compare(pooled_a, pooled_b, paired=True, min_n=3)
+    assert np.mean(pooled_a) / np.mean(pooled_b) - 1 < -0.08 and old.outcome == "different"
+    for t, (a, b) in per_task.items():
+        c = st.compare(a, b, paired=True, min_n=3)
+        assert abs(np.mean(a) / np.mean(b) - 1) < 0.03, t
+        assert c.outcome != "different", (t, a, b)
+    # and a real switch cost is still seen, per task
+    singles, multi = _sim_rows(np.random.default_rng(1), 1, task_ms, switch_ms=4.0)
+    lat = task_latencies(multi)["sst2"]
+    assert median(lat.ms) > 1.2 * median(matched_latencies(singles["sst2"], lat.batches)[0])
+
+
+def test_mixed_rows_belong_to_every_task_they_hold():
+    from peftlab.bench.compare import task_latencies
+
+    row = {"tasks": ["a", "b"], "latencies_ms": [1.0, 2.0, 3.0],
+           "extras": {"request_row_adapters": [[0, 0], [0, 1], [1, 1]]}}
+    got = task_latencies(row)
+    assert got["a"].ms == [1.0, 2.0] and got["b"].ms == [2.0, 3.0]
+    assert got["a"].batches is None
+
+
+# -- run order and drift ---------------------------------------------------------------------------
+
+
+def _table(study, table):
+    from peftlab.store import Store
+
+    store = Store(study.output_dir, create=False)
+    try:
+        return {r["key"]: r for r in store.records(table)}
+    finally:
+        store.close()
+
+
+def test_the_recorded_schedule_interleaves_modes_within_a_seed_and_ends_on_a_drift_reference(
+        benched):
+    study, records, _ = benched
+    units = {}
+    for rec in records.values():
+        units[(rec["mode_key"], rec["unit"])] = rec["order"]
+    seed_block = sorted((o["position"], mode, unit, o) for (mode, unit), o in units.items()
+                        if o["block"] == "seed-1")
+    modes = [m for _, m, _, _ in seed_block]
+    assert [p for p, _, _, _ in seed_block] == list(range(len(seed_block)))
+    assert seed_block[0][3]["of"] == len(seed_block) and "ABBA" in seed_block[0][3]["scheme"]
+    # 2 tasks x (full, unmerged, merged) + multi + mixed; the second task mirrors the first
+    single = [m for m in modes if m in ("full", "unmerged", "merged")]
+    assert len(single) == 6 and single[3:] == single[:3][::-1]
+    assert set(modes[3:5]) == {"multi", "mixed"}  # in the middle of the block
+    # no mode runs as one block: every single-artifact mode has another mode between its units
+    for m in ("full", "unmerged", "merged"):
+        at = [i for i, x in enumerate(modes) if x == m]
+        assert at[-1] - at[0] > 1, (m, modes)
+    # the base units form their own block, first
+    assert all(o["block"] == "base" for (mode, _), o in units.items() if mode == "base")
+    assert min(o["index"] for o in units.values() if o["block"] == "seed-1") == 2
+    # the block record: the order as run, the reference (its first unit) run again at its end
+    blocks = _table(study, "bench_blocks")
+    block = blocks["seed-1"]
+    assert block["order"] == [f"{m}/{u}" for _, m, u, _ in seed_block]
+    assert block["reference"] == block["order"][0] and block["reference_status"] == "done"
+    assert {(d["batch_size"], d["seq_len"]) for d in block["drift"]} == set(POINTS)
+    for d in block["drift"]:
+        key = f"{block['reference']}/b{d['batch_size']}/s{d['seq_len']}"
+        assert d["first_p50_ms"] == records[key]["latency_ms"]["p50"]
+        assert d["repeat_p50_ms"] > 0
+        assert d["ratio"] == pytest.approx(d["repeat_p50_ms"] / d["first_p50_ms"])
+    assert "base" not in blocks  # compared with nothing: no reference
+
+
+def test_schedule_draws_a_balanced_order_per_seed():
+    from peftlab.bench.plan import PlanSettings
+    from peftlab.bench.units import Unit
+    from peftlab.stages.bench import schedule
+
+    tasks, seeds = ["a", "b", "c", "d"], [1, 2, 3]
+    units = [Unit(m, f"{t}-{meth}-{s}", [], [t], meth, None, s)
+             for s in seeds for t in tasks
+             for m, meth in (("full", "full"), ("unmerged", "lora"), ("merged", "lora"))]
+    units += [Unit("multi", f"g{s}", [], tasks, "lora", None, s) for s in seeds]
+    settings = PlanSettings(tasks=tasks, seeds=seeds, multi_k=None, variants=[""])
+    out = schedule(units, settings, seed=0)
+    assert sorted(id(u) for u in out) == sorted(id(u) for u in units)
+    firsts = set()
+    for s in seeds:
+        block = [u for u in out if u.seed == s]
+        assert [u.order["position"] for u in block] == list(range(len(block)))
+        # over the 4 tasks every condition sits at the same mean position within its task
+        pos = defaultdict(list)
+        for t in tasks:
+            mine = [u for u in block if u.tasks_served == [t]]
+            for i, u in enumerate(mine):
+                pos[u.mode].append(i)
+        assert len({np.mean(v) for v in pos.values()}) == 1
+        assert block[6].mode == "multi"  # after 2 of the 4 task groups
+        firsts.add(tuple(u.mode for u in block))
+    assert len(firsts) > 1  # each seed draws its own order
+    again = schedule([Unit(u.mode, u.name, [], u.tasks_served, u.method, None, u.seed)
+                      for u in units], settings, seed=0)
+    assert [(u.mode, u.name) for u in again] == [(u.mode, u.name) for u in out]  # seeded
+
+
+# -- the gate against training ---------------------------------------------------------------------
+
+
+def _perturb_adapter(src: Path, dst: Path) -> Path:
+    """A copy of an adapter whose LoRA weights moved (the head kept): consistent with itself."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = dst / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    gen = torch.Generator().manual_seed(0)
+    for k, v in tensors.items():
+        if "lora_B" in k:
+            tensors[k] = v + 0.5 * torch.randn(v.shape, generator=gen)
+    save_file(tensors, str(weights))
+    return dst
+
+
+def test_a_corrupted_artifact_fails_the_gate_against_the_training_logits(benched, tmp_path):
+    from peftlab.bench.runner import run_isolated
+
+    study, records, runs = benched
+    key = next(k for k in records if k.startswith("unmerged/") and k.endswith("/b1/sdata"))
+    checks = records[key]["gate"]["checks"]
+    trained = [c for c in checks if c["reference"] == "evaluation logits stored at training"]
+    assert len(trained) == 1 and trained[0]["passed"] and trained[0]["n"] == 8
+    unit, _ = _unit_job(study, "unmerged")
+    art = dict(unit.artifacts[0])
+    assert Path(art["eval_logits"]).is_file()
+    art["path"] = str(_perturb_adapter(Path(art["path"]), tmp_path / "corrupted"))
+    _, job = _unit_job(study, "unmerged", artifacts=[art])
+    result = run_isolated(job, isolation="in-process")
+    assert result["status"] == "failed" and result["points"] == []
+    by_ref = {c["reference"]: c for c in result["gate"]["checks"]}
+    # every check against the artifact itself passes: only the training logits catch it
+    assert not by_ref["evaluation logits stored at training"]["passed"]
+    assert all(c["passed"] for r, c in by_ref.items()
+               if r != "evaluation logits stored at training")
+    assert "evaluation logits stored at training" in result["failure_reason"]
+    # a stored path that cannot be read fails too, with the path named
+    _, job = _unit_job(study, "unmerged", artifacts=[{**unit.artifacts[0],
+                                                      "eval_logits": str(tmp_path / "none")}])
+    result = run_isolated(job, isolation="in-process")
+    assert result["status"] == "failed" and "cannot be read" in result["failure_reason"]
+
+
+# -- serving under load in the stage ---------------------------------------------------------------
+
+
+def test_the_stage_serves_every_configuration_and_pattern_under_bounded_load(benched):
+    study, _, _ = benched
+    rows = _table(study, "serving")
+    cfg = study.spec.bench.serving
+    got = {(r["config"], r["pattern"]) for r in rows.values()}
+    assert got == {(c, p) for c in ("merged", "mixed", "switch", "full")
+                   for p in ("uniform", "identical")}
+    for r in rows.values():
+        row = r["row"]
+        assert r["k"] == 2 and r["offered_rate"] in cfg.rates
+        assert row["requests"]["offered"] <= cfg.max_requests
+        assert row["answered_once"] and row["stopped_by"] in ("all_answered", "drain_timeout")
+        assert row["wall_s"] < cfg.max_seconds + max(1.0, 0.02 * cfg.max_wait_ms) + 5
+        lat = row["latency_ms"]
+        if lat is not None and lat["count"] < 100:  # at most 40 requests per run here
+            assert lat["p99_note"] == "too few requests (n < 100)" and lat["p99_ci"] is None
+        assert row["memory"]["served_weight_bytes"] > 0
+        # checked against the runs' training logits before any load
+        assert r["gate"]["passed"] and r["gate"]["checks"]
+        assert {c["reference"] for c in r["gate"]["checks"]} == {
+            "evaluation logits stored at training"}
+    mem = {r["config"]: r["row"]["memory"]["served_weight_bytes"] for r in rows.values()}
+    assert mem["mixed"] < mem["merged"] and mem["switch"] < mem["merged"]
+    for pattern in ("uniform", "identical"):  # configurations interleaved at each rate
+        mine = sorted((r for r in rows.values() if r["pattern"] == pattern),
+                      key=lambda r: r["run_index"])
+        assert [r["run_index"] for r in mine] == list(range(len(mine)))
+        rates = [r["offered_rate"] for r in mine]
+        assert rates == sorted(rates) and len({r["config"] for r in mine[:4]}) == 4
+
+
+# -- the report's parts ----------------------------------------------------------------------------
+
+
+def _serving_row(config, pattern, rate, p99, *, sustained=True, weights=100, n=150, k=3):
+    from peftlab.bench.timing import latency_stats
+
+    lat = latency_stats([int(p99 * 1e6)] * n)
+    return {"config": config, "pattern": pattern, "offered_rate": rate, "k": k,
+            "sustained": sustained, "row": {"latency_ms": lat,
+                                            "memory": {"served_weight_bytes": weights}}}
+
+
+def test_the_decision_line_finds_the_load_up_to_which_adapters_match_merged_p99():
+    from peftlab.stages.report.serving import decision_line, p99_cell
+
+    # 3 merged models of 90 MB against one base (90 MB) + 3 adapters of 2 MB
+    rows = [_serving_row("merged", "uniform", r, 10.0, weights=270_000_000)
+            for r in (100, 200, 400)]
+    rows += [_serving_row("mixed", "uniform", 100, 10.5, weights=96_000_000),
+             _serving_row("mixed", "uniform", 200, 10.9, weights=96_000_000),
+             _serving_row("mixed", "uniform", 400, 14.0, weights=96_000_000)]
+    line = decision_line(rows, 0.10)
+    assert "up to 200 requests/s" in line and "2.8x less" in line
+    assert "wins from 2 tasks on" in line
+    # p99 from fewer than 100 requests is no evidence of equality
+    few = [dict(r, row={**r["row"], "latency_ms": {**r["row"]["latency_ms"], "p99_reliable":
+                                                    False, "p99_note": "too few"}})
+           for r in rows]
+    assert "at no rate tried" in decision_line(few, 0.10)
+    assert decision_line([r for r in rows if r["config"] != "merged"], 0.1) is None
+    assert p99_cell(rows[0]["row"]["latency_ms"]).startswith("10.0")
+    assert p99_cell({"p99": 3.0, "p99_reliable": False,
+                     "p99_note": "too few requests (n < 100)"}) == "too few requests (n < 100)"
+
+
+def test_the_deployment_section_shows_order_drift_and_serving(benched):
+    from types import SimpleNamespace
+
+    from peftlab.results import bench_rows
+    from peftlab.stages.report.document import Figure, Paragraph, Section, Table
+    from peftlab.stages.report.serving import deployment_parts
+    from peftlab.store import Store
+
+    study, _, _ = benched
+    store = Store(study.output_dir, create=False)
+    try:
+        s = Section("Deployment", "deployment")
+        res = SimpleNamespace(ctx=SimpleNamespace(store=store), spec=study.spec,
+                              bench=bench_rows(store.records("bench")))
+        deployment_parts(res, s)
+    finally:
+        store.close()
+    subs = {sub.title: sub for sub in s.subsections}
+    assert set(subs) == {"Run order and drift", "Serving under load"}  # no +fast units here
+    drift = [b for b in subs["Run order and drift"].blocks if isinstance(b, Table)]
+    assert drift and drift[0].rows[0][0] == "seed-1" and drift[0].rows[0][-1].endswith("%")
+    load = subs["Serving under load"].blocks
+    assert any(isinstance(b, Figure) for b in load)
+    table = next(b for b in load if isinstance(b, Table))
+    assert len(table.rows) == len(_table(study, "serving"))
+    assert all(r[5] == "too few requests (n < 100)" for r in table.rows)  # <= 40 requests each
+    text = " ".join(str(x) for b in load if isinstance(b, Paragraph) for x in b.spans)
+    assert "Decision:" in text and "merged models" in text
+
+
+def test_stored_multi_and_mixed_records_split_per_task_on_matched_batches(benched):
+    from peftlab.bench.compare import matched_latencies, task_latencies
+    from peftlab.results import bench_rows
+
+    _, records, _ = benched
+    rows = bench_rows(list(records.values()))
+    single = {(r["task"], r["batch_size"], str(r["seq_len"])): r for r in rows
+              if r["mode"] == "unmerged"}
+    for mode in ("multi", "mixed"):
+        for r in (r for r in rows if r["mode"] == mode):
+            per = task_latencies(r)
+            assert set(per) == {"sst2", "rte"}
+            if mode == "multi":  # one task per request: the stream splits exactly
+                assert sum(len(t.ms) for t in per.values()) == len(r["latencies_ms"])
+            for task, lat in per.items():
+                ref, matched = matched_latencies(single[(task, r["batch_size"],
+                                                         str(r["seq_len"]))], lat.batches)
+                assert ref
+                # multi: the same prebuilt batches; mixed batches mix tasks (batch > 1)
+                assert matched is (mode == "multi")
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "multi"])
+def test_the_fast_variant_passes_the_gate_and_is_timed(benched, mode):
+    from dataclasses import replace
+
+    from peftlab.bench.mode import PlanSettings, make_units
+    from peftlab.bench.modes import get_mode
+    from peftlab.bench.runner import run_isolated
+    from peftlab.bench.units import bench_settings, make_job
+
+    study, _, _ = benched
+    unit, job = _unit_job(study, mode)
+    fast = replace(unit, mode=f"{mode}+fast")
+    assert fast.variant == "fast"
+    job = make_job(fast, model=study.spec.model.model_dump(mode="json"), device="cpu",
+                   settings=bench_settings(study.spec.bench), tasks=job["tasks"],
+                   points=[(2, "data")])
+    result = run_isolated(job, isolation="in-process")
+    assert result["status"] == "done", result.get("failure_reason")
+    assert result["gate"]["passed"]
+    refs = {c["reference"] for c in result["gate"]["checks"]}
+    assert "evaluation logits stored at training" in refs
+    assert result["flops"]["adapter_share"] > 0  # counted on the adapters before fusing
+    assert result["points"][0]["iterations"] >= 3
+    # only the modes serving live LoRA adapters get the variant
+    settings = PlanSettings(tasks=["sst2"], seeds=[1], multi_k=None, variants=["", "+fast"])
+    assert get_mode("merged").fast_path is False and get_mode("mixed").fast_path is False
+    assert [u.mode for u in make_units(get_mode("merged"), "x", [], ["sst2"], settings)] == [
+        "merged"]
+
+
+def test_fast_path_ratios_pair_each_seed_with_its_own_merged_unit():
+    from peftlab.stages.report.serving import fast_path_ratios
+
+    def row(mode, seed, ms):
+        return {"ok": True, "mode": mode, "task": "sst2", "method": "lora", "seed": seed,
+                "batch_size": 1, "seq_len": "data", "p50_ms": ms}
+
+    rows = [row("merged", 1, 10.0), row("unmerged", 1, 15.0), row("unmerged+fast", 1, 11.0),
+            row("merged", 2, 20.0), row("unmerged", 2, 30.0), row("unmerged+fast", 2, 22.0)]
+    (got,) = fast_path_ratios(rows)
+    assert got["n"] == 2 and got["eager"] == pytest.approx(1.5)
+    assert got["fast"] == pytest.approx(1.1)
+    assert fast_path_ratios([r for r in rows if r["mode"] != "unmerged+fast"]) == []
+
+
+def test_plan_work_closes_each_block_with_its_first_unit_run_in_this_stage_run():
+    from peftlab.bench.plan import PlanSettings
+    from peftlab.bench.units import Unit
+    from peftlab.stages.bench import plan_work, schedule
+
+    units = [Unit("base", "a", [], ["a"])]
+    units += [Unit(m, f"a-{m}-{s}", [], ["a"], "lora", None, s)
+              for s in (1, 2) for m in ("unmerged", "merged")]
+    units = schedule(units, PlanSettings(tasks=["a"], seeds=[1, 2], multi_k=None,
+                                         variants=[""]), seed=0)
+    pts = [(1, "data"), (8, "data")]
+    done_before = {units[1].name}  # seed 1's first unit was measured by an earlier stage run
+    work = plan_work(units, lambda u: [] if u.name in done_before else pts)
+    kinds = [(k, b, u.name) for k, b, u, _ in work]
+    assert kinds[0] == ("unit", "base", "a")  # the base block ends with no repeat
+    seed1 = [x for x in kinds if x[1] == "seed-1"]
+    assert seed1 == [("unit", "seed-1", units[2].name), ("repeat", "seed-1", units[2].name)]
+    seed2 = [x for x in kinds if x[1] == "seed-2"]
+    assert seed2[-1] == ("repeat", "seed-2", seed2[0][2]) and len(seed2) == 3
+    # nothing to measure: no work, no repeat
+    assert plan_work(units, lambda u: []) == []

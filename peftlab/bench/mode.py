@@ -70,6 +70,8 @@ class Mode:
     max_artifacts: ClassVar[int | None] = 1
     comparisons: ClassVar[tuple[Comparison, ...]] = ()
     label: ClassVar[str] = ""  # how the report names the mode ("merged adapter")
+    # the "+fast" variant (bench.fast_path): the live adapters on `bench.fastpath.fused_lora`
+    fast_path: ClassVar[bool] = False
 
     @property
     def serves_several(self) -> bool:
@@ -191,7 +193,7 @@ class PlanSettings:
     tasks: list[str]  # the tasks requests come from, in order
     seeds: list[int | None]  # seeds whose runs are served ([None] outside a study)
     multi_k: int | None  # adapters per multi-adapter unit (None: one per task)
-    variants: list[str]  # "" (eager) and e.g. "+compile"
+    variants: list[str]  # "" (eager) and e.g. "+compile", "+fast"
 
 
 def group_for_seed(candidates: list[Candidate], seed: int | None, settings: PlanSettings,
@@ -231,10 +233,21 @@ def make_units(mode: Mode, name: str, group: list[Candidate], served: list[str],
             mode.check([c.artifact for c in group], [c.method_obj for c in group])
         except UnsupportedMode as err:
             unsupported = str(err)
+    variants = [v for v in settings.variants if v != "+fast" or mode.fast_path]
     return [Unit(mode=mode.name + v, name=name, artifacts=[c.artifact for c in group],
                  tasks_served=served, method=method,
                  method_type=group[0].artifact.get("method_type") if group else None,
-                 seed=seed, unsupported=unsupported) for v in settings.variants]
+                 seed=seed, unsupported=unsupported if v != "+fast" else
+                 unsupported or _fast_unsupported(group)) for v in variants]
+
+
+def _fast_unsupported(group: list[Candidate]) -> str | None:
+    """Why the fast path cannot serve these artifacts (it fuses LoRA only), or None."""
+    bad = [c.artifact["name"] for c in group if c.artifact.get("method_type") != "lora"]
+    if bad:
+        return (f"variant '+fast' fuses LoRA adapters only; {bad} are "
+                f"{sorted({c.artifact.get('method_type') for c in group})}")
+    return None
 
 
 MODES: Registry[Mode] = Registry("bench mode")

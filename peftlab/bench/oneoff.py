@@ -102,7 +102,8 @@ def bench_oneoff(model: ModelSpec, bench: BenchSpec, adapters: Sequence[str], *,
         _check_requested(m, candidates)
 
     settings = PlanSettings(tasks=list(tasks), seeds=[None], multi_k=bench.multi_k,
-                            variants=[""] + (["+compile"] if bench.compile else []))
+                            variants=[""] + (["+compile"] if bench.compile else [])
+                            + (["+fast"] if bench.fast_path else []))
     units = plan_units(candidates, modes=requested or list(bench.modes), settings=settings)
     if requested:
         bad = [u for u in units if u.unsupported]

@@ -80,12 +80,42 @@ def build_batches(encoded: Any, tokenizer: Any, *, batch_size: int, seq_len: int
     return batches
 
 
+def ordered_batches(encoded: Any, tokenizer: Any, *, batch_size: int, device: str,
+                    adapter: str | None = None) -> list[Request]:
+    """Every encoded example once, in dataset order, in batches of `batch_size` (the last may be
+    smaller), dynamically padded; each row for `adapter` (set as `adapter` and, per row, as
+    `adapter_names`, so any mode's call routes it). For checks against stored logits, which
+    are in dataset order."""
+    from peftlab.encode import make_collator
+
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in
+            encoded.column_names]
+    collator = make_collator(tokenizer, pad_to=None)
+    rows = encoded[:]
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        idx = range(start, min(start + batch_size, len(encoded)))
+        inputs = {k: v.to(device) for k, v in collator(
+            [{c: rows[c][i] for c in cols} for i in idx]).items() if k != "labels"}
+        mask = inputs["attention_mask"]
+        out.append(Request(inputs=inputs, rows=len(idx), tokens=int(mask.sum()),
+                           padded_tokens=int(mask.numel()), adapter=adapter,
+                           adapter_names=[adapter] * len(idx) if adapter else None))
+    return out
+
+
 class CycleStream:
     """Requests for one model: the prebuilt batches in order, over and over."""
 
     def __init__(self, batches: list[Request]):
         self.batches = batches
         self.i = 0
+        self._index = {id(r): i for i, r in enumerate(batches)}
+
+    def position(self, request: Request) -> int:
+        """Which prebuilt batch `request` is (0-based): the same index in two streams built
+        with the same seed is the same examples, so latencies compare at the same lengths."""
+        return self._index[id(request)]
 
     def next(self) -> Request:
         r = self.batches[self.i % len(self.batches)]
@@ -125,6 +155,11 @@ class InterleavedStream:
         self.cursor = dict.fromkeys(self.names, 0)
         self.i = 0
         adapter_sequence(len(self.names), interleave, self.rng, 0)  # validates `interleave`
+        self._index = {id(r): i for bs in per_adapter.values() for i, r in enumerate(bs)}
+
+    def position(self, request: Request) -> int:
+        """Which of its adapter's prebuilt batches `request` is (see `CycleStream.position`)."""
+        return self._index[id(request)]
 
     def next(self) -> Request:
         k = len(self.names)

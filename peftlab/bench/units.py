@@ -37,6 +37,8 @@ class Unit:
     seed: int | None = None
     unsupported: str | None = None  # why this mode cannot serve these artifacts
     points: list[tuple[int, int | str]] = field(default_factory=list)
+    # where the unit runs in the schedule: {block, position, of, index, scheme} (stages/bench.py)
+    order: dict[str, Any] | None = None
 
     @property
     def mode_name(self) -> str:
@@ -44,7 +46,11 @@ class Unit:
 
     @property
     def variant(self) -> str:
-        return "compile" if self.mode.endswith("+compile") else "eager"
+        """"eager", "compile" (torch.compile) or "fast" (the fused unmerged fast path)."""
+        for v in ("compile", "fast"):
+            if self.mode.endswith("+" + v):
+                return v
+        return "eager"
 
     def key(self, batch_size: int, seq_len: int | str) -> str:
         return f"{self.mode}/{self.name}/b{batch_size}/s{seq_len}"
@@ -117,6 +123,7 @@ def unit_records(unit: Unit, result: dict[str, Any], points: list[tuple[int, Any
                                              "method_type")} for a in unit.artifacts],
         "settings": settings,
         "settings_hash": digest,
+        "order": unit.order,
         **{k: result.get(k) for k in ("process", "environment", "load", "gate", "storage",
                                       "flops", "memory_after_load")},
         **extra,

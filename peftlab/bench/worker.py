@@ -202,7 +202,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     release_memory(device)
     rss0 = psutil.Process().memory_info().rss
     t0 = time.perf_counter_ns()
-    model = mode.load(env)
+    model = _load(mode, env, job)
     sync()
     cold_ms = (time.perf_counter_ns() - t0) / 1e6
     after_load = {"rss_bytes": psutil.Process().memory_info().rss,
@@ -216,7 +216,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         del model
         release_memory(device)
         t0 = time.perf_counter_ns()
-        model = mode.load(env)
+        model = _load(mode, env, job)
         sync()
         warm.append((time.perf_counter_ns() - t0) / 1e6)
     load = {"cold_ms": cold_ms, "warm_ms": warm,
@@ -226,12 +226,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                           "includes first use of the model code (lazy imports, allocator growth)",
             "warm_means": "the same load repeated in the same process (page cache warm)"}
     base.update(load=load, memory_after_load=after_load,
-                storage=_storage(env, model, files), flops=linear_flops(model, mode.adapters(env)))
+                storage=_storage(env, model, files),
+                flops=env.state.get("unfused_flops") or linear_flops(model, mode.adapters(env)))
 
     # 2. the correctness gate
     forward = torch.compile(model) if job.get("variant") == "compile" else model
     call = mode.make_call(env, model, forward)
-    checks = mode.gate(env, model, call)
+    checks = mode.gate(env, model, call) + training_checks(env, mode, call)
     gate = gate_result(checks, dtype=env.dtype, tolerance=env.tolerance)
     base["gate"] = gate
     if not gate["passed"]:
@@ -242,6 +243,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     # 3. the sweep
     points = [run_point(env, mode, model, call, int(b), s) for b, s in job["points"]]
     return {**base, "status": "done", "points": points}
+
+
+def _load(mode: Mode, env: WorkerEnv, job: dict[str, Any]) -> Any:
+    """The mode's model; for the "fast" variant rewritten onto the fused fast path (the fusing
+    is part of the load time). The FLOPs of the adapter path are counted before fusing."""
+    model = mode.load(env)
+    if job.get("variant") == "fast":
+        from peftlab.bench.fastpath import fused_lora
+
+        env.state["unfused_flops"] = linear_flops(model, mode.adapters(env))
+        model = fused_lora(model)
+    return model
 
 
 def run_point(env: WorkerEnv, mode: Mode, model: Any, call: Any, batch_size: int,
@@ -307,7 +320,61 @@ def run_point(env: WorkerEnv, mode: Mode, model: Any, call: Any, batch_size: int
            if env.job.get("variant") == "compile" else ""),
     }
     point["extras"] = mode.extras(env, timing, env.state)
+    if hasattr(stream, "position"):
+        # per timed request, the index of its prebuilt batch: two streams built with the same
+        # seed hold the same examples at the same index (comparisons at the same lengths)
+        point["extras"]["request_batches"] = [stream.position(r) for r in timing.requests]
     return point
+
+
+# The training precision whose logits a served float32 model is held to: autocast in bf16/fp16
+# moves logits by about that dtype's rounding, so the check uses that dtype's tolerance.
+_PRECISION_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def training_checks(env: WorkerEnv, mode: Mode, call: Any) -> list[dict[str, Any]]:
+    """Each served artifact's logits on its task's first `gate_examples` evaluation examples
+    against the evaluation logits stored when its run was trained (`eval_logits`, in evaluation
+    order): the gate's references above are loaded from the same saved artifact, so only this
+    check catches an artifact that differs from the model that was evaluated.
+
+    Artifacts without stored logits (a one-off bench of an adapter folder) get no check; a
+    stored path that is missing or unreadable fails the check.
+    """
+    from peftlab.bench.requests import ordered_batches
+
+    out = []
+    for art in env.artifacts:
+        path = art.get("eval_logits")
+        if not path:
+            continue
+        name = f"{mode.name}[{art['name']}]" if len(env.artifacts) > 1 else mode.name
+        ref_name = "evaluation logits stored at training"
+        try:
+            from safetensors.numpy import load_file
+
+            stored = load_file(path)["logits"]
+        except (OSError, KeyError, ValueError) as err:
+            out.append({"name": name, "reference": ref_name, "kind": "logits", "passed": False,
+                        "rel_diff": None, "why": f"the run's stored evaluation logits {path} "
+                                                f"cannot be read ({type(err).__name__}: {err})"})
+            continue
+        enc = env.encoded(art["task"], env._length("data"), gate=True)
+        adapter = art["name"] if mode.artifact_kind == "peft" else None
+        requests = ordered_batches(enc, env.loader.tokenizer, batch_size=GATE_BATCH,
+                                   device=env.device, adapter=adapter)
+        served = env.logits(call, requests)
+        dtype = _PRECISION_DTYPE.get(art.get("eval_precision") or "fp32", "float32")
+        tol = max(env.tolerance, float(env.settings["gate_tolerance"][dtype]))
+        if stored.shape[0] < served.shape[0] or stored.shape[1:] != served.shape[1:]:
+            out.append({"name": name, "reference": ref_name, "kind": "logits", "passed": False,
+                        "rel_diff": None, "why": f"the stored evaluation logits have shape "
+                                                f"{list(stored.shape)}, the served ones "
+                                                f"{list(served.shape)}"})
+            continue
+        check = compare_logits(name, served, ref_name, stored[: served.shape[0]], tolerance=tol)
+        out.append({**check, "training_precision": art.get("eval_precision")})
+    return out
 
 
 def _storage(env: WorkerEnv, model: Any, files: list[Path]) -> dict[str, Any]:
@@ -345,6 +412,10 @@ def safe_run(job: dict[str, Any]) -> dict[str, Any]:
     (CUDA out of memory, a library error), recorded with its reason so the study goes on.
     """
     try:
+        if job.get("kind") == "serving":  # serving under load (`peftlab.bench.serving_job`)
+            from peftlab.bench.serving_job import run_serving_job
+
+            return run_serving_job(job)
         return run_job(job)
     except PeftlabError as err:
         return {"status": "error", "error_type": type(err).__name__, "message": str(err),

@@ -4,8 +4,17 @@
 
 Units: each registered mode in bench.modes plans its own (`Mode.plan`: the base once per task,
 single-artifact modes once per run, multi-adapter modes per method and seed on one adapter per
-task, bench.multi_k adapters when set). They run in `schedule` order.
+task, bench.multi_k adapters when set). They run in blocks (`schedule`): the base units, then
+one block per seed in which the modes compared with each other run interleaved (a seeded order
+per task, mirrored from task to task: ABBA), each unit's place recorded in its records (`order`);
+a block ends with its first unit run again, and the `bench_blocks` table holds the order and that
+drift reference (the reference's median latency at the block's start and end).
 bench.runs: "all" seeds, or "first_seed" only. bench.compile adds a "+compile" variant of each.
+bench.serving: afterwards, serving under load (`peftlab.bench.serving_job`, one isolated job)
+into the `serving` table: one record per configuration, popularity pattern and offered rate.
+
+Each unit's gate also checks the served logits against the evaluation logits stored when the
+run was trained (`worker.training_checks`).
 
 Idempotent: a sweep point whose record exists and was measured under the same settings (the
 `settings_hash` over bench settings, model and device) is skipped, done, failed or unsupported.
@@ -16,7 +25,11 @@ with the reason; bad artifacts (missing, headless, another base) stop the stage 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from peftlab.bench.loading import base_structure, check_artifact
 from peftlab.bench.plan import Candidate, PlanSettings, plan_units, run_units
@@ -29,7 +42,8 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context) -> None:
-    """Benchmark every (mode, unit, batch size, sequence length) not measured yet."""
+    """Benchmark every (mode, unit, batch size, sequence length) not measured yet, block by block
+    (see `schedule`), each block closed by its drift reference; then serving under load."""
     from peftlab.models import model_revision, resolve_model
 
     spec = ctx.study.spec
@@ -41,20 +55,119 @@ def run(ctx: Context) -> None:
     resolved = resolve_model(spec.model.name, gguf_file=spec.model.gguf_file,
                              revision=spec.model.revision)
     extra = {"provenance": provenance(model_revision=model_revision(resolved))}
-    todo = [(u, [p for p in points if not _measured(ctx, u.key(*p), digest)]) for u in units]
-    todo = [(u, pts) for u, pts in todo if pts]
-    if not todo:
+    work = plan_work(units, lambda u: [p for p in points
+                                       if not _measured(ctx, u.key(*p), digest)])
+    if not work:
         ctx.console.print("bench: every mode and sweep point is measured")
-        return
+    else:
+        _run_work(ctx, work, units, model=model, bench=bench, tasks=tasks, extra=extra,
+                  digest=digest)
+    if bench.serving is not None:
+        run_serving(ctx, tasks)
+
+
+Work = tuple[str, str, Unit, list[tuple[int, Any]]]  # (kind, block, unit, sweep points)
+
+
+def plan_work(units: list[Unit], pending: Callable[[Unit], list[tuple[int, Any]]]
+              ) -> list[Work]:
+    """The stage's work in run order: ("unit", block, unit, its pending points) for every unit
+    with something to measure, and after each block with any such unit ("repeat", block,
+    reference, the same points): the block's first unit measured in this run of the stage, run
+    again at the block's end, so its two medians span the block's time (a unit measured by an
+    earlier run of the stage would span more than the block)."""
+    blocks: dict[str, list[Unit]] = {}
+    for u in units:
+        blocks.setdefault(u.order["block"], []).append(u)
+    work: list[Work] = []
+    for block, members in blocks.items():
+        todo = [(u, pending(u)) for u in members]
+        todo = [(u, pts) for u, pts in todo if pts]
+        if not todo:
+            continue
+        work += [("unit", block, u, pts) for u, pts in todo]
+        ref = block_reference(todo)
+        if ref is not None:
+            work.append(("repeat", block, *ref))
+    return work
+
+
+def block_reference(todo: list[tuple[Unit, list[tuple[int, Any]]]]
+                    ) -> tuple[Unit, list[tuple[int, Any]]] | None:
+    """The unit (and points) a block repeats at its end: its first servable unit to run (None
+    for the base block, whose units are compared with nothing)."""
+    if todo and todo[0][0].order["block"] == BASE_BLOCK:
+        return None
+    return next(((u, pts) for u, pts in todo if not u.unsupported), None)
+
+
+def _run_work(ctx: Context, work: list[Work], units: list[Unit], *, model: dict[str, Any],
+              bench: Any, tasks: dict[str, dict[str, Any]], extra: dict[str, Any],
+              digest: str) -> None:
+    """Run `plan_work`'s items under one progress bar; a block's record after its repeat."""
+    from peftlab.records import BenchBlockRecord, write
+
+    started: dict[str, str] = {}
 
     def sink(unit: Unit, records: list[tuple[str, dict[str, Any]]], result: dict[str, Any]
              ) -> None:
         ctx.store.put_many("bench", records)
         _report(ctx, unit, result)
 
-    run_units(todo, model=model, bench=bench, device=ctx.device, tasks=tasks, extra=extra,
-              sink=sink, progress=lambda items: track(
-                  ctx.console, "bench", items, label=lambda t: f"{t[0].mode}/{t[0].name}"))
+    def label(item: Work) -> str:
+        kind, block, unit, _ = item
+        return f"{unit.mode}/{unit.name}" + (" (drift reference, again)" if kind == "repeat"
+                                             else "")
+
+    for kind, block, unit, pts in track(ctx.console, "bench", work, label=label):
+        started.setdefault(block, _now())
+        if kind == "unit":
+            run_units([(unit, pts)], model=model, bench=bench, device=ctx.device, tasks=tasks,
+                      extra=extra, sink=sink)
+            continue
+        got: dict[str, Any] = {}
+        repeat = replace(unit, order={**(unit.order or {}), "repeat": True})
+        run_units([(repeat, pts)], model=model, bench=bench, device=ctx.device, tasks=tasks,
+                  extra=extra, sink=lambda u, recs, result, got=got: got.update(result))
+        first = {p: (ctx.store.get("bench", unit.key(*p)) or {}) for p in pts}
+        rec = BenchBlockRecord(
+            block=block, seed=unit.seed, scheme=(unit.order or {}).get("scheme", ""),
+            order=[f"{u.mode}/{u.name}" for u in units if u.order["block"] == block],
+            reference=f"{unit.mode}/{unit.name}",
+            reference_status=got.get("status", "failed") + (
+                f": {got.get('failure_reason')}" if got.get("status") != "done" else ""),
+            drift=block_drift(first, got, pts), started=started[block], finished=_now(),
+            settings_hash=digest)
+        write(ctx.store, [rec])
+        _report_drift(ctx, rec)
+
+
+def block_drift(first: dict[tuple[int, Any], dict[str, Any]], repeat: dict[str, Any],
+                points: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    """Per sweep point: the reference's median latency (ms) when the block started (its stored
+    record) and when it ended (the repeat's result), and their ratio (repeat / first)."""
+    again = {(p["batch_size"], p["seq_len"]): p for p in repeat.get("points") or []}
+    out = []
+    for b, s in points:
+        a = ((first.get((b, s)) or {}).get("latency_ms") or {}).get("p50")
+        r = ((again.get((b, s)) or {}).get("latency_ms") or {}).get("p50")
+        out.append({"batch_size": b, "seq_len": s, "first_p50_ms": a, "repeat_p50_ms": r,
+                    "ratio": r / a if a and r else None})
+    return out
+
+
+def _report_drift(ctx: Context, rec: Any) -> None:
+    moved = [f"b{d['batch_size']}/s{d['seq_len']} {100 * (d['ratio'] - 1):+.1f}%"
+             for d in rec.drift if d["ratio"] is not None]
+    ctx.console.print(f"bench block {rec.block}: reference {rec.reference} again at the end: "
+                      + (", ".join(moved) if moved else f"no drift estimate "
+                         f"({rec.reference_status})"))
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _measured(ctx: Context, key: str, digest: str) -> bool:
@@ -108,31 +221,171 @@ def study_units(ctx: Context) -> tuple[list[Unit], dict[str, dict[str, Any]]]:
             continue
         art = run_artifact(ctx, rc)
         check_artifact(art, structure(art["num_labels"]))
+        art = {**art, **training_logits(ctx, rc)}
         candidates.append(Candidate(art, rc.method, rc.seed, get_method(rc.method_type)))
     settings = PlanSettings(tasks=[t.name for t in spec.tasks], seeds=seeds,
                             multi_k=bench.multi_k,
-                            variants=[""] + (["+compile"] if bench.compile else []))
+                            variants=[""] + (["+compile"] if bench.compile else [])
+                            + (["+fast"] if bench.fast_path else []))
     units = schedule(plan_units(candidates, modes=list(bench.modes), settings=settings),
-                     settings)
+                     settings, seed=bench.seed)
     check_lengths(list(bench.seq_lengths), structure(next(iter(tasks.values()))["num_labels"]),
                   ctx.study.where("bench.seq_lengths"))
     return units, tasks
 
 
-def schedule(units: list[Unit], settings: PlanSettings) -> list[Unit]:
-    """The order units run in: per task, the base, then each seed's single-artifact units side by
-    side (so that modes compared with each other run next to each other: the shared CPUs drift
-    by +/-30% over minutes); units serving several tasks last, by seed."""
+def training_logits(ctx: Context, rc: Any) -> dict[str, Any]:
+    """Where the run's evaluation logits from training are (for the gate against training):
+    {"eval_logits": path, "eval_precision": the training precision}, or {} when not stored."""
+    rec = ctx.store.get("runs", rc.run_id) or {}
+    if not rec.get("eval_logits"):
+        return {}
+    path = ctx.store.root / rec["eval_logits"]
+    return {"eval_logits": str(path), "eval_precision": rc.training.precision}
+
+
+BASE_BLOCK = "base"
+SCHEME = ("per seed: each task's single-artifact units in a seeded random order of (mode, "
+          "method), mirrored from task to task (ABBA); units serving several tasks in the middle "
+          "of the block; the block's first unit run again at its end (drift reference)")
+
+
+def schedule(units: list[Unit], settings: PlanSettings, *, seed: int = 0) -> list[Unit]:
+    """The order units run in, in blocks, each unit's place recorded in `unit.order`.
+
+    The base units (compared with nothing) form the first block. Then one block per training
+    seed: the units compared with each other (full, unmerged, merged... of one task, and the
+    units serving several tasks, compared per task with the single adapters) run interleaved,
+    never one mode after another: the (mode, method) conditions of a task run in an order drawn
+    at random (seeded by `seed` and the training seed) for the first task and mirrored for the
+    next (A B C | C B A | A B C ...), so over a pair of tasks every condition sits at the same
+    mean position, and a drift of the machine's speed within the block (+/-30% over minutes on
+    shared CPUs) does not line up with one mode. Units serving several tasks run in the middle
+    of the block, where the block's mean time is. `stages.bench.plan_work` then repeats the
+    block's first unit at its end: the drift reference.
+    """
     from peftlab.bench.modes import mode_names
 
-    order = {m: i for i, m in enumerate(mode_names())}
-    tasks = {t: i for i, t in enumerate(settings.tasks)}
-    seeds = {s: i for i, s in enumerate(settings.seeds)}
+    mode_rank = {m: i for i, m in enumerate(mode_names())}
+    task_rank = {t: i for i, t in enumerate(settings.tasks)}
+    seed_rank = {s: i for i, s in enumerate(settings.seeds)}
 
-    def key(u: Unit) -> tuple:
-        several = len(set(u.tasks_served)) != 1
-        return (several, -1 if several else tasks.get(u.tasks_served[0], len(tasks)),
-                -1 if u.seed is None else seeds.get(u.seed, len(seeds)),
-                order.get(u.mode_name, len(order)), u.mode, u.name)
+    def condition(u: Unit) -> tuple:
+        return (mode_rank.get(u.mode_name, len(mode_rank)), u.mode, str(u.method))
 
-    return sorted(units, key=key)
+    base = sorted([u for u in units if u.seed is None],
+                  key=lambda u: (task_rank.get(u.tasks_served[0], len(task_rank)), condition(u)))
+    blocks: list[tuple[str, list[Unit]]] = [(BASE_BLOCK, base)] if base else []
+    seeds = sorted({u.seed for u in units if u.seed is not None},
+                   key=lambda s: seed_rank.get(s, len(seed_rank)))
+    for s in seeds:
+        mine = [u for u in units if u.seed == s]
+        rng = np.random.default_rng([int(seed), int(s) & 0xFFFFFFFF])
+        single = [u for u in mine if len(set(u.tasks_served)) == 1]
+        several = sorted([u for u in mine if len(set(u.tasks_served)) != 1], key=condition)
+        conditions = sorted({condition(u) for u in single})
+        drawn = [conditions[i] for i in rng.permutation(len(conditions))]
+        groups = []
+        tasks = sorted({u.tasks_served[0] for u in single},
+                       key=lambda t: task_rank.get(t, len(task_rank)))
+        for i, task in enumerate(tasks):
+            order = drawn if i % 2 == 0 else drawn[::-1]
+            of_task = {condition(u): u for u in single if u.tasks_served[0] == task}
+            groups.append([of_task[c] for c in order if c in of_task])
+        several = [several[i] for i in rng.permutation(len(several))]
+        middle = (len(groups) + 1) // 2
+        seq = [u for g in groups[:middle] for u in g] + several + [
+            u for g in groups[middle:] for u in g]
+        blocks.append((f"seed-{s}", seq))
+    out: list[Unit] = []
+    for name, seq in blocks:
+        for i, u in enumerate(seq):
+            u.order = {"block": name, "position": i, "of": len(seq), "index": len(out),
+                       "scheme": "fixed (task, mode)" if name == BASE_BLOCK else SCHEME}
+            out.append(u)
+    return out
+
+
+# ----------------------------------------------------------------------------- serving under load
+
+
+def serving_models(ctx: Context) -> tuple[int | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(seed, lora, full): the models the serving benchmark serves: the study's first seed, one
+    artifact per task of its first PEFT method that can share a base with mixed batches, and of
+    its first full fine-tuning method (empty when the study has none or a task lacks a run)."""
+    from peftlab.artifacts import run_artifact
+    from peftlab.methods import get_method
+
+    spec = ctx.study.spec
+    seed = spec.seeds[0] if spec.seeds else None
+    done = [rc for rc in ctx.finished_runs() if rc.seed == seed]
+    tasks = [t.name for t in spec.tasks]
+
+    def per_task(method: str) -> list[dict[str, Any]]:
+        arts = []
+        for task in tasks:
+            rc = next((r for r in done if r.task == task and r.method == method), None)
+            if rc is None:
+                return []
+            arts.append({**run_artifact(ctx, rc), **training_logits(ctx, rc)})
+        return arts
+
+    lora, full = [], []
+    for method in spec.methods:
+        m = get_method(next(rc.method_type for rc in ctx.study.runs() if rc.method == method))
+        if m.is_peft and not lora and m.supports_mixed_batch:
+            lora = per_task(method)
+        elif not m.is_peft and not full:
+            full = per_task(method)
+    return seed, lora, full
+
+
+def run_serving(ctx: Context, tasks: dict[str, dict[str, Any]]) -> None:
+    """Serving under load (bench.serving): one isolated job, one `serving` record per load run.
+    Skipped when the table holds records measured under the same settings and models."""
+    from peftlab.bench.runner import run_isolated
+    from peftlab.bench.serving_job import serving_job, serving_rows, serving_timeout
+    from peftlab.records import ServingRecord, replace
+
+    spec = ctx.study.spec
+    bench = spec.bench
+    seed, lora, full = serving_models(ctx)
+    if not lora:
+        ctx.console.print("[yellow]serving[/]: not measured: no PEFT method with mixed-batch "
+                          "support has a finished run on every task for seed "
+                          f"{seed}")
+        return
+    model = spec.model.model_dump(mode="json")
+    job = serving_job(model=model, device=ctx.device, serving=bench.serving, lora=lora,
+                      full=full, tasks=tasks, seed=bench.seed, threads=bench.threads,
+                      gate_tolerance=dict(bench.gate_tolerance),
+                      gate_examples=bench.gate_examples)
+    digest = settings_hash({**job["settings"], "runs": [a.get("run_id") for a in lora + full]},
+                           model, ctx.device)
+    stored = ctx.store.records("serving")
+    if stored and all(r.get("settings_hash") == digest for r in stored):
+        ctx.console.print("serving: every configuration and pattern is measured")
+        return
+    ctx.console.print(f"serving: {len(job['settings']['configs'])} configurations x "
+                      f"{len(job['settings']['patterns'])} patterns under rising load")
+    result = run_isolated(job, isolation=bench.isolation, timeout_s=serving_timeout(job))
+    if result.get("status") == "error":
+        from peftlab.bench.units import raise_worker_error
+
+        raise_worker_error(Unit(mode="serving", name="load", artifacts=lora,
+                                tasks_served=[a["task"] for a in lora]), result)
+    if result.get("status") != "done":
+        ctx.console.print(f"[red]serving failed[/]: {result.get('failure_reason')}")
+        return
+    for config, gate in (result.get("gates") or {}).items():
+        if not gate["passed"]:
+            ctx.console.print(f"[red]serving {config}: gate failed (not measured)[/]: "
+                              + "; ".join(gate["failures"]))
+    records = [ServingRecord(**row, seed=seed, settings=job["settings"], settings_hash=digest)
+               for row in serving_rows(result)]
+    replace(ctx.store, "", records, "serving")
+    for config, b in result["backends"].items():
+        sat = sorted({(r.pattern, r.saturation_rate) for r in records if r.config == config})
+        ctx.console.print(f"serving {config}: {b['served_weight_bytes'] / 1e6:.0f} MB of weights; "
+                          "saturation " + ", ".join(f"{p} {'>' if s is None else ''}"
+                                                    f"{s or 0:g}/s" for p, s in sat))

@@ -70,4 +70,7 @@ class Mixed(AdapterGroup):
             "interleave": env.settings["interleave"],
             "adapters_used": used,
             "adapters_per_batch_mean": float(np.mean(per_batch)),
+            # per timed request, the adapter index of each of its rows (per-task comparisons)
+            "request_row_adapters": [[names.index(a) for a in r.adapter_names]
+                                     for r in timing.requests],
         }

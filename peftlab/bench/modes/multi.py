@@ -53,6 +53,7 @@ class Multi(AdapterGroup):
     name = "multi"
     order = 40
     label = "several adapters, switched per request"
+    fast_path = True
     comparisons = (Comparison("unmerged", "single", equivalence=True,
                               claim="several adapters on one base cost no more than one"),)
 

@@ -13,6 +13,7 @@ class Unmerged(Mode):
     name = "unmerged"
     order = 20
     label = "unmerged adapter"
+    fast_path = True
     comparisons = (
         Comparison("merged", "same", claim="what the live adapter path costs"),
         Comparison("full", "full", claim="an unmerged adapter against full fine-tuning"),

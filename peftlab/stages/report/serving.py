@@ -1,0 +1,279 @@
+"""Report parts of the deployment benchmark v2: run order and drift, serving under load, and the
+serving line of the deployment decision.
+
+    deployment_parts(res, s)    "Run order and drift" and "Serving under load" subsections of
+                                the deployment section `s`
+    decision_line(rows, margin) the sentence the deployment decision gives (or None)
+    p99_cell(latency_ms)        p99 with its interval, or "too few requests (n < 100)"
+
+Reads the `bench_blocks` table (`records.BenchBlockRecord`: the order each block's units ran in
+and the block's drift reference) and the `serving` table (`records.ServingRecord`: one load run
+per configuration, popularity pattern and offered rate).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from peftlab.records import BenchBlockRecord, ServingRecord, read
+from peftlab.stages.report import figures as figs
+from peftlab.stages.report import format as f
+from peftlab.stages.report.document import Figure, Paragraph, Section, Table
+
+CONFIG_LABEL = {
+    "merged": "k merged models",
+    "mixed": "one base, k adapters, mixed batches",
+    "switch": "one base, k adapters, switched per batch",
+    "full": "k fully fine-tuned models",
+    "fast": "one base, k adapters, fast path",
+}
+ADAPTER_CONFIGS = ("mixed", "switch", "fast")
+PATTERNS = ("distinct", "uniform", "skewed", "identical")
+CONCURRENCY_1 = "at concurrency 1"  # how every 1/latency throughput is labelled
+
+
+def p99_cell(lat: dict[str, Any] | None) -> str:
+    """p99 (ms) with its bootstrap interval, only when it rests on >= 100 requests."""
+    if not lat or lat.get("p99") is None:
+        return f.MISSING
+    if lat.get("p99_reliable") is False or lat.get("p99_note"):
+        return str(lat.get("p99_note") or "too few requests")
+    ci = lat.get("p99_ci")
+    return f.ms(lat["p99"]) + (f" [{f.ms(ci[0])}, {f.ms(ci[1])}]" if ci else "")
+
+
+def _reliable_p99(lat: dict[str, Any] | None) -> float | None:
+    if not lat or lat.get("p99_reliable") is False or lat.get("p99_note"):
+        return None
+    return lat.get("p99")
+
+
+# ----------------------------------------------------------------------------- order and drift
+
+
+def order_and_drift(blocks: list[dict[str, Any]], s: Section) -> None:
+    """The order each block ran in and its drift reference (a table), into section `s`."""
+    if not blocks:
+        s.add(Paragraph.of("No run-order records (filled by peftlab bench)."))
+        return
+    rows = []
+    for b in blocks:
+        for d in b.get("drift") or []:
+            rows.append([b["block"], str(len(b["order"])), str(b.get("reference") or f.MISSING),
+                         str(d["batch_size"]), str(d["seq_len"]), f.ms(d.get("first_p50_ms")),
+                         f.ms(d.get("repeat_p50_ms")),
+                         f.pct(d["ratio"] - 1) if d.get("ratio") is not None else
+                         str(b.get("reference_status") or f.MISSING)])
+    scheme = next((b["scheme"] for b in blocks if b.get("reference")), blocks[0]["scheme"])
+    s.add(Paragraph.of(
+        f"Run order: {scheme}. The reference's median latency at the start and at the end of "
+        "its block shows how far the machine's speed drifted while the block ran; a drift of "
+        "the size of a comparison's difference makes that comparison fragile."))
+    if rows:
+        s.add(Table(["Block", "Units", "Reference (run first and again last)", "Batch",
+                     "Length", "Median at start (ms)", "Median at end (ms)", "Drift"], rows,
+                    numeric=[False, True, False, True, False, True, True, True]))
+    s.add(Table(["Block", "Order the units ran in"],
+                [[b["block"], " \u2192 ".join(b["order"])] for b in blocks]))
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def latency_load_figure(rows: list[dict[str, Any]]) -> bytes:
+    """p50 (solid) and p99 (dashed, where it rests on >= 100 requests) latency against the
+    offered load, one line per configuration, one panel per popularity pattern."""
+    patterns = [p for p in PATTERNS if any(r["pattern"] == p for r in rows)]
+    configs = sorted({r["config"] for r in rows}, key=lambda c: list(CONFIG_LABEL).index(c)
+                     if c in CONFIG_LABEL else 99)
+    fig = figs.new_figure(max(4.2, 3.4 * len(patterns)), 3.4)
+    for ax, pattern in zip(figs._panels(fig, len(patterns)), patterns, strict=True):
+        values = []
+        for config in configs:
+            pts = sorted((r["offered_rate"], (r["row"].get("latency_ms") or {}))
+                         for r in rows if r["pattern"] == pattern and r["config"] == config)
+            pts = [(x, lat) for x, lat in pts if lat]
+            if not pts:
+                continue
+            c = figs.color(configs, config)
+            xs = [x for x, _ in pts]
+            p50 = [lat["p50"] for _, lat in pts]
+            values += p50
+            ax.plot(xs, p50, "o-", color=c, ms=4, label=config)
+            p99 = [(x, _reliable_p99(lat)) for x, lat in pts]
+            p99 = [(x, y) for x, y in p99 if y is not None]
+            if p99:
+                ax.plot(*zip(*p99, strict=True), "s--", color=c, ms=3, alpha=0.7)
+                values += [y for _, y in p99]
+        if values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_title(f"popularity: {pattern}", fontsize=10)
+        ax.set_xlabel("offered load (requests/s)")
+        ax.set_ylabel("latency (ms): p50 solid, p99 dashed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    return figs.to_png(fig)
+
+
+def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
+    """At which load and from how many tasks one base with adapters beats k merged models on
+    memory at equal p99 (within `margin`, relative), from the serving rows; None without both.
+
+    Equal p99: at an offered rate both configurations sustained, the adapters' p99 is at most
+    (1 + margin) x merged's, both resting on >= 100 requests. Memory: the bytes of the weights
+    each holds; per task, merged holds one model (B = merged / k) and the adapters one adapter
+    each (a = (adapters - B) / k), so one base with adapters holds less from the smallest n with
+    B + n a < n B, i.e. n > B / (B - a).
+    """
+    merged = [r for r in rows if r["config"] == "merged"]
+    if not merged:
+        return None
+    parts = []
+    k = merged[0]["k"]
+    for config in [c for c in ADAPTER_CONFIGS if any(r["config"] == c for r in rows)]:
+        mine = [r for r in rows if r["config"] == config]
+        m_bytes = merged[0]["row"]["memory"]["served_weight_bytes"]
+        a_bytes = mine[0]["row"]["memory"]["served_weight_bytes"]
+        per_model = m_bytes / k
+        adapter = (a_bytes - per_model) / k
+        from_n = (int(np.floor(per_model / (per_model - adapter))) + 1
+                  if per_model > adapter else None)
+        equal = {}
+        for pattern in [p for p in PATTERNS if any(r["pattern"] == p for r in mine)]:
+            ok = []
+            for r in sorted((r for r in mine if r["pattern"] == pattern),
+                            key=lambda r: r["offered_rate"]):
+                ref = next((m for m in merged if m["pattern"] == pattern
+                            and m["offered_rate"] == r["offered_rate"]), None)
+                if ref is None:
+                    continue
+                a, b = _reliable_p99(r["row"].get("latency_ms")), \
+                    _reliable_p99(ref["row"].get("latency_ms"))
+                if r["sustained"] and ref["sustained"] and a is not None and b is not None \
+                        and a <= (1 + margin) * b:
+                    ok.append(r["offered_rate"])
+                else:
+                    break  # equal p99 from the lowest rate up, to the first rate it is not
+            equal[pattern] = ok[-1] if ok else None
+        loads = ", ".join(f"{p}: up to {x:g} requests/s" if x is not None else
+                          f"{p}: at no rate tried" for p, x in equal.items())
+        parts.append(
+            f"{CONFIG_LABEL.get(config, config)} holds {f.nbytes(a_bytes)} of weights against "
+            f"{f.nbytes(m_bytes)} for {k} merged models ({m_bytes / a_bytes:.1f}x less); its p99 "
+            f"is within {100 * margin:.0f}% of theirs {loads}; on memory it wins from "
+            + (f"{from_n} tasks on" if from_n is not None else "no number of tasks")
+            + f" (one model {f.nbytes(per_model)}, one adapter {f.nbytes(adapter)})")
+    return "; ".join(parts) + "." if parts else None
+
+
+def serving_decision(res: Any, rows: list[dict[str, Any]] | None = None) -> str | None:
+    """The decision line for the study (`decision_line` at bench.serving.p99_margin)."""
+    if rows is None:
+        rows = [r.dump() for r in read(res.ctx.store, ServingRecord)]
+    serving = res.spec.bench.serving
+    return decision_line(rows, serving.p99_margin if serving is not None else 0.10)
+
+
+def fast_path_ratios(bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and sweep point where the "+fast" variant ran: unmerged/merged and
+    unmerged+fast/merged, each the median over seeds of the ratio of the same seed's medians
+    (units of one seed ran in one block, interleaved). bench: `results.bench_rows` rows."""
+    p50: dict[tuple[Any, ...], float] = {}
+    for r in bench:
+        if r["ok"] and r["task"] is not None and r["seed"] is not None:
+            p50[(r["mode"], r["task"], r["method"], r["seed"], r["batch_size"],
+                 str(r["seq_len"]))] = r["p50_ms"]
+    out = []
+    keys = sorted({k[1:] for k in p50 if k[0] == "unmerged+fast"}, key=str)
+    groups: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
+    for task, method, seed, batch, seq in keys:
+        m = p50.get(("merged", task, method, seed, batch, seq))
+        e = p50.get(("unmerged", task, method, seed, batch, seq))
+        fst = p50[("unmerged+fast", task, method, seed, batch, seq)]
+        if m and e:
+            groups[(task, method, batch, seq)].append((e / m, fst / m))
+    for (task, method, batch, seq), pairs in groups.items():
+        out.append({"task": task, "method": method, "batch_size": batch, "seq_len": seq,
+                    "n": len(pairs), "eager": float(np.median([p[0] for p in pairs])),
+                    "fast": float(np.median([p[1] for p in pairs]))})
+    return out
+
+
+def deployment_parts(res: Any, s: Section) -> None:
+    """Add the subsections "Unmerged fast path" (when measured), "Run order and drift" and
+    "Serving under load" (with its saturation table and decision line) to the deployment
+    section `s`."""
+    store = res.ctx.store
+    fast = fast_path_ratios(res.bench)
+    if fast:
+        s.sub("Unmerged fast path").add(Table(
+            ["Task", "Method", "Batch", "Length", "Runs", "Eager unmerged / merged",
+             "Fast path unmerged / merged"],
+            [[x["task"], x["method"], str(x["batch_size"]), x["seq_len"], str(x["n"]),
+              f.num(x["eager"], 3), f.num(x["fast"], 3)] for x in fast],
+            "Median latency of the unmerged adapter, served eagerly by PEFT and on the fused "
+            "fast path (bench.fast_path), relative to the same adapter merged: the median over "
+            "seeds of each seed's ratio (descriptive).",
+            numeric=[False, False, True, False, True, True, True]))
+    blocks = [b.dump() for b in read(store, BenchBlockRecord)]
+    order_and_drift(blocks, s.sub("Run order and drift"))
+    rows = [r.dump() for r in read(store, ServingRecord)]
+    if not rows and res.spec.bench.serving is None:
+        return  # not asked for (bench.serving unset): nothing to say
+    load = s.sub("Serving under load")
+    if not rows:
+        load.add(Paragraph.of("Not measured: the study directory has no serving records "
+                              "(filled by peftlab bench when bench.serving is set)."))
+        return
+    cfg = rows[0]["settings"]
+    load.add(Paragraph.of(
+        f"Open-loop Poisson load at rising rates against an in-process server with dynamic "
+        f"batching (max batch {cfg['max_batch_size']}, max wait {cfg['max_wait_ms']:g} ms), "
+        f"each run at most {cfg['max_requests']} requests within {cfg['max_seconds']:g} s; a "
+        "configuration's sweep stops at the first rate it does not sustain (every request "
+        "answered, achieved throughput >= 0.9 x the arrival rate). Latency runs from the "
+        "scheduled arrival to the answer; p99 is shown only where it rests on at least 100 "
+        "requests. The configurations run interleaved at each rate."),
+             Figure(latency_load_figure(rows), "Latency against offered load",
+                    "p50 (solid) and p99 (dashed) latency per configuration against the "
+                    "offered load, per adapter popularity pattern."))
+    order = {c: i for i, c in enumerate(CONFIG_LABEL)}
+    table = sorted(rows, key=lambda r: (PATTERNS.index(r["pattern"]) if r["pattern"] in PATTERNS
+                                        else 9, order.get(r["config"], 9), r["offered_rate"]))
+    load.add(Table(
+        ["Pattern", "Configuration", "Offered (req/s)", "Requests", "p50 (ms)", "p99 (ms)",
+         "Achieved (req/s)", "Sustained", "Mean batch", "Weights held"],
+        [[r["pattern"], r["config"], f.rate(r["offered_rate"]),
+          f.integer(r["row"]["requests"]["offered"]),
+          f.ms((r["row"].get("latency_ms") or {}).get("p50")),
+          p99_cell(r["row"].get("latency_ms")), f.rate(r["row"].get("throughput_rps")),
+          "yes" if r["sustained"] else "no",
+          f.num((r["row"].get("batches") or {}).get("size_mean"), 1),
+          f.nbytes(r["row"]["memory"]["served_weight_bytes"])] for r in table],
+        "Every load run (the serving table).",
+        numeric=[False, False, True, True, True, True, True, False, True, True]))
+    sat: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        sat[(r["config"], r["pattern"])] = r
+    by_config: dict[str, list[str]] = defaultdict(list)
+    for (config, pattern), r in sorted(sat.items(), key=lambda kv: (order.get(kv[0][0], 9),
+                                                                   kv[0][1])):
+        tried = max(x["offered_rate"] for x in rows if x["config"] == config
+                    and x["pattern"] == pattern)
+        by_config[config].append(
+            f"{pattern} " + (f"{f.rate(r['saturation_throughput'])} req/s"
+                             if r["saturation_rate"] is not None else "none sustained")
+            + (f" (sustained every rate up to {tried:g})"
+               if r["saturation_rate"] == tried else ""))
+    load.add(Table(
+        ["Configuration", "What it holds", "Saturation throughput per pattern"],
+        [[c, CONFIG_LABEL.get(c, c), "; ".join(v)] for c, v in by_config.items()],
+        "Saturation: achieved throughput at the highest offered rate the configuration "
+        "sustained."))
+    line = serving_decision(res, rows)
+    if line:
+        load.add(Paragraph.of("Decision: ", line))
