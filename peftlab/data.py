@@ -4,6 +4,7 @@
     data.task("mrpc")                       # TaskDef (registered task or the user's files)
     train = data.split("mrpc", "train")     # DataFrame: text_a, [text_b], label, row
     data.summaries()                        # rows and label counts per task and split
+    data.normalisation()                    # {strip_whitespace, rule}: data.strip_whitespace
 
 Every stage reads task data through this one object (it is `ctx.data`), so a split is loaded and
 parsed once per process, and subsampling is the same everywhere. Loading itself (hub, GLUE folder,
@@ -54,13 +55,14 @@ class StudyData:
         if full_key not in self._frames:
             t = self.study.task_spec(name)
             task = self.task(name)
+            strip = self.study.spec.data.strip_whitespace  # data.strip_whitespace
             if t.files is not None:
                 df = load_split(task, split, source="files", files=dict(t.files),
-                                columns=dict(t.columns or {}))
+                                columns=dict(t.columns or {}), strip=strip)
             else:
                 source, folder = self.study.data_source()
                 df = load_split(task, split, source=source, glue_dir=folder,
-                                revision=self.study.spec.data.hub_revision)
+                                revision=self.study.spec.data.hub_revision, strip=strip)
             self._frames[full_key] = df
         df = self._frames[full_key]
         if subsample:
@@ -71,6 +73,15 @@ class StudyData:
             df = take(df, n, d.seed)
             self._frames[key] = df
         return df
+
+    def normalisation(self) -> dict[str, Any]:
+        """How texts were normalised before tokenising, for provenance and the report:
+        {strip_whitespace, rule}."""
+        from peftlab.tasks import KEPT_WHITESPACE_RULE, NORMALISATION_RULE
+
+        strip = self.study.spec.data.strip_whitespace
+        return {"strip_whitespace": strip,
+                "rule": NORMALISATION_RULE if strip else KEPT_WHITESPACE_RULE}
 
     def checksum(self, name: str, split: str) -> str:
         """sha256 of the split's source file (local files) or of its canonical content (hub)."""

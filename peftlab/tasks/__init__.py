@@ -28,6 +28,7 @@ from peftlab.tasks.registry import (
 from peftlab.tasks.sources import (
     DATA_DIR_ENV,
     FILE_FORMATS,
+    KEPT_WHITESPACE_RULE,
     NORMALISATION_RULE,
     SOURCES,
     describe,
@@ -46,6 +47,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "FILE_FORMATS",
     "GLUE_TASKS",
+    "KEPT_WHITESPACE_RULE",
     "METRIC_NAMES",
     "NORMALISATION_RULE",
     "REGRESSION_METRICS",

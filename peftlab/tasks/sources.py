@@ -54,15 +54,25 @@ NORMALISATION_RULE = (
 )
 
 
-def normalise_text(s: str) -> str:
+KEPT_WHITESPACE_RULE = (
+    "Every text field is normalised to Unicode NFC; leading and trailing whitespace is kept "
+    "(data.strip_whitespace: false), so a trailing space a tokenizer encodes as its own final "
+    "token stays where a Llama classification head and last-token pooling read."
+)
+
+
+def normalise_text(s: str, strip: bool = True) -> str:
     """Normalise one text field; every loader applies this to every text.
 
     Rule: Unicode NFC, then strip leading and trailing whitespace (`str.strip`); inner whitespace
     and case are kept. Why: SST-2 sentences all end with a space that byte-level BPE turns into a
     final content-free token, exactly where a Llama classification head reads. The same wording,
-    for reports, is `NORMALISATION_RULE`.
+    for reports, is `NORMALISATION_RULE`. strip=False (the spec's `data.strip_whitespace: false`,
+    to reproduce a study that read the text as distributed) keeps the whitespace:
+    `KEPT_WHITESPACE_RULE`.
     """
-    return unicodedata.normalize("NFC", s).strip()
+    text = unicodedata.normalize("NFC", s)
+    return text.strip() if strip else text
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +80,7 @@ def normalise_text(s: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def load_glue_dir(task: TaskDef, root: Path, split: str) -> pd.DataFrame:
+def load_glue_dir(task: TaskDef, root: Path, split: str, *, strip: bool = True) -> pd.DataFrame:
     """Read canonical `split` of `task` from an original GLUE folder: `<root>/<folder>/<file>`.
 
     Files are tab-separated and NOT quoted: many MRPC fields start with `"`, and default CSV
@@ -106,8 +116,8 @@ def load_glue_dir(task: TaskDef, root: Path, split: str) -> pd.DataFrame:
 
     # Plain csv module and per-column lists: SST-2 train (67k rows) loads in about 0.2 s, and
     # every line's width has already been checked, which pandas' parser would not report by line.
-    text_a = [normalise_text(r[ia]) for r in rows]
-    text_b = None if ib is None else [normalise_text(r[ib]) for r in rows]
+    text_a = [normalise_text(r[ia], strip) for r in rows]
+    text_b = None if ib is None else [normalise_text(r[ib], strip) for r in rows]
     raw_labels = [r[il] for r in rows]
     if task.is_regression:
         labels = [
@@ -210,6 +220,8 @@ def load_hub(
     split: str,
     revision: str | None = None,
     cache_dir: Path | str | None = None,
+    *,
+    strip: bool = True,
 ) -> pd.DataFrame:
     """Load canonical `split` of `task` with `datasets.load_dataset(task.hub.path, ...)`.
 
@@ -261,7 +273,7 @@ def load_hub(
         for i, value in enumerate(values):
             if not isinstance(value, str):
                 raise DataError(f"{where}: index {i}: column {column!r} holds {value!r}, not text")
-        texts.append([normalise_text(v) for v in values])
+        texts.append([normalise_text(v, strip) for v in values])
 
     raw = table[layout.label_column]
     if task.is_regression:
@@ -297,6 +309,7 @@ def load_files(
     columns: dict[str, str],
     task: TaskDef,
     fmt: str | None = None,
+    strip: bool = True,
 ) -> pd.DataFrame:
     """Load the user's CSV, TSV, JSONL or Parquet file as a canonical DataFrame.
 
@@ -340,8 +353,8 @@ def load_files(
                 raise DataError(
                     f"{path}: {unit} {row}: column {name!r} ({canonical}) holds {value!r}, not text"
                 )
-            text = normalise_text(value)
-            if not text:
+            text = normalise_text(value, strip)
+            if not text.strip():  # whitespace only is empty, whether or not it is kept
                 raise DataError(f"{path}: {unit} {row}: column {name!r} ({canonical}) is empty")
             values.append(text)
         texts[canonical] = values
@@ -515,8 +528,12 @@ def load_split(
     columns: dict[str, str] | None = None,
     revision: str | None = None,
     cache_dir: Path | str | None = None,
+    strip: bool = True,
 ) -> pd.DataFrame:
     """Load canonical `split` ("train" or "eval") of `task` from `source`.
+
+    strip: strip leading and trailing whitespace from every text (`normalise_text`); False keeps
+    it (the spec's `data.strip_whitespace: false`).
 
     source "hub":      `load_hub(task, split, revision, cache_dir)`
     source "glue_dir": `load_glue_dir(task, glue_dir, split)`; glue_dir defaults to the
@@ -526,7 +543,7 @@ def load_split(
     """
     _check_split(split)
     if source == "hub":
-        return load_hub(task, split, revision=revision, cache_dir=cache_dir)
+        return load_hub(task, split, revision=revision, cache_dir=cache_dir, strip=strip)
     if source == "glue_dir":
         if glue_dir is None:
             glue_dir = os.environ.get(DATA_DIR_ENV) or None
@@ -535,7 +552,7 @@ def load_split(
                 "source 'glue_dir' needs a GLUE data folder: pass --data-dir <dir> or set "
                 f"{DATA_DIR_ENV}=<dir> (a folder holding e.g. <dir>/SST-2/train.tsv)"
             )
-        return load_glue_dir(task, Path(glue_dir), split)
+        return load_glue_dir(task, Path(glue_dir), split, strip=strip)
     if source == "files":
         if not files or split not in files:
             raise SpecError(
@@ -546,7 +563,7 @@ def load_split(
             columns = {"text_a": "text_a", "label": "label"}
             if task.is_pair:
                 columns["text_b"] = "text_b"
-        return load_files(files[split], columns=columns, task=task)
+        return load_files(files[split], columns=columns, task=task, strip=strip)
     raise SpecError(f"unknown data source {source!r}; use one of {', '.join(SOURCES)}")
 
 
@@ -634,8 +651,9 @@ def split_checksum(df: pd.DataFrame) -> str:
     """sha256 hex digest of a split's content: texts and labels in order, `row` excluded.
 
     The same examples give the same digest whichever source they came from (hub, GLUE folder,
-    user file): texts are normalised again, ids written as integers, regression labels with 7
-    significant digits (the hub stores STS-B scores as float32).
+    user file): texts are normalised again (NFC; whitespace is kept as the frame holds it, so text
+    loaded with `strip=False` has its own digest), ids written as integers, regression labels
+    with 7 significant digits (the hub stores STS-B scores as float32).
     """
     text_columns = [c for c in ("text_a", "text_b") if c in df.columns]
     digest = hashlib.sha256()
@@ -645,7 +663,7 @@ def split_checksum(df: pd.DataFrame) -> str:
         label_strings = [format(float(v), ".7g") for v in labels]
     else:
         label_strings = [str(int(v)) for v in labels]
-    columns = [[normalise_text(t) for t in df[c].tolist()] for c in text_columns]
+    columns = [[normalise_text(t, strip=False) for t in df[c].tolist()] for c in text_columns]
     # Each field is written as "<length>:<text>", so no text content can mimic a field boundary.
     for fields in zip(*columns, label_strings, strict=True):
         digest.update("".join(f"{len(f)}:{f}" for f in fields).encode())
