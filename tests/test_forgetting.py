@@ -504,3 +504,240 @@ def test_the_cli_has_a_forgetting_command():
 
     result = CliRunner().invoke(app, ["forgetting", "--help"])
     assert result.exit_code == 0 and "probe" in result.output
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def test_every_stored_record_reads_back_through_its_type(noise_study):
+    """The stage writes through `ForgettingRecord`: each stored record validates, derives the key
+    it is stored under, and an unknown field is refused on read."""
+    from peftlab.errors import StoreError
+    from peftlab.records import ForgettingRecord
+
+    _, recs, _, _ = noise_study
+    kinds = set()
+    for key, raw in recs.items():
+        rec = ForgettingRecord.parse(raw)
+        assert rec.key == key
+        kinds.add((rec.measure, rec.status, rec.is_run))
+    assert kinds == {("probe", "done", False), ("probe", "done", True),
+                     ("lm_loss", "done", False), ("lm_loss", "done", True)}
+    with pytest.raises(StoreError, match="does not match its schema"):
+        ForgettingRecord.parse({**recs["lm_loss/base"], "los": 1.0})
+
+
+# ----------------------------------------------------------------------------- stats, report
+
+
+def _sample_built(root: Path, edit=None) -> dict:
+    """The sample study (peftlab.sample_study: forgetting records for every finished run),
+    optionally edited through its store, then the stats and report stages."""
+    from peftlab.sample_study import write_sample
+    from peftlab.stages.report import run as report_stage
+    from peftlab.stages.stats import run as stats_stage
+    from peftlab.store import Store
+
+    study = write_sample(root)
+    store = Store(study.output_dir)
+    try:
+        if edit is not None:
+            edit(store)
+        ctx = Context(study=study, store=store, console=Console(quiet=True))
+        stats_stage(ctx)
+        report_stage(ctx)
+        tables = {t: store.records(t) for t in ("runs", "stats", "forgetting", "weights")}
+    finally:
+        store.close()
+    out = study.output_dir
+    return {"study": study, "md": (out / "report.md").read_text(encoding="utf-8"),
+            "html": (out / "report.html").read_text(encoding="utf-8"), **tables}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return _sample_built(tmp_path_factory.mktemp("forgetting-report"))
+
+
+def _md_section(md: str, title: str) -> str:
+    import re
+
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, flags=re.M | re.S)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
+def _run_diffs(sample) -> dict[tuple[str, str], float]:
+    """(run id, unit) -> the stored difference of every measured run record."""
+    from peftlab.records import ForgettingRecord
+
+    recs = [ForgettingRecord.parse(r) for r in sample["forgetting"]]
+    return {(r.run_id, r.unit): r.difference for r in recs if r.is_run and r.status == "done"}
+
+
+def test_the_report_has_the_forgetting_section_and_figure(sample):
+    import base64
+    import xml.etree.ElementTree as ET
+
+    from peftlab.stages.report import format as f
+
+    md = sample["md"]
+    assert md.index("## Weight space\n") < md.index("## Forgetting\n") < md.index(
+        "## Deployment\n")
+    section = _md_section(md, "Forgetting")
+    assert "*Figure" in section and "Learning against forgetting" in section
+    root = ET.fromstring(sample["html"].removeprefix("<!DOCTYPE html>"))
+    img = next(i for i in root.iter("img") if i.get("alt") == "Learning against forgetting")
+    png = base64.b64decode(img.get("src").split(",", 1)[1], validate=True)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    # every measured run's change is printed with its interval, from the stored record
+    for raw in sample["forgetting"]:
+        if raw.get("run_id") and raw["status"] == "done":
+            cell = (f"{f.metric(raw['difference'])} "
+                    f"{f.interval(raw['ci_low'], raw['ci_high'], f.metric)}")
+            assert f"| {raw['run_id']} |" in section and cell in section, raw["key"]
+    # the summaries' t-intervals over seeds and the tests' outcomes
+    for sm in (r for r in sample["stats"] if r["kind"] == "summary"
+               and r["area"] == "forgetting" and r["n"] >= 2):
+        assert f.interval(sm["ci_low"], sm["ci_high"], f.metric) in section
+    assert "Intruder dimensions and forgetting" in section and "Spearman" in section
+    assert "Not measured" not in section and "Why skipped" not in section
+
+
+def test_paired_forgetting_tests_are_in_their_own_exploratory_family(sample):
+    from peftlab import stats
+
+    comps = [r for r in sample["stats"] if r["kind"] == "comparison"
+             and r["area"] == "forgetting"]
+    # 3 tasks x (2 other probe tasks x 2 layers + the LM loss) x lora vs full
+    assert len(comps) == 3 * (2 * 2 + 1)
+    assert {(c["role"], c["family"], c["question"]) for c in comps} == {
+        ("exploratory", "exploratory/forgetting", None)}
+    diffs = _run_diffs(sample)
+    runs = {(r["task"], r["method"], r["seed"]): r["run_id"] for r in sample["runs"]}
+    for c in comps:
+        unit = ("lm_loss" if c["measure"] == "lm_loss"
+                else f"probe {c['probe_task']} L{c['layer']}")
+        assert c["probe_task"] != c["task"]  # never probed on its own task
+        for side in ("a", "b"):  # each value is the run's own stored difference, by seed
+            want = [diffs[(runs[(c["task"], c[f"method_{side}"], s)], unit)] for s in c["seeds"]]
+            assert c[f"values_{side}"] == pytest.approx(want)
+    by_task = {t: [c for c in comps if c["task"] == t] for t in ("sst2", "mrpc", "rte")}
+    assert all(c["outcome"] == "void" for c in by_task["mrpc"])  # every MRPC run degenerate
+    assert all(c["outcome"] == "insufficient runs" for c in by_task["rte"])  # 2 learned pairs
+    tested = [c for c in comps if c["status"] == "ok"]
+    assert [c["task"] for c in tested] == ["sst2"] * 5 and all(c["n"] == 3 for c in tested)
+    for c, p_adj in zip(tested, stats.holm([c["decision_p"] for c in tested]), strict=True):
+        assert c["family_size"] == len(tested) and c["p_adjusted"] == pytest.approx(p_adj)
+    settings = next(r for r in sample["stats"] if r["kind"] == "settings")
+    fam = settings["families"]["exploratory/forgetting"]
+    assert fam["planned"] == fam["comparisons"] == len(comps) and fam["tested"] == len(tested)
+    # the LM loss: higher is worse, and the findings say who forgets more
+    lm = next(c for c in tested if c["measure"] == "lm_loss")
+    assert lm["higher_is_better"] is False and lm["diff"] < 0  # lora's rise is smaller
+    findings = _md_section(sample["md"], "Findings")
+    assert "Exploratory: forgetting" in findings
+    assert "sst2-tuned, held-out LM loss: lora vs full on held-out LM loss change" in findings
+
+
+def test_the_intruder_correlation_pairs_each_learned_run_with_itself(sample):
+    from scipy import stats as sst
+
+    diffs = _run_diffs(sample)
+    intruders: dict[str, int] = {}
+    for w in sample["weights"]:
+        intruders[w["run_id"]] = intruders.get(w["run_id"], 0) + w["stats"]["intruder_dims"]
+    learned = {r["run_id"] for r in sample["stats"] if r["kind"] == "summary"
+               and r["area"] == "runs" and r["learned"] is True}
+    corr = [r for r in sample["stats"] if r["kind"] == "correlation"]
+    assert len(corr) == 3 * 2 + 1  # every probe task x layer, and the LM loss
+    for c in corr:
+        unit = c["forgetting_unit"]
+        want = sorted(rid for (rid, u) in diffs if u == unit and rid in learned)
+        assert c["run_ids"] == want and c["n"] == len(want)
+        assert c["x_values"] == [intruders[r] for r in want]
+        assert c["y_values"] == pytest.approx([diffs[(r, unit)] for r in want])
+        assert c["estimate"] == pytest.approx(sst.spearmanr(c["x_values"],
+                                                            c["y_values"]).statistic)
+        assert c["ci_low"] <= c["estimate"] <= c["ci_high"] and 0 < c["p"] <= 1
+        assert c["p_adjusted"] >= c["p"] and c["family_size"] == len(corr)
+    lm = next(c for c in corr if c["measure"] == "lm_loss")
+    # 10 learned runs: SST-2 x 6 and RTE x 4 (full s3 failed, lora s2 degenerate; MRPC none)
+    assert lm["n"] == 10 and sorted(set(lm["methods"])) == ["full", "lora"]
+
+
+def test_a_missing_side_says_not_measured_and_a_skipped_measure_says_why(tmp_path):
+    """No weight-space records: the correlation is 'not measured', naming that side. An
+    encoder's LM loss (skipped with the reason): the report lists it, and its comparisons are
+    not tested with that reason."""
+    from peftlab.records import ForgettingRecord, write
+
+    reason = "minilm is an encoder with no causal LM head"
+
+    def edit(store):
+        store.replace_where("weights", "", [])
+        recs = [ForgettingRecord.parse(r) for r in store.records("forgetting")]
+        lm = [r for r in recs if r.measure == "lm_loss"]
+        store.replace_where("forgetting", "lm_loss/", [])
+        write(store, [ForgettingRecord(
+            measure="lm_loss", status="skipped", reason=reason, model_key=r.model_key,
+            run_id=r.run_id, task=r.task, method=r.method, method_type=r.method_type,
+            seed=r.seed, settings=r.settings, source=r.source, base_source=r.base_source,
+            provenance=r.provenance) for r in lm])
+
+    built = _sample_built(tmp_path, edit)
+    corr = [r for r in built["stats"] if r["kind"] == "correlation"]
+    assert [(c["status"], c["n"]) for c in corr] == [("not measured", 0)]
+    assert "weight-space records" in corr[0]["reason"]
+    section = _md_section(built["md"], "Forgetting")
+    assert "Intruder dimensions and forgetting**: **not measured**" in section
+    assert "| held-out LM loss | " + reason in section  # the skipped measure, with its reason
+    lm = [r for r in built["stats"] if r["kind"] == "comparison" and r["area"] == "forgetting"
+          and r["measure"] == "lm_loss"]
+    assert len(lm) == 3 and all(c["status"] != "ok" for c in lm)
+    sst2 = next(c for c in lm if c["task"] == "sst2")
+    assert sst2["outcome"] == "insufficient runs" and reason in sst2["missing"]["1"]
+
+
+def test_without_forgetting_records_the_section_says_not_measured(tmp_path):
+    built = _sample_built(tmp_path, lambda store: store.replace_where("forgetting", "", []))
+    section = _md_section(built["md"], "Forgetting")
+    assert "**Not measured**" in section and "peftlab forgetting" in section
+    assert not [r for r in built["stats"] if r.get("area") == "forgetting"
+                and r["kind"] == "comparison"]
+    corr = [r for r in built["stats"] if r["kind"] == "correlation"]
+    assert corr[0]["status"] == "not measured" and "forgetting measurements" in corr[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- the correlation
+
+
+def test_rank_correlation_matches_scipy_and_the_exact_permutation_test():
+    import itertools
+
+    from scipy import stats as sst
+
+    from peftlab.stats import rank_correlation
+
+    rng = np.random.default_rng(0)
+    x = np.array([0, 0, 2, 2, 4, 1])  # ties, as intruder counts have
+    y = 0.3 * x + rng.normal(size=6)
+    got = rank_correlation(x, y, confidence=0.9)
+    rho = sst.spearmanr(x, y).statistic
+    assert got.estimate == pytest.approx(rho)
+    # exact: every one of the 6! pairings, two-sided as scipy's permutation_test reads it
+    perms = np.array([sst.spearmanr(np.asarray(p), y).statistic
+                      for p in itertools.permutations(x)])
+    tol = 1e-12
+    p = min(1.0, 2 * min(np.mean(perms >= rho - tol), np.mean(perms <= rho + tol)))
+    assert got.p == pytest.approx(p) and got.p_method.startswith("exact")
+    # Fisher z with the Bonett-Wright variance for Spearman's rho
+    half = sst.norm.ppf(0.95) * np.sqrt((1 + rho**2 / 2) / (6 - 3))
+    assert (got.ci_low, got.ci_high) == pytest.approx(
+        (np.tanh(np.arctanh(rho) - half), np.tanh(np.arctanh(rho) + half)))
+    big = rank_correlation(np.arange(12), np.arange(12) ** 2, seed=1)
+    assert big.estimate == pytest.approx(1.0) and big.p < 0.001
+    assert big.p_method.startswith("Monte Carlo")
+    assert rank_correlation([1, 2, 3], [3, 2, 1]).reason == "3 pair(s): at least 4 needed"
+    flat = rank_correlation([2, 2, 2, 2], [1, 2, 3, 4])
+    assert flat.estimate is None and "x constant" in flat.reason

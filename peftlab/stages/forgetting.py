@@ -30,7 +30,8 @@ text and that head scores it (`forgetting.lm_losses`). A checkpoint without an L
 sequence-classification checkpoint with untied embeddings) and every encoder (MiniLM has no LM
 head) get a `skipped` record with the reason.
 
-Records, table `forgetting` (every record carries `measure`, `status` ("done" | "skipped"),
+Records, table `forgetting`, written and read through `records.ForgettingRecord` (every record
+carries `measure`, `status` ("done" | "skipped"),
 `reason` (why skipped, else None), `model_key` ("base" or the run id), `run_id`, `task` (the
 run's tuning task), `method`, `method_type`, `seed` (all None for the base), `settings`, `source`
 (base weights' revision, or the run's artifact + finish time), `base_source` and `provenance`):
@@ -89,6 +90,7 @@ from peftlab.forgetting import (
     probe_correct,
     resolve_layers,
 )
+from peftlab.records import ForgettingRecord, write
 from peftlab.representations import BASE_KEY, extract, layer_names, probe_hash, resolve_pooling
 from peftlab.store import provenance
 
@@ -364,7 +366,17 @@ def _put_skip(ctx: Context, plan: _Plan, key: str, rec: dict[str, Any]) -> None:
     rec = {**rec, "measure": rec.get("measure", "probe"), "status": "skipped",
            "base_source": plan.base_source}
     if not _up_to_date(ctx, key, rec):
-        ctx.store.put(TABLE, key, {**rec, "provenance": provenance()})
+        _put(ctx, [(key, {**rec, "provenance": provenance()})])
+
+
+def _put(ctx: Context, items: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write records through `ForgettingRecord` (a field the schema does not know fails here,
+    not in a reader), in one transaction; each key must be the one the record type derives."""
+    recs = [ForgettingRecord(**rec) for _, rec in items]
+    for (key, _), rec in zip(items, recs, strict=True):
+        if rec.key != key:
+            raise PeftlabError(f"internal: forgetting record {key!r} derives key {rec.key!r}")
+    write(ctx.store, recs)
 
 
 @dataclass
@@ -441,8 +453,10 @@ def run(ctx: Context) -> None:
     models: list[tuple[str, RunConfig | None, str]] = [(BASE_KEY, None, plan.base_source)] + [
         (rc.run_id, rc, _run_source(ctx, rc.run_id)) for rc in ctx.finished_runs()]
     counts = {"measured": 0, "up to date": 0}
-    for key, rc, source in models:  # the base first: every run is compared with it
-        _one_model(ctx, plan, key, rc, source, counts)
+    from peftlab.logs import track  # progress with an ETA; each model's loads labelled in log.txt
+
+    for key, rc, source in track(ctx.console, "forgetting", models, label=lambda m: m[0]):
+        _one_model(ctx, plan, key, rc, source, counts)  # the base first: runs compare with it
     stale = [k for k in ctx.store.keys(TABLE) if k not in plan.keys]
     for k in stale:
         ctx.store.delete(TABLE, k)
@@ -630,7 +644,7 @@ def _probe_one(ctx: Context, plan: _Plan, pt: ProbeTask, key: str, rc: RunConfig
     stamp = provenance(stage_device=ctx.device)
     for _, rec in items:
         rec.update(extract_time_s=extract_s, fit_time_s=fit_s, provenance=stamp)
-    ctx.store.put_many(TABLE, items)  # every layer of the unit lands, or none
+    _put(ctx, items)  # every layer of the unit lands, or none
     plan.keys.update(k for k, _ in items)
     accs = ", ".join(f"{names[r['layer']]} {r['accuracy']:.3f}" +
                      (f" ({r['difference']:+.3f})" if rc is not None else "")
@@ -734,7 +748,8 @@ def _lm_one(ctx: Context, plan: _Plan, sources: list[TextSource], key: str,
                                           for s in sources]))
         iv = lm_loss_difference(after, before, n_resamples=cfg.bootstrap_samples,
                                 seed=cfg.probe_seed, confidence=cfg.confidence)
-        rec.update(base_result=_digest(per), loss_before=before.mean, loss_after=after.mean, difference=iv.estimate,
+        rec.update(base_result=_digest(per), loss_before=before.mean,
+                   loss_after=after.mean, difference=iv.estimate,
                    ci_low=iv.ci_low, ci_high=iv.ci_high, confidence=iv.confidence,
                    ci_method=iv.method, bootstrap_samples=cfg.bootstrap_samples,
                    per_source={n: {"n_texts": int(v.tokens.size), "n_tokens": v.n_tokens,
@@ -742,4 +757,4 @@ def _lm_one(ctx: Context, plan: _Plan, sources: list[TextSource], key: str,
                                for n, v in losses.items()})
         ctx.console.print(f"forgetting LM loss: {who}: {before.mean:.4f} -> {after.mean:.4f} "
                           f"nats/token ({iv.estimate:+.4f}, {seconds:.1f} s)")
-    ctx.store.put(TABLE, _lm_key(key), rec)
+    _put(ctx, [(_lm_key(key), rec)])
