@@ -37,6 +37,7 @@ from peftlab.records import SearchRecord, SearchTrialRecord
 if TYPE_CHECKING:
     import pandas as pd
 
+    from peftlab.execution import Executor
     from peftlab.spec import RunConfig, SearchConfig, Study
     from peftlab.store import Store
     from peftlab.tasks import TaskDef
@@ -312,75 +313,149 @@ def open_session(sc: SearchConfig, task: TaskDef, train_df: pd.DataFrame,
 def optimise(session: SearchSession, *, device: str, make_run: Callable[[dict[str, Any]],
              RunConfig], on_trial: Callable[[SearchTrialRecord], None],
              on_summary: Callable[[SearchRecord], None], storage_rel: str,
-             where: str | None = None) -> SearchRecord:
+             where: str | None = None, executor: Executor | None = None,
+             parallel: int = 1) -> SearchRecord:
     """Run trials until the budget is spent; return the final summary (status done).
 
     make_run(values) -> the trial's RunConfig; on_trial / on_summary receive every trial record
     (running, then finished) and the running summaries, for the caller to store.
+
+    Ask/tell from this process (the driver) only: it asks a trial, sends it to `executor` as a
+    unit (`trial_unit`) and tells Optuna its outcome when it comes back; up to `parallel` trials
+    are in flight at once (as many as the budget has room for). The sampler for a trial is
+    seeded from (seed, trials counted + trials in flight), so with `parallel` 1 a search is
+    reproducible trial for trial; with more, which trials a sampler has seen when it asks
+    depends on finishing order (as with any parallel Optuna search). A remote trial reports to
+    the pruner through the same journal storage (`StorageReporter`).
     """
     from optuna.trial import TrialState
 
+    from peftlab.execution import LocalExecutor, Unit
+
+    executor = executor or LocalExecutor()
     sc, study = session.sc, session.study
     for t in recover_interrupted(study, session.storage):
         on_trial(trial_record(session, t, None))
     stopped_by = None
+    in_flight: dict[int, tuple[Any, RunConfig]] = {}  # trial number -> (trial, its run)
     while True:
         trials = study.get_trials(deepcopy=False)
         counted = sum(_is_counted(t) for t in trials)
         spent = sum(float(t.user_attrs.get("duration_s", 0.0)) for t in trials)
-        if sc.n_trials is not None and counted >= sc.n_trials:
-            stopped_by = "n_trials"
-            break
-        if sc.timeout_s is not None and spent >= sc.timeout_s:
-            stopped_by = "timeout_s"
-            break
-        study.sampler = make_sampler(sc, counted)
-        trial = study.ask()
-        values = suggest(trial, sc.space)
-        trial.set_user_attr("peftlab_params", values)
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        try:
-            rc = make_run(values)
-        except PeftlabError as e:
-            _fail_on_user_error(study, trial, e)
-            raise
-        trial.set_user_attr("run_config", rc.as_dict())
-        on_trial(trial_record(session, study.get_trials(deepcopy=False)[trial.number], rc))
-
-        def report(step: int, value: float, trial=trial, rc=rc) -> bool:
-            trial.report(value, step)
-            # a running record per report: progress for `peftlab plan` and watchers
+        stop = None
+        if sc.n_trials is not None and counted + len(in_flight) >= sc.n_trials:
+            stop = "n_trials"
+        elif sc.timeout_s is not None and spent >= sc.timeout_s:
+            stop = "timeout_s"
+        if stop is None and len(in_flight) < parallel:
+            study.sampler = make_sampler(sc, counted + len(in_flight))
+            trial = study.ask()
+            values = suggest(trial, sc.space)
+            trial.set_user_attr("peftlab_params", values)
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            try:
+                rc = make_run(values)
+            except PeftlabError as e:
+                _fail_on_user_error(study, trial, e)
+                raise
+            trial.set_user_attr("run_config", rc.as_dict())
             on_trial(trial_record(session, study.get_trials(deepcopy=False)[trial.number], rc))
-            return trial.should_prune()
-
-        try:
-            out = run_trial(rc, session.task, session.fit, session.val,
-                            objectives=sc.objectives, device=device, eval_steps=sc.eval_steps,
-                            report=report if sc.pruner != "none" else None, where=where)
-        except PeftlabError as e:
-            _fail_on_user_error(study, trial, e)
-            raise
-        trial.set_user_attr("duration_s", out.duration_s)
-        trial.set_user_attr("steps", out.steps)
+            if sc.pruner == "none":
+                report = None
+            elif executor.in_process:
+                def report(step: int, value: float, trial=trial, rc=rc) -> bool:
+                    trial.report(value, step)
+                    # a running record per report: progress for `peftlab plan` and watchers
+                    on_trial(trial_record(session, study.get_trials(deepcopy=False)[trial.number],
+                                          rc))
+                    return trial.should_prune()
+            else:
+                report = StorageReporter(str(session.storage_path), sc, trial._trial_id)
+            executor.submit(Unit(
+                f"search/{sc.study_name}/{trial.number}", trial_unit,
+                (rc, session.task, session.fit, session.val),
+                dict(objectives=sc.objectives, device=device, eval_steps=sc.eval_steps,
+                     report=report, where=where), tag=trial.number))
+            in_flight[trial.number] = (trial, rc)
+            continue
+        if not in_flight:
+            stopped_by = stop
+            break
+        done = executor.next_done()
+        trial, rc = in_flight.pop(done.unit.tag)
+        if done.error is not None:
+            _fail_on_user_error(study, trial, done.error)
+            raise done.error
         trial.set_user_attr("finished", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        if out.state == "complete":
-            assert out.values is not None
-            trial.set_user_attr("peftlab_values", out.values)
-            vals = [out.values[o] for o in sc.objectives]
-            study.tell(trial, vals[0] if len(vals) == 1 else vals)
-        elif out.state == "pruned":
-            trial.set_user_attr("pruned_at_step", out.pruned_at_step)
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            trial.set_user_attr("failure_reason", out.failure_reason)
+        if done.attempts:
+            trial.set_user_attr("worker_deaths", done.attempts)
+        if done.failure is not None:  # its worker died on every attempt: failed, counted
+            trial.set_user_attr("failure_reason", done.failure)
+            trial.set_user_attr("duration_s", done.seconds)
             study.tell(trial, state=TrialState.FAIL)
+        else:
+            out: TrialOutcome = done.value
+            trial.set_user_attr("duration_s", out.duration_s)
+            trial.set_user_attr("steps", out.steps)
+            if out.state == "complete":
+                assert out.values is not None
+                trial.set_user_attr("peftlab_values", out.values)
+                vals = [out.values[o] for o in sc.objectives]
+                study.tell(trial, vals[0] if len(vals) == 1 else vals)
+            elif out.state == "pruned":
+                trial.set_user_attr("pruned_at_step", out.pruned_at_step)
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                trial.set_user_attr("failure_reason", out.failure_reason)
+                study.tell(trial, state=TrialState.FAIL)
         on_trial(trial_record(session, study.get_trials(deepcopy=False)[trial.number], rc))
-        on_summary(summary_record(session, status="running", storage_rel=storage_rel))
+        on_summary(summary_record(session, status="running", storage_rel=storage_rel,
+                                  parallel=parallel))
     final = summary_record(session, status="done", storage_rel=storage_rel,
-                           stopped_by=stopped_by, importances=True)
+                           stopped_by=stopped_by, importances=True, parallel=parallel)
     on_summary(final)
     return final
+
+
+def trial_unit(rc: RunConfig, task: TaskDef, fit_df: pd.DataFrame, val_df: pd.DataFrame, *,
+               objectives: tuple[str, ...], device: str, eval_steps: int | None,
+               report: Callable[[int, float], bool] | None, where: str | None) -> TrialOutcome:
+    """One trial as a unit of work (driver or Ray worker): `run_trial` on the device `device`
+    (the spec's, resolved where the unit runs)."""
+    from peftlab.models import resolve_device
+
+    return run_trial(rc, task, fit_df, val_df, objectives=objectives,
+                     device=resolve_device(device), eval_steps=eval_steps, report=report,
+                     where=where)
+
+
+@dataclass
+class StorageReporter:
+    """report(step, value) -> prune? for a trial running in another process: it reports to the
+    search's journal storage (a file in the study directory every node sees, which Optuna's
+    journal backend locks for concurrent writers) and asks the pruner there. Ask and tell stay
+    with the driver; only intermediate values come from here. Built lazily in the worker."""
+
+    path: str
+    sc: SearchConfig
+    trial_id: int
+    _trial: Any = field(default=None, repr=False)
+
+    def __call__(self, step: int, value: float) -> bool:
+        if self._trial is None:
+            import optuna
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            # JournalStorage directly, not `storage()`: repairing the file is the driver's job.
+            study = optuna.load_study(study_name=self.sc.study_name,
+                                      storage=JournalStorage(JournalFileBackend(self.path)),
+                                      pruner=make_pruner(self.sc))
+            self._trial = optuna.trial.Trial(study, self.trial_id)
+        self._trial.report(value, step)
+        return self._trial.should_prune()
 
 
 def _fail_on_user_error(study: Any, trial: Any, err: PeftlabError) -> None:
@@ -435,7 +510,8 @@ def _params(t: Any, sc: SearchConfig) -> dict[str, Any]:
 
 
 def summary_record(session: SearchSession, *, status: str, storage_rel: str,
-                   stopped_by: str | None = None, importances: bool = False) -> SearchRecord:
+                   stopped_by: str | None = None, importances: bool = False,
+                   parallel: int = 1) -> SearchRecord:
     """The summary of a search from its Optuna study: best, Pareto front, history, importances."""
     from optuna.trial import TrialState
 
@@ -486,7 +562,7 @@ def summary_record(session: SearchSession, *, status: str, storage_rel: str,
                                                                  strict=True)],
         space=sc.space,
         sampler={"type": sc.sampler, "seed": sc.seed, "startup_trials": sc.startup_trials,
-                 "reseeded_per_trial": True},
+                 "reseeded_per_trial": True, "parallel_trials": parallel},
         pruner={"type": sc.pruner, "startup_trials": sc.pruner_startup_trials,
                 "reduction_factor": sc.reduction_factor,
                 "eval_steps": sc.eval_steps or "once per epoch"},

@@ -436,3 +436,75 @@ def test_bad_search_blocks_name_the_key(tmp_path, tiny_llama_dir, search, expect
     msg = _spec_error(tmp_path, tiny_llama_dir, search)
     assert re.search(expected, msg), msg
     assert "spec.yaml" in msg
+
+
+# -- the report's search section ----------------------------------------------------------------
+
+def _md_section(md: str, title: str) -> str:
+    import re
+
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, flags=re.M | re.S)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
+def test_the_report_shows_each_search_with_its_parts(searched):
+    from rich.console import Console
+
+    from peftlab.stages.report import build_report
+    from peftlab.stages.report.document import Figure, to_html, to_markdown
+    from peftlab.stages.report.format import md_text
+    from peftlab.stages.report.search import params_text
+    from peftlab.study import Context
+
+    study, _, _ = searched
+    store = Store(study.output_dir, create=False)
+    try:
+        doc = build_report(Context(study=study, store=store, console=Console(quiet=True)))
+        trials, summaries = read_search(store)
+    finally:
+        store.close()
+    md = to_markdown(doc)
+    section = _md_section(md, "Hyperparameter search")
+    sec = next(s for s in doc.sections if s.title == "Hyperparameter search")
+    assert [sub.title for sub in sec.subsections] == ["toy"]
+    for s in summaries:
+        # the budget sentence, word for word, and the best trial with its parameters
+        assert s.budget_sentence and s.budget_sentence in section
+        best = md_text(params_text(s.best["params"]))
+        assert f"| {s.method} | done | {s.best['trial']} | {best} |" in section
+        if s.importances:
+            for name in s.importances:
+                assert md_text(name) in section
+        else:
+            assert md_text(f"none: {s.importance_error}") in section
+    # every trial, in its state (a pruned one with the step it stopped at)
+    for t in trials:
+        row = f"| {t.method} | {t.number} | {t.state} | {md_text(params_text(t.params))} |"
+        assert row in section, row
+        if t.state == "pruned":
+            assert f"{row} pruned at step {t.pruned_at_step} |" in section
+    # the optimisation history, as a figure in the HTML
+    figs = [b for b in sec.subsections[0].blocks if isinstance(b, Figure)]
+    assert len(figs) == 1 and figs[0].png.startswith(b"\x89PNG")
+    assert "Optimisation history on toy" in to_html(doc)
+
+
+def test_the_search_section_states_why_there_are_no_importances(searched):
+    from types import SimpleNamespace
+
+    from peftlab.stages.report.search import _importance_rows, search_section
+
+    study, _, _ = searched
+    _, summaries = _search_table(study)
+    few = summaries[0].model_copy(update={
+        "importances": None, "importance_error": "needs at least 2 complete trials, the search "
+                                                 "has 1"})
+    rows = _importance_rows([few])
+    assert rows == [[few.method, "fanova",
+                     "none: needs at least 2 complete trials, the search has 1"]]
+    # a spec without a search block: one sentence saying the rates were set by hand
+    bare = SimpleNamespace(spec=study.spec.model_copy(update={"search": None}))
+    sec = search_section(bare)
+    assert not sec.subsections
+    assert "no search block" in " ".join(sec.blocks[0].spans)

@@ -9,6 +9,10 @@ the training subset minus a seeded, stratified validation split and scored on th
 search's best values become part of its final runs' configuration and ids (`Study.resolve`), so
 finetune trains them next, on the full training subset. A search killed mid-trial resumes where
 it stopped: the trial that was running is retried and does not count against the budget.
+
+Trials are units of the study's executor (`peftlab.execution`): with `execution.parallel_trials`
+> 1 and the Ray backend, that many trials of a search train at once on the cluster while this
+process asks and tells Optuna and writes the records.
 """
 
 from __future__ import annotations
@@ -71,8 +75,9 @@ def run_search(ctx: Context, sc: SearchConfig):
         return rc
 
     return optimise(
-        session, device=ctx.device, make_run=make_run,
+        session, device=ctx.study.spec.device, make_run=make_run,
         on_trial=lambda rec: write(ctx.store, [rec]),
         on_summary=lambda rec: write(ctx.store, [rec]),
         storage_rel=str(path.relative_to(ctx.store.root)),
-        where=ctx.study.where(f"methods.{sc.method}"))
+        where=ctx.study.where(f"methods.{sc.method}"), executor=ctx.executor,
+        parallel=ctx.study.spec.execution.parallel_trials)
