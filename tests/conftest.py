@@ -35,6 +35,12 @@ except ImportError:  # scikit-learn brings threadpoolctl; without it BLAS keeps 
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `gpu` need CUDA: without it they are skipped, saying so."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)")
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder with a 2-layer random LlamaForSequenceClassification (2 labels) + BPE tokenizer."""
