@@ -697,13 +697,26 @@ def linear_module_names(model: Any) -> list[str]:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts; tied weights count once."""
+    """(trainable, total) parameter counts; tied weights count once; a bitsandbytes 4-bit weight
+    counts its unpacked values (QLoRA's base is not a quarter of the model's size in weights)."""
     trainable = total = 0
     for param in model.parameters():  # `parameters()` already yields a shared tensor once
-        total += param.numel()
+        n = param_count(param)
+        total += n
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += n
     return trainable, total
+
+
+def param_count(param: Any) -> int:
+    """Values held by one parameter. A bitsandbytes `Params4bit` packs two 4-bit values per byte
+    of its storage dtype, so its `numel()` is 2 x itemsize times too small; the same correction
+    as PEFT's `get_nb_trainable_parameters`, which counts only PeftModels."""
+    n = param.numel()
+    if type(param).__name__ == "Params4bit":
+        storage = getattr(param, "quant_storage", None)
+        n *= 2 * (storage.itemsize if storage is not None else 1)
+    return n
 
 
 def model_revision(resolved: ResolvedModel) -> str:

@@ -251,6 +251,23 @@ def test_count_parameters_by_hand(tiny_llama_dir: Path) -> None:
     assert count_parameters(model) == (labels * hidden, total)
 
 
+def test_count_parameters_unpacks_4bit_weights() -> None:
+    """bitsandbytes stores a 4-bit weight packed two values per byte: (out*in/2, 1) uint8. A
+    stand-in class of the same name (bitsandbytes needs CUDA) counts as out*in values, and a
+    non-packed parameter is unchanged."""
+    import torch
+
+    class Params4bit(torch.nn.Parameter):  # same class name as bitsandbytes.nn.Params4bit
+        pass
+
+    packed = Params4bit(torch.zeros(64 * 32 // 2, 1, dtype=torch.uint8), requires_grad=False)
+    packed.quant_storage = torch.uint8
+    layer = torch.nn.Module()
+    layer.weight = packed
+    layer.bias = torch.nn.Parameter(torch.zeros(64))
+    assert count_parameters(layer) == (64, 64 * 32 + 64)
+
+
 def test_peft_wrapped_model_introspection(tiny_llama_dir: Path) -> None:
     peft = pytest.importorskip("peft")
     model = load_classifier(resolve_model(str(tiny_llama_dir)), num_labels=2)
