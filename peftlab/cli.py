@@ -2,9 +2,12 @@
 
     peftlab run                      # the shipped quickstart study
     peftlab run SPEC --data-dir ../shared/data/glue
+    peftlab run SPEC --executor ray [--address auto]   # units as Ray tasks (peftlab.execution)
     peftlab init my-study [--from quickstart]     # a starter spec to edit: my-study.yaml
     peftlab validate SPEC | plan SPEC [--json] | data SPEC [--json]
     peftlab results STUDY_DIR [--table runs] [--format csv|json]
+    peftlab baselines|search|finetune|represent|forgetting|drift|bench|stats|report SPEC
+                                     # one stage of the pipeline (`peftlab data` prints the data)
 
 SPEC is a YAML file or the name of a shipped spec (`quickstart`, `tinyllama-glue`). Every error a
 user can cause, including a missing or malformed argument, ends in one `error:` message on stderr
@@ -138,16 +141,25 @@ def run(
     output_dir: OutputDir = None,
     stages: Annotated[str | None, typer.Option(
         "--stages", help="Comma-separated subset of stages to run, in pipeline order.")] = None,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="Where training runs, search trials and extraction run: local or "
+                           "ray (default: the spec's execution.backend).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster to join: auto, host:port or ray://... (default: the "
+                          "spec's execution.address; none starts Ray on this machine).")] = None,
 ) -> None:
     """Run the whole pipeline on a study, skipping work that is already done.
 
     Library warnings and load reports go to <study dir>/log.txt.
     """
+    from peftlab.errors import SpecError
     from peftlab.study import run_stages
 
+    if executor is not None and executor not in ("local", "ray"):
+        raise SpecError(f"--executor: expected local or ray, got {executor!r}")
     study = _load(spec, data_dir, output_dir)
     names = [s.strip() for s in stages.split(",")] if stages else None
-    run_stages(study, names, console=err)
+    run_stages(study, names, console=err, executor=executor, address=address)
     report = study.output_dir / "report.html"
     out.print(f"study directory: {study.output_dir}")
     if report.is_file():
@@ -252,6 +264,8 @@ def _stage_command(stage: str, doc: str) -> None:
 
 
 for _name, _doc in {
+    "baselines": "Majority-class, chance and untrained-head baselines per task (what runs must "
+                 "beat).",
     "search": "Hyperparameter search per task and method (the spec's `search:` block).",
     "finetune": "Train and evaluate every run that is not done yet.",
     "represent": "Extract pooled per-layer hidden states of the base and every finished run.",
@@ -342,14 +356,18 @@ def bench(
         print(json.dumps(records, indent=2, default=str))
         return
     table = Table(title=f"bench {model}")
-    for col in ("mode", "batch", "seq", "status", "p50 ms", "p95 ms", "p99 ms", "req/s"):
+    for col in ("mode", "batch", "seq", "status", "p50 ms", "p95 ms", "p99 ms",
+                "req/s at concurrency 1"):
         table.add_column(col)
     for r in records:
         lat, thr = r.get("latency_ms") or {}, r.get("throughput") or {}
         table.add_row(str(r.get("mode_key", r.get("mode"))), str(r.get("batch_size")),
                       str(r.get("seq_len")), str(r.get("status")),
                       *[f"{lat[k]:.3f}" if lat.get(k) is not None else "-"
-                        for k in ("p50", "p95", "p99")],
+                        for k in ("p50", "p95")],
+                      # p99 only from >= 100 requests (bench.timing.latency_stats)
+                      lat.get("p99_note") or (f"{lat['p99']:.3f}" if lat.get("p99") is not None
+                                              else "-"),
                       f"{thr['requests_per_s']:.1f}" if thr.get("requests_per_s") else "-")
     out.print(table)
 

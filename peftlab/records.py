@@ -167,7 +167,12 @@ class RunRecord(Record):
 
 
 class RepresentRecord(Record):
-    """The manifest of one model's pooled representations on a task (key "<task>/<key>")."""
+    """The manifest of one model's pooled representations on a task under one pooling.
+
+    key "<task>/<key>" for the primary pooling (readout "primary"), "<task>/<key>/<pooling>"
+    for an exploratory one (`representations.manifest_key`). poolings: every pooling extracted
+    in the same forward pass, primary first; head_pooling: what the classification head reads.
+    """
 
     TABLE: ClassVar[str] = "represent"
     task: str
@@ -181,6 +186,9 @@ class RepresentRecord(Record):
     layers: int  # embeddings + blocks
     layer_names: list[str]
     pooling: str
+    readout: Literal["primary", "exploratory"] = "primary"
+    poolings: list[str] | None = None
+    head_pooling: str | None = None
     dtype: str
     model_family: str
     padding_side: str
@@ -200,7 +208,33 @@ class RepresentRecord(Record):
 
     @property
     def key(self) -> str:
-        return f"{self.task}/{self.model_key}"
+        suffix = "" if self.readout == "primary" else f"/{self.pooling}"
+        return f"{self.task}/{self.model_key}{suffix}"
+
+
+class ReadoutRecord(Record):
+    """The pooled-token diagnostic of one task under a single-token pooling (last or first):
+    which token ids the readout reads over the probe set (key "<task>/<pooling>").
+
+    The pooled token depends on the tokenizer and the probe texts only, never on the weights,
+    so one record covers the base model and every run of the task (they share its tokenizer).
+    diagnostic: `representations.token_diagnostic` (top_share 0..1, top tokens decoded, their
+    kind, warn). readout: primary or exploratory, as in the represent table.
+    """
+
+    TABLE: ClassVar[str] = "readout"
+    task: str
+    model: str  # the spec's model name
+    pooling: str
+    readout: Literal["primary", "exploratory"]
+    probe_hash: str
+    strip_whitespace: bool  # data.strip_whitespace when the probes were tokenised
+    diagnostic: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.pooling}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +266,9 @@ class DriftRecord(Record):
     d_a: int
     d_b: int
     pooling: str
+    # primary: the pooling the head reads (or the only one); exploratory: another readout of
+    # the same forward pass, keyed "<pooling>/<kind>/<run_a>/<run_b>/L<layer:03d>"
+    readout: Literal["primary", "exploratory"] = "primary"
     probe_hash: str
     values: dict[str, float | None]
     undefined: dict[str, str]
@@ -246,7 +283,8 @@ class DriftRecord(Record):
 
     @property
     def key(self) -> str:
-        return f"{self.kind}/{self.run_a}/{self.run_b}/L{self.layer:03d}"
+        prefix = "" if self.readout == "primary" else f"{self.pooling}/"
+        return f"{prefix}{self.kind}/{self.run_a}/{self.run_b}/L{self.layer:03d}"
 
 
 class WeightRecord(Record):
@@ -342,6 +380,61 @@ class BenchRecord(Record):
     @property
     def key(self) -> str:
         return f"{self.mode_key}/{self.unit}/b{self.batch_size}/s{self.seq_len}"
+
+
+class BenchBlockRecord(Record):
+    """One block of the bench schedule (the units of one seed, or the base units) and its drift.
+
+    key "<block>" (e.g. "seed-42", "base"). order: the units' "<mode>/<unit>" in the order they
+    ran; reference: the unit run again at the end of the block; drift: per sweep point
+    {batch_size, seq_len, first_p50_ms, repeat_p50_ms, ratio (repeat / first)}: how much the
+    machine's speed moved between the block's start and its end.
+    """
+
+    TABLE: ClassVar[str] = "bench_blocks"
+    block: str
+    seed: int | None
+    scheme: str  # how the order was drawn
+    order: list[str]
+    reference: str | None = None
+    reference_status: str | None = None  # done / failed / skipped, and why when not done
+    drift: list[dict[str, Any]] = []
+    started: str | None = None
+    finished: str | None = None
+    settings_hash: str
+
+    @property
+    def key(self) -> str:
+        return self.block
+
+
+class ServingRecord(Record):
+    """One load run of the serving benchmark: a configuration, a popularity pattern, a rate.
+
+    key "<config>/<pattern>/r<offered rate>". The figures are `bench.serving.serve_at_rate`'s row
+    (latency from the scheduled arrival, with p99 only from >= 100 requests), the sweep's verdict
+    (sustained) and the configuration's saturation rate over the sweep it belongs to.
+    """
+
+    TABLE: ClassVar[str] = "serving"
+    config: str
+    pattern: str
+    offered_rate: float
+    k: int
+    adapters: list[str]
+    seed: int | None  # the training seed whose models were served
+    run_index: int  # position in the interleaved run order of the sweep
+    sustained: bool
+    saturation_rate: float | None = None  # of this (config, pattern) sweep
+    saturation_throughput: float | None = None
+    row: dict[str, Any]  # serve_at_rate's JSON row (latency, queue, batches, memory, ...)
+    gate: dict[str, Any] | None = None  # the configuration's check against the training logits
+    settings: dict[str, Any]
+    settings_hash: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.config}/{self.pattern}/r{self.offered_rate:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +540,8 @@ def read_search(store: Store) -> tuple[list[SearchTrialRecord], list[SearchRecor
 
 # Every table with a schema, by name (the CLI and the store tests use it).
 SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
-    DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord)}
+    DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord,
+    BenchBlockRecord, ServingRecord)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,3 +590,108 @@ class BaselineRecord(Record):
 
 
 SCHEMAS[BaselineRecord.TABLE] = BaselineRecord
+SCHEMAS[ReadoutRecord.TABLE] = ReadoutRecord
+
+
+# ---------------------------------------------------------------------------------------------
+# forgetting
+
+
+class ForgettingRecord(Record):
+    """One model's forgetting on one unit: an off-task probe (one probe task at one layer) or
+    the held-out LM loss. Written by `peftlab.stages.forgetting` (its docstring lists every
+    field); read by the stats stage and the report.
+
+    Keys: "probe/<probe task>/L<layer:03d>/<model key>" (measured probe), "probe/<probe
+    task>/skipped" (a probe task that cannot be probed; "none" when no run has one),
+    "probe/none/<run id>" (a run whose only probe task is its own), "lm_loss/<model key>".
+    model_key is "base" or the run id; the run's identity fields are None for the base.
+    Units: accuracies and `difference` of a probe are fractions (run minus base: negative =
+    forgotten); LM losses are nats per predicted token (`difference` = after minus before:
+    positive = forgotten); times in seconds.
+    """
+
+    TABLE: ClassVar[str] = "forgetting"
+    measure: Literal["probe", "lm_loss"]
+    status: Literal["done", "skipped"]
+    reason: str | None = None  # why skipped
+    model_key: str
+    run_id: str | None
+    task: str | None  # the run's tuning task
+    method: str | None
+    method_type: str | None
+    seed: int | None
+    settings: dict[str, Any]
+    source: str | None  # base weights' revision or the run's artifact + finish time
+    base_source: str
+    provenance: dict[str, Any]
+    # probe
+    probe_task: str | None = None
+    probe_task_source: Literal["study", "registered", "files"] | None = None
+    layer: int | None = None  # hidden-state index: 0 = embeddings, i = block i
+    layer_name: str | None = None
+    n_layers: int | None = None
+    pooling: str | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    n_classes: int | None = None
+    majority_rate: float | None = None
+    excluded_overlap: int | None = None
+    probe_hash: str | None = None
+    accuracy: float | None = None
+    c: float | None = None
+    cv_accuracy: float | None = None
+    cv_scores: list[float] | None = None
+    cv_folds: int | None = None
+    converged: bool | None = None
+    correct: list[int] | None = None  # 0/1 per probe test example, in test order
+    train_rows: list[int] | None = None  # base only: row ids of the probe examples
+    test_rows: list[int] | None = None
+    base_accuracy: float | None = None
+    base_c: float | None = None
+    extract_time_s: float | None = None
+    fit_time_s: float | None = None
+    # LM loss
+    sources: list[str] | None = None
+    n_texts: int | None = None
+    n_tokens: int | None = None
+    dropped_texts: int | None = None
+    max_length: int | None = None
+    text_hash: str | None = None
+    head: str | None = None
+    loss: float | None = None  # base only
+    per_source: dict[str, dict[str, Any]] | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
+    time_s: float | None = None
+    # a run against the base (both measures)
+    base_result: str | None = None  # digest of the base outcome this run was compared with
+    difference: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+    ci_method: str | None = None
+    bootstrap_samples: int | None = None
+
+    @property
+    def key(self) -> str:
+        if self.measure == "lm_loss":
+            return f"lm_loss/{self.model_key}"
+        if self.status == "done":
+            return f"probe/{self.probe_task}/L{self.layer:03d}/{self.model_key}"
+        if self.run_id is None:
+            return f"probe/{self.probe_task}/skipped"
+        return f"probe/none/{self.run_id}"
+
+    @property
+    def is_run(self) -> bool:
+        return self.run_id is not None
+
+    @property
+    def unit(self) -> str:
+        """What was measured, the same for the base and every run: "probe <task> L<layer>" or
+        "lm_loss"."""
+        return "lm_loss" if self.measure == "lm_loss" else f"probe {self.probe_task} L{self.layer}"
+
+
+SCHEMAS[ForgettingRecord.TABLE] = ForgettingRecord

@@ -8,15 +8,17 @@ complete pairs: "insufficient runs"). With `degenerate=True` (the default) every
 exactly what always predicting "equivalent" scores (F1 0.8 on 16 of 24 positives: the quickstart's
 case), and RTE's lora run of seed 2 sits at chance, so the stats stage must flag them and void what
 rests on them; `degenerate=False` gives every run a score well above its baselines. Drift and
-weight records for all three tasks; benchmark records for all three (full, unmerged, merged at
-batch 1 and 4, plus base, multi-3 and mixed-3 over the three tasks). Every value is drawn from a
+weight records for all three tasks; forgetting records for every finished run (each task probed
+on the other two at two layers, and the held-out LM loss); benchmark records for all three (full,
+unmerged, merged at batch 1 and 4, plus base, multi-3 and mixed-3 over the three tasks). Every value is drawn from a
 seeded generator, so the store is identical on every call. Dataset and spec text carry markup
 (`<script>`, `|`) to test escaping.
 
 The record layouts follow the stages' code: `runs` (finetune._record_done), `data`
 (study.data_stage), `baselines` (stages.baselines, built with `peftlab.baselines`), `drift`
-(drift._compare_runs), `weights` (drift.weight_drift); `bench` records are made by the bench
-stage's own `bench.units.unit_records` from worker results shaped like `bench.worker.run_job`'s.
+(drift._compare_runs), `weights` (drift.weight_drift), `forgetting` (stages.forgetting); `bench`
+records are made by the bench stage's own `bench.units.unit_records` from worker results shaped
+like `bench.worker.run_job`'s.
 When a stage changes its records, update the builder here.
 """
 
@@ -32,6 +34,7 @@ from peftlab.records import (
     BaselineRecord,
     DataRecord,
     DriftRecord,
+    ForgettingRecord,
     RunRecord,
     WeightRecord,
     write,
@@ -121,6 +124,7 @@ def write_sample(root: Path, degenerate: bool = True) -> Study:
         done = [r.dump() for r in runs if r.status == "done"]
         write(store, drift_records(done, rng))
         write(store, weight_records(done, rng))
+        write(store, forgetting_records(done, np.random.default_rng(7)))
         store.put_many("bench", bench_records(done, rng))
     finally:
         store.close()
@@ -319,6 +323,90 @@ def weight_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list
     return out
 
 
+# Forgetting: the probed layers (the default "middle" and "last" of N_LAYERS - 1 blocks), probe
+# test examples, and per method the mean probe accuracy change (run - base) and LM loss change
+# (nats per token): full fine-tuning forgets more than LoRA, more at the last layer.
+FORGETTING_LAYERS = (2, 5)
+PROBE_TEST = 40
+PROBE_FORGET = {"full": 0.10, "lora": 0.03}  # share of the base's right answers lost
+LM_RISE = {"full": 0.30, "lora": 0.08}
+
+
+def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
+                       ) -> list[ForgettingRecord]:
+    """The forgetting stage's records: every task probes the others (the stage's default), at
+    two layers, and the held-out LM loss (the other tasks' evaluation sentences); run minus
+    base intervals from `peftlab.forgetting`'s own paired bootstraps."""
+    from peftlab.forgetting import LMLosses, lm_loss_difference, paired_accuracy_difference
+
+    common = {"settings": {"layers": list(FORGETTING_LAYERS)}, "base_source": "base:sample",
+              "provenance": PROVENANCE}
+    base_id = {"model_key": "base", "run_id": None, "task": None, "method": None,
+               "method_type": None, "seed": None, "source": "base:sample"}
+    out = []
+    base_correct = {}
+    for task, layer in itertools.product(TASKS, FORGETTING_LAYERS):
+        correct = (rng.random(PROBE_TEST) < 0.85 - 0.02 * layer).astype(int)
+        base_correct[(task, layer)] = correct
+        out.append(ForgettingRecord(
+            **base_id, **common, measure="probe", status="done", probe_task=task,
+            probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
+            n_layers=N_LAYERS, pooling="last", n_train=64, n_test=PROBE_TEST, n_classes=2,
+            majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
+            accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
+            cv_folds=5, converged=True, correct=correct.tolist(),
+            train_rows=list(range(64)), test_rows=list(range(PROBE_TEST))))
+    texts = 30
+    tokens = rng.integers(8, 20, size=texts)
+    base_sums = tokens * (2.5 + 0.2 * rng.standard_normal(texts))
+    sources = {t: [x for x in TASKS if x != t] for t in TASKS}
+    out.append(ForgettingRecord(
+        **base_id, **common, measure="lm_loss", status="done", sources=list(TASKS),
+        n_texts=texts * len(TASKS), n_tokens=int(tokens.sum()) * len(TASKS), max_length=48,
+        text_hash="e" * 64, head="the base's input embeddings (tied LM head)",
+        loss=float(base_sums.sum() / tokens.sum()), time_s=0.5,
+        per_source={t: {"n_texts": texts, "n_tokens": int(tokens.sum()),
+                        "loss": float(base_sums.sum() / tokens.sum()),
+                        "sums": base_sums.tolist(), "tokens": tokens.tolist()}
+                    for t in TASKS}))
+    for r in done:
+        run_id = {"model_key": r["run_id"], "run_id": r["run_id"], "task": r["task"],
+                  "method": r["method"], "method_type": r["method_type"], "seed": r["seed"],
+                  "source": f"run:runs/{r['run_id']}/artifact"}
+        for probe_task, layer in itertools.product(TASKS, FORGETTING_LAYERS):
+            if probe_task == r["task"]:
+                continue
+            base = base_correct[(probe_task, layer)]
+            lose = PROBE_FORGET[r["method"]] * (layer / FORGETTING_LAYERS[-1])
+            correct = np.where(rng.random(PROBE_TEST) < lose, 0, base)
+            iv = paired_accuracy_difference(correct, base, n_resamples=200, seed=0)
+            out.append(ForgettingRecord(
+                **run_id, **common, measure="probe", status="done", probe_task=probe_task,
+                probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
+                n_layers=N_LAYERS, pooling="last", n_train=64, n_test=PROBE_TEST,
+                n_classes=2, majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
+                accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
+                cv_folds=5, converged=True, correct=correct.astype(int).tolist(),
+                base_accuracy=float(base.mean()), base_c=0.1, base_result="f" * 64,
+                difference=iv.estimate, ci_low=iv.ci_low, ci_high=iv.ci_high,
+                confidence=0.95, ci_method=iv.method, bootstrap_samples=200))
+        n = texts * len(sources[r["task"]])
+        before = LMLosses(np.tile(base_sums, len(sources[r["task"]])),
+                          np.tile(tokens, len(sources[r["task"]])))
+        rise = LM_RISE[r["method"]] * (1 + 0.3 * rng.standard_normal())
+        after = LMLosses(before.sums + before.tokens * (rise + 0.05 * rng.standard_normal(n)),
+                         before.tokens)
+        iv = lm_loss_difference(after, before, n_resamples=200, seed=0)
+        out.append(ForgettingRecord(
+            **run_id, **common, measure="lm_loss", status="done",
+            sources=sources[r["task"]], n_texts=n, n_tokens=before.n_tokens, max_length=48,
+            text_hash="e" * 64, head="the base's input embeddings (tied LM head)", time_s=0.5,
+            loss_before=before.mean, loss_after=after.mean, difference=iv.estimate,
+            ci_low=iv.ci_low, ci_high=iv.ci_high, confidence=0.95, ci_method=iv.method,
+            bootstrap_samples=200, base_result="f" * 64))
+    return out
+
+
 def _point(mode: str, batch: int, rng: np.random.Generator, k: int = 1) -> dict[str, Any]:
     """One timed sweep point as `bench.worker.run_point` returns it."""
     from peftlab.bench.timing import latency_stats, throughput
@@ -341,7 +429,11 @@ def _point(mode: str, batch: int, rng: np.random.Generator, k: int = 1) -> dict[
         flags = np.asarray(switched, dtype=bool)
         point["extras"] = dict(k=k, switches=int(flags.sum()), switch_share=float(flags.mean()),
                                p50_ms_with_switch=float(np.median(lat[flags])),
-                               p50_ms_without_switch=float(np.median(lat[~flags])))
+                               p50_ms_without_switch=float(np.median(lat[~flags])),
+                               request_adapters=[i % k for i in range(len(raw))])
+    if mode == "mixed":
+        point["extras"] = dict(k=k, request_row_adapters=[
+            [(i * batch + j) % k for j in range(batch)] for i in range(len(raw))])
     return point
 
 

@@ -83,6 +83,10 @@ class DataSpec(_Strict):
     train_samples: int | None = Field(None, gt=0)  # seeded subsample; None = the whole split
     eval_samples: int | None = Field(None, gt=0)
     seed: int = 0  # subsampling seed, independent of the training seeds
+    # Strip leading/trailing whitespace from every text (`tasks.NORMALISATION_RULE`). false keeps
+    # it, e.g. SST-2's trailing space, to reproduce a study that pooled the text as distributed;
+    # part of every run's identity (a run on unstripped text is another run).
+    strip_whitespace: bool = True
 
 
 class TaskSpec(_Strict):
@@ -140,9 +144,34 @@ class RepresentSpec(_Strict):
 
     probe_samples: int = Field(500, gt=0)  # examples of the task's evaluation split
     probe_seed: int = 0
-    pooling: Literal["auto", "last", "mean"] = "auto"  # auto: last for decoders, mean for encoders
+    # One pooling or several, all from the same forward pass (`representations.POOLINGS`):
+    # auto (last for decoders, mean for encoders), last, mean, first. The one the classification
+    # head reads is primary (`representations.primary_pooling`); the others are exploratory.
+    pooling: Literal["auto", "last", "mean", "first"] | list[
+        Literal["auto", "last", "mean", "first"]] = "auto"
     dtype: Literal["float32", "float16"] = "float32"  # storage dtype
     batch_size: int = Field(32, gt=0)
+    # The pooled-token diagnostic warns when one token id is pooled for more than this share of
+    # the probes (last/first pooling): the readout then reads a content-free position.
+    token_warning_share: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("pooling")
+    @classmethod
+    def _poolings_distinct(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("needs at least one pooling (auto, last, mean, first)")
+            if len(set(v)) != len(v):
+                raise ValueError(f"lists a pooling twice: {v}")
+            if "auto" in v and len(v) > 1:
+                raise ValueError("'auto' stands for one pooling chosen by the model family; "
+                                 "list the poolings by name (e.g. [last, mean]) instead")
+        return v
+
+    @property
+    def poolings(self) -> list[str]:
+        """The configured poolings as a list, in spec order ("auto" not yet resolved)."""
+        return list(self.pooling) if isinstance(self.pooling, list) else [self.pooling]
 
 
 class DriftSpec(_Strict):
@@ -176,6 +205,42 @@ class DriftSpec(_Strict):
         return v
 
 
+class ServingSpec(_Strict):
+    """Serving under load (part of the bench stage, `peftlab.bench.serving`): open-loop Poisson
+    load at rising rates against an in-process server with dynamic batching, per configuration
+    (merged: k merged models; mixed: one base, k adapters, mixed batches; switch: one base,
+    adapter switched per batch; full: k fully fine-tuned models) and adapter popularity pattern.
+    Each load run is bounded by max_requests and max_seconds (+ a drain of max(1 s, 20 x
+    max_wait_ms)); a configuration's sweep stops at its first unsustained rate."""
+
+    configs: list[Literal["merged", "mixed", "switch", "full"]] = Field(
+        default_factory=lambda: ["merged", "mixed", "switch", "full"])
+    patterns: list[Literal["distinct", "uniform", "skewed", "identical"]] = Field(
+        default_factory=lambda: ["distinct", "uniform", "skewed", "identical"])
+    rates: list[float] = Field(default_factory=lambda: [25.0, 50.0, 100.0, 200.0, 400.0])
+    max_requests: int = Field(200, ge=1)  # per load run
+    max_seconds: float = Field(4.0, gt=0)  # arrival window per load run
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    zipf_exponent: float = Field(1.5, gt=0)  # the skewed pattern
+    # "equal p99" in the decision: adapters' p99 within this relative margin of merged's
+    p99_margin: float = Field(0.10, ge=0)
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if not v or any(not r > 0 for r in v):
+            raise ValueError(f"rates must be a non-empty list of requests/s > 0, got {v}")
+        return sorted(float(r) for r in v)
+
+    @field_validator("configs", "patterns")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list without repeats, got {v}")
+        return v
+
+
 class BenchSpec(_Strict):
     """Deployment benchmark settings."""
 
@@ -192,6 +257,9 @@ class BenchSpec(_Strict):
     multi_k: int | None = Field(None, gt=1)  # None: one adapter per task of the study
     threads: int | None = Field(None, gt=0)  # CPU threads, fixed and recorded; None: all cores
     compile: bool = False  # add torch.compile variants
+    # add "+fast" variants of the modes serving live LoRA adapters (unmerged, multi): the
+    # adapters fused into the base GEMMs (`peftlab.bench.fastpath.fused_lora`)
+    fast_path: bool = False
     seed: int = 0
     runs: Literal["all", "first_seed"] = "all"  # which trained runs to benchmark
     # Correctness gate: max|a - b| / max(|a|, |b|) over the logits of the gate examples must stay
@@ -206,6 +274,8 @@ class BenchSpec(_Strict):
     # in-process: no isolation at all, for tests and debugging (a plug-in mode registered at run
     # time exists only in this process); never for measurements you report
     isolation: Literal["forkserver", "subprocess", "in-process"] = "forkserver"
+    # Serving under load after the units (a `serving` table); None: not measured.
+    serving: ServingSpec | None = None
 
     @field_validator("modes")
     @classmethod
@@ -508,6 +578,52 @@ class SearchSpec(_Strict):
         return self
 
 
+class ExecutionResources(_Strict):
+    """What one unit of work (a training run, a search trial, an extraction) asks Ray for."""
+
+    cpu: float = Field(1.0, gt=0)  # cores; Ray also sets the task's OMP_NUM_THREADS from it
+    gpu: float = Field(0.0, ge=0)  # devices; 1 gives each unit a GPU of its own
+
+
+class ExecutionSpec(_Strict):
+    """Where the units of work run (`peftlab.execution`): in this process, or as Ray tasks.
+
+    The driver (the `peftlab run` process) plans, holds the study lock and alone writes the store;
+    with `backend: ray` training runs, search trials and representation extraction run as Ray
+    tasks that write their artifacts into the study directory (a filesystem every node sees) and
+    return their records to the driver. Benchmarks always run on the driver's node.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    # ray only: null starts a Ray runtime on this machine; "auto" joins the cluster this machine
+    # belongs to (`ray start --head` / `ray start --address ...`); or "host:port", "ray://..."
+    address: str | None = None
+    resources: ExecutionResources = Field(default_factory=ExecutionResources)
+    max_retries: int = Field(1, ge=0)  # times a unit whose worker died is run again
+    parallel_trials: int = Field(1, gt=0)  # search trials in flight at once, per search
+
+
+class TrackingSpec(_Strict):
+    """Where the trackers named in `training.report_to` write (`peftlab.tracking`); nothing here
+    changes a run's identity.
+
+    TensorBoard: <output_dir>/tensorboard/<run_id>. MLflow: one experiment per study, one parent
+    run for the study and one nested run per trained run, found again by its run id tag. W&B: one
+    run per trained run (its id derived from the study and run id), grouped by study.
+    """
+
+    # None: an SQLite database inside the study directory (<output_dir>/mlflow/mlflow.db, artifacts
+    # in <output_dir>/mlflow/artifacts). MLflow 3 refuses a plain-folder store (./mlruns) unless
+    # MLFLOW_ALLOW_FILE_STORE=true is set, so the default is the database it recommends.
+    mlflow_uri: str | None = None
+    mlflow_experiment: str | None = None  # None: the study's name
+    wandb_project: str | None = None  # None: the study's name
+    wandb_entity: str | None = None  # None: the login's default entity
+    # auto: online when a W&B login is configured (WANDB_API_KEY or ~/.netrc), else offline
+    wandb_mode: Literal["auto", "online", "offline"] = "auto"
+    log_artifacts: bool = True  # report.md, report.html and spec.yaml on the study's tracker run
+
+
 class StudySpec(_Strict):
     name: str
     description: str = ""
@@ -526,6 +642,8 @@ class StudySpec(_Strict):
     bench: BenchSpec = Field(default_factory=BenchSpec)
     stats: StatsSpec = Field(default_factory=StatsSpec)
     search: SearchSpec | None = None  # hyperparameter search before the final runs
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)  # see training.report_to
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -603,6 +721,7 @@ class RunConfig:
     eval_samples: int | None
     data_seed: int
     task_data: dict[str, Any] = field(default_factory=dict)  # a user-file task's definition
+    strip_whitespace: bool = True  # data.strip_whitespace: texts stripped before tokenising
     # Set when a search chose hyperparameters: {"id", "study", "trial", "params", "values"}; or,
     # before that search has finished, {"id", "study", "status": "waiting"} (see Study.resolve).
     search: dict[str, Any] | None = None
@@ -630,6 +749,8 @@ class RunConfig:
             "data_seed": self.data_seed,
             # only for tasks from the user's files, so registered tasks keep their ids
             **({"task_data": self.task_data} if self.task_data else {}),
+            # only when whitespace is kept, so runs on the default (stripped) text keep their ids
+            **({} if self.strip_whitespace else {"strip_whitespace": False}),
             # the search the chosen values came from (the values themselves are in params and
             # training; the trial's number is not: a resumed search that retried a trial
             # chooses the same values under another number); only for searched runs, so other
@@ -758,6 +879,7 @@ class Study:
             eval_samples=tspec.eval_samples or spec.data.eval_samples,
             data_seed=spec.data.seed,
             task_data=task_data,
+            strip_whitespace=spec.data.strip_whitespace,
         )
         return _with_id(rc)
 
@@ -1272,3 +1394,6 @@ def check_study(study: Study) -> None:
     except PeftlabError as e:
         raise SpecError(f"{study.where('model.name')}: {e}") from None
     study.runs()  # resolves every run: bad method parameters and overrides fail here, not later
+    from peftlab.tracking import check_trackers
+
+    check_trackers(study)  # a tracker asked for and not installed: refused here, not mid-training

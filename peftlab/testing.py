@@ -10,6 +10,7 @@ so the code under test loads them exactly like a real model. Same arguments and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,13 @@ def _training_lines() -> list[str]:
 
 
 def build_tiny_tokenizer(
-    kind: str, out_dir: str | Path | None = None, *, vocab_size: int = 512, with_pad: bool = True
+    kind: str, out_dir: str | Path | None = None, *, vocab_size: int = 512, with_pad: bool = True,
+    lines: Iterable[str] | None = None,
 ) -> Any:
     """Train a small fast tokenizer on the fixed corpus; save it to `out_dir` when given.
+
+    lines: train on these texts instead of the fixed corpus (benchmarks/gpu_check.py trains a
+    32000-entry BPE on GLUE text); `vocab_size` is then an upper bound the trainer may not reach.
 
     kind "llama": byte-level BPE (like SmolLM2), <s> added at the start, no separator token,
     pad = eos = "</s>" (`with_pad=False` leaves it without a pad token, like TinyLlama's).
@@ -120,7 +125,7 @@ def build_tiny_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator(_training_lines(), trainer=trainer)
+        tok.train_from_iterator(_training_lines() if lines is None else lines, trainer=trainer)
         bos = tok.token_to_id("<s>")
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)])
@@ -141,7 +146,7 @@ def build_tiny_tokenizer(
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, special_tokens=list(_BERT_SPECIAL), show_progress=False)
-        tok.train_from_iterator(_training_lines(), trainer=trainer)
+        tok.train_from_iterator(_training_lines() if lines is None else lines, trainer=trainer)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",

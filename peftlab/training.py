@@ -5,10 +5,11 @@
 
 Every method goes through the same path: load the base classifier (seeded head) the way the
 method loads it, let the method prepare it, train with the Hugging Face Trainer (so accelerate,
-bf16/fp16, gradient accumulation, gradient checkpointing and report_to work as usual), evaluate
-with bootstrap intervals and, when `out_dir` is given, save the artifact in the library's own
-format there. No store access: the finetune stage turns the result into a `runs` record, the search
-stage into a trial, and a remote worker (Ray) can return it to the process that writes the store.
+bf16/fp16, gradient accumulation, gradient checkpointing and the Trainer's tracker callbacks
+(`peftlab.tracking`) work as usual), evaluate with bootstrap intervals and, when `out_dir` is
+given, save the artifact in the library's own format there. No store access: the finetune stage
+turns the result into a `runs` record, the search stage into a trial, and a remote worker (Ray)
+can return it to the process that writes the store.
 
 A NaN/inf loss, a divergence past `training.divergence_loss` after warm-up, or CUDA running out of
 memory ends the run with `status == "failed"` and the reason; a user mistake (bad target module,
@@ -210,7 +211,10 @@ def training_arguments(rc: RunConfig, out: Path, device: str, *,
         activation_checkpointing=tr.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if tr.group_by_length else "random",
         logging_steps=tr.logging_steps,
-        report_to=list(tr.report_to) or "none",
+        # The trackers of `training.report_to` come as callbacks from peftlab.tracking, logging
+        # under the study directory: the Trainer's own would log under `output_dir`, a scratch
+        # folder deleted after training.
+        report_to="none",
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
         save_strategy="no",  # the artifact is saved once, atomically, after training

@@ -215,6 +215,8 @@ def test_plan_json_lists_runs_with_statuses(tmp_path: Path) -> None:
     table = cli("plan", path)
     assert table.code == 0
     assert says(table.out, "1 done, 7 to do", "loss diverged", expected[0])
+    assert any(expected[2] in line and "interrupted" in line  # the table's row says it too
+               for line in table.out.splitlines()), table.out
 
 
 def test_plan_says_interrupted_for_a_zombie_and_for_a_reused_pid(tmp_path: Path) -> None:
@@ -596,8 +598,13 @@ def usage_error(res: Result, command: str, *expected: str) -> None:
 
 def test_every_command_answers_bad_arguments_with_usage_and_one_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftlab.study import STAGES
+
     commands = _commands()
     assert len(commands) >= 10 and "plan" in commands  # the walk really reads the app
+    # every stage can be run on its own (`data` is the command printing the data, which the
+    # data stage records), so walking the app walks every stage command too
+    assert set(STAGES) <= set(commands), set(STAGES) - set(commands)
     monkeypatch.chdir(tmp_path)  # `init` with no arguments writes here
     ran: list[tuple[str, Any]] = []
     monkeypatch.setattr("peftlab.study.run_stages",
@@ -611,6 +618,13 @@ def test_every_command_answers_bad_arguments_with_usage_and_one_error(
             assert res.code in (0, 2) and "Traceback" not in res.err, (name, res.err)
             if res.code == 2:
                 assert res.error
+        if any(p.param_type_name == "argument" for p in command.params):
+            # a wrong argument (a spec, study directory or target that is not there): one error
+            # naming it, exit 2, no usage line (the command line itself was well formed)
+            wrong = tmp_path / "missing" / "x.yaml"
+            res = cli(name, wrong)
+            failed(res, wrong)
+            assert "Usage:" not in res.err, (name, res.err)
         usage_error(cli(name, "--no-such-option"), name, "No such option: --no-such-option")
         usage_error(cli(name, "x", "y", "z"), name, "unexpected extra argument")
         for p in command.params:  # every option: its value left out, or not a number
@@ -670,25 +684,65 @@ def test_init_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 # -- quiet console, log.txt -----------------------------------------------------------------------
 
 
-def test_run_keeps_library_output_in_the_study_log(tmp_path: Path, tiny_llama_dir: Path,
-                                                   glue_dir: Path) -> None:
-    """Train one tiny LoRA run and bench it unmerged. The bench unit's process (forked from the
-    bench server, outside pytest's warning filters) gets transformers' FutureWarning about
-    `is_gradient_checkpointing` from peft: it must be in log.txt under the unit's label and
-    nowhere on the console."""
-    spec = spec_for(tmp_path, tiny_llama_dir, train_samples=16, eval_samples=8)
+def test_run_keeps_library_output_in_the_study_log(tmp_path: Path, glue_dir: Path) -> None:
+    """Train one tiny LoRA run, measure it in every stage that loads models, and bench it
+    unmerged. The base is a causal LM (as TinyLlama's checkpoint), so every load of it as a
+    classifier prints transformers' LOAD REPORT (a new `score` head, an unused `lm_head`); the
+    bench unit's process (forked from the bench server, outside pytest's warning filters) gets
+    transformers' FutureWarning about `is_gradient_checkpointing` from peft: all of it must be in
+    log.txt, every line labelled with its stage and unit, and none of it on the console."""
+    import re
+
+    from peftlab.testing import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "base", lm_head=True)
+    spec = spec_for(tmp_path, model, train_samples=16, eval_samples=8)
     spec["bench"].update(modes=["unmerged"], batch_sizes=[1])
+    spec["forgetting"] = {"tasks": ["rte"], "probe_train_samples": 16, "probe_test_samples": 16,
+                          "cv_folds": 2, "bootstrap_samples": 20, "lm_texts": 4}
     path = write_spec(tmp_path / "spec.yaml", spec)
-    res = cli("run", path, "--stages", "data,finetune,bench", "--data-dir", glue_dir)
+    stages = ["data", "baselines", "finetune", "represent", "forgetting", "drift", "bench"]
+    res = cli("run", path, "--stages", ",".join(stages), "--data-dir", glue_dir)
     assert res.code == 0, res.err
     run_id = load_spec(path).runs()[0].run_id
     log = (tmp_path / "study" / "log.txt").read_text()
     unit = f"[bench unmerged/{run_id}]"
     assert any(unit in line and "Warning" in line for line in log.splitlines()), log
     assert "[peftlab] pid" in log
+    labels = set()
+    for line in log.splitlines():
+        m = re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(.+?)\] ", line)
+        assert m, f"unlabelled log line: {line!r}"
+        labels.add(m.group(1))
+    for label in labels - {"peftlab"}:  # "<stage> <unit>": which unit of which stage said it
+        stage, _, rest = label.partition(" ")
+        assert stage in stages and rest.strip(), (label, sorted(labels))
+    # the model-loading stages all logged a load report, each under a unit of their own
+    reports = {m.group(1).split(" ")[0] for m in re.finditer(r"\[(.+?)\] .*LOAD REPORT", log)}
+    assert {"baselines", "finetune", "represent", "forgetting", "drift"} <= reports, reports
     console = res.out + res.err
     for line in log.splitlines():
         message = line.split("] ", 1)[1]
         assert message not in console, message
     assert "Warning" not in console and "warnings.warn" not in console
+    assert "LOAD REPORT" not in console and "MISSING" not in console
     assert says(res.err, f"done {run_id}", "finetune", "1/1", "eta", "library messages:")
+
+
+def test_verbose_shows_library_output_live_and_still_logs_it(tmp_path: Path, glue_dir: Path
+                                                             ) -> None:
+    """`peftlab --verbose run`: the base's LOAD REPORT (a causal LM loaded as a classifier by the
+    baselines stage) is on the console, labelled with stage and unit, and in log.txt as well."""
+    from peftlab.testing import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "base", lm_head=True)
+    path = write_spec(tmp_path / "spec.yaml",
+                      spec_for(tmp_path, model, train_samples=16, eval_samples=8))
+    # (without --verbose: test_run_keeps_library_output_in_the_study_log)
+    loud = cli("--verbose", "run", path, "--stages", "data,baselines", "--data-dir", glue_dir)
+    assert loud.code == 0, loud.err
+    shown = [line for line in loud.err.splitlines() if line.startswith("[baselines sst2] ")]
+    assert any("LOAD REPORT" in line for line in shown), loud.err
+    log = (tmp_path / "study" / "log.txt").read_text().splitlines()
+    for line in shown:  # every line shown live is in the log, under the same label
+        assert any(squash(entry).endswith(squash(line)) for entry in log), line  # rich: tabs

@@ -19,7 +19,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +31,21 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_wheel_install_runs_the_shipped_specs_by_name(tmp_path: Path) -> None:
+@dataclass
+class WheelInstall:
+    venv: Path
+    site: Path  # the venv's site-packages, where the wheel went
+    work: Path  # a folder outside the checkout to run commands in
+    env: dict[str, str]
+
+    def peftlab(self, *args: str) -> subprocess.CompletedProcess:
+        return _run([str(self.venv / "bin" / "peftlab"), *args], self.work, self.env)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> WheelInstall:
+    """`pip wheel` on a copy of the checkout, installed (no deps) into a fresh venv."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     # Build from a copy, so the checkout gets no build/ folder while others work in it.
     src = tmp_path / "src"
     src.mkdir()
@@ -55,24 +72,42 @@ def test_wheel_install_runs_the_shipped_specs_by_name(tmp_path: Path) -> None:
     installed = _run([sys.executable, "-m", "pip", "--python", str(python), "install",
                       "--no-deps", str(wheels[0]), "-q"], tmp_path, env)
     assert installed.returncode == 0, installed.stderr
-
     work = tmp_path / "work"
     work.mkdir()
-    where = _run([str(python), "-c", "import peftlab; print(peftlab.__file__)"], work, env)
-    assert Path(where.stdout.strip()).is_relative_to(site), where  # the wheel, not the checkout
-    assert sorted(p.name for p in (site / "peftlab" / "studies").glob("*.yaml")) == sorted(
+    return WheelInstall(venv=venv, site=site, work=work, env=env)
+
+
+def test_wheel_install_runs_the_shipped_specs_by_name(wheel: WheelInstall) -> None:
+    python = wheel.venv / "bin" / "python"
+    where = _run([str(python), "-c", "import peftlab; print(peftlab.__file__)"], wheel.work,
+                 wheel.env)
+    assert Path(where.stdout.strip()).is_relative_to(wheel.site), where  # the wheel's
+    assert sorted(p.name for p in (wheel.site / "peftlab" / "studies").glob("*.yaml")) == sorted(
         p.name for p in (ROOT / "peftlab" / "studies").glob("*.yaml"))
 
-    peftlab = str(venv / "bin" / "peftlab")
-    ok = _run([peftlab, "validate", "quickstart"], work, env)
+    ok = wheel.peftlab("validate", "quickstart")
     assert ok.returncode == 0, ok.stderr
     assert "ok: quickstart (18 training runs)" in ok.stdout
-    init = _run([peftlab, "init", "my-study"], work, env)
+    init = wheel.peftlab("init", "my-study")
     assert init.returncode == 0, init.stderr
-    assert "wrote my-study.yaml" in init.stdout and (work / "my-study.yaml").is_file()
-    again = _run([peftlab, "validate", "my-study.yaml"], work, env)
+    assert "wrote my-study.yaml" in init.stdout and (wheel.work / "my-study.yaml").is_file()
+    again = wheel.peftlab("validate", "my-study.yaml")
     assert again.returncode == 0, again.stderr
     assert "ok: my-study.yaml (18 training runs)" in again.stdout
-    refused = _run([peftlab, "init", "my-study"], work, env)
+    refused = wheel.peftlab("init", "my-study")
     assert refused.returncode == 2, refused
     assert refused.stderr.startswith("error: my-study.yaml") and "already exists" in refused.stderr
+
+
+def test_wheel_install_runs_the_quickstart_without_a_spec(wheel: WheelInstall, glue_dir: Path
+                                                          ) -> None:
+    """`peftlab run` with no SPEC is the shipped quickstart, read from the installed package
+    (its data stage only: seconds, where the whole study takes minutes)."""
+    out = wheel.work / "qs"
+    res = wheel.peftlab("run", "--stages", "data", "--data-dir", str(glue_dir),
+                        "--output-dir", str(out))
+    assert res.returncode == 0, res.stderr
+    assert f"study directory: {out}" in res.stdout
+    shipped = wheel.site / "peftlab" / "studies" / "quickstart.yaml"
+    assert (out / "spec.yaml").read_text() == shipped.read_text()  # the copy it ran
+    assert (out / "results.sqlite").is_file()

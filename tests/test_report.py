@@ -36,8 +36,8 @@ from peftlab.study import Context
 
 FRONT = ["Answers", "Can these answers be trusted?"]
 SECTIONS = ["Findings", "How to read this report", "Runs", "Accuracy",
-            "Representational drift", "Weight space", "Deployment", "Deployment decision",
-            "Data", "Environment and provenance"]
+            "Representational drift", "Weight space", "Forgetting", "Deployment",
+            "Deployment decision", "Data", "Environment and provenance"]
 SUBSECTIONS = ["Primary endpoints", "Exploratory: drift", "Exploratory: seed noise",
                "Correctness gate", "Latency distributions", "Percentiles and throughput",
                "Sweep over batch size and sequence length",
@@ -282,7 +282,7 @@ def test_html_is_well_formed_and_self_contained(built):
 
 # RQ1 forest + RQ2 ratios + accuracy + 2 drift tasks (every MRPC run is degenerate: no learned
 # run to draw) + 4 ECDFs (3 tasks, the multi-adapter group) + sweep
-FIGURES = 10
+FIGURES = 11  # the forgetting section's learning-forgetting figure is the 11th
 
 
 def test_figures_are_embedded_pngs(built):

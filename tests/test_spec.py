@@ -655,8 +655,8 @@ def test_starter_spec_is_the_shipped_one_renamed(path: Path, tmp_path: Path) -> 
 
 def test_relative_input_paths_resolve_against_the_spec_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_llama_dir: Path) -> None:
-    """Data files, a GLUE folder and a model folder beside the spec are found from anywhere;
-    output_dir stays relative to the current directory."""
+    """Data files, a GLUE folder, a text file and a model folder beside the spec are found from
+    anywhere; output_dir stays relative to the current directory."""
     sub = tmp_path / "sub"
     (sub / "data").mkdir(parents=True)
     (sub / "model").symlink_to(tiny_llama_dir)
@@ -667,6 +667,7 @@ def test_relative_input_paths_resolve_against_the_spec_folder(
     spec["output_dir"] = "out/study"
     spec["model"]["name"] = "model"
     spec["data"] = {"glue_dir": "glue"}
+    spec["forgetting"] = {"text_file": "data/held-out.txt"}  # the LM-loss texts
     spec["tasks"] = [{"name": "reviews", "files": {"train": "train.csv", "eval": "data/eval.csv"},
                       "columns": {"text_a": "text", "label": "stars"},
                       "label_names": ["neg", "pos"]}]
@@ -676,6 +677,7 @@ def test_relative_input_paths_resolve_against_the_spec_folder(
     s = study.spec
     assert s.tasks[0].files == {"train": sub / "train.csv", "eval": sub / "data" / "eval.csv"}
     assert s.data.glue_dir == sub / "glue"
+    assert s.forgetting.text_file == sub / "data" / "held-out.txt"
     assert s.model.name == str(sub / "model")  # the folder as written: symlinks are kept
     assert s.output_dir == Path("out/study")  # not the spec's folder
     assert study.runs()[0].task_data["files"]["train"] == str(sub / "train.csv")

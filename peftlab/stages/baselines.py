@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peftlab.logs import track
 from peftlab.records import BaselineRecord, read_one, write
 
 if TYPE_CHECKING:
@@ -82,7 +83,8 @@ def run(ctx: Context) -> None:
     spec = ctx.study.spec
     loader = None
     prov = provenance()
-    for tspec in spec.tasks:
+    # track: a progress line per task, and what the model load logs is labelled with the task
+    for tspec in track(ctx.console, "baselines", spec.tasks, label=lambda t: t.name):
         task = tspec.name
         task_def = ctx.data.task(task)
         eval_df = ctx.data.split(task, "eval")

@@ -35,6 +35,12 @@ float64 for the exact product. Left out: the classification head (freshly initia
 task, so its "update" from a random start says nothing about drift from the pretrained model),
 embeddings, norms and biases.
 
+Readouts: when the represent stage extracted several poolings (`represent.pooling: [last, mean]`),
+every comparison is made under each of them from its own files. The primary pooling's records
+(the one the classification head reads; `readout` "primary") keep the keys above; an exploratory
+pooling's are keyed "<pooling>/<kind>/<run_a>/<run_b>/L<layer:03d>" (`readout` "exploratory").
+Records of a pooling the study no longer extracts as exploratory are removed.
+
 Both parts are idempotent: a comparison or run whose inputs (representation files, settings, run)
 are unchanged is skipped.
 """
@@ -104,9 +110,21 @@ def comparisons(runs: list[RunConfig]) -> list[tuple[str, str, RunConfig | None,
     return out
 
 
-def _record_key(kind: str, a: str, b: str, layer: int | None = None) -> str:
-    prefix = f"{kind}/{a}/{b}/"
+def _record_key(kind: str, a: str, b: str, layer: int | None = None,
+                pooling: str | None = None) -> str:
+    """A drift record's key (or, without a layer, its comparison's prefix); pooling: None for
+    the primary readout, the pooling's name for an exploratory one (`DriftRecord.key`)."""
+    prefix = ("" if pooling is None else f"{pooling}/") + f"{kind}/{a}/{b}/"
     return prefix if layer is None else f"{prefix}L{layer:03d}"
+
+
+def task_poolings(ctx: Context, task: str) -> list[str]:
+    """The poolings the represent stage extracted for a task, primary first (from the base's
+    manifest; a study extracted before several poolings existed has its one pooling)."""
+    man = ctx.store.get("represent", f"{task}/{BASE_KEY}")
+    if man is None:
+        load_representations(ctx.store, task, BASE_KEY)  # raises: nothing was extracted
+    return list(man.get("poolings") or [man["pooling"]])
 
 
 def representation_drift(ctx: Context) -> None:
@@ -120,38 +138,52 @@ def representation_drift(ctx: Context) -> None:
     from peftlab.logs import track
 
     runs = _finished(ctx)
+    exploratory: set[str] = set()
     for tspec in ctx.study.spec.tasks:
         task = tspec.name
         task_runs = [rc for rc in runs if rc.task == task]
         if not task_runs:
             ctx.console.print(f"drift {task}: no finished runs")
             continue
-        cache: dict[str, tuple[dict[int, np.ndarray], dict[str, Any]]] = {}
+        poolings = task_poolings(ctx, task)
+        exploratory.update(poolings[1:])
+        for i, pooling in enumerate(poolings):
+            # one pooling's vectors in memory at a time
+            cache: dict[str, tuple[dict[int, np.ndarray], dict[str, Any]]] = {}
+            tag = None if i == 0 else pooling  # None: the primary readout's keys and files
 
-        def reps(key: str, task: str = task, cache: dict = cache):
-            if key not in cache:
-                cache[key] = load_representations(ctx.store, task, key)
-            return cache[key]
+            def reps(key: str, task: str = task, cache: dict = cache, tag: str | None = tag):
+                if key not in cache:
+                    cache[key] = load_representations(ctx.store, task, key, tag)
+                return cache[key]
 
-        done = skipped = 0
-        for kind, method, rc_a, rc_b in track(
-                ctx.console, f"drift {task}", comparisons(task_runs),
-                label=lambda c: f"{c[0]} {'base' if c[2] is None else c[2].run_id}/{c[3].run_id}"):
-            key_a = BASE_KEY if rc_a is None else rc_a.run_id
-            (_, man_a), (_, man_b) = reps(key_a), reps(rc_b.run_id)
-            stamp = {"a": man_a["content_sha256"], "b": man_b["content_sha256"],
-                     "probe_a": man_a["probe_hash"], "probe_b": man_b["probe_hash"],
-                     "settings": _digest(settings)}
-            prefix = _record_key(kind, key_a, rc_b.run_id)
-            first = ctx.store.get("drift", prefix + "L000")
-            if first is not None and first.get("stamp") == stamp:
-                skipped += 1
-                continue
-            items = _compare_runs(ctx, task, kind, method, key_a, rc_a, rc_b, reps, stamp,
-                                  settings)
-            replace(ctx.store, prefix, items, DriftRecord.TABLE)
-            done += 1
-        ctx.console.print(f"drift {task}: {done} comparisons computed, {skipped} up to date")
+            done = skipped = 0
+            for kind, method, rc_a, rc_b in track(
+                    ctx.console, f"drift {task} ({pooling})", comparisons(task_runs),
+                    label=lambda c: f"{c[0]} {'base' if c[2] is None else c[2].run_id}/"
+                                    f"{c[3].run_id}"):
+                key_a = BASE_KEY if rc_a is None else rc_a.run_id
+                (_, man_a), (_, man_b) = reps(key_a), reps(rc_b.run_id)
+                stamp = {"a": man_a["content_sha256"], "b": man_b["content_sha256"],
+                         "probe_a": man_a["probe_hash"], "probe_b": man_b["probe_hash"],
+                         "settings": _digest(settings)}
+                prefix = _record_key(kind, key_a, rc_b.run_id, pooling=tag)
+                first = ctx.store.get("drift", prefix + "L000")
+                if first is not None and first.get("stamp") == stamp:
+                    skipped += 1
+                    continue
+                items = _compare_runs(ctx, task, kind, method, key_a, rc_a, rc_b, reps, stamp,
+                                      settings, "primary" if tag is None else "exploratory")
+                replace(ctx.store, prefix, items, DriftRecord.TABLE)
+                done += 1
+            ctx.console.print(f"drift {task} ({pooling} pooling"
+                              f"{', primary' if tag is None else ''}): {done} comparisons "
+                              f"computed, {skipped} up to date")
+    from peftlab.representations import POOLINGS
+
+    for pooling in POOLINGS:  # a pooling no longer extracted (or now primary): its old records
+        if pooling not in exploratory:
+            replace(ctx.store, f"{pooling}/", [], DriftRecord.TABLE)
 
 
 def primary_measure(ctx: Context) -> str:
@@ -168,7 +200,7 @@ def primary_measure(ctx: Context) -> str:
 
 def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
                   rc_a: RunConfig | None, rc_b: RunConfig, reps: Any, stamp: dict[str, Any],
-                  settings: dict[str, Any]) -> list[DriftRecord]:
+                  settings: dict[str, Any], readout: str = "primary") -> list[DriftRecord]:
     """Drift records, one per layer, for one pair of models of a task."""
     cfg = ctx.study.spec.drift
     (layers_a, man_a), (layers_b, man_b) = reps(key_a), reps(rc_b.run_id)
@@ -209,6 +241,7 @@ def _compare_runs(ctx: Context, task: str, kind: str, method: str, key_a: str,
             d_a=int(x.shape[1]),
             d_b=int(y.shape[1]),
             pooling=man_b["pooling"],
+            readout=readout,
             probe_hash=man_b["probe_hash"],
             **result,
             bootstrap=boot,
@@ -335,6 +368,7 @@ def _storage_dtype(model: Any) -> Any:
 
 def weight_drift(ctx: Context) -> None:
     """update_stats of every adapted matrix of every finished run, to the `weights` table."""
+    from peftlab import logs
     from peftlab.artifacts import ModelLoader, load_run
     from peftlab.methods import get_method
     from peftlab.weights import base_left_singular_vectors, lora_delta, update_stats
@@ -361,16 +395,19 @@ def weight_drift(ctx: Context) -> None:
         rc0 = todo[0][0]
         task_def = ctx.data.task(task)
         # The full-precision base (no method's loading hook: a 4-bit base is not the reference).
-        base = ModelLoader(rc0.model, "cpu").base(
-            1 if task_def.is_regression else len(task_def.label_names),
-            None if task_def.is_regression else list(task_def.label_names))
+        with logs.unit(f"weights/{task}/base"):  # its load report, labelled in log.txt
+            base = ModelLoader(rc0.model, "cpu").base(
+                1 if task_def.is_regression else len(task_def.label_names),
+                None if task_def.is_regression else list(task_def.label_names))
         base_dtype = _storage_dtype(base)
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}
         del base
         base_u: dict[str, Any] = {}  # the base's SVD, shared by every run of the task
         prov = provenance()
-        for rc, stamp in todo:
+        # track: progress with an ETA, and each run's load is labelled with it in log.txt
+        for rc, stamp in logs.track(ctx.console, f"weights {task}", todo,
+                                    label=lambda t: f"weights/{t[0].run_id}"):
             method = get_method(rc.method_type)
             # QLoRA's 4-bit base loads on CUDA only; everything else is analysed on the CPU.
             _, tuned = load_run(ctx, rc.run_id,

@@ -11,6 +11,10 @@ the reason, and the study goes on. A run whose process was killed is found as `r
 pid on the next start, and is trained again from scratch (its partial folder is swept away). While
 it trains, its `running` record carries the steps done so far (`steps`), written at every logging
 step. Runs whose hyperparameters come from a search wait until that search has finished.
+
+Every run is one unit of work (`train_unit`: plain arguments in, its record out, no store) that
+the study's executor runs in this process or as a Ray task (`peftlab.execution`); the driver
+writes the `running` record when it sends the unit and the returned record when it comes back.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftlab.errors import PeftlabError
 from peftlab.spec import RunConfig
 from peftlab.store import dir_bytes, provenance
+from peftlab.tracking import Target
+from peftlab.tracking import target as tracking_target
 from peftlab.training import Prepared, TrainResult
 
 if TYPE_CHECKING:
@@ -31,8 +36,12 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context) -> None:
-    """Train every run of the study that is not done yet (failed runs stay failed, see plan)."""
-    from peftlab.logs import track
+    """Train every run of the study that is not done yet (failed runs stay failed, see plan).
+
+    Each run is one unit of `ctx.executor` (`train_unit`): in this process one after another,
+    or as Ray tasks side by side; this process writes every record.
+    """
+    from peftlab.execution import run_units
     from peftlab.study import run_status
 
     runs = ctx.study.runs()
@@ -47,8 +56,10 @@ def run(ctx: Context) -> None:
         ctx.console.print("finetune: every run is done" if not waiting else
                           "finetune: nothing else to train")
         return
-    for rc in track(ctx.console, "finetune", todo, label=lambda rc: rc.run_id):
-        rec = train_run(ctx, rc)
+    units = [run_unit(ctx, rc) for rc in todo]
+    for out in run_units(ctx.console, "finetune", ctx.executor, units):
+        rec = finish_unit(ctx, out)
+        rc = out.unit.tag
         if rec["status"] == "failed":
             ctx.console.print(f"[red]failed[/] {rc.run_id}: {rec['failure_reason']}")
         else:
@@ -100,47 +111,120 @@ def _progress(ctx: Context, base_record: dict[str, Any], every_s: float = 1.0):
 
 
 def train_run(ctx: Context, rc: RunConfig) -> dict[str, Any]:
-    """Train, evaluate and save one run; write and return its `runs` record.
+    """Train, evaluate and save one run in this process; write and return its `runs` record.
 
     A user mistake (PeftlabError) stops the study; a run-level failure is recorded as `failed`
     and returned, so the caller goes on with the next run.
     """
-    import shutil
+    from peftlab.execution import LocalExecutor
 
-    from peftlab.records import RunRecord, write
-    from peftlab.training import train_and_evaluate
+    ex = LocalExecutor()
+    ex.submit(run_unit(ctx, rc))
+    return finish_unit(ctx, ex.next_done())
+
+
+def run_unit(ctx: Context, rc: RunConfig):
+    """One run as a unit of work: `train_unit` with plain arguments, its `running` record
+    written by the driver when the unit is dispatched."""
+    from peftlab.execution import Unit
     from peftlab.validate import check_batch_fits
 
-    store = ctx.store
-    final = artifact_dir(ctx, rc.run_id)
-    if final.exists():  # left by an interrupted or failed attempt: never half-reused
-        shutil.rmtree(final)
+    train_df, eval_df = ctx.data.split(rc.task, "train"), ctx.data.split(rc.task, "eval")
+    check_batch_fits(ctx.study, rc, len(train_df))  # before anything is sent anywhere
     base_record = {
         "run_id": rc.run_id, "task": rc.task, "method": rc.method, "method_type": rc.method_type,
+        # the driver's pid: while it lives the run is `running`, once it is gone `interrupted`
         "seed": rc.seed, "config": rc.as_dict(), "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"search": rc.search} if rc.search else {}),
     }
-    write(store, [RunRecord(**base_record, status="running")])
-    task = ctx.data.task(rc.task)
-    train_df, eval_df = ctx.data.split(rc.task, "train"), ctx.data.split(rc.task, "eval")
+
+    def start() -> None:
+        from peftlab.records import RunRecord, write
+
+        base_record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write(ctx.store, [RunRecord(**base_record, status="running")])
+
+    kwargs: dict[str, Any] = dict(
+        device=ctx.study.spec.device, final=str(artifact_dir(ctx, rc.run_id)),
+        root=str(ctx.store.root), base_record=base_record,
+        checksums={s: ctx.data.checksum(rc.task, s) for s in ("train", "eval")},
+        where=ctx.study.where(f"methods.{rc.method}"), tracking=tracking_target(ctx.study))
+    if ctx.executor.in_process:  # progress records need the store, i.e. this process
+        kwargs["callbacks"] = [_progress(ctx, base_record)]
+    return Unit(rc.run_id, train_unit, (rc, ctx.data.task(rc.task), train_df, eval_df), kwargs,
+                tag=rc, on_start=start)
+
+
+def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device: str,
+               final: str, root: str, base_record: dict[str, Any], checksums: dict[str, str],
+               where: str, callbacks: list[Any] | None = None,
+               tracking: Target | None = None) -> dict[str, Any]:
+    """Train, evaluate and save one run into `final` (atomically); return its `runs` record,
+    done or failed. No store and no Context: it runs in the driver or in a Ray worker.
+
+    device: the spec's device ("auto" resolves where the unit runs, e.g. to a worker's GPU).
+    tracking: the study's trackers (`peftlab.tracking`), started where the training runs.
+    A user mistake raises PeftlabError; a run-level failure returns a `failed` record.
+    """
+    import shutil
+
+    from peftlab.models import resolve_device
+    from peftlab.records import RunRecord
+    from peftlab.store import atomic_dir
+    from peftlab.tracking import run_trackers
+    from peftlab.training import train_and_evaluate
+
+    final_dir = Path(final)
+    if final_dir.exists():  # left by an interrupted or failed attempt: never half-reused
+        shutil.rmtree(final_dir)
+    sweep_attempts(final_dir)
     result: TrainResult | None = None
     try:
-        check_batch_fits(ctx.study, rc, len(train_df))
-        with store.atomic_dir(final) as tmp:
-            result = train_and_evaluate(rc, task, train_df, eval_df, device=ctx.device,
-                                        out_dir=tmp, callbacks=[_progress(ctx, base_record)],
-                                        where=ctx.study.where(f"methods.{rc.method}"))
+        with atomic_dir(final_dir) as tmp, run_trackers(tracking, rc) as trackers:
+            result = train_and_evaluate(rc, task, train_df, eval_df,
+                                        device=resolve_device(device), out_dir=tmp,
+                                        callbacks=[*(callbacks or []), *trackers.callbacks],
+                                        where=where)
+            trackers.finish(result)
             if result.status != "done":
                 raise _Discard
-    except PeftlabError:
-        store.delete("runs", rc.run_id)  # nothing ran: the run is simply still to do
-        raise
     except _Discard:
         assert result is not None
-        return record_failure(ctx, rc, result.failure_reason or "failed",
-                              loss_curve=result.loss_curve)
-    return _record_done(ctx, rc, base_record, result, final)
+        return RunRecord(**base_record, status="failed",
+                         failure_reason=result.failure_reason or "failed",
+                         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         loss_curve=result.loss_curve).dump()
+    return _done_record(rc, base_record, result, final_dir, Path(root), checksums)
+
+
+def sweep_attempts(final: Path) -> None:
+    """Remove the temporary folders (`<run>.tmp-<pid>`) of earlier attempts of a run whose
+    process was killed: one attempt of a run runs at a time, so none of them is in use."""
+    import shutil
+
+    for tmp in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_unit(ctx: Context, out: Any) -> dict[str, Any]:
+    """Write the record a training unit returned (or its failure) to the store; return it."""
+    from peftlab.records import RunRecord, write
+
+    rc = out.unit.tag
+    if out.error is not None:
+        ctx.store.delete("runs", rc.run_id)  # nothing ran: the run is simply still to do
+        raise out.error
+    execution = out.execution(ctx.executor.backend)
+    if out.failure is not None:
+        sweep_attempts(artifact_dir(ctx, rc.run_id))
+        return record_failure(ctx, rc, out.failure,
+                              provenance={"execution": execution})
+    rec = dict(out.value)
+    rec["provenance"] = {**(rec.get("provenance") or {}), "execution": execution}
+    parsed = RunRecord(**rec)
+    write(ctx.store, [parsed])
+    return parsed.dump()
 
 
 def run_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult, *,
@@ -176,14 +260,13 @@ def run_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult, 
     )
 
 
-def _record_done(ctx: Context, rc: RunConfig, base_record: dict[str, Any], result: TrainResult,
-                 final: Path) -> dict[str, Any]:
+def _done_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult, final: Path,
+                 root: Path, checksums: dict[str, str]) -> dict[str, Any]:
     from peftlab.models import model_revision, resolve_model
-    from peftlab.records import write
 
     m = rc.model
     resolved = resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
-    rel = final.relative_to(ctx.store.root)
+    rel = final.relative_to(root)
     rec = run_record(
         rc, base_record, result,
         artifact=str(rel / "artifact"),
@@ -193,11 +276,10 @@ def _record_done(ctx: Context, rc: RunConfig, base_record: dict[str, Any], resul
         eval_logits=str(rel / "eval_logits.safetensors"),
         provenance_stamp=provenance(
             model_revision=model_revision(resolved),
-            data_checksums={s: ctx.data.checksum(rc.task, s) for s in ("train", "eval")},
+            data_checksums=checksums,
             padding=result.padding,
         ),
     )
-    write(ctx.store, [rec])
     return rec.dump()
 
 

@@ -43,7 +43,18 @@ study. Every other comparison is exploratory, corrected within its area's family
     exploratory/latency     every other latency comparison the bench modes declare (every task,
                             batch size and sequence length)
     exploratory/serving     several adapters on one base vs the same adapters served one at a
-                            time, per served group, batch size and sequence length
+                            time, per served task (that task's requests in the stream against its
+                            single adapter on the same batches), batch size and sequence length
+    exploratory/forgetting  per task, PEFT vs full on each forgetting measure (off-task probe
+                            accuracy change per probe task and layer, held-out LM loss change)
+    exploratory/readout     every drift and seed-noise comparison (RQ1's included) again under
+                            each exploratory pooling (`represent.pooling: [last, mean]`; the
+                            primary readout is the pooling the head reads), keyed
+                            "readout/<pooling>/<key>" (`readout_drift_records`)
+
+Forgetting also gives `correlation` records: across learned runs, Spearman's rho between a run's
+intruder-dimension count (weights table) and its forgetting on each measure, with interval, p
+(corrected over these correlations) and n, or "not measured" naming the missing side.
 
 `planned_families(study)` counts the members of each family from the spec alone (no results), and
 `peftlab plan` prints it; the stats table's `settings` record holds, per family, the planned and
@@ -85,7 +96,7 @@ from peftlab.baselines import judge
 from peftlab.errors import DegenerateInputError
 from peftlab.measures import MEASURES, tested_measures
 from peftlab.measures import label as measure_label
-from peftlab.records import BaselineRecord, read
+from peftlab.records import BaselineRecord, ForgettingRecord, WeightRecord, read
 from peftlab.results import (
     RunView,
     bench_rows,
@@ -104,7 +115,7 @@ BANDS = ("early", "middle", "late", "mean")  # over transformer layers (layer >=
 EMBEDDINGS = "embeddings"  # layer 0, summarised on its own
 PRIMARY = "primary"
 FAMILY = {area: f"exploratory/{area}" for area in
-          ("metric", "drift", "seed_noise", "latency", "serving")}
+          ("metric", "drift", "seed_noise", "latency", "serving", "forgetting", "readout")}
 
 
 def declared_comparisons() -> list[tuple[Any, Any]]:
@@ -201,19 +212,24 @@ def planned_families(study: Study) -> dict[str, int]:
         counts[role_drift(cfg, measure, "mean", True)[1]] += pairs_peft_full
         if len(spec.seeds) >= 2:
             counts[FAMILY["seed_noise"]] += len(tasks) * len(methods)
+    # every exploratory pooling repeats each drift and seed-noise comparison (readout family)
+    per_readout = len(measured) * (len(BANDS) * len(tasks) * n_method_pairs + pairs_peft_full
+                                   + (len(tasks) * len(methods) if len(spec.seeds) >= 2 else 0))
+    counts[FAMILY["readout"]] += (len(spec.represent.poolings) - 1) * per_readout
     b = spec.bench
     points = [(batch, str(seq)) for batch in b.batch_sizes for seq in b.seq_lengths]
     for mode, comp in declared_comparisons():
         if mode.name not in b.modes or comp.other not in b.modes:
             continue
-        if comp.reference == "single":
-            counts[FAMILY["serving"]] += len(peft) * len(points)
+        if comp.reference == "single":  # compared per served task
+            counts[FAMILY["serving"]] += len(peft) * len(points) * len(tasks)
             continue
         methods_a = peft if mode.artifact_kind == "peft" else refs
         methods_b = 1 if comp.reference == "same" else len(refs)
         for batch, seq in points:
             family = role_latency(cfg, f"{mode.name}_vs_{comp.other}", batch, seq)[1]
             counts[family] += len(tasks) * len(methods_a) * methods_b
+    counts[FAMILY["forgetting"]] += planned_forgetting(study)
     order = [PRIMARY, *FAMILY.values()]
     return {f: counts[f] for f in order if counts.get(f)}
 
@@ -768,6 +784,37 @@ def drift_records(store_records: list[dict[str, Any]], view: RunView, cfg: Stats
     return pending, summaries
 
 
+def readout_drift_records(store_records: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
+                          verdicts: Verdicts
+                          ) -> tuple[list[Pending], list[tuple[str, dict[str, Any]]]]:
+    """`drift_records` once per readout (pooling) of the drift table, each record tagged with
+    its `pooling` and `readout`. The primary readout's (the pooling the classification head
+    reads) keep their keys, roles and families; every exploratory pooling's are keyed
+    "readout/<pooling>/<key>" (`primary_key` names the primary counterpart) and are exploratory,
+    corrected together in family exploratory/readout, never primary."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in store_records:
+        groups[(r.get("readout") or "primary", r.get("pooling") or "")].append(r)
+    pending: list[Pending] = []
+    summaries: list[tuple[str, dict[str, Any]]] = []
+    # primary first; a study whose primary pooling changed keeps one primary group per pooling
+    # only until the drift stage reruns, so every primary group is treated alike
+    for (readout, pooling), recs in sorted(groups.items(), key=lambda kv: kv[0][0] != "primary"):
+        ps, ss = drift_records(recs, view, cfg, verdicts)
+        tag = {"pooling": pooling or None, "readout": readout}
+        if readout == "primary":
+            pending += [replace(p, context={**p.context, **tag}) for p in ps]
+            summaries += [(k, {**rec, **tag}) for k, rec in ss]
+            continue
+        explore = {"role": "exploratory", "family": FAMILY["readout"], "question": None}
+        pending += [Pending(f"readout/{pooling}/{p.key}",
+                            {**p.context, **tag, **explore, "primary_key": p.key},
+                            p.comparison) for p in ps]
+        summaries += [(f"readout/{pooling}/{k}", {**rec, **tag, "primary_key": k})
+                      for k, rec in ss]
+    return pending, summaries
+
+
 def seed_noise(task: str, measure: str, per: dict[str, BandStats], view: RunView,
                cfg: StatsSpec, layers: list[int]) -> list[Pending]:
     """Is a method's drift larger than what another seed does? Per method: each run's
@@ -1023,41 +1070,70 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                             f"{task}, batch {batch}, length {seq}: {a} vs {b} (median latency)",
                             merge_missing(ma, mb), margin=cfg.latency_margin if eq else None,
                             excluded=excluded))
+    # Several adapters on one base, compared per task on that task's requests in the stream with
+    # that task's single adapter on the same batches (`bench.compare`): a pooled median against
+    # a mean of per-task medians differs whenever the tasks' lengths differ, switch cost or not.
+    from peftlab.bench.compare import matched_latencies, median, task_latencies
+
+    by_seed_row: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for key, rs in units_rows.items():
+        for r in rs:
+            by_seed_row[key][int(r["seed"])] = r
     for mode_obj, comp in [(m, c) for m, c in declared if c.reference == "single"]:
         mode, single_mode = mode_obj.name, comp.other
         for key in sorted((k for k in tried if k[0] == mode), key=_point_order):
             _, served, method, batch, seq = key
-            tasks = served.split("+")
-            by_seed, miss = values_of(mode, served, method, batch, seq)
-            single: dict[int, float] = {}
-            for s in view.seeds:
-                parts = [unit.get((single_mode, t, method, batch, seq), {}).get(s) for t in tasks]
-                if all(p is not None for p in parts):
-                    single[s] = float(np.mean(parts))
-                else:
-                    miss[s] = "; ".join(filter(None, [
-                        miss.get(s), f"{single_mode} ({method}): not timed on every served task"]))
+            tasks = list(dict.fromkeys(served.split("+")))
+            _, miss_unit = values_of(mode, served, method, batch, seq)
             k = adapters[key]
-            context = {
-                "area": "serving", "role": "exploratory", "family": FAMILY["serving"],
-                "question": None, "pair": f"{mode}_vs_single", "task": served,
-                "tasks": tasks, "quantity": "median latency", "unit": "ms",
-                "higher_is_better": False, "batch_size": batch, "seq_len": seq,
-                "mode_a": mode, "mode_b": single_mode, "method_a": method, "method_b": method,
-                "a": f"{method}/{mode}-{k}", "b": f"{method}/single adapter",
-                "reference": f"mean over the served tasks of the {single_mode} single-adapter "
-                             "median latency of the same seed",
-                "k": k, "claim": comp.claim,
-                "where_text": f"{served}, batch {batch}, length {seq}",
-            }
-            excluded = merge_missing(*[verdicts.excluded(t, method, view.seeds)
-                                       for t in tasks if t in view.tasks])
-            pending.append(make_pending(
-                f"comparison/serving/{mode}_vs_single/{served}/b{batch}/{seq}/{method}", context,
-                by_seed, single, view.seeds, cfg,
-                f"{served}, batch {batch}, length {seq}: {method} {mode}-{k} vs single "
-                f"adapter (median latency)", miss,
-                margin=cfg.latency_margin if comp.equivalence else None, excluded=excluded))
+            per_seed = {s: task_latencies(r) for s, r in by_seed_row.get(key, {}).items()}
+            for task in tasks:
+                va: dict[int, float] = {}
+                vb: dict[int, float] = {}
+                miss = dict(miss_unit)
+                matched = []
+                for s in view.seeds:
+                    mine = per_seed.get(s, {}).get(task)
+                    single_row = by_seed_row.get((single_mode, task, method, batch, seq),
+                                                 {}).get(s)
+                    if s in miss:
+                        continue
+                    if mine is None or not mine.ms:
+                        miss[s] = f"{mode} ({method}): no timed request for {task} recorded"
+                        continue
+                    if single_row is None:
+                        miss[s] = f"{single_mode} ({method}): not timed on {task}"
+                        continue
+                    ref, ok = matched_latencies(single_row, mine.batches)
+                    va[s], vb[s] = median(mine.ms), median(ref)
+                    matched.append(ok)
+                context = {
+                    "area": "serving", "role": "exploratory", "family": FAMILY["serving"],
+                    "question": None, "pair": f"{mode}_vs_single", "task": task,
+                    "served": served, "tasks": tasks, "quantity": "median latency",
+                    "unit": "ms", "higher_is_better": False, "batch_size": batch,
+                    "seq_len": seq, "mode_a": mode, "mode_b": single_mode,
+                    "method_a": method, "method_b": method,
+                    "a": f"{method}/{mode}-{k} ({task} requests)",
+                    "b": f"{method}/single adapter ({task})",
+                    "reference": f"the {single_mode} single-adapter median latency of the same "
+                                 f"seed on {task}"
+                                 + (", on the same prebuilt batches (same examples and lengths)"
+                                    if matched and all(matched) else
+                                    ", on all its requests (the stream's batches mix tasks)"),
+                    "length_matched": bool(matched) and all(matched),
+                    "k": k, "claim": comp.claim,
+                    "where_text": f"{task} in {served}, batch {batch}, length {seq}",
+                }
+                # a group holding a degenerate adapter is left out whole, as its unit is
+                excluded = merge_missing(*[verdicts.excluded(t, method, view.seeds)
+                                           for t in tasks if t in view.tasks])
+                pending.append(make_pending(
+                    f"comparison/serving/{mode}_vs_single/{served}/{task}/b{batch}/{seq}/"
+                    f"{method}", context, va, vb, view.seeds, cfg,
+                    f"{task} in {served}, batch {batch}, length {seq}: {method} {mode}-{k} vs "
+                    f"single adapter (median latency of {task}'s requests)", miss,
+                    margin=cfg.latency_margin if comp.equivalence else None, excluded=excluded))
     return pending, summaries
 
 
@@ -1075,17 +1151,216 @@ def _flops_share(rows: list[dict[str, Any]]) -> float | None:
 # ----------------------------------------------------------------------------- the stage
 
 
+# ----------------------------------------------------------------------------- forgetting
+
+
+def _probe_task_names(study: Study) -> list[str]:
+    """The probe tasks the spec implies (`forgetting.tasks`, else the study's classification
+    tasks), as the forgetting stage picks them."""
+    from peftlab.data import StudyData
+
+    cfg = study.spec.forgetting
+    if cfg.tasks is not None:
+        return [t.name for t in cfg.tasks]
+    data = StudyData(study, None)
+    return [t.name for t in study.spec.tasks if not data.task(t.name).is_regression]
+
+
+def _has_heldout_text(study: Study, task: str) -> bool:
+    cfg = study.spec.forgetting
+    return cfg.text_file is not None or any(t.name != task for t in study.spec.tasks)
+
+
+def planned_forgetting(study: Study) -> int:
+    """Forgetting comparisons the spec implies: per tuning task, PEFT vs full on each off-task
+    probe (probe task other than the task x probed layer) and on the held-out LM loss (where
+    held-out text exists). Layers count as the distinct entries of `forgetting.layers` (on a
+    one-block model "middle" and "last" are one layer, which the spec alone cannot tell); the
+    LM loss is planned for every model, and for one without an LM head (an encoder) the stats
+    stage lists it as not tested with the forgetting stage's reason."""
+    spec = study.spec
+    cfg = spec.forgetting
+    if not cfg.enabled:
+        return 0
+    types = [e["type"] for e in spec.methods.values()]
+    pairs = sum(t != "full" for t in types) * sum(t == "full" for t in types)
+    probes = _probe_task_names(study)
+    n_layers = len(dict.fromkeys(cfg.layers))
+    total = 0
+    for t in spec.tasks:
+        total += sum(p != t.name for p in probes) * n_layers
+        total += _has_heldout_text(study, t.name)
+    return total * pairs
+
+
+def _forgetting_units(recs: list[ForgettingRecord]) -> list[ForgettingRecord]:
+    """The base's records, one per measured unit (probe task x layer, LM loss), stage order."""
+    base = [r for r in recs if not r.is_run and (r.status == "done" or r.measure == "lm_loss")]
+    return sorted(base, key=lambda r: (r.measure != "probe", r.probe_task or "", r.layer or 0))
+
+
+def forgetting_context(unit: ForgettingRecord) -> dict[str, Any]:
+    """The fields a forgetting comparison or summary carries about its unit."""
+    if unit.measure == "lm_loss":
+        return {"measure": "lm_loss", "unit": "nats per token", "probe_task": None,
+                "layer": None, "layer_name": None, "higher_is_better": False,
+                "quantity": "held-out LM loss change (after - before, nats per token)"}
+    return {"measure": "probe", "unit": "accuracy", "probe_task": unit.probe_task,
+            "layer": unit.layer, "layer_name": unit.layer_name, "higher_is_better": True,
+            "quantity": f"{unit.probe_task} probe accuracy change at {unit.layer_name} "
+                        "(run - base)"}
+
+
+def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: StatsSpec,
+                       verdicts: Verdicts, lm_tasks: set[str]
+                       ) -> tuple[list[Pending], list[tuple[str, dict[str, Any]]]]:
+    """PEFT vs full on each forgetting measure, paired by seed, per tuning task (family
+    exploratory/forgetting), and per task x unit x method summaries (mean over learned runs with
+    its t-interval). A run's value is its record's `difference` (probe: run minus base accuracy;
+    LM loss: after minus before); degenerate runs are left out as in drift. lm_tasks: the
+    tasks with held-out text (`planned_forgetting`), the only ones with an LM-loss test."""
+    by_run = {(r.run_id, r.unit): r for r in records if r.is_run}
+    pending: list[Pending] = []
+    summaries: list[tuple[str, dict[str, Any]]] = []
+    for task in view.tasks:
+        for unit in _forgetting_units(records):
+            if unit.measure == "probe" and unit.probe_task == task:
+                continue  # a run is never probed on its own task
+            if unit.measure == "lm_loss" and task not in lm_tasks:
+                continue  # no held-out text for this task's runs (a one-task study)
+            context = forgetting_context(unit)
+            values: dict[str, dict[int, float]] = {}
+            missing: dict[str, dict[int, str]] = {}
+            for method in view.methods:
+                values[method], missing[method] = {}, {}
+                for seed in view.seeds:
+                    rid = view.run_ids[(task, method, seed)]
+                    rec = by_run.get((rid, unit.unit))
+                    if view.done(task, method, seed) is None:
+                        missing[method][seed] = view.why_missing(task, method, seed)
+                    elif unit.status != "done":
+                        missing[method][seed] = f"{method}: {unit.measure} skipped ({unit.reason})"
+                    elif rec is None:
+                        missing[method][seed] = f"{method}: no forgetting record"
+                    elif rec.status != "done" or not _defined(rec.difference):
+                        missing[method][seed] = (f"{method}: {unit.measure} skipped "
+                                                 f"({rec.reason or 'no difference'})")
+                    else:
+                        values[method][seed] = float(rec.difference)
+                excluded = verdicts.excluded(task, method, list(values[method]))
+                learned = [s for s in view.seeds if s in values[method] and s not in excluded]
+                vals = [values[method][s] for s in learned]
+                lo, hi = mean_interval(vals, 1 - cfg.alpha)
+                name = "lm_loss" if unit.measure == "lm_loss" else (
+                    f"probe/{unit.probe_task}/L{unit.layer:03d}")
+                summaries.append((f"summary/forgetting/{task}/{name}/{method}", {
+                    "kind": "summary", "area": "forgetting", "task": task, "method": method,
+                    "method_type": view.methods[method], **context, "seeds": learned,
+                    "values": vals, "run_ids": [view.run_ids[(task, method, s)] for s in learned],
+                    "n": len(vals), "mean": _mean_or_none(vals), "ci_low": lo, "ci_high": hi,
+                    "confidence": 1 - cfg.alpha, "interval": "t-interval of the mean over seeds",
+                    "excluded": {str(s): r for s, r in excluded.items()},
+                    "missing": {str(s): r for s, r in missing[method].items()}}))
+            for ref in view.references():
+                for method in view.peft():
+                    excluded = {**verdicts.excluded(task, method, view.seeds),
+                                **verdicts.excluded(task, ref, view.seeds)}
+                    ctx_ = {
+                        "area": "forgetting", "task": task, **context,
+                        "role": "exploratory", "family": FAMILY["forgetting"], "question": None,
+                        "a": method, "b": ref, "method_a": method, "method_b": ref,
+                        "runs_a": [view.run_ids[(task, method, s)] for s in view.seeds],
+                        "runs_b": [view.run_ids[(task, ref, s)] for s in view.seeds],
+                        "where_text": f"{task} ({unit.unit})"}
+                    pending.append(make_pending(
+                        f"comparison/forgetting/{task}/{name}/{method} vs {ref}", ctx_,
+                        values[method], values[ref], view.seeds, cfg,
+                        f"{task}: {method} vs {ref} ({unit.unit})",
+                        merge_missing(missing[method], missing[ref]), excluded=excluded))
+    return pending, summaries
+
+
+def intruder_counts(weights: list[WeightRecord], own: set[str]) -> dict[str, dict[str, int]]:
+    """Per run: {"intruder_dims": the sum over its adapted matrices of their intruder
+    dimensions, "matrices": how many matrices had them defined}; runs without a defined matrix
+    are left out."""
+    out: dict[str, dict[str, int]] = {}
+    for w in weights:
+        dims = (w.stats or {}).get("intruder_dims")
+        if w.run_id not in own or w.undefined or not _defined(dims):
+            continue
+        c = out.setdefault(w.run_id, {"intruder_dims": 0, "matrices": 0})
+        c["intruder_dims"] += int(dims)
+        c["matrices"] += 1
+    return out
+
+
+def intruder_correlations(records: list[ForgettingRecord], weights: list[WeightRecord],
+                          view: RunView, cfg: StatsSpec, verdicts: Verdicts
+                          ) -> list[tuple[str, dict[str, Any]]]:
+    """Across learned runs (every task and method pooled): Spearman's rho between a run's
+    intruder-dimension count and its forgetting on each unit, with a Fisher-z interval, a
+    permutation p, Holm/Bonferroni (stats.correction) over these correlations, and n. A
+    "not measured" record names the side that is missing."""
+    owner = view.method_of_run()
+    own = set(owner)
+    counts = intruder_counts(weights, own)
+    units = [u for u in _forgetting_units(records) if u.status == "done"]
+    base = {"kind": "correlation", "area": "forgetting", "x": "intruder_dims",
+            "x_label": "intruder dimensions of the run (sum over its adapted matrices)",
+            "y": "difference", "role": "exploratory", "correction": cfg.correction}
+    lacking = [what for what, present in (
+        ("weight-space records with intruder dimensions (peftlab drift)", counts),
+        ("forgetting measurements (peftlab forgetting)", units)) if not present]
+    if lacking:
+        return [("correlation/forgetting/none", {
+            **base, "status": "not measured", "unit": None, "n": 0,
+            "reason": "the study directory has no " + " and no ".join(lacking)})]
+    out = []
+    for unit in units:
+        pairs = []
+        for r in records:
+            if not (r.is_run and r.unit == unit.unit and r.status == "done"
+                    and _defined(r.difference) and r.run_id in counts):
+                continue
+            task, method, seed = owner.get(r.run_id, (None, None, None))
+            if task is None or verdicts.degenerate(task, method, seed) is not None:
+                continue
+            pairs.append((r.run_id, counts[r.run_id]["intruder_dims"], float(r.difference)))
+        pairs.sort(key=lambda p: p[0])
+        x = [p[1] for p in pairs]
+        y = [p[2] for p in pairs]
+        corr = st.rank_correlation(x, y, confidence=1 - cfg.alpha, seed=0)
+        name = "lm_loss" if unit.measure == "lm_loss" else (
+            f"probe/{unit.probe_task}/L{unit.layer:03d}")
+        out.append((f"correlation/forgetting/{name}", {
+            **base, **forgetting_context(unit), "forgetting_unit": unit.unit,
+            "status": "ok" if corr.estimate is not None else "undefined",
+            "run_ids": [p[0] for p in pairs], "x_values": x, "y_values": y,
+            "methods": [owner[p[0]][1] for p in pairs], **corr.as_dict()}))
+    tested = [i for i, (_, r) in enumerate(out) if r["p"] is not None]
+    adjusted = st.adjust_pvalues([out[i][1]["p"] for i in tested], cfg.correction)
+    for i, p_adj in zip(tested, adjusted, strict=True):
+        out[i][1].update(p_adjusted=p_adj, family_size=len(tested))
+    return out
+
+
 def build_stats(ctx: Context) -> list[tuple[str, dict[str, Any]]]:
     """Every record of the `stats` table, from the current contents of the study directory."""
     cfg = ctx.study.spec.stats
     view = run_view(ctx.study, ctx.store)
     verdicts, run_summaries = run_verdicts(ctx, view)
     metric_pending, metric_summaries = metric_records(ctx, view, cfg, verdicts)
-    drift_pending, drift_summaries = drift_records(ctx.store.records("drift"), view, cfg,
+    drift_pending, drift_summaries = readout_drift_records(ctx.store.records("drift"), view, cfg,
                                                    verdicts)
     lat_pending, lat_summaries = latency_records(bench_rows(ctx.store.records("bench")), view,
                                                  cfg, verdicts)
-    comparisons = correct(metric_pending + drift_pending + lat_pending, cfg)
+    forgetting = read(ctx.store, ForgettingRecord)
+    lm_tasks = {t for t in view.tasks if _has_heldout_text(ctx.study, t)}
+    fg_pending, fg_summaries = forgetting_records(forgetting, view, cfg, verdicts, lm_tasks)
+    correlations = intruder_correlations(forgetting, read(ctx.store, WeightRecord), view, cfg,
+                                         verdicts)
+    comparisons = correct(metric_pending + drift_pending + lat_pending + fg_pending, cfg)
     planned = planned_families(ctx.study)
     order = [PRIMARY, *FAMILY.values()]
     families: dict[str, dict[str, Any]] = {
@@ -1115,7 +1390,8 @@ def build_stats(ctx: Context) -> list[tuple[str, dict[str, Any]]]:
         "unit": "one value per independent run (seed); latency: the median of each run",
     })
     items = [settings, *comparisons, *run_summaries, *metric_summaries,
-             *variance_records(ctx, view, cfg), *drift_summaries, *lat_summaries]
+             *variance_records(ctx, view, cfg), *drift_summaries, *lat_summaries,
+             *fg_summaries, *correlations]
     # Keys sort alphabetically in the store; `order` keeps the study's order (tasks as in the
     # spec, bands early to late) for the report.
     return [(key, {**rec, "order": i}) for i, (key, rec) in enumerate(items)]

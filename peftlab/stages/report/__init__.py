@@ -48,3 +48,6 @@ def run(ctx: Context) -> None:
     atomic_write_text(ctx.store.path("report.md"), md)
     atomic_write_text(ctx.store.path("report.html"), html)
     ctx.console.print(f"report: {ctx.store.path('report.html')} and report.md")
+    from peftlab.tracking import log_study
+
+    log_study(ctx)  # study-level results and the report files, to the trackers of report_to

@@ -23,8 +23,8 @@ TESTED = ("different", "negligible", "equivalent", "inconclusive")
 
 def value_format(c: dict[str, Any]):
     """The formatter for a comparison's values (in its own unit)."""
-    return {"metric": f.metric, "drift": f.similarity, "seed_noise": f.similarity}.get(
-        c.get("area"), f.ms)
+    return {"metric": f.metric, "drift": f.similarity, "seed_noise": f.similarity,
+            "forgetting": f.metric}.get(c.get("area"), f.ms)
 
 
 def where(c: dict[str, Any]) -> str:
@@ -39,6 +39,10 @@ def where(c: dict[str, Any]) -> str:
         return f"{c['task']}{method}, {c['band']} transformer layers{span}"
     if c["area"] in ("latency", "serving"):
         return f"{c['task']}, batch {c['batch_size']}, length {c['seq_len']}"
+    if c["area"] == "forgetting":  # the tuning task, then what was measured off it
+        what = ("held-out LM loss" if c.get("measure") == "lm_loss"
+                else f"{c.get('probe_task')} probe at {c.get('layer_name')}")
+        return f"{c['task']}-tuned, {what}"
     return c["task"]
 
 
@@ -73,6 +77,9 @@ def direction(c: dict[str, Any]) -> str:
         return (f"{m}'s runs are further from the base than from each other (its drift exceeds "
                 "seed noise)" if not up else
                 f"{m}'s runs are closer to the base than to each other (drift within seed noise)")
+    if c["area"] == "forgetting":  # probe: higher = kept more; LM loss: higher = forgot more
+        kept = up == bool(c.get("higher_is_better"))
+        return f"{a} forgets {'less' if kept else 'more'} than {b}"
     return f"{a} is {'slower' if up else 'faster'} than {b}"
 
 

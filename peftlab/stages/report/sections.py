@@ -27,6 +27,8 @@ from peftlab.results import RunView, bench_rows, seq_sort_key, served_tasks
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
+from peftlab.stages.report import readout
+from peftlab.stages.report import serving as serving_report
 from peftlab.stages.report.document import (
     Answer,
     Bullets,
@@ -38,6 +40,8 @@ from peftlab.stages.report.document import (
     Strong,
     Table,
 )
+from peftlab.stages.report.forgetting import forgetting
+from peftlab.stages.report.search import search_section
 
 
 def not_measured(what: str, *stages: str) -> Paragraph:
@@ -64,7 +68,10 @@ class Results:
         self.ctx = ctx
         self.spec = ctx.study.spec
         self.view = view
-        self.stats = sorted(store.records("stats"), key=lambda r: r.get("order", 0))
+        stats = sorted(store.records("stats"), key=lambda r: r.get("order", 0))
+        # Other poolings than the primary readout: shown by the readout section only.
+        self.readouts = [r for r in stats if r.get("readout") == "exploratory"]
+        self.stats = [r for r in stats if r.get("readout") != "exploratory"]
         self.comparisons = [r for r in self.stats
                             if r.get("kind") in ("comparison", "across_tasks")]
         self.summaries = [r for r in self.stats if r.get("kind") == "summary"]
@@ -72,7 +79,8 @@ class Results:
         self.settings = next((r for r in self.stats if r.get("kind") == "settings"), {})
         own = set(view.run_ids.values())
         # Read through the record types: a record a stage could not have written fails here.
-        self.drift = [r.dump() for r in read(store, DriftRecord) if r.run_b in own]
+        self.drift = [r.dump() for r in read(store, DriftRecord)
+                      if r.run_b in own and r.readout == "primary"]
         # one flat row per matrix: the record's identity plus its update statistics
         self.weights = [{**r.dump(), **(r.stats or {})} for r in read(store, WeightRecord)
                         if r.run_id in own]
@@ -157,6 +165,7 @@ def rq1_answer(res: Results) -> Answer:
     paras = [Paragraph.of(f"Primary endpoint: {endpoint}.")]
     for c in comps:
         paras.append(_primary_sentence(c, res))
+    paras += readout.rq1_paragraphs(res, comps)  # flags a verdict that depends on the pooling
     per_task = [c for c in res.comparisons_of("drift") if c.get("kind") != "across_tasks"
                 and c.get("measure") == measure and c.get("band") == band
                 and c.get("method_b") in refs and c.get("method_a") in peft]
@@ -488,8 +497,8 @@ def findings(res: Results) -> Section:
     for family in _families(res):
         if family != "primary":
             groups.append((f"Exploratory: {family.split('/', 1)[-1].replace('_', ' ')}",
-                           [c for c in res.comparisons if c.get("family") == family
-                            and c.get("role") != "primary"]))
+                           [c for c in [*res.comparisons, *res.readouts]
+                            if c.get("family") == family and c.get("role") != "primary"]))
     for title, comps in groups:
         sub = s.sub(title)
         tested = [c for c in comps if c["outcome"] in fnd.TESTED]
@@ -850,14 +859,18 @@ def deployment(res: Results) -> Section:
 
     pct = s.sub("Percentiles and throughput")
     pct.add(Table(["Task(s)", "Mode", "Method", "Seed", "Batch", "Length", "Requests",
-                   "Mean (ms)", "p50", "p90", "p95", "p99", "Requests/s", "Tokens/s"],
+                   "Mean (ms)", "p50", "p90", "p95", "p99", "Requests/s at concurrency 1",
+                   "Tokens/s at concurrency 1"],
                   [[_who(r), r["mode"], f.text(r["method"]), f.text(r["seed"]), str(r["batch_size"]),
                     str(r["seq_len"]), f.integer(r["latency"].get("count")),
                     f.ms(r["latency"].get("mean")), f.ms(r["latency"].get("p50")),
                     f.ms(r["latency"].get("p90")), f.ms(r["latency"].get("p95")),
-                    f.ms(r["latency"].get("p99")), f.rate(r["throughput"].get("requests_per_s")),
+                    serving_report.p99_cell(r["latency"]),
+                    f.rate(r["throughput"].get("requests_per_s")),
                     f.rate(r["throughput"].get("tokens_per_s"))] for r in ok],
-                  "Per benchmarked model and sweep point, from its raw latencies (ms).",
+                  "Per benchmarked model and sweep point, from its raw latencies (ms). p99 only "
+                  "where it rests on at least 100 requests. Throughput at concurrency 1: one "
+                  "request at a time, 1 / latency (serving under load is measured below).",
                   numeric=[False, False, False, True, True, False] + [True] * 8))
 
     sweep = s.sub("Sweep over batch size and sequence length")
@@ -931,6 +944,7 @@ def deployment(res: Results) -> Section:
              if lrows else not_measured("load times", "bench"))
 
     storage(res, s.sub("Storage"))
+    serving_report.deployment_parts(res, s)
     comps = res.comparisons_of("latency", "serving")
     if comps:
         s.sub("Deployment comparisons").add(fnd.comparison_table(
@@ -1036,15 +1050,17 @@ def decision(res: Results) -> Section:
                 numeric=[False, True, False, False, True, True, False, True, True, False]))
     serving = res.comparisons_of("serving")
     if serving:
-        s.add(Table(["Served tasks", "Batch", "Length", "Mode", "Mean of run medians (ms)",
-                     "Single adapter (ms)", "Cost", "CI", "Outcome"],
-                    [[c["task"], str(c["batch_size"]), str(c["seq_len"]),
+        s.add(Table(["Task (served group)", "Batch", "Length", "Mode",
+                     "Mean of run medians (ms)", "Single adapter (ms)", "Cost", "CI", "Outcome"],
+                    [[f"{c['task']} ({c.get('served', c['task'])})", str(c["batch_size"]),
+                      str(c["seq_len"]),
                       f"{c['mode_a']}-{c['k']} ({c['method_a']})", f.ms(c.get("mean_a")),
                       f.ms(c.get("mean_b")), f.pct(c.get("rel_diff")),
                       f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct),
                       fnd.outcome_cell(c)] for c in serving],
-                    "What serving several adapters on one base costs per request, against "
-                    "serving each adapter alone (means over seeds of per-run medians).",
+                    "What serving several adapters on one base costs per request, per task: "
+                    "that task's requests in the shared stream against its single adapter on "
+                    "the same batches (means over seeds of per-run medians).",
                     numeric=[False, True, False, False, True, True, True, True, False]))
     switching = [r for r in res.bench if r["ok"] and "switches" in r["extras"]]
     if switching:
@@ -1060,6 +1076,9 @@ def decision(res: Results) -> Section:
                     "had to switch the active adapter against those that did not (descriptive, "
                     "requests of one run are not independent).",
                     numeric=[False, False, True, True, False, True, True, True, True]))
+    line = serving_report.serving_decision(res)
+    if line:
+        s.add(Paragraph.of("Serving under load: ", line))
     sizes = defaultdict(list)
     for rec in res.view.records.values():
         if rec.get("status") == "done" and rec.get("artifact_bytes") is not None:
@@ -1079,10 +1098,8 @@ def decision(res: Results) -> Section:
 
 
 def data(res: Results) -> Section:
-    from peftlab.tasks import NORMALISATION_RULE
-
     s = Section("Data", "data")
-    s.add(Paragraph.of("Text normalisation: ", NORMALISATION_RULE))
+    s.add(Paragraph.of("Text normalisation: ", res.ctx.data.normalisation()["rule"]))
     if not res.data:
         return s.add(not_measured("data records", "data"))
     rows = []
@@ -1151,8 +1168,8 @@ def environment(res: Results) -> Section:
 # them), SECTIONS after it. A new section is one function added to a list.
 FRONT: list[Callable[[Results], Section]] = [answers, trust]
 SECTIONS: list[Callable[[Results], Section]] = [
-    findings, how_to_read, runs_section, accuracy, drift, weights, deployment, decision, data,
-    environment]
+    findings, how_to_read, runs_section, search_section, accuracy, drift, readout.readout_section, weights, forgetting, deployment,
+    decision, data, environment]
 
 
 def build_front(res: Results) -> list[Section]:
