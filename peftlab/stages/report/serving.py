@@ -265,10 +265,10 @@ def deployment_parts(res: Any, s: Section) -> None:
         tried = max(x["offered_rate"] for x in rows if x["config"] == config
                     and x["pattern"] == pattern)
         by_config[config].append(
-            f"{pattern} " + (f"{f.rate(r['saturation_throughput'])} req/s"
-                             if r["saturation_rate"] is not None else "none sustained")
+            f"{pattern} " + (f"{f.rate(r.get('saturation_throughput'))} req/s"
+                             if r.get("saturation_rate") is not None else "none sustained")
             + (f" (sustained every rate up to {tried:g})"
-               if r["saturation_rate"] == tried else ""))
+               if r.get("saturation_rate") == tried else ""))
     load.add(Table(
         ["Configuration", "What it holds", "Saturation throughput per pattern"],
         [[c, CONFIG_LABEL.get(c, c), "; ".join(v)] for c, v in by_config.items()],
