@@ -233,3 +233,20 @@ def load_run(ctx: Context, run_id: str, *, device: str | None = None) -> tuple[A
     model = loader.run(artifact)
     model.eval()
     return loader.tokenizer, model
+
+
+def base_source(ctx: Context) -> str:
+    """What the base model's stored results derive from: "base:<model revision>" (a stage
+    recomputes them when the weights change)."""
+    from peftlab.models import model_revision, resolve_model
+
+    m = ctx.study.spec.model
+    return "base:" + model_revision(resolve_model(m.name, gguf_file=m.gguf_file,
+                                                  revision=m.revision))
+
+
+def run_source(ctx: Context, run_id: str) -> str:
+    """What a run's stored results derive from: its artifact and when it finished (a retrained
+    run gets a new one)."""
+    rec = ctx.store.get("runs", run_id) or {}
+    return f"run:{rec.get('artifact')}@{rec.get('finished')}"

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import Context, plan, run_stages
+from peftlab.testing import running_steps, wait_for_records
 
 WORDS_POS = ["good", "great", "fine", "nice", "happy", "best"]
 WORDS_NEG = ["bad", "poor", "awful", "sad", "worst", "dull"]
@@ -189,28 +188,6 @@ def test_divergence_threshold_stops_the_run(tmp_path, tiny_llama_dir):
     assert row["status"] == "failed" and row["reason"].startswith("diverged")
 
 
-def _wait_for_training_steps(db: Path, proc: subprocess.Popen, steps: int) -> int:
-    """Block until the running record reports at least `steps` training steps (finetune writes
-    the steps done at every log), or fail if the process ends first; return the steps seen."""
-    import json
-
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before step {steps}")
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=1) as con:
-                    row = con.execute("SELECT data FROM records WHERE tbl='runs'").fetchone()
-            except sqlite3.OperationalError:  # the table is being created
-                row = None
-            rec = json.loads(row[0]) if row else {}
-            if rec.get("status") == "running" and rec.get("steps", 0) >= steps:
-                return rec["steps"]
-        time.sleep(0.05)
-    pytest.fail(f"the run never reached step {steps}")
-
-
 def test_killed_run_restarts_cleanly(tmp_path, tiny_llama_dir):
     """SIGKILL mid-training: plan says interrupted, the next run trains it again from scratch."""
     training = {"max_steps": 400, "batch_size": 8, "logging_steps": 1, "bootstrap_samples": 0}
@@ -221,7 +198,9 @@ def test_killed_run_restarts_cleanly(tmp_path, tiny_llama_dir):
                              "--stages", "data,finetune"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        seen = _wait_for_training_steps(study.output_dir / "results.sqlite", proc, steps=3)
+        seen = wait_for_records(study.output_dir / "results.sqlite", proc, "runs",
+                                lambda recs: running_steps(next(iter(recs.values()), None), 3),
+                                what="step 3 of the run")
         proc.send_signal(signal.SIGKILL)  # mid-training: 3 of 400 steps are done
         proc.wait(timeout=30)
     finally:

@@ -7,10 +7,8 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from peftlab.records import read_search
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import plan, run_stages
+from peftlab.testing import wait_for_records
 
 WORDS_POS = ["good", "great", "fine", "nice", "happy", "best"]
 WORDS_NEG = ["bad", "poor", "awful", "sad", "worst", "dull"]
@@ -261,30 +260,6 @@ def test_the_validation_split_is_seeded_stratified_and_disjoint():
 
 # -- a killed search resumes where it stopped -------------------------------------------------
 
-def _wait_for_running_trial(db: Path, proc: subprocess.Popen, number: int) -> None:
-    """Block until trial `number` has reported an evaluation while running (the search writes
-    its running record at every report), or fail if the process ends first."""
-    import json
-
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the search ended (exit {proc.returncode}) before trial {number} ran")
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=1) as con:
-                    rows = con.execute("SELECT key, data FROM records WHERE tbl='search' AND "
-                                       "key LIKE ?", (f"trial/%/{number:04d}",)).fetchall()
-            except sqlite3.OperationalError:  # the table is being created
-                rows = []
-            for _, data in rows:
-                rec = json.loads(data)
-                if rec["state"] == "running" and rec.get("intermediate"):
-                    return
-        time.sleep(0.05)
-    pytest.fail(f"trial {number} never reported while running")
-
-
 def test_killed_search_resumes_and_ends_like_an_uninterrupted_one(tmp_path, tiny_llama_dir):
     import optuna
 
@@ -305,7 +280,9 @@ def test_killed_search_resumes_and_ends_like_an_uninterrupted_one(tmp_path, tiny
     proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "search", str(killed.path)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_running_trial(killed.output_dir / "results.sqlite", proc, number=1)
+        wait_for_records(killed.output_dir / "results.sqlite", proc, "search", lambda recs: any(
+            k.startswith("trial/") and k.endswith("/0001") and r["state"] == "running"
+            and r.get("intermediate") for k, r in recs.items()), what="trial 1 running")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -13,13 +13,10 @@ sample study (`peftlab.sample_study`, no training) through the stats and report 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,7 @@ from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import Context, plan, run_stages
+from peftlab.testing import running_steps, wait_for_records
 from peftlab.tracking import INSTALL, mlflow_uri, target, tensorboard_dir
 
 pytest.importorskip("mlflow")
@@ -67,27 +65,6 @@ def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def _wait_until_training(db: Path, proc: subprocess.Popen, run_id: str, steps: int) -> None:
-    """Block until run `run_id`'s running record reports `steps` steps (the Trainer has logged
-    by then), or fail if the process ends first."""
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the study ended (exit {proc.returncode}) before {run_id} trained")
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=1) as con:
-                    row = con.execute("SELECT data FROM records WHERE tbl='runs' AND key=?",
-                                      (run_id,)).fetchone()
-            except sqlite3.OperationalError:  # the table is being created
-                row = None
-            rec = json.loads(row[0]) if row else {}
-            if rec.get("status") == "running" and rec.get("steps", 0) >= steps:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"{run_id} never reached step {steps}")
-
-
 def test_killed_and_resumed_study_keeps_one_tracker_run_per_trained_run(
         tmp_path, tiny_llama_dir, glue_dir):
     """report_to [tensorboard, mlflow]; the study is SIGKILLed while its last run trains and
@@ -116,7 +93,9 @@ def test_killed_and_resumed_study_keeps_one_tracker_run_per_trained_run(
                              "--data-dir", str(glue_dir), "--stages", "data,finetune"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_until_training(study.output_dir / "results.sqlite", proc, lora.run_id, steps=1)
+        wait_for_records(study.output_dir / "results.sqlite", proc, "runs",
+                         lambda recs: running_steps(recs.get(lora.run_id), 1),
+                         what=f"{lora.run_id} training")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -282,15 +282,17 @@ def head_names_of(model: Any) -> list[str]:
     return head_module_names(inner)
 
 
-def param_bytes(model: Any) -> int:
-    """Bytes of the model's parameters and buffers in memory (shared tensors counted once)."""
+def param_bytes(*models: Any) -> int:
+    """Bytes of the models' parameters and buffers in memory (tensors shared within or between
+    models counted once)."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.data_ptr(), t.numel())
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
+    for model in models:
+        for t in list(model.parameters()) + list(model.buffers()):
+            key = (t.data_ptr(), t.numel())
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
     return total
 
 

@@ -91,15 +91,9 @@ class Backend:
 
     def weight_bytes(self) -> int:
         """Bytes of the parameters and buffers of every served model (shared tensors once)."""
-        seen, total = set(), 0
-        for model in self.models:
-            for t in list(model.parameters()) + list(model.buffers()):
-                key = (t.data_ptr(), t.numel())
-                if key in seen:
-                    continue
-                seen.add(key)
-                total += t.numel() * t.element_size()
-        return total
+        from peftlab.bench.loading import param_bytes
+
+        return param_bytes(*self.models)
 
     def describe(self) -> dict[str, Any]:
         return {"config": self.name, "adapters": self.names, "k": len(self.names),

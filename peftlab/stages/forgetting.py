@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peftlab.artifacts import base_source, run_source
 from peftlab.errors import DataError, ModelError, PeftlabError, SpecError
 from peftlab.forgetting import (
     LMLosses,
@@ -327,19 +328,6 @@ def load_lm_head(ctx: Context) -> tuple[Any | None, str]:
 # ----------------------------------------------------------------------------- the stage
 
 
-def _base_source(ctx: Context) -> str:
-    from peftlab.models import model_revision, resolve_model
-
-    m = ctx.study.spec.model
-    return "base:" + model_revision(resolve_model(m.name, gguf_file=m.gguf_file,
-                                                  revision=m.revision))
-
-
-def _run_source(ctx: Context, run_id: str) -> str:
-    rec = ctx.store.get("runs", run_id) or {}
-    return f"run:{rec.get('artifact')}@{rec.get('finished')}"
-
-
 def _probe_key(task: str, layer: int, model_key: str) -> str:
     return f"probe/{task}/L{layer:03d}/{model_key}"
 
@@ -428,7 +416,7 @@ def make_plan(ctx: Context) -> _Plan:
         lm_settings={"max_length": cfg.lm_max_length or m.max_length,
                      "bootstrap_samples": cfg.bootstrap_samples, "confidence": cfg.confidence,
                      "probe_seed": cfg.probe_seed, "model": model_json},
-        base_source=_base_source(ctx), tasks=tasks,
+        base_source=base_source(ctx), tasks=tasks,
         sources=text_sources(ctx) if family == "decoder" else [], planned=planned)
     if not tasks:
         skipped.append(("none", "no off-task probe task: every probe task is the tuning task "
@@ -451,7 +439,7 @@ def run(ctx: Context) -> None:
     t0 = time.perf_counter()
     plan = make_plan(ctx)
     models: list[tuple[str, RunConfig | None, str]] = [(BASE_KEY, None, plan.base_source)] + [
-        (rc.run_id, rc, _run_source(ctx, rc.run_id)) for rc in ctx.finished_runs()]
+        (rc.run_id, rc, run_source(ctx, rc.run_id)) for rc in ctx.finished_runs()]
     counts = {"measured": 0, "up to date": 0}
     from peftlab.logs import track  # progress with an ETA; each model's loads labelled in log.txt
 

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peftlab.artifacts import base_source, run_source
 from peftlab.records import ReadoutRecord, RepresentRecord, write
 from peftlab.representations import (
     BASE_KEY,
@@ -105,19 +106,6 @@ def _up_to_date(store: Store, task: str, key: str, poolings: list[str],
     return True
 
 
-def _base_source(ctx: Context) -> str:
-    from peftlab.models import model_revision, resolve_model
-
-    m = ctx.study.spec.model
-    return "base:" + model_revision(resolve_model(m.name, gguf_file=m.gguf_file,
-                                                  revision=m.revision))
-
-
-def _run_source(ctx: Context, run_id: str) -> str:
-    rec = ctx.store.get("runs", run_id) or {}
-    return f"run:{rec.get('artifact')}@{rec.get('finished')}"
-
-
 def run(ctx: Context) -> None:
     """Extract (or reuse) the base's and every finished run's representations on every task."""
     from peftlab.execution import run_units
@@ -132,7 +120,7 @@ def run(ctx: Context) -> None:
     primary = primary_pooling(poolings, config)
     poolings = [primary] + [p for p in poolings if p != primary]  # primary first
     settings = _settings(ctx, primary)
-    base_source = _base_source(ctx)
+    base = base_source(ctx)
     all_runs = ctx.study.runs()
     units = []
     probes: dict[str, tuple[pd.DataFrame, str]] = {}
@@ -143,8 +131,8 @@ def run(ctx: Context) -> None:
         phash = probe_hash(probe)
         probes[task] = (probe, phash)
         todo: list[tuple[str, RunConfig | None, str]] = []
-        for key, rc, source in [(BASE_KEY, None, base_source)] + [
-            (rc.run_id, rc, _run_source(ctx, rc.run_id)) for rc in runs
+        for key, rc, source in [(BASE_KEY, None, base)] + [
+            (rc.run_id, rc, run_source(ctx, rc.run_id)) for rc in runs
             if run_status(ctx.store, rc)["status"] == "done"
         ]:
             expected = {"probe_hash": phash, "settings": settings, "source": source}
