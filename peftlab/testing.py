@@ -327,3 +327,13 @@ def running_steps(record: dict[str, Any] | None, steps: int) -> int | None:
     if record and record.get("status") == "running" and record.get("steps", 0) >= steps:
         return record["steps"]
     return None
+
+
+# Probe texts of very different lengths, so every batch of them holds real padding.
+MIXED_LENGTH_TEXTS = [
+    "the movie was a delight from start to finish and the cast was wonderful",
+    "bad",
+    "a dull and lifeless film",
+    "it is one of the best films of the year , funny , moving and smart",
+    "good great",
+]

@@ -32,14 +32,9 @@ from peftlab.representations import (
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import Context, run_stages
+from peftlab.testing import MIXED_LENGTH_TEXTS
 
-TEXTS = [
-    "the movie was a delight from start to finish and the cast was wonderful",
-    "bad",
-    "a dull and lifeless film",
-    "it is one of the best films of the year , funny , moving and smart",
-    "good great",
-]
+TEXTS = MIXED_LENGTH_TEXTS
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,9 @@ from peftlab.representations import extract, load_representations, probe_hash, r
 from peftlab.spec import load_spec
 from peftlab.stages.represent import run as represent_stage
 from peftlab.study import Context, open_study_store, run_stages
+from peftlab.testing import MIXED_LENGTH_TEXTS
 
-# Examples of very different lengths, so every batch holds real padding.
-TEXTS = [
-    "the movie was a delight from start to finish and the cast was wonderful",
-    "bad",
-    "a dull and lifeless film",
-    "it is one of the best films of the year , funny , moving and smart",
-    "good great",
-]
+TEXTS = MIXED_LENGTH_TEXTS
 
 
 def _load(folder):

@@ -67,17 +67,21 @@ def build_batches(encoded: Any, tokenizer: Any, *, batch_size: int, seq_len: int
     batches = []
     for b in range(n_batches):
         idx = [order[(b * batch_size + i) % n] for i in range(batch_size)]
-        feats = []
-        for i in idx:
-            f = {c: rows[c][i] for c in cols}
-            if seq_len != "data":  # truncate here; the collator pads up to seq_len
-                f = {c: v[: int(seq_len)] for c, v in f.items()}
-            feats.append(f)
-        inputs = {k: v.to(device) for k, v in collator(feats).items() if k != "labels"}
-        mask = inputs["attention_mask"]
-        batches.append(Request(inputs=inputs, rows=batch_size, tokens=int(mask.sum()),
-                               padded_tokens=int(mask.numel()), adapter=adapter))
+        feats = [{c: rows[c][i] for c in cols} for i in idx]
+        batches.append(collate(collator, feats, seq_len, device, adapter=adapter))
     return batches
+
+
+def collate(collator: Any, feats: list[dict[str, Any]], seq_len: int | str, device: str,
+            **who: Any) -> Request:
+    """One request from tokenised rows: truncated to `seq_len` here (the collator pads up to
+    it) unless "data", collated, moved to `device`; `who` names the adapter(s) it is for."""
+    if seq_len != "data":
+        feats = [{c: v[: int(seq_len)] for c, v in f.items()} for f in feats]
+    inputs = {k: v.to(device) for k, v in collator(feats).items() if k != "labels"}
+    mask = inputs["attention_mask"]
+    return Request(inputs=inputs, rows=len(feats), tokens=int(mask.sum()),
+                   padded_tokens=int(mask.numel()), **who)
 
 
 def ordered_batches(encoded: Any, tokenizer: Any, *, batch_size: int, device: str,
@@ -95,11 +99,8 @@ def ordered_batches(encoded: Any, tokenizer: Any, *, batch_size: int, device: st
     out = []
     for start in range(0, len(encoded), batch_size):
         idx = range(start, min(start + batch_size, len(encoded)))
-        inputs = {k: v.to(device) for k, v in collator(
-            [{c: rows[c][i] for c in cols} for i in idx]).items() if k != "labels"}
-        mask = inputs["attention_mask"]
-        out.append(Request(inputs=inputs, rows=len(idx), tokens=int(mask.sum()),
-                           padded_tokens=int(mask.numel()), adapter=adapter,
+        out.append(collate(collator, [{c: rows[c][i] for c in cols} for i in idx], "data",
+                           device, adapter=adapter,
                            adapter_names=[adapter] * len(idx) if adapter else None))
     return out
 
@@ -207,13 +208,7 @@ def build_mixed_batches(encoded: dict[str, Any], tokenizer: Any, *, batch_size: 
             a = names[a_idx]
             i = orders[a][cursor[a] % len(orders[a])]
             cursor[a] += 1
-            f = {c: columns[a][c][i] for c in cols}
-            if seq_len != "data":
-                f = {c: v[: int(seq_len)] for c, v in f.items()}
-            feats.append(f)
+            feats.append({c: columns[a][c][i] for c in cols})
             row_adapters.append(a)
-        inputs = {k: v.to(device) for k, v in collator(feats).items() if k != "labels"}
-        mask = inputs["attention_mask"]
-        batches.append(Request(inputs=inputs, rows=batch_size, tokens=int(mask.sum()),
-                               padded_tokens=int(mask.numel()), adapter_names=row_adapters))
+        batches.append(collate(collator, feats, seq_len, device, adapter_names=row_adapters))
     return batches

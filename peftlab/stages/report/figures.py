@@ -34,6 +34,16 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+def style_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """The report's panel style: a small title, both axis labels, a light grid, a frameless
+    legend."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+
+
 def to_png(fig) -> bytes:
     """The figure as PNG bytes; the figure is cleared afterwards (its memory is released)."""
     buf = io.BytesIO()
@@ -297,11 +307,7 @@ def ecdf_figure(title: str, rows: list[dict[str, Any]], modes: list[str]) -> byt
                     color=color(modes, mode), label=mode)
         if spread and min(spread) > 0 and max(spread) / min(spread) > 20:
             ax.set_xscale("log")
-        ax.set_title(f"{title}, batch {batch}", fontsize=10)
-        ax.set_xlabel("latency per request (ms)")
-        ax.set_ylabel("share of requests")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        style_axes(ax, f"{title}, batch {batch}", "latency per request (ms)", "share of requests")
     return to_png(fig)
 
 
@@ -327,9 +333,5 @@ def sweep_figure(points: list[dict[str, Any]], modes: list[str], seq_lens: list[
         batches = sorted({p["batch_size"] for p in points if p["seq_len"] == seq})
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_title(f"sequence length: {seq}", fontsize=10)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("median latency (ms)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        style_axes(ax, f"sequence length: {seq}", "batch size", "median latency (ms)")
     return to_png(fig)

@@ -111,11 +111,8 @@ def latency_load_figure(rows: list[dict[str, Any]]) -> bytes:
         if values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
         ax.set_xscale("log")
-        ax.set_title(f"popularity: {pattern}", fontsize=10)
-        ax.set_xlabel("offered load (requests/s)")
-        ax.set_ylabel("latency (ms): p50 solid, p99 dashed")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        figs.style_axes(ax, f"popularity: {pattern}", "offered load (requests/s)",
+                        "latency (ms): p50 solid, p99 dashed")
     return figs.to_png(fig)
 
 
