@@ -281,35 +281,32 @@ def pump(stream: IO[bytes]) -> threading.Thread:
 
 
 @contextlib.contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Label what is logged inside the block with the stage `name`."""
+def _labelled(**labels: str) -> Iterator[None]:
+    """Set the current sink's `stage` and/or `unit` labels inside the block, restoring them (and
+    flushing what was logged under them) after."""
     sink = _STACK[-1] if _STACK else None
     if sink is None:
         yield
         return
-    saved = sink.stage, sink.unit
-    sink.stage, sink.unit = name, ""
+    saved = {k: getattr(sink, k) for k in labels}
+    for k, v in labels.items():
+        setattr(sink, k, v)
     try:
         yield
     finally:
         _ROUTER.drain()
-        sink.stage, sink.unit = saved
+        for k, v in saved.items():
+            setattr(sink, k, v)
 
 
-@contextlib.contextmanager
-def unit(name: str) -> Iterator[None]:
+def stage(name: str) -> contextlib.AbstractContextManager[None]:
+    """Label what is logged inside the block with the stage `name` (and no unit yet)."""
+    return _labelled(stage=name, unit="")
+
+
+def unit(name: str) -> contextlib.AbstractContextManager[None]:
     """Label what is logged inside the block with the unit of work `name` (a run id, ...)."""
-    sink = _STACK[-1] if _STACK else None
-    if sink is None:
-        yield
-        return
-    saved = sink.unit
-    sink.unit = name
-    try:
-        yield
-    finally:
-        _ROUTER.drain()
-        sink.unit = saved
+    return _labelled(unit=name)
 
 
 def track(console: Any, description: str, items: Iterable[T], *,

@@ -53,11 +53,11 @@ def num(x: Any, decimals: int) -> str:
 
 
 def metric(x: Any) -> str:
+    """A task metric or a similarity: 4 decimals."""
     return num(x, 4)
 
 
-def similarity(x: Any) -> str:
-    return num(x, 4)
+similarity = metric
 
 
 def pvalue(x: Any) -> str:
@@ -85,11 +85,11 @@ def stat(x: Any) -> str:
 
 
 def ms(x: Any) -> str:
+    """A duration (milliseconds or seconds, the unit in the column header): 3 decimals."""
     return num(x, 3)
 
 
-def seconds(x: Any) -> str:
-    return num(x, 3)
+seconds = ms
 
 
 def pct(x: Any) -> str:
