@@ -406,7 +406,8 @@ class ForgettingSpec(_Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
     batch_size: int = Field(32, gt=0)  # probe extraction
     # Held-out text for the LM loss (decoders): a UTF-8 file, one text per line (blank lines
-    # skipped); None: the evaluation sentences of the tasks a run was not tuned on.
+    # skipped); None: the evaluation sentences of the tasks a run was not tuned on (study tasks,
+    # and probe tasks outside the study).
     text_file: Path | None = None
     lm_texts: int | None = Field(200, gt=0)  # texts per source, seeded subsample; None: all
     lm_max_length: int | None = Field(None, gt=1)  # tokens per text; None: model.max_length

@@ -218,6 +218,29 @@ def test_loss_before_is_the_base_causal_lms_own_loss(noise_study, lm_base):
     assert recs[f"lm_loss/{noise.run_id}"]["loss_after"] == pytest.approx(after, rel=1e-5)
 
 
+def test_without_a_text_file_a_one_task_study_reads_its_probe_tasks_sentences(noise_study):
+    """A one-task study probed elsewhere (the SmolLM2 readout study: SST-2 tuned, MRPC probed)
+    has no other study task to read: the LM loss reads the probe tasks' evaluation sentences,
+    and a run tuned on SST-2 never reads SST-2's."""
+    import dataclasses
+
+    from peftlab.stages.forgetting import _split, probe_tasks, text_sources
+
+    study, *_ = noise_study
+    cfg = study.spec.forgetting.model_copy(update={"text_file": None, "lm_texts": 20})
+    study = dataclasses.replace(study, spec=study.spec.model_copy(update={"forgetting": cfg}))
+    store = open_study_store(study)
+    try:
+        ctx = Context(study=study, store=store, console=Console(quiet=True))
+        sources = {s.name: s for s in text_sources(ctx)}
+        (probe,) = probe_tasks(ctx)[0]
+        assert set(sources) == {"sst2", "synth"}
+        texts = _split(ctx, probe, "eval")["text_a"].astype(str).tolist()
+        assert len(sources["synth"].texts) == 20 and set(sources["synth"].texts) <= set(texts)
+    finally:
+        store.close()
+
+
 def test_rerun_loads_no_model_and_a_new_setting_remeasures(noise_study, monkeypatch):
     study, recs, noise, _ = noise_study
 

@@ -65,6 +65,7 @@ def run_isolated(job: dict[str, Any], *, isolation: str = "forkserver",
                 proc.wait()
                 code = None
             reader.join(timeout=10)
+            proc.stderr.close()
         else:
             code = _run_forkserver(job, Path(tmp) / "job.json", result_path, timeout_s)
         if result_path.is_file():
@@ -88,7 +89,7 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "peftlab.bench.server"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
-        logs.pump(self.proc.stderr)
+        self.reader = logs.pump(self.proc.stderr)
         self.fd = self.proc.stdout.fileno()
         self.buf = b""
 
@@ -133,6 +134,12 @@ class ForkServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # The server is gone: its stderr reader sees end of file; then close our ends of the
+        # pipes (left open, the interpreter warns about them at exit, on the user's console).
+        self.reader.join(timeout=10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 _SERVER: dict[str, ForkServer] = {}

@@ -22,7 +22,8 @@ adapter is merged into its base where the method allows it (the same function, t
 rounding); results are stored in probe order.
 
 Held-out LM loss (decoder models). The text is `forgetting.text_file` (one text per line), else the
-evaluation sentences (text_a and text_b) of the study tasks a run was not tuned on; `lm_texts` of
+evaluation sentences (text_a and text_b) of the study tasks a run was not tuned on and of the
+probe tasks (`forgetting.tasks`) outside the study; `lm_texts` of
 each source, seeded; texts of fewer than two tokens predict nothing and are dropped. The LM head is
 the BASE model's (`AutoModelForCausalLM` on the base checkpoint, `get_output_embeddings()`: its
 `lm_head`, or the input embeddings where the checkpoint ties them); each model's backbone reads the
@@ -236,7 +237,8 @@ class TextSource:
 
 
 def text_sources(ctx: Context) -> list[TextSource]:
-    """Held-out texts: the spec's text file, or every study task's evaluation sentences."""
+    """Held-out texts: the spec's text file, or the evaluation sentences of every study task
+    and of every probe task that is not one."""
     cfg = ctx.study.spec.forgetting
     if cfg.text_file is not None:
         path = Path(cfg.text_file)
@@ -252,13 +254,19 @@ def text_sources(ctx: Context) -> list[TextSource]:
             raise DataError(f"{where}: {path} holds no text (one text per line expected)")
         return [TextSource(f"file:{path.name}", _take(texts, cfg.lm_texts, cfg.probe_seed))]
     out = []
-    for t in ctx.study.spec.tasks:
-        df = ctx.data.split(t.name, "eval", subsample=False)
+    frames = [(t.name, ctx.data.split(t.name, "eval", subsample=False))
+              for t in ctx.study.spec.tasks]
+    # ... and the probe tasks that are not study tasks: a one-task study probed elsewhere gets
+    # its LM loss on the probe tasks' sentences, which no run was tuned on.
+    study_names = {name for name, _ in frames}
+    frames += [(pt.name, _split(ctx, pt, "eval")) for pt in probe_tasks(ctx)[0]
+               if pt.name not in study_names]
+    for name, df in frames:
         texts = df["text_a"].astype(str).tolist()
         if "text_b" in df.columns and not df["text_b"].isna().all():
             texts += df["text_b"].astype(str).tolist()
-        out.append(TextSource(t.name, _take([s for s in texts if s.strip()], cfg.lm_texts,
-                                            cfg.probe_seed)))
+        out.append(TextSource(name, _take([s for s in texts if s.strip()], cfg.lm_texts,
+                                          cfg.probe_seed)))
     return out
 
 
@@ -662,8 +670,8 @@ def _lm_sources(ctx: Context, plan: _Plan, key: str, rc: RunConfig | None, sourc
     sources = _sources_for(plan, rc)
     if not sources:
         _write_lm_skip(ctx, plan, key, rc, source,
-                       "no held-out text: no run has a study task other than its own; set "
-                       "forgetting.text_file", text_hash=None)
+                       "no held-out text: no study or probe task other than the run's own; set "
+                       "forgetting.text_file or forgetting.tasks", text_hash=None)
         return None
     expected = {"settings": plan.lm_settings, "text_hash": _text_hash(sources),
                 "source": source, "base_source": plan.base_source}

@@ -74,7 +74,10 @@ def disagreement(primary: dict[str, Any], other: dict[str, Any]) -> list[str]:
         why.append(f"outcome {primary['outcome']} vs {other['outcome']}")
     a, b = _direction(primary), _direction(other)
     if a is not None and b is not None and a != b:
-        why.append("direction reversed")
+        # an untested comparison has means but no estimate: say so rather than imply a test
+        tested = primary.get("status") == "ok" and other.get("status") == "ok"
+        why.append("direction reversed" if tested else "means in opposite directions "
+                   "(not tested)")
     return why
 
 
