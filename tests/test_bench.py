@@ -679,7 +679,12 @@ def test_the_decision_line_finds_the_load_up_to_which_adapters_match_merged_p99(
     few = [dict(r, row={**r["row"], "latency_ms": {**r["row"]["latency_ms"], "p99_reliable":
                                                     False, "p99_note": "too few"}})
            for r in rows]
-    assert "at no rate tried" in decision_line(few, 0.10)
+    line = decision_line(few, 0.10)
+    assert "p99 not compared" in line and "at no rate tried" not in line
+    # a rate where both p99s are reliable but differ by more than the margin: not equal there
+    slow = [r for r in rows if r["config"] == "merged"] + [
+        _serving_row("mixed", "uniform", rate, 20.0, weights=96_000_000) for rate in (100, 200)]
+    assert "uniform: at no rate tried" in decision_line(slow, 0.10)
     assert decision_line([r for r in rows if r["config"] != "merged"], 0.1) is None
     assert p99_cell(rows[0]["row"]["latency_ms"]).startswith("10.0")
     assert p99_cell({"p99": 3.0, "p99_reliable": False,

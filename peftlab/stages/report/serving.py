@@ -140,6 +140,7 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
         from_n = (int(np.floor(per_model / (per_model - adapter))) + 1
                   if per_model > adapter else None)
         equal = {}
+        compared = False  # some rate where both p99s rest on enough requests
         for pattern in [p for p in PATTERNS if any(r["pattern"] == p for r in mine)]:
             ok = []
             for r in sorted((r for r in mine if r["pattern"] == pattern),
@@ -150,18 +151,24 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
                     continue
                 a, b = _reliable_p99(r["row"].get("latency_ms")), \
                     _reliable_p99(ref["row"].get("latency_ms"))
+                compared = compared or (a is not None and b is not None)
                 if r["sustained"] and ref["sustained"] and a is not None and b is not None \
                         and a <= (1 + margin) * b:
                     ok.append(r["offered_rate"])
                 else:
                     break  # equal p99 from the lowest rate up, to the first rate it is not
             equal[pattern] = ok[-1] if ok else None
-        loads = ", ".join(f"{p}: up to {x:g} requests/s" if x is not None else
-                          f"{p}: at no rate tried" for p, x in equal.items())
+        if compared:
+            loads = "its p99 is within {:.0f}% of theirs ({})".format(100 * margin, ", ".join(
+                f"{p}: up to {x:g} requests/s" if x is not None else f"{p}: at no rate tried"
+                for p, x in equal.items()))
+        else:
+            loads = ("p99 not compared: no load run of either rests on the 100 requests a p99 "
+                     "needs")
         parts.append(
             f"{CONFIG_LABEL.get(config, config)} holds {f.nbytes(a_bytes)} of weights against "
-            f"{f.nbytes(m_bytes)} for {k} merged models ({m_bytes / a_bytes:.1f}x less); its p99 "
-            f"is within {100 * margin:.0f}% of theirs {loads}; on memory it wins from "
+            f"{f.nbytes(m_bytes)} for {k} merged models ({m_bytes / a_bytes:.1f}x less); "
+            f"{loads}; on memory it wins from "
             + (f"{from_n} tasks on" if from_n is not None else "no number of tasks")
             + f" (one model {f.nbytes(per_model)}, one adapter {f.nbytes(adapter)})")
     return "; ".join(parts) + "." if parts else None
