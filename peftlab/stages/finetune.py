@@ -231,33 +231,20 @@ def run_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult, 
                artifact: str, artifact_bytes: int, artifact_weight_bytes: int, eval_logits: str,
                provenance_stamp: dict[str, Any]):
     """The `runs` record of a finished training (pure: the caller writes it)."""
+    import dataclasses
+
     from peftlab.records import RunRecord
 
+    # Every measurement of the training outcome the record has a field for, under the same name
+    # (train_time_s: the training loop, throughput is computed over it; train_wall_s: the whole
+    # Trainer.train call, setup included).
+    measured = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+                if f.name in RunRecord.model_fields and f.name not in ("status", "failure_reason")}
     return RunRecord(
-        **base_record,
-        status="done",
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        main_metric=result.main_metric,
-        metrics=result.metrics,
-        params=result.params,
-        artifact=artifact,
-        artifact_bytes=artifact_bytes,
-        eval_logits=eval_logits,
-        artifact_weight_bytes=artifact_weight_bytes,
-        train_time_s=result.train_time_s,  # the training loop (throughput is computed over it)
-        train_wall_s=result.train_wall_s,  # the whole Trainer.train call, setup included
-        eval_time_s=result.eval_time_s,
-        steps=result.steps,
-        train_samples_per_s=result.train_samples_per_s,
-        train_tokens_per_s=result.train_tokens_per_s,
-        padding_share=result.padding_share,
-        memory=result.memory,
-        loss_curve=result.loss_curve,
-        log_history=result.log_history,
-        train_examples=result.train_examples,
-        eval_examples=result.eval_examples,
-        provenance=provenance_stamp,
-    )
+        **base_record, **measured, status="done",
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), artifact=artifact,
+        artifact_bytes=artifact_bytes, eval_logits=eval_logits,
+        artifact_weight_bytes=artifact_weight_bytes, provenance=provenance_stamp)
 
 
 def _done_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult, final: Path,
