@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toy_data import toy_files, toy_task
 
 from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
@@ -18,30 +19,9 @@ from peftlab.store import Store
 from peftlab.study import Context, plan, run_stages
 from peftlab.testing import running_steps, wait_for_records
 
-WORDS_POS = ["good", "great", "fine", "nice", "happy", "best"]
-WORDS_NEG = ["bad", "poor", "awful", "sad", "worst", "dull"]
-
-
-def _toy_files(root: Path, n_train: int = 64, n_eval: int = 32) -> dict[str, Path]:
-    """A learnable sentiment toy task: the last word decides the label."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        lines = ["text,label"]
-        for i in range(n):
-            label = i % 2
-            word = rng.choice(WORDS_POS if label else WORDS_NEG)
-            lines.append(f"the movie was {word},{label}")
-        path = root / f"{split}.csv"
-        path.write_text("\n".join(lines) + "\n")
-        out[split] = path
-    return out
-
 
 def _toy_task(root: Path) -> dict:
-    files = _toy_files(root)
-    return {"name": "toy", "files": {k: str(v) for k, v in files.items()},
-            "columns": {"text_a": "text", "label": "label"}, "label_names": ["neg", "pos"]}
+    return toy_task(toy_files(root))
 
 
 def _study(tmp_path: Path, model_dir: Path, **kw):

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from toy_data import toy_files, toy_task
 
 from peftlab.errors import SpecError
 from peftlab.fixtures import tiny_spec, write_spec
@@ -22,9 +22,6 @@ from peftlab.store import Store
 from peftlab.study import plan, run_stages
 from peftlab.testing import wait_for_records
 
-WORDS_POS = ["good", "great", "fine", "nice", "happy", "best"]
-WORDS_NEG = ["bad", "poor", "awful", "sad", "worst", "dull"]
-
 SEARCH = {"n_trials": 4, "eval_steps": 2, "pruner": "median", "pruner_startup_trials": 1,
           "startup_trials": 2, "validation_share": 0.25,
           "space": {"learning_rate": {"low": 1.0e-6, "high": 3.0e-2, "log": True}},
@@ -33,33 +30,16 @@ TRAINING = {"epochs": 3, "batch_size": 8, "logging_steps": 1, "bootstrap_samples
             "warmup_ratio": 0.0}
 
 
-def _toy_files(root: Path, *, n_train: int = 40, n_eval: int = 24,
-               flip_eval: bool = False) -> dict[str, Path]:
-    """A learnable toy task (the last word decides the label) whose texts are all distinct."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        lines = ["text,label"]
-        for i in range(n):
-            label = i % 2
-            word = rng.choice(WORDS_POS if label else WORDS_NEG)
-            shown = 1 - label if (flip_eval and split == "eval") else label
-            lines.append(f"{split} review {i} said the movie was {word},{shown}")
-        path = root / f"{split}.csv"
-        path.write_text("\n".join(lines) + "\n")
-        out[split] = path
-    return out
-
-
-def _toy_task(files: dict[str, Path]) -> dict:
-    return {"name": "toy", "files": {k: str(v) for k, v in files.items()},
-            "columns": {"text_a": "text", "label": "label"}, "label_names": ["neg", "pos"]}
+def _toy_files(root: Path, *, flip_eval: bool = False) -> dict[str, Path]:
+    """The toy task with texts that are all distinct (the search splits a validation share off
+    the training rows)."""
+    return toy_files(root, n_train=40, n_eval=24, flip_eval=flip_eval,
+                     text="{split} review {i} said the movie was {word}")
 
 
 def _spec(tmp: Path, model_dir: Path, files: dict[str, Path], *, search: dict | None = None,
           methods=("full", "lora"), seeds=(1,), training: dict | None = None) -> dict:
-    return tiny_spec(tmp / "study", model_dir=model_dir, tasks=[_toy_task(files)],
+    return tiny_spec(tmp / "study", model_dir=model_dir, tasks=[toy_task(files)],
                      methods=methods, seeds=seeds, data={},
                      training=training or dict(TRAINING),
                      search=copy.deepcopy(search if search is not None else SEARCH))

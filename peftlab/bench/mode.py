@@ -9,6 +9,7 @@ labels and orders them by the mode's declarations. A mode says what it serves an
     plan(candidates, settings)  the units it serves from the study's trained artifacts
     comparisons                 the latency comparisons it joins (Comparison declarations)
 
+    needs                       what it needs of each artifact's method (a Capability), or None
     check(artifacts, methods)   refuse (UnsupportedMode) what it cannot serve, before any process starts
     weight_files(env)           files a cold load reads (their page cache is dropped first)
     load(env)                   build the served model (timed: cold, then repeated loads)
@@ -58,6 +59,30 @@ class Comparison:
     claim: str = ""
 
 
+@dataclass(frozen=True)
+class Capability:
+    """What a mode needs of the method (`peftlab.methods.base.Method`) of every artifact it serves.
+
+    flag: the method's attribute that must be true (e.g. "supports_merge"); refusal: what the
+    refusal says the method's adapter cannot do; unknown_serves: whether an artifact of a PEFT
+    type peftlab has no method for (method None) is served anyway; reason: the method's attribute
+    that says why it lacks the capability (added to the refusal when set), or None.
+    """
+
+    flag: str
+    refusal: str
+    unknown_serves: bool = False
+    reason: str | None = None
+
+    def refuse(self, mode: str, artifact: dict[str, Any], method: Any) -> None:
+        """Raise UnsupportedMode when `method` (None: unknown to peftlab) lacks the capability."""
+        if self.unknown_serves if method is None else getattr(method, self.flag):
+            return
+        why = getattr(method, self.reason) if method is not None and self.reason else None
+        raise UnsupportedMode(f"mode {mode!r}: method {artifact.get('method_type')!r} of adapter "
+                              f"{artifact['name']!r} {self.refusal}" + (f": {why}" if why else ""))
+
+
 class Mode:
     """One way of serving a fine-tuned model."""
 
@@ -72,6 +97,7 @@ class Mode:
     label: ClassVar[str] = ""  # how the report names the mode ("merged adapter")
     # the "+fast" variant (bench.fast_path): the live adapters on `bench.fastpath.fused_lora`
     fast_path: ClassVar[bool] = False
+    needs: ClassVar[Capability | None] = None  # checked by `check` on each artifact's method
 
     @property
     def serves_several(self) -> bool:
@@ -117,6 +143,9 @@ class Mode:
                 raise UnsupportedMode(f"mode {self.name!r} serves {what}, but {a['name']!r} "
                                       f"({a['path']}) is a {a['kind']} artifact "
                                       f"(method {a.get('method_type')!r})")
+        if self.needs is not None:
+            for a, m in zip(artifacts, methods, strict=True):
+                self.needs.refuse(self.name, a, m)
 
     def weight_files(self, env: WorkerEnv) -> list[Path]:
         from peftlab.artifacts import artifact_weight_files
@@ -248,6 +277,18 @@ def _fast_unsupported(group: list[Candidate]) -> str | None:
         return (f"variant '+fast' fuses LoRA adapters only; {bad} are "
                 f"{sorted({c.artifact.get('method_type') for c in group})}")
     return None
+
+
+def alone_logits(env: WorkerEnv, artifact: dict[str, Any], requests: list[Request]) -> Any:
+    """Logits (float32 [rows, num_labels]) of `requests` through adapter `artifact` loaded alone
+    on a fresh base under another seed, the reference a gate compares served logits with: an
+    adapter whose head did not load would sit on a differently drawn fresh head and disagree.
+    The reference model is released before returning."""
+    alone = env.loader.adapters([artifact], env.seed + 1)
+    ref = env.logits(env.plain_call(alone), requests)
+    del alone
+    env.release()
+    return ref
 
 
 MODES: Registry[Mode] = Registry("bench mode")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from peftlab.methods.base import Method, MethodParams, register, wrap_peft
+from peftlab.methods.lora import lora_fields
 
 
 class AdaLoraParams(MethodParams):
@@ -19,6 +20,15 @@ class AdaLoraParams(MethodParams):
     tfinal_ratio: float = Field(0.3, ge=0, lt=1)  # share of final steps at the target budget
     delta_t: int = Field(1, gt=0)
     orth_reg_weight: float = Field(0.5, ge=0)
+
+    @field_validator("target_r")
+    @classmethod
+    def _within_init_r(cls, v: int, info: ValidationInfo) -> int:
+        # the budget only shrinks: PEFT prunes from init_r down to target_r
+        init_r = info.data.get("init_r")  # absent when init_r itself was refused
+        if init_r is not None and v > init_r:
+            raise ValueError(f"must be <= init_r ({init_r})")
+        return v
 
 
 class _RankAllocation:
@@ -42,13 +52,6 @@ class AdaLora(Method):
     name = "adalora"
     Params = AdaLoraParams
 
-    def check(self, params, *, linear_names, device, where):
-        super().check(params, linear_names=linear_names, device=device, where=where)
-        if params["target_r"] > params["init_r"]:
-            from peftlab.errors import SpecError
-
-            raise SpecError(f"{where}: target_r must be <= init_r")
-
     def prepare(self, model, params, *, head_names, total_steps):
         from peft import AdaLoraConfig, TaskType
 
@@ -60,9 +63,7 @@ class AdaLora(Method):
             task_type=TaskType.SEQ_CLS,
             init_r=params["init_r"],
             target_r=params["target_r"],
-            lora_alpha=params["alpha"],
-            lora_dropout=params["dropout"],
-            target_modules=params["target_modules"],
+            **lora_fields(params),
             tinit=tinit,
             tfinal=tfinal,
             deltaT=params["delta_t"],

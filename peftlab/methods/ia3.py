@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import ValidationInfo, field_validator
+
 from peftlab.methods.base import Method, MethodParams, register, wrap_peft
 
 
@@ -11,19 +13,19 @@ class IA3Params(MethodParams):
     target_modules: list[str] | Literal["all-linear"] | None = None  # None: PEFT's default
     feedforward_modules: list[str] | None = None  # must be a subset of target_modules
 
+    @field_validator("feedforward_modules")
+    @classmethod
+    def _subset_of_targets(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        tm = info.data.get("target_modules")  # None or "all-linear": PEFT picks, nothing to check
+        if v and isinstance(tm, list) and not set(v) <= set(tm):
+            raise ValueError(f"must be a subset of target_modules {tm}")
+        return v
+
 
 @register
 class IA3(Method):
     name = "ia3"
     Params = IA3Params
-
-    def check(self, params, *, linear_names, device, where):
-        super().check(params, linear_names=linear_names, device=device, where=where)
-        ff, tm = params.get("feedforward_modules"), params.get("target_modules")
-        if ff and isinstance(tm, list) and not set(ff) <= set(tm):
-            from peftlab.errors import SpecError
-
-            raise SpecError(f"{where}.feedforward_modules: {ff} must be a subset of {tm}")
 
     def prepare(self, model, params, *, head_names, total_steps):
         from peft import IA3Config, TaskType

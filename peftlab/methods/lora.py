@@ -21,6 +21,12 @@ class LoraParams(MethodParams):
     init: bool | str = True
 
 
+def lora_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA family's shared parameters (LoRA, DoRA, QLoRA, AdaLoRA) as PEFT config fields."""
+    return {"lora_alpha": params["alpha"], "lora_dropout": params["dropout"],
+            "target_modules": params["target_modules"]}
+
+
 @register
 class Lora(Method):
     name = "lora"
@@ -33,9 +39,7 @@ class Lora(Method):
         return LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=params["r"],
-            lora_alpha=params["alpha"],
-            lora_dropout=params["dropout"],
-            target_modules=params["target_modules"],
+            **lora_fields(params),
             bias=params["bias"],
             use_rslora=params["use_rslora"],
             use_dora=params["use_dora"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Comparison, UnsupportedMode, register
+from peftlab.bench.mode import Capability, Comparison, alone_logits, register
 from peftlab.bench.modes.multi import AdapterGroup
 
 
@@ -18,17 +18,11 @@ class Mixed(AdapterGroup):
     name = "mixed"
     order = 50
     label = "several adapters in one batch"
+    needs = Capability("supports_mixed_batch",
+                       "does not support mixed-adapter batches (PEFT's adapter_names=[...]); use "
+                       "mode 'multi' (one adapter per request) for it")
     comparisons = (Comparison("unmerged", "single", equivalence=True,
                               claim="mixed-adapter batches cost no more than one adapter"),)
-
-    def check(self, artifacts, methods):
-        super().check(artifacts, methods)
-        for a, m in zip(artifacts, methods, strict=True):
-            if m is None or not m.supports_mixed_batch:
-                raise UnsupportedMode(
-                    f"mode 'mixed': method {a.get('method_type')!r} of adapter {a['name']!r} does "
-                    "not support mixed-adapter batches (PEFT's adapter_names=[...]); use mode "
-                    "'multi' (one adapter per request) for it")
 
     def make_call(self, env, model, forward):
         def call(request):
@@ -43,10 +37,7 @@ class Mixed(AdapterGroup):
         checks = []
         head_names = env.head_names(model)
         for art in env.artifacts:
-            alone = env.loader.adapters([art], env.seed + 1)
-            ref = env.logits(env.plain_call(alone), requests)  # every row through this adapter
-            del alone
-            env.release()
+            ref = alone_logits(env, art, requests)  # every row through this adapter
             mine = rows == art["name"]
             checks.append(env.compare(f"mixed[{art['name']}]", served[mine],
                                       f"{art['name']} alone (other seed)", ref[mine]))

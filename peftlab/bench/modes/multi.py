@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Comparison, Mode, UnsupportedMode, register
+from peftlab.bench.mode import Comparison, Mode, UnsupportedMode, alone_logits, register
 
 
 def check_group(mode: str, artifacts: list[dict[str, Any]]) -> None:
@@ -76,10 +76,7 @@ class Multi(AdapterGroup):
         for art in env.artifacts:
             requests = env.gate_requests(art["task"], adapter=art["name"])
             served = env.logits(call, requests)  # switches to this adapter, as serving does
-            alone = env.loader.adapters([art], env.seed + 1)
-            ref = env.logits(env.plain_call(alone), requests)
-            del alone
-            env.release()
+            ref = alone_logits(env, art, requests)
             checks.append(env.compare(f"multi[{art['name']}]", served,
                                       f"{art['name']} alone (other seed)", ref))
             checks.append(env.compare_head(f"multi[{art['name']}] head",
