@@ -87,7 +87,8 @@ class ModelLoader:
         model = load_classifier(self.resolved, num_labels=num_labels, dtype=dtype,
                                 device=self.device, tokenizer=self.tokenizer,
                                 trust_remote_code=self.spec.get("trust_remote_code", False),
-                                label_names=label_names, **options)
+                                label_names=label_names,
+                                head=self.spec.get("head", "sequence-classification"), **options)
         # placed at load time (a quantised base): must never be moved with .to() afterwards
         model.peftlab_placed = "device_map" in options
         return model

@@ -297,6 +297,9 @@ def bench(
         "--model", help="One-off: base model (alias, hub id, folder).")] = None,
     adapter: Annotated[list[str] | None, typer.Option(
         "--adapter", help="One-off: a PEFT adapter or full-model folder (repeatable).")] = None,
+    head: Annotated[str, typer.Option(
+        "--head", help="One-off: the classifier head (model.head): sequence-classification, "
+        "sentence-embedding, or auto (what the adapters were trained with).")] = "auto",
     mode: Annotated[list[str] | None, typer.Option(
         "--mode", help="One-off: modes to run (repeatable); default: what the adapters allow.")
     ] = None,
@@ -349,7 +352,11 @@ def bench(
              "max_seconds": max_seconds}
     bench_spec = build_section(BenchSpec, "peftlab bench",
                                **{k: v for k, v in given.items() if v is not None})
-    model_spec = build_section(ModelSpec, "peftlab bench --model", name=model)
+    if head == "auto":
+        from peftlab.sentence_embedding import saved_head
+
+        head = saved_head(adapter or [])
+    model_spec = build_section(ModelSpec, "peftlab bench --model", name=model, head=head)
     records = bench_oneoff(model_spec, bench_spec, adapter or [], modes=mode or None, task=task,
                            data_dir=str(data_dir) if data_dir else None, console=err)
     if json_out:

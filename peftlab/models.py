@@ -513,8 +513,10 @@ def load_classifier(
     label_names: list[str] | None = None,
     quantization_config: Any = None,
     device_map: Any = None,
+    head: str = "sequence-classification",
 ) -> Any:
-    """AutoModelForSequenceClassification on `resolved`, ready to train or evaluate.
+    """AutoModelForSequenceClassification on `resolved`, ready to train or evaluate; with
+    head="sentence-embedding" the bi-encoder classifier of `peftlab.sentence_embedding` instead.
 
     quantization_config / device_map: passed to `from_pretrained` (a method's base-loading hook,
     e.g. QLoRA's 4-bit NF4 base); a quantised model is placed by `device_map` and never moved.
@@ -525,7 +527,6 @@ def load_classifier(
     id2label/label2id from `label_names`. A checkpoint that already has a head of another size gets
     a fresh head (logged). Returned in eval mode on `device`.
     """
-    from transformers import AutoModelForSequenceClassification
 
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ModelError(f"num_labels must be a positive integer, got {num_labels!r}")
@@ -547,6 +548,7 @@ def load_classifier(
         tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
 
     config = load_config(resolved, trust_remote_code=trust_remote_code)
+    model_class = classifier_class(resolved, config, head)
     has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     # A trained head of another size cannot be reused: start a fresh one instead of failing.
     reinit_head = has_head and config.num_labels != num_labels
@@ -564,7 +566,7 @@ def load_classifier(
 
     where, kwargs = _location(resolved)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = model_class.from_pretrained(
             where,
             config=config,
             dtype=torch_dtype,
@@ -589,6 +591,45 @@ def load_classifier(
         model.to(dev)
     model.eval()
     return model
+
+
+def classifier_class(resolved: ResolvedModel, config: Any, head: str) -> Any:
+    """The class `load_classifier` builds for `head` (model.head in the spec)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftlab.sentence_embedding import HEAD_NAMES, BertForSentenceEmbeddingClassification
+
+    if head not in HEAD_NAMES:
+        raise ModelError(f"model.head must be one of {', '.join(HEAD_NAMES)}, got {head!r}")
+    if head == "sequence-classification":
+        return AutoModelForSequenceClassification
+    if getattr(config, "model_type", None) != "bert":
+        raise ModelError(f"model.head: sentence-embedding needs a BERT-family encoder (model type "
+                         f"'bert', e.g. all-MiniLM-L6-v2); {resolved.describe()} is "
+                         f"{getattr(config, 'model_type', None)!r}")
+    return BertForSentenceEmbeddingClassification
+
+
+def classifier_from_config(resolved: ResolvedModel, config: Any, head: str, *,
+                           trust_remote_code: bool = False) -> Any:
+    """The classifier `load_classifier` would build, from `config` alone (no weights read: call
+    it under `torch.device("meta")` to see the module tree)."""
+    model_class = classifier_class(resolved, config, head)
+    if model_class.__name__.startswith("Auto"):
+        return model_class.from_config(config, trust_remote_code=trust_remote_code)
+    return model_class._from_config(config)
+
+
+def saved_classifier_class(config: Any) -> Any:
+    """The class that loads a saved classifier folder back with its own head: the
+    sentence-embedding classifier when its config names it, else the Auto class."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftlab.sentence_embedding import ARCHITECTURE, BertForSentenceEmbeddingClassification
+
+    if ARCHITECTURE in (getattr(config, "architectures", None) or []):
+        return BertForSentenceEmbeddingClassification
+    return AutoModelForSequenceClassification
 
 
 def portable_name(resolved: ResolvedModel) -> str | None:

@@ -37,10 +37,13 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     TABLE: ClassVar[str]
+    # The record's key in its table: a `str.format` template over its fields ("{task}/{split}");
+    # a record whose key needs more than that (slices, conditions) overrides `key` instead.
+    KEY: ClassVar[str]
 
     @property
     def key(self) -> str:
-        raise NotImplementedError
+        return self.KEY.format_map(self.__dict__)
 
     def dump(self) -> dict[str, Any]:
         """JSON-ready dict; optional fields left at their default (None) are omitted, so a record
@@ -96,6 +99,7 @@ class DataRecord(Record):
     """One task split as the data stage found it (key "<task>/<split>")."""
 
     TABLE: ClassVar[str] = "data"
+    KEY: ClassVar[str] = "{task}/{split}"
     task: str
     split: Literal["train", "eval"]
     rows: int  # rows in the source
@@ -106,10 +110,6 @@ class DataRecord(Record):
     path: str | None  # the local file, None for the hub
     checksum: str  # sha256 of the source file, or of the canonical content (hub)
     content_checksum: str  # sha256 of the subsampled rows the study uses
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.split}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +123,7 @@ class RunRecord(Record):
     """
 
     TABLE: ClassVar[str] = "runs"
+    KEY: ClassVar[str] = "{run_id}"
     run_id: str
     task: str
     method: str
@@ -156,10 +157,6 @@ class RunRecord(Record):
     eval_examples: int | None = None
     search: dict[str, Any] | None = None  # the search trial the hyperparameters came from
     provenance: dict[str, Any] | None = None
-
-    @property
-    def key(self) -> str:
-        return self.run_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +220,7 @@ class ReadoutRecord(Record):
     """
 
     TABLE: ClassVar[str] = "readout"
+    KEY: ClassVar[str] = "{task}/{pooling}"
     task: str
     model: str  # the spec's model name
     pooling: str
@@ -231,10 +229,6 @@ class ReadoutRecord(Record):
     strip_whitespace: bool  # data.strip_whitespace when the probes were tokenised
     diagnostic: dict[str, Any]
     provenance: dict[str, Any]
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.pooling}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +289,7 @@ class WeightRecord(Record):
     """
 
     TABLE: ClassVar[str] = "weights"
+    KEY: ClassVar[str] = "{run_id}/{module}"
     task: str
     run_id: str
     method: str
@@ -312,10 +307,6 @@ class WeightRecord(Record):
     stamp: dict[str, Any]
     provenance: dict[str, Any]
 
-    @property
-    def key(self) -> str:
-        return f"{self.run_id}/{self.module}"
-
 
 # ---------------------------------------------------------------------------------------------
 # bench
@@ -330,6 +321,7 @@ class BenchRecord(Record):
     """
 
     TABLE: ClassVar[str] = "bench"
+    KEY: ClassVar[str] = "{mode_key}/{unit}/b{batch_size}/s{seq_len}"
     mode: str  # the registered mode
     variant: str  # "eager", "compile", ...
     mode_key: str  # mode plus variant suffix
@@ -377,10 +369,6 @@ class BenchRecord(Record):
     memory_measured_over: str | None = None
     extras: dict[str, Any] | None = None  # the mode's own figures (adapter switches, k, ...)
 
-    @property
-    def key(self) -> str:
-        return f"{self.mode_key}/{self.unit}/b{self.batch_size}/s{self.seq_len}"
-
 
 class BenchBlockRecord(Record):
     """One block of the bench schedule (the units of one seed, or the base units) and its drift.
@@ -392,6 +380,7 @@ class BenchBlockRecord(Record):
     """
 
     TABLE: ClassVar[str] = "bench_blocks"
+    KEY: ClassVar[str] = "{block}"
     block: str
     seed: int | None
     scheme: str  # how the order was drawn
@@ -403,10 +392,6 @@ class BenchBlockRecord(Record):
     finished: str | None = None
     settings_hash: str
 
-    @property
-    def key(self) -> str:
-        return self.block
-
 
 class ServingRecord(Record):
     """One load run of the serving benchmark: a configuration, a popularity pattern, a rate.
@@ -417,6 +402,7 @@ class ServingRecord(Record):
     """
 
     TABLE: ClassVar[str] = "serving"
+    KEY: ClassVar[str] = "{config}/{pattern}/r{offered_rate:g}"
     config: str
     pattern: str
     offered_rate: float
@@ -431,10 +417,6 @@ class ServingRecord(Record):
     gate: dict[str, Any] | None = None  # the configuration's check against the training logits
     settings: dict[str, Any]
     settings_hash: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.config}/{self.pattern}/r{self.offered_rate:g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,6 +543,7 @@ class BaselineRecord(Record):
     """
 
     TABLE: ClassVar[str] = "baselines"
+    KEY: ClassVar[str] = "{task}"
     task: str
     main_metric: str
     metrics: list[str]
@@ -572,15 +555,15 @@ class BaselineRecord(Record):
     chance: dict[str, Any]
     untrained_head: dict[str, Any] | None = None
     untrained_error: str | None = None
+    # the base with its head fitted on the frozen features of the training subset, where the
+    # task's runs start from it (training.head_init: probe); same form as untrained_head
+    probe_head: dict[str, Any] | None = None
+    probe_error: str | None = None
     n_bootstrap: int
     confidence: float
     seed: int
     stamp: dict[str, Any]
     provenance: dict[str, Any]
-
-    @property
-    def key(self) -> str:
-        return self.task
 
     def baselines(self) -> dict[str, Any]:
         """The `baselines.baseline_metrics` dict this record holds (what `judge` takes)."""

@@ -24,12 +24,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from peftlab.errors import PeftlabError, SpecError, format_validation
 
@@ -64,6 +73,10 @@ class ModelSpec(_Strict):
     # with one (BERT) get the pair natively.
     pair_template: str = "{a}\n{b}"
     padding_side: Literal["right", "left"] | None = None  # None: the tokenizer's own
+    # What reads the encoder: transformers' AutoModelForSequenceClassification head, or the head
+    # of a sentence-transformers bi-encoder (each text encoded apart and mean-pooled; a pair read
+    # through the cosine of its two embeddings; BERT-family only; `peftlab.sentence_embedding`).
+    head: Literal["sequence-classification", "sentence-embedding"] = "sequence-classification"
 
     @field_validator("pair_template")
     @classmethod
@@ -137,6 +150,10 @@ class TrainingSpec(_Strict):
     # A loss above this after warm-up marks the run diverged (failed); None: only NaN/inf stop it.
     divergence_loss: float | None = Field(None, gt=0)
     bootstrap_samples: int = Field(1000, ge=0)  # resamples for metric confidence intervals
+    # How the task head starts: random (transformers' initialisation) or probe (fitted by
+    # logistic regression on the frozen base's features of the training examples first, the LP
+    # of LP-FT; model.head: sentence-embedding only, `sentence_embedding.fit_heads`).
+    head_init: Literal["random", "probe"] = "random"
 
 
 class RepresentSpec(_Strict):
@@ -241,6 +258,17 @@ class ServingSpec(_Strict):
         return v
 
 
+# The bench sweep's axes: field -> (an item it refuses, the rule that item breaks, what an empty
+# list lacks); both axes must be non-empty, every point of the sweep is timed.
+_SWEEP_AXES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "batch_sizes": (lambda b: b <= 0, "batch sizes must be >= 1",
+                    "at least one batch size is required"),
+    "seq_lengths": (lambda s: isinstance(s, int) and s < 2,
+                    "fixed sequence lengths must be >= 2 tokens",
+                    "at least one sequence length ('data' or a number) is required"),
+}
+
+
 class BenchSpec(_Strict):
     """Deployment benchmark settings."""
 
@@ -288,24 +316,15 @@ class BenchSpec(_Strict):
             raise ValueError(f"modes must be unique, got {v}")
         return v
 
-    @field_validator("batch_sizes")
+    @field_validator("batch_sizes", "seq_lengths")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b <= 0]
+    def _sweep_axis(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        refused, rule, empty = _SWEEP_AXES[info.field_name]
+        bad = [x for x in v if refused(x)]
         if bad:
-            raise ValueError(f"batch sizes must be >= 1, got {bad}")
+            raise ValueError(f"{rule}, got {bad}")
         if not v:
-            raise ValueError("at least one batch size is required")
-        return v
-
-    @field_validator("seq_lengths")
-    @classmethod
-    def _lengths(cls, v: list[int | str]) -> list[int | str]:
-        bad = [s for s in v if isinstance(s, int) and s < 2]
-        if bad:
-            raise ValueError(f"fixed sequence lengths must be >= 2 tokens, got {bad}")
-        if not v:
-            raise ValueError("at least one sequence length ('data' or a number) is required")
+            raise ValueError(empty)
         return v
 
     @field_validator("gate_tolerance")
@@ -654,31 +673,17 @@ class StudySpec(_Strict):
             return [{"name": t} if isinstance(t, str) else t for t in v]
         return v
 
-    @field_validator("tasks")
+    @field_validator("tasks", "seeds", "methods")
     @classmethod
-    def _unique_tasks(cls, v: list[TaskSpec]) -> list[TaskSpec]:
-        if not v:
-            raise ValueError("at least one task is required")
-        names = [t.name for t in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"task names must be unique, repeated: {dupes}")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("at least one seed is required")
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be unique")
-        return v
-
-    @field_validator("methods")
-    @classmethod
-    def _some_methods(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        if not v:
-            raise ValueError("at least one method is required")
+    def _some_distinct(cls, v: Any, info: ValidationInfo) -> Any:
+        # A study needs at least one of each, each named once (methods are mapping keys).
+        what = {"tasks": "task", "seeds": "seed", "methods": "method"}[info.field_name]
+        names = [t.name for t in v] if info.field_name == "tasks" else list(v)
+        if not names:
+            raise ValueError(f"at least one {what} is required")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{what}s must be unique, repeated: {repeated}")
         return v
 
     @model_validator(mode="after")
@@ -741,10 +746,16 @@ class RunConfig:
             "seed": self.seed,
             "params": self.params,
             # report_to and logging cadence do not change the trained weights
+            # keys added later enter only when set away from their default, so runs that
+            # do not use them keep their ids (training.head_init, model.head)
             "training": self.training.model_dump(
-                mode="json", exclude={"report_to", "logging_steps", "eval_batch_size"}
+                mode="json", exclude={"report_to", "logging_steps", "eval_batch_size",
+                                      *(("head_init",) if self.training.head_init == "random"
+                                        else ())}
             ),
-            "model": self.model.model_dump(mode="json"),
+            "model": self.model.model_dump(
+                mode="json", exclude={"head"} if self.model.head == "sequence-classification"
+                else None),
             "train_samples": self.train_samples,
             "eval_samples": self.eval_samples,
             "data_seed": self.data_seed,
@@ -865,6 +876,11 @@ class Study:
                     resolved_params = m.validate_params(
                         params, where=self.where(f"overrides[{i}].params (method {method!r})"))
         tr = TrainingSpec(**training)
+        if tr.head_init == "probe" and spec.model.head != "sentence-embedding":
+            raise SpecError(f"{self.where('training.head_init')}: 'probe' fits the head of "
+                            "model.head: sentence-embedding; the run "
+                            f"{task}/{method} has model.head {spec.model.head!r} (set model.head: "
+                            "sentence-embedding, or head_init: random)")
         task_data = (tspec.model_dump(mode="json", include={"files", "format", "columns",
                                                              "label_names", "regression"})
                      if tspec.files is not None else {})

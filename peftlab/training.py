@@ -110,6 +110,11 @@ def prepare(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame, eval_df: pd.Da
     train = encode_frame(train_df, tokenizer, **enc)
     evald = encode_frame(eval_df, tokenizer, **enc)
     tr = rc.training
+    if tr.head_init == "probe":  # LP-FT: the head starts fitted on the frozen base's features
+        from peftlab.sentence_embedding import fit_heads
+
+        fit_heads(model, train, tokenizer, batch_size=tr.eval_batch_size, device=device,
+                  pad_to=tr.pad_to)
     steps_per_epoch = max(len(train) // (tr.batch_size * tr.grad_accum), 1)
     total = tr.max_steps or math.ceil(steps_per_epoch * tr.epochs)
     _, base_total = count_parameters(model)

@@ -19,9 +19,9 @@ def model_linear_names(study: Study) -> list[str] | None:
     or a GGUF file not converted yet): target modules are then checked when the model loads.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    from peftlab.models import linear_module_names, resolve_model
+    from peftlab.models import classifier_from_config, linear_module_names, resolve_model
 
     m = study.spec.model
     resolved = resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
@@ -39,8 +39,8 @@ def model_linear_names(study: Study) -> list[str] | None:
         return None
     # The meta device builds the module tree without allocating any weights.
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(
-            config, trust_remote_code=m.trust_remote_code)
+        model = classifier_from_config(resolved, config, m.head,
+                                       trust_remote_code=m.trust_remote_code)
     return linear_module_names(model)
 
 

@@ -80,6 +80,30 @@ def test_a_run_at_the_majority_rate_did_not_learn_and_the_reason_says_so():
         "learned"] is False
 
 
+def test_f1_that_cannot_tell_falls_back_to_accuracy_which_can():
+    # MRPC: always "equivalent" scores F1 0.8166 on 138/62 labels; a run that predicts both
+    # classes well has an F1 interval reaching below that, an accuracy interval clear of 0.69
+    task = get_task("mrpc")
+    y = _labels(62, 138)
+    b = baseline_metrics(task, y, n_bootstrap=200, seed=0)
+    run = {"f1": {"value": 0.83, "ci_low": 0.78, "ci_high": 0.87},
+           "accuracy": {"value": 0.77, "ci_low": 0.71, "ci_high": 0.83}}
+    v = judge(run, "f1", b, probe={"f1": {"value": 0.8276}})
+    assert v["learned"] is True and v["criterion"] == "accuracy"
+    assert v["margin"] == pytest.approx(0.71 - 0.69, abs=1e-9)
+    assert "f1 0.8300 [0.7800, 0.8700] is not above the majority-class rate" in v["reason"]
+    assert ("; but on accuracy, where no constant predictor beats the majority share, it "
+            "learned: accuracy 0.7700 [0.7100, 0.8300]") in v["reason"]
+    assert v["reason"].endswith("which scores 0.8276")  # the probe context closes the sentence
+    # an accuracy interval that reaches the majority share does not rescue it
+    weak = {**run, "accuracy": {"value": 0.72, "ci_low": 0.66, "ci_high": 0.78}}
+    w = judge(weak, "f1", b)
+    assert w["learned"] is False and w["criterion"] == "f1"
+    assert "on accuracy neither: accuracy 0.7200" in w["reason"]
+    # accuracy as the main metric is judged once
+    assert judge({"accuracy": run["accuracy"]}, "accuracy", b)["criterion"] == "accuracy"
+
+
 def test_baselines_stage_records_rates_and_the_untrained_head(tmp_path, tiny_llama_dir, glue_dir):
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, tasks=("sst2", "mrpc"),
                      seeds=(7,))

@@ -49,17 +49,22 @@ def base_structure(model_spec: dict[str, Any], num_labels: int) -> dict[str, Any
     head: {"score.weight": [num_labels, hidden], ...}, head_names: ["score"]}.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    from peftlab.models import head_module_names, load_config, resolve_model
+    from peftlab.models import (
+        classifier_from_config,
+        head_module_names,
+        load_config,
+        resolve_model,
+    )
 
     resolved = resolve_model(model_spec["name"], gguf_file=model_spec.get("gguf_file"),
                              revision=model_spec.get("revision"))
     config = load_config(resolved, trust_remote_code=model_spec.get("trust_remote_code", False))
     config.num_labels = num_labels
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(
-            config, trust_remote_code=model_spec.get("trust_remote_code", False))
+        model = classifier_from_config(
+            resolved, config, model_spec.get("head", "sequence-classification"),
+            trust_remote_code=model_spec.get("trust_remote_code", False))
     modules = {}
     for name, module in model.named_modules():
         shape = _linear_shape(module)

@@ -36,13 +36,15 @@ class Full(Method):
 
     def load_standalone(self, artifact_dir: Path, *, dtype: Any, device: Any,
                         trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig
 
         from peftlab.errors import ModelError
+        from peftlab.models import saved_classifier_class
 
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                artifact_dir, dtype=dtype, use_safetensors=True,
+            config = AutoConfig.from_pretrained(artifact_dir, trust_remote_code=trust_remote_code)
+            model = saved_classifier_class(config).from_pretrained(
+                artifact_dir, config=config, dtype=dtype, use_safetensors=True,
                 trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot load the fully fine-tuned model in {artifact_dir}: "

@@ -9,7 +9,10 @@ Per task, one `baselines` record (`peftlab.records.BaselineRecord`, key: the tas
   guessing), from `peftlab.baselines.baseline_metrics` on the evaluation labels;
 - the base model with an untrained head, initialised under the study's first seed, evaluated on
   the same examples the runs are evaluated on (same tokenisation, pair template and padding), so
-  a reader sees what the pretrained features give with no training at all.
+  a reader sees what the pretrained features give with no training at all;
+- where the task's runs start from a head fitted on the frozen features (training.head_init:
+  probe), that probe-fitted head too, fitted on the task's training subset: the runs' starting
+  point, so a reader sees what fine-tuning added to it.
 
 The stats stage judges every run against this record (`peftlab.baselines.judge`): a run whose
 main metric's interval does not clear the majority and chance rates is flagged as degenerate and
@@ -37,15 +40,25 @@ def _stamp(ctx: Context, task: str, checksum: str) -> dict[str, Any]:
     settings = {"model": spec.model.model_dump(mode="json"), "seed": spec.seeds[0],
                 "n_bootstrap": spec.training.bootstrap_samples, "data_seed": spec.data.seed,
                 "eval_batch_size": spec.training.eval_batch_size, "pad_to": spec.training.pad_to}
+    if _probed(ctx, task):  # only then, so the stamps of other studies stay what they were
+        settings["probe_head"] = True
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
                             ).hexdigest()[:16]
     return {"eval": checksum, "settings": digest}
 
 
+def _probed(ctx: Context, task: str) -> bool:
+    """Whether runs of `task` start from a head fitted on frozen features (head_init: probe)."""
+    return any(rc.task == task and rc.training.head_init == "probe" for rc in ctx.study.runs())
+
+
 def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_bootstrap: int,
-                   loader: Any) -> dict[str, Any]:
+                   loader: Any, *, fit_df: Any = None) -> dict[str, Any]:
     """The base classifier with a head initialised under `seed`, evaluated on `eval_df`:
-    {seed, metrics: {name: {value, ci_low, ci_high}}, predicted: {label: share}}."""
+    {seed, metrics: {name: {value, ci_low, ci_high}}, predicted: {label: share}}.
+
+    fit_df: training rows to fit the head on first, on the frozen base's features
+    (`sentence_embedding.fit_heads`, what training.head_init: probe starts every run from)."""
     from peftlab.encode import encode_frame, predict
     from peftlab.metrics import compute_metrics
 
@@ -53,9 +66,15 @@ def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_boots
     labels = None if task_def.is_regression else list(task_def.label_names)
     model = loader.base(task_def.num_labels, labels, seed=seed)
     model.eval()
-    dataset = encode_frame(eval_df, loader.tokenizer, max_length=spec.model.max_length,
-                           pair_template=spec.model.pair_template,
-                           is_regression=task_def.is_regression)
+    enc = dict(max_length=spec.model.max_length, pair_template=spec.model.pair_template,
+               is_regression=task_def.is_regression)
+    if fit_df is not None:
+        from peftlab.sentence_embedding import fit_heads
+
+        fit_heads(model, encode_frame(fit_df, loader.tokenizer, **enc), loader.tokenizer,
+                  batch_size=spec.training.eval_batch_size, device=ctx.device,
+                  pad_to=spec.training.pad_to)
+    dataset = encode_frame(eval_df, loader.tokenizer, **enc)
     logits = predict(model, dataset, loader.tokenizer, spec.training.eval_batch_size,
                      ctx.device, pad_to=spec.training.pad_to)
     del model
@@ -97,28 +116,38 @@ def run(ctx: Context) -> None:
         n_boot = spec.training.bootstrap_samples
         b = baseline_metrics(task_def, eval_df["label"].to_numpy(), n_bootstrap=n_boot,
                              seed=spec.data.seed)
-        head, error = None, None
+        head, error, probe, probe_error = None, None, None, None
         try:
             loader = loader or ModelLoader(spec.model, ctx.device)
             head = untrained_head(ctx, task_def, eval_df, spec.seeds[0], n_boot, loader)
         except ModelError as err:  # e.g. the model cannot be loaded here: the rates still hold
             error = str(err)
+        if _probed(ctx, task):
+            try:
+                probe = untrained_head(ctx, task_def, eval_df, spec.seeds[0], n_boot, loader,
+                                       fit_df=ctx.data.split(task, "train"))
+            except ModelError as err:
+                probe_error = str(err)
         rec = BaselineRecord(
             task=task, main_metric=task_def.metrics[0], metrics=list(task_def.metrics),
             eval_examples=int(len(eval_df)), content_checksum=checksum,
             label_counts=b["label_counts"], majority=b["majority"],
             best_constant=b["best_constant"], chance=b["chance"], untrained_head=head,
-            untrained_error=error, n_bootstrap=n_boot, confidence=b["confidence"],
+            untrained_error=error, probe_head=probe, probe_error=probe_error,
+            n_bootstrap=n_boot, confidence=b["confidence"],
             seed=spec.data.seed, stamp=stamp, provenance=prov)
         write(ctx.store, [rec])
         main = task_def.metrics[0]
         maj = (b["majority"] or {}).get("metrics", {}).get(main, {}).get("value")
         chance = b["chance"]["metrics"][main]["value"]
         got = (head or {}).get("metrics", {}).get(main, {}).get("value")
+        fitted = (probe or {}).get("metrics", {}).get(main, {}).get("value")
         ctx.console.print(
             f"baselines {task}: {main} majority {_fmt(maj)}, chance {_fmt(chance)}, untrained "
-            f"head {_fmt(got)} ({len(eval_df)} eval examples)"
-            + (f"; untrained head not evaluated: {error}" if error else ""))
+            f"head {_fmt(got)}" + (f", probe-fitted head {_fmt(fitted)}" if probe else "")
+            + f" ({len(eval_df)} eval examples)"
+            + (f"; untrained head not evaluated: {error}" if error else "")
+            + (f"; probe-fitted head not evaluated: {probe_error}" if probe_error else ""))
 
 
 def _fmt(x: float | None) -> str:

@@ -386,6 +386,7 @@ def run_serving(ctx: Context, tasks: dict[str, dict[str, Any]]) -> None:
     replace(ctx.store, "", records, "serving")
     for config, b in result["backends"].items():
         sat = sorted({(r.pattern, r.saturation_rate) for r in records if r.config == config})
+        lowest = min(bench.serving.rates)  # None: not even the lowest rate was sustained
         ctx.console.print(f"serving {config}: {b['served_weight_bytes'] / 1e6:.0f} MB of weights; "
-                          "saturation " + ", ".join(f"{p} {'>' if s is None else ''}"
-                                                    f"{s or 0:g}/s" for p, s in sat))
+                          "saturation " + ", ".join(f"{p} {s:g}/s" if s is not None else
+                                                    f"{p} below {lowest:g}/s" for p, s in sat))

@@ -424,8 +424,11 @@ def run_verdicts(ctx: Context, view: RunView) -> tuple[Verdicts, list[tuple[str,
                 if rec is None:
                     continue
                 if base is not None:
+                    probed = ((rec.get("config") or {}).get("training") or {}).get(
+                        "head_init") == "probe"  # the run started from the probe-fitted head
                     v = judge(rec.get("metrics") or {}, rec.get("main_metric") or "",
-                              base.baselines(), (base.untrained_head or {}).get("metrics"))
+                              base.baselines(), (base.untrained_head or {}).get("metrics"),
+                              (base.probe_head or {}).get("metrics") if probed else None)
                     source = "baselines table"
                 elif (rec.get("baselines") or {}).get("learned") is not None:
                     v, source = dict(rec["baselines"]), "the run's own record"

@@ -11,7 +11,7 @@ import tempfile
 from typing import Any
 
 from peftlab.bench.loading import artifact_head, served_head
-from peftlab.bench.mode import Comparison, Mode, UnsupportedMode, register
+from peftlab.bench.mode import Capability, Comparison, Mode, alone_logits, register
 
 
 @register
@@ -19,36 +19,28 @@ class Merged(Mode):
     name = "merged"
     order = 30
     label = "merged adapter"
+    # a PEFT type peftlab has no method for is left to PEFT's merge_and_unload
+    needs = Capability("supports_merge", "cannot be merged into the base weights",
+                       unknown_serves=True, reason="merge_refusal")
     # "merging removes the overhead" is a no-difference claim: it carries an equivalence test
     comparisons = (Comparison("full", "full", equivalence=True,
                               claim="a merged adapter serves as fast as full fine-tuning"),)
-
-    def check(self, artifacts, methods):
-        super().check(artifacts, methods)
-        for a, m in zip(artifacts, methods, strict=True):
-            if m is not None and not m.supports_merge:
-                raise UnsupportedMode(f"mode 'merged': method {a.get('method_type')!r} of "
-                                      f"{a['name']!r} cannot be merged into the base weights"
-                                      + (f": {m.merge_refusal}" if m.merge_refusal else ""))
 
     def load(self, env) -> Any:
         return env.loader.merged(env.artifacts[0], env.seed)
 
     def gate(self, env, model, call):
-        from transformers import AutoModelForSequenceClassification
+        from peftlab.models import saved_classifier_class
 
         art = env.artifacts[0]
         requests = env.gate_requests(art["task"])
         served = env.logits(call, requests)
-        unmerged = env.loader.adapters([art], env.seed + 1)
-        ref_unmerged = env.logits(env.plain_call(unmerged), requests)
-        del unmerged
-        env.release()
+        ref_unmerged = alone_logits(env, art, requests)
         # The deployment path that loses heads: save the merged model, load it back elsewhere.
         with tempfile.TemporaryDirectory(prefix="peftlab-merged-") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             env.reseed(env.seed + 1)
-            reloaded = AutoModelForSequenceClassification.from_pretrained(
+            reloaded = saved_classifier_class(model.config).from_pretrained(
                 tmp, dtype=model.dtype, use_safetensors=True).to(env.device).eval()
             env.reseed(env.seed)
         ref_reloaded = env.logits(env.plain_call(reloaded), requests)

@@ -177,16 +177,18 @@ def ratio_figure(rows: list[dict[str, Any]], margin: float | None) -> bytes:
 def accuracy_figure(summaries: list[dict[str, Any]], tasks: list[str], methods: list[str],
                     baselines: dict[str, dict[str, float | None]] | None = None) -> bytes:
     """Per task: each seed's main metric (dots; a degenerate run as a cross) and the mean with
-    its interval over seeds, beside the majority-class (dashed) and chance (dotted) rates.
+    its interval over seeds, beside the majority-class (dashed) and chance (dotted) rates and,
+    where the runs started from it, the probe-fitted head's score (dash-dotted).
 
     summaries: `stats` summary records of area "metric" (values per seed, learned per seed,
-    mean, ci_low/high); baselines: task -> {majority, chance} of its main metric.
+    mean, ci_low/high); baselines: task -> {majority, chance, probe (optional)} of its main
+    metric.
     """
     fig = new_figure(max(4.0, 1.6 * len(tasks) + 2), 3.4)
     ax = fig.subplots()
     width = 0.7 / max(len(methods), 1)
     for i, task in enumerate(tasks):
-        for key, ls in (("majority", "--"), ("chance", ":")):
+        for key, ls in (("majority", "--"), ("chance", ":"), ("probe", "-.")):
             v = (baselines or {}).get(task, {}).get(key)
             if v is not None:
                 ax.plot([i - 0.42, i + 0.42], [v, v], ls=ls, color="#57606a", lw=1.1)
@@ -211,6 +213,8 @@ def accuracy_figure(summaries: list[dict[str, Any]], tasks: list[str], methods: 
     if baselines:
         ax.plot([], [], ls="--", color="#57606a", label="majority class")
         ax.plot([], [], ls=":", color="#57606a", label="chance")
+        if any(b.get("probe") is not None for b in baselines.values()):
+            ax.plot([], [], ls="-.", color="#57606a", label="probe-fitted head (start)")
         ax.plot([], [], "x", color="#57606a", label="degenerate run")
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("main metric (per seed; mean and interval)")

@@ -362,7 +362,15 @@ def trust(res: Results) -> Section:
     spans: list[str] = [Strong("Runs that learned:"),
                         f" {runs.get('learned', 0)} of {runs.get('judged', 0)} finished runs "
                         "(the lower bound of the main metric's bootstrap interval clears the "
-                        f"majority-class and chance rates): {', '.join(per_task)}."]
+                        "majority-class and chance rates, or accuracy's does where the main "
+                        "metric is another, e.g. F1, which always predicting the majority "
+                        f"class scores high): {', '.join(per_task)}."]
+    by_accuracy = [v for v in res.verdicts.values()
+                   if v.get("learned") is True and v.get("criterion") == "accuracy"
+                   and v.get("main_metric") != "accuracy"]
+    if by_accuracy:
+        spans.append(f" {len(by_accuracy)} of them cleared on accuracy, not on their main "
+                     f"metric ({', '.join(sorted({v['task'] for v in by_accuracy}))}).")
     if runs.get("not_judged"):
         spans.append(f" {runs['not_judged']} run(s) not judged: no baselines record (run "
                      "`peftlab run SPEC --stages baselines,stats,report`).")
@@ -584,7 +592,9 @@ def accuracy(res: Results) -> Section:
         chance = b.chance["metrics"][main]["value"]
         best = b.best_constant.get(main, {})
         head = ((b.untrained_head or {}).get("metrics") or {}).get(main, {})
-        base_ref[task] = {"majority": maj.get("value"), "chance": chance}
+        fitted = ((b.probe_head or {}).get("metrics") or {}).get(main, {})
+        base_ref[task] = {"majority": maj.get("value"), "chance": chance,
+                          "probe": fitted.get("value")}
         brows.append([task, main, str(b.eval_examples),
                       ", ".join(f"{k}: {n}" for k, n in b.label_counts.items()),
                       f"{f.metric(maj.get('value'))} "
@@ -594,18 +604,34 @@ def accuracy(res: Results) -> Section:
                       f"{f.metric(chance)} ({b.chance['metrics'][main]['method']})",
                       f"{f.metric(head.get('value'))} "
                       f"{f.interval(head.get('ci_low'), head.get('ci_high'), f.metric)}"
-                      if head else (b.untrained_error or f.MISSING)])
+                      if head else (b.untrained_error or f.MISSING),
+                      f"{f.metric(fitted.get('value'))} "
+                      f"{f.interval(fitted.get('ci_low'), fitted.get('ci_high'), f.metric)}"
+                      if fitted else (b.probe_error or "not used")])
+    probed = any(res.baselines[t].probe_head is not None or res.baselines[t].probe_error
+                 for t in v.tasks if t in res.baselines)
     if brows:
-        s.add(Table(["Task", "Metric", "Eval examples", "Labels", "Majority class [CI]",
-                     "Best constant", "Chance (uniform guessing)", "Base, untrained head [CI]"],
-                    brows, "What a run must beat, on the evaluation examples the runs are "
-                    "evaluated on (peftlab.baselines).",
-                    numeric=[False, False, True, False, True, True, True, True]))
+        cols = ["Task", "Metric", "Eval examples", "Labels", "Majority class [CI]",
+                "Best constant", "Chance (uniform guessing)", "Base, untrained head [CI]"]
+        caption = ("What a run must beat, on the evaluation examples the runs are evaluated on "
+                   "(peftlab.baselines).")
+        if probed:  # the runs start from a head fitted on frozen features: show where they start
+            cols.append("Base, probe-fitted head [CI]")
+            caption += (" Probe-fitted head: the base with its head fitted by logistic "
+                        "regression on the frozen features of the training subset, where every "
+                        "run with training.head_init: probe starts; what a run adds to it is "
+                        "what fine-tuning learned.")
+        else:
+            brows = [row[:-1] for row in brows]
+        s.add(Table(cols, brows, caption, numeric=[False, False, True, False] + [True] * (
+            len(cols) - 4)))
     s.add(Figure(figs.accuracy_figure(sums, v.tasks, list(v.methods), base_ref),
                  "Main metric per task and method",
                  "Main metric per task: each seed (small dots; a cross: degenerate run) and the "
                  "mean with its interval over seeds (marker and bar); dashed: majority-class "
-                 "rate, dotted: chance."))
+                 "rate, dotted: chance"
+                 + ("; dash-dotted: the probe-fitted head the runs started from." if probed
+                    else ".")))
     comps = res.comparisons_of("metric")
     if comps:
         s.add(fnd.comparison_table(comps, "PEFT vs full fine-tuning, paired by seed (the main "

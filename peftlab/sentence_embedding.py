@@ -1,0 +1,312 @@
+"""A sentence-embedding classifier: the head a bi-encoder such as all-MiniLM-L6-v2 was trained for.
+
+    model: {name: minilm, head: sentence-embedding}
+
+transformers' `BertForSequenceClassification` reads the [CLS] token of the two texts of a pair
+encoded jointly, through the pooler. A sentence-transformers bi-encoder was trained for none of
+that: its pooler is untrained (all-MiniLM-L6-v2: bias 0, weight std 0.009) and it never saw two
+texts in one sequence. Measured on frozen all-MiniLM-L6-v2 with logistic regression (512 training
+pairs, the whole dev sets): the jointly encoded pair's [CLS]/pooler features give RTE 0.48-0.50
+and MRPC 0.70 (majority 0.527 and 0.684), the cosine of the two texts' mean-pooled embeddings,
+each encoded on its own, RTE 0.621 and MRPC 0.743. This head reads what the encoder was trained
+to produce, as Sentence-BERT does (Reimers & Gurevych, 2019):
+
+- every text is encoded on its own and mean-pooled over its tokens, [CLS] and [SEP] included
+  (sentence-transformers' `Pooling(mode="mean")`);
+- one text (SST-2): its embedding -> `classifier`, a linear layer (hidden -> labels);
+- a pair (MRPC, RTE): the cosine of the two embeddings -> `pair_classifier`, a linear layer
+  (1 -> labels): the similarity the bi-encoder was trained to rank by, and no other feature, so
+  128 training pairs fit it without over-fitting.
+
+The input is what every other path in peftlab feeds a classifier: one sequence per example, the
+tokenizer's own pair encoding ([CLS] a [SEP] b [SEP], token_type_ids 1 on b). The forward pass
+splits each pair into its two texts, gives b a [CLS] of its own, and encodes all 2 x batch texts
+in one call of the encoder (one call per side in PEFT's mixed-adapter batches, whose adapter
+names are per input row): the same computation as encoding every text apart, by construction
+(a test checks it against `BertModel` on each text alone). Training, PEFT adapters (the encoder is a
+plain `BertModel` under `self.bert`; both heads go to `modules_to_save`), merging, the bench,
+mixed single/pair batches and hidden-state extraction work unchanged. Hidden states come back in
+the input's layout ([batch, length, hidden], each token where it stood in the joint sequence,
+the extra [CLS] of b left out), so a pooling over the attention mask pools both texts.
+
+Written here because transformers has no classifier for a bi-encoder and sentence-transformers'
+`SoftmaxLoss` head is a loss wrapper over its own `SentenceTransformer` model, not a
+`PreTrainedModel` that Trainer, PEFT, `save_pretrained` and the bench take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+HEAD_NAMES = ("sequence-classification", "sentence-embedding")
+# config.architectures[0] of a saved model with this head: how a saved full model is recognised
+ARCHITECTURE = "BertForSentenceEmbeddingClassification"
+
+
+def _gather(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions where `keep` is true, left-aligned per row: (positions [B, W], valid [B, W])
+    with W the most kept positions of any row; positions past a row's count are arbitrary and
+    marked invalid. Works under either padding side."""
+    length = keep.shape[1]
+    idx = torch.arange(length, device=keep.device).expand_as(keep)
+    order = torch.argsort(torch.where(keep, idx, idx + length), dim=1)  # kept first, in order
+    counts = keep.sum(dim=1)
+    width = max(int(counts.max()), 1)
+    valid = torch.arange(width, device=keep.device)[None] < counts[:, None]
+    return order[:, :width], valid
+
+
+def _mean(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    real = valid.unsqueeze(-1)
+    counts = real.sum(dim=1).clamp(min=1).to(hidden.dtype)
+    return hidden.masked_fill(~real, 0.0).sum(dim=1) / counts
+
+
+class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
+    """A BERT-family bi-encoder with a sentence-embedding head (see the module docstring)."""
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.pair_classifier = nn.Linear(1, config.num_labels)
+        self.post_init()
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None, *, output_hidden_states: bool = False
+              ) -> dict[str, Any]:
+        """Each text of each row encoded on its own: {u, v (mean-pooled embeddings of a and b;
+        v is meaningless where `paired` is false), paired [B] bool, hidden_states (joint layout)
+        or None}."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        real = attention_mask.bool()
+        second = (token_type_ids.bool() if token_type_ids is not None
+                  else torch.zeros_like(real)) & real
+        pos_a, valid_a = _gather(input_ids, real & ~second)
+        pos_b, valid_b = _gather(input_ids, second)
+        paired = valid_b[:, 0]
+        ids_a = torch.gather(input_ids, 1, pos_a)
+        cls = ids_a[:, :1]  # the row's first token: the tokenizer's [CLS]
+        ids_b = torch.cat([cls, torch.gather(input_ids, 1, pos_b)], dim=1)
+        # a row without a second text still gets a one-token b ([CLS]) so no row is all padding
+        valid_b1 = torch.cat([torch.ones_like(valid_b[:, :1]), valid_b], dim=1)
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        ids_a, ids_b = ids_a.masked_fill(~valid_a, pad), ids_b.masked_fill(~valid_b1, pad)
+        n = input_ids.shape[0]
+        if not bool(paired.any()):  # single texts only: no b side to encode
+            out_a, out_b = self._encode(ids_a, valid_a, output_hidden_states), None
+        elif self._routed_per_row():
+            # PEFT's mixed-adapter batch: adapter_names name the input's rows, checked and
+            # routed by row inside every adapted layer, so each side is its own call of n rows
+            out_a = self._encode(ids_a, valid_a, output_hidden_states)
+            out_b = self._encode(ids_b, valid_b1, output_hidden_states)
+        elif not self._pads_little(n, ids_a.shape[1], ids_b.shape[1]):
+            out_a = self._encode(ids_a, valid_a, output_hidden_states)
+            out_b = self._encode(ids_b, valid_b1, output_hidden_states)
+        else:  # both sides in one call of 2n rows (b1 on CPU: 17 ms instead of 35 ms)
+            width = max(ids_a.shape[1], ids_b.shape[1])
+            both = self._encode(
+                torch.cat([F.pad(ids_a, (0, width - ids_a.shape[1]), value=pad),
+                           F.pad(ids_b, (0, width - ids_b.shape[1]), value=pad)]),
+                torch.cat([F.pad(valid_a, (0, width - valid_a.shape[1])),
+                           F.pad(valid_b1, (0, width - valid_b1.shape[1]))]),
+                output_hidden_states)
+            out_a = [h[:n, :ids_a.shape[1]] for h in both]
+            out_b = [h[n:, :ids_b.shape[1]] for h in both]
+        u = _mean(out_a[-1], valid_a)
+        v = _mean(out_b[-1], valid_b1) if out_b is not None else u
+        hidden = None
+        if output_hidden_states:
+            states_b = out_b if out_b is not None else [None] * len(out_a)
+            hidden = tuple(self._joint(h_a, h_b, pos_a, valid_a, pos_b, valid_b,
+                                       input_ids.shape[1])
+                           for h_a, h_b in zip(out_a, states_b, strict=True))
+        return {"u": u, "v": v, "paired": paired, "hidden_states": hidden}
+
+    def _encode(self, ids: torch.Tensor, valid: torch.Tensor, every_layer: bool
+                ) -> list[torch.Tensor]:
+        """The encoder on right-padded rows: every layer's hidden states (embeddings first)
+        when `every_layer`, else the last layer's alone (a list of one)."""
+        out = self.bert(input_ids=ids, attention_mask=valid.long(),
+                        output_hidden_states=every_layer)
+        return list(out.hidden_states) if every_layer else [out.last_hidden_state]
+
+    @staticmethod
+    def _pads_little(rows: int, width_a: int, width_b: int) -> bool:
+        """Whether one call of both sides (each padded to the wider) is the cheaper way: always
+        for one row, where the per-call overhead dominates on CPU (b1 MRPC: 17 ms in one call,
+        35 ms in two), else when it pads at most 30% more tokens than two calls. RTE's long
+        premises and short hypotheses would nearly double the tokens of a training batch."""
+        return rows == 1 or 2 * max(width_a, width_b) <= 1.3 * (width_a + width_b)
+
+    def _routed_per_row(self) -> bool:
+        """Whether PEFT routes adapters per row in this forward pass (a mixed-adapter batch,
+        `adapter_names=`): PEFT then hangs a forward pre-hook carrying the names on every
+        adapted layer (`functools.partial(..., adapter_names=...)`, peft 0.21). A test serves a
+        mixed batch of a single and a pair task through this path."""
+        for module in self.bert.modules():
+            for hook in module._forward_pre_hooks.values():
+                if "adapter_names" in (getattr(hook, "keywords", None) or {}):
+                    return True
+        return False
+
+    @staticmethod
+    def _joint(h_a: torch.Tensor, h_b: torch.Tensor | None, pos_a: torch.Tensor, valid_a: torch.Tensor,
+               pos_b: torch.Tensor, valid_b: torch.Tensor, length: int) -> torch.Tensor:
+        """Hidden states of the separately encoded texts put back where each token stood in the
+        joint input (b's own [CLS] dropped); padded positions are zero. scatter_add with the
+        invalid slots zeroed: each real position receives exactly one contribution."""
+        out = h_a.new_zeros(h_a.shape[0], length, h_a.shape[-1])
+        size = h_a.shape[-1]
+        wa, wb = pos_a.shape[1], pos_b.shape[1]
+        out.scatter_add_(1, pos_a[..., None].expand(-1, -1, size),
+                         h_a[:, :wa] * valid_a[..., None].to(h_a.dtype))
+        if h_b is not None:
+            out.scatter_add_(1, pos_b[..., None].expand(-1, -1, size),
+                             h_b[:, 1:1 + wb] * valid_b[..., None].to(h_b.dtype))
+        return out
+
+    def forward(self, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None,  # noqa: ARG002 - each text restarts at 0
+                labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs: Any) -> SequenceClassifierOutput:
+        emb = self.embed(input_ids, attention_mask, token_type_ids,
+                         output_hidden_states=bool(output_hidden_states))
+        single = self.classifier(emb["u"])
+        cosine = F.cosine_similarity(emb["u"], emb["v"], dim=-1).unsqueeze(-1)
+        pair = self.pair_classifier(cosine.to(self.pair_classifier.weight.dtype))
+        logits = torch.where(emb["paired"][:, None], pair, single)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits, labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits,
+                                        hidden_states=emb["hidden_states"])
+
+    def head_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What each head reads, for fitting it on frozen features: {paired [B], single [B, H],
+        pair [B, 1]}."""
+        emb = self.embed(input_ids, attention_mask, token_type_ids)
+        cosine = F.cosine_similarity(emb["u"], emb["v"], dim=-1).unsqueeze(-1)
+        return {"paired": emb["paired"], "single": emb["u"], "pair": cosine}
+
+
+def saved_head(folders: list[str]) -> str:
+    """The model.head that saved adapter or full-model `folders` were trained with:
+    "sentence-embedding" when any of them holds this head (a full model's config names the
+    class; an adapter saves `pair_classifier` among its modules_to_save), else the default."""
+    import json
+    from pathlib import Path
+
+    for folder in folders:
+        for name, key in (("config.json", "architectures"),
+                          ("adapter_config.json", "modules_to_save")):
+            path = Path(folder) / name
+            try:
+                values = json.loads(path.read_text(encoding="utf-8")).get(key) or []
+            except (OSError, ValueError):
+                continue
+            if ARCHITECTURE in values or "pair_classifier" in values:
+                return "sentence-embedding"
+    return "sequence-classification"
+
+
+# ------------------------------------------------------------------ the head fitted on frozen features
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [num_labels, d], bias [num_labels]) of a linear layer fitted to (x, y): logistic
+    regression (classes) or ridge regression (num_labels 1), both sklearn's, on standardised
+    features (so the penalty does not depend on the features' scale: a cosine that moves by 0.1
+    needs a weight near 20), folded back into the raw features' weight and bias."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    mu = x.mean(axis=0)
+    sd = np.maximum(x.std(axis=0), 1e-6)
+    z = (x - mu) / sd
+    if num_labels == 1:
+        reg = Ridge(alpha=1.0).fit(z, y.astype(float))
+        coef, intercept = reg.coef_.reshape(1, -1), np.atleast_1d(reg.intercept_)
+    else:
+        clf = LogisticRegression(C=1.0, max_iter=2000).fit(z, y)
+        if len(clf.classes_) == 2:  # one logit difference, split evenly between the two rows
+            c, b = clf.coef_[0] / 2, clf.intercept_[0] / 2
+            coef, intercept = np.stack([-c, c]), np.array([-b, b])
+        else:
+            coef, intercept = clf.coef_, clf.intercept_
+        if len(clf.classes_) < num_labels:  # a class absent from the training rows: never chosen
+            full_coef = np.zeros((num_labels, x.shape[1]))
+            full_bias = np.full(num_labels, float(intercept.min()) - 10.0)
+            full_coef[clf.classes_], full_bias[clf.classes_] = coef, intercept
+            coef, intercept = full_coef, full_bias
+    weight = coef / sd
+    return weight, intercept - weight @ mu
+
+
+def fit_heads(model: Any, dataset: Any, tokenizer: Any, *, batch_size: int, device: Any,
+              pad_to: int | None = None) -> dict[str, Any]:
+    """Fit both heads on the frozen encoder's features of `dataset` (an `encode_frame` dataset
+    with labels): the linear-probe step of LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort
+    Pretrained Features and Underperform Out-of-Distribution"), after which fine-tuning starts
+    from a head that already reads the features instead of a random one.
+
+    Needed here, not only better: a random `pair_classifier` must grow a weight near 20 on the
+    cosine before it separates anything, which Adam at 1e-4..1e-3 per step cannot do in the few
+    dozen steps of a small study. Each head is fitted on the rows it reads (single texts or
+    pairs); a head with no rows, or with rows of one class only, keeps its initialisation.
+    Returns {head: {examples, fitted, train_accuracy or reason}}.
+    """
+    from peftlab.encode import iter_batches
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(inner, BertForSentenceEmbeddingClassification):
+        raise TypeError(f"fit_heads needs a BertForSentenceEmbeddingClassification, got "
+                        f"{type(inner).__name__}")
+    was_training = inner.training
+    inner.eval()
+    parts: dict[str, list[np.ndarray]] = {"paired": [], "single": [], "pair": []}
+    with torch.inference_mode():
+        for batch in iter_batches(dataset, tokenizer, batch_size, device, pad_to):
+            feats = inner.head_features(**batch)
+            for key in parts:
+                parts[key].append(feats[key].float().cpu().numpy())
+    inner.train(was_training)
+    paired = np.concatenate(parts["paired"]).astype(bool)
+    labels = np.asarray(dataset["labels"])
+    num_labels = inner.num_labels
+    report: dict[str, Any] = {}
+    for name, rows, x in (("classifier", ~paired, np.concatenate(parts["single"])),
+                          ("pair_classifier", paired, np.concatenate(parts["pair"]))):
+        n = int(rows.sum())
+        if n == 0:
+            continue
+        y = labels[rows]
+        if num_labels > 1 and len(np.unique(y)) < 2:
+            report[name] = {"examples": n, "fitted": False, "reason": "one class only"}
+            continue
+        weight, bias = _fit_linear(x[rows], y, num_labels)
+        head = getattr(inner, name)
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        out = x[rows] @ weight.T + bias
+        entry: dict[str, Any] = {"examples": n, "fitted": True}
+        if num_labels > 1:
+            entry["train_accuracy"] = round(float((out.argmax(axis=1) == y).mean()), 4)
+        report[name] = entry
+    return report
