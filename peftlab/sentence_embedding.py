@@ -182,6 +182,13 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
                 position_ids: torch.Tensor | None = None,  # noqa: ARG002 - each text restarts at 0
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs: Any) -> SequenceClassifierOutput:
+        """Logits [batch, num_labels] (a single text's row from `classifier`, a pair's from
+        `pair_classifier`), the loss when `labels` are given, hidden states in the input's
+        layout when asked. position_ids, return_dict and other keyword arguments transformers
+        and PEFT pass along are accepted and not used (each text's positions restart at 0)."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("BertForSentenceEmbeddingClassification needs input_ids (it splits "
+                             "each pair into its two texts by token); inputs_embeds is not supported")
         emb = self.embed(input_ids, attention_mask, token_type_ids,
                          output_hidden_states=bool(output_hidden_states))
         single = self.classifier(emb["u"])

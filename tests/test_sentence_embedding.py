@@ -255,3 +255,9 @@ def test_one_call_and_two_calls_of_the_encoder_agree(se_model, monkeypatch):
     assert BertForSentenceEmbeddingClassification._pads_little(1, 60, 12)  # b1: one call
     assert not BertForSentenceEmbeddingClassification._pads_little(16, 60, 12)  # RTE-like
     assert BertForSentenceEmbeddingClassification._pads_little(16, 30, 26)  # MRPC-like
+
+
+def test_inputs_embeds_are_refused_with_a_reason(se_model):
+    model, _ = se_model
+    with pytest.raises(ValueError, match="needs input_ids"):
+        model(input_ids=torch.ones(1, 4, dtype=torch.long), inputs_embeds=torch.zeros(1, 4, 64))
