@@ -547,9 +547,12 @@ def load_classifier(
     if tokenizer is None:
         tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
 
+    from peftlab.sentence_embedding import ARCHITECTURE
+
     config = load_config(resolved, trust_remote_code=trust_remote_code)
     model_class = classifier_class(resolved, config, head)
-    has_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    has_head = any(a.endswith("ForSequenceClassification") or a == ARCHITECTURE
+                   for a in config.architectures or [])
     # A trained head of another size cannot be reused: start a fresh one instead of failing.
     reinit_head = has_head and config.num_labels != num_labels
     if reinit_head:
@@ -614,10 +617,12 @@ def classifier_from_config(resolved: ResolvedModel, config: Any, head: str, *,
                            trust_remote_code: bool = False) -> Any:
     """The classifier `load_classifier` would build, from `config` alone (no weights read: call
     it under `torch.device("meta")` to see the module tree)."""
+    from peftlab.sentence_embedding import BertForSentenceEmbeddingClassification
+
     model_class = classifier_class(resolved, config, head)
-    if model_class.__name__.startswith("Auto"):
-        return model_class.from_config(config, trust_remote_code=trust_remote_code)
-    return model_class._from_config(config)
+    if model_class is BertForSentenceEmbeddingClassification:  # a PreTrainedModel: no from_config
+        return model_class._from_config(config)
+    return model_class.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def saved_classifier_class(config: Any) -> Any:

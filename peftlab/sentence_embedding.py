@@ -50,7 +50,7 @@ HEAD_NAMES = ("sequence-classification", "sentence-embedding")
 ARCHITECTURE = "BertForSentenceEmbeddingClassification"
 
 
-def _gather(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The positions where `keep` is true, left-aligned per row: (positions [B, W], valid [B, W])
     with W the most kept positions of any row; positions past a row's count are arbitrary and
     marked invalid. Works under either padding side."""
@@ -75,7 +75,6 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
     def __init__(self, config: Any):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.pair_classifier = nn.Linear(1, config.num_labels)
@@ -92,8 +91,8 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         real = attention_mask.bool()
         second = (token_type_ids.bool() if token_type_ids is not None
                   else torch.zeros_like(real)) & real
-        pos_a, valid_a = _gather(input_ids, real & ~second)
-        pos_b, valid_b = _gather(input_ids, second)
+        pos_a, valid_a = _gather(real & ~second)
+        pos_b, valid_b = _gather(second)
         paired = valid_b[:, 0]
         ids_a = torch.gather(input_ids, 1, pos_a)
         cls = ids_a[:, :1]  # the row's first token: the tokenizer's [CLS]
@@ -191,10 +190,10 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
                              "each pair into its two texts by token); inputs_embeds is not supported")
         emb = self.embed(input_ids, attention_mask, token_type_ids,
                          output_hidden_states=bool(output_hidden_states))
-        single = self.classifier(emb["u"])
-        cosine = F.cosine_similarity(emb["u"], emb["v"], dim=-1).unsqueeze(-1)
-        pair = self.pair_classifier(cosine.to(self.pair_classifier.weight.dtype))
-        logits = torch.where(emb["paired"][:, None], pair, single)
+        feats = self._head_inputs(emb)
+        single = self.classifier(feats["single"])
+        pair = self.pair_classifier(feats["pair"].to(self.pair_classifier.weight.dtype))
+        logits = torch.where(feats["paired"][:, None], pair, single)
         loss = None
         if labels is not None:
             if self.num_labels == 1:
@@ -208,7 +207,11 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
                       token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """What each head reads, for fitting it on frozen features: {paired [B], single [B, H],
         pair [B, 1]}."""
-        emb = self.embed(input_ids, attention_mask, token_type_ids)
+        return self._head_inputs(self.embed(input_ids, attention_mask, token_type_ids))
+
+    @staticmethod
+    def _head_inputs(emb: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """`embed`'s output as the heads read it: a single text's embedding, a pair's cosine."""
         cosine = F.cosine_similarity(emb["u"], emb["v"], dim=-1).unsqueeze(-1)
         return {"paired": emb["paired"], "single": emb["u"], "pair": cosine}
 

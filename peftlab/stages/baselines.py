@@ -53,12 +53,14 @@ def _probed(ctx: Context, task: str) -> bool:
 
 
 def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_bootstrap: int,
-                   loader: Any, *, fit_df: Any = None) -> dict[str, Any]:
-    """The base classifier with a head initialised under `seed`, evaluated on `eval_df`:
-    {seed, metrics: {name: {value, ci_low, ci_high}}, predicted: {label: share}}.
-
-    fit_df: training rows to fit the head on first, on the frozen base's features
-    (`sentence_embedding.fit_heads`, what training.head_init: probe starts every run from)."""
+                   loader: Any, *, fit_df: Any = None
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The base classifier with a head initialised under `seed`, evaluated on `eval_df`, and,
+    when `fit_df` (training rows) is given, the same model again after its head is fitted on
+    the frozen base's features of those rows (`sentence_embedding.fit_heads`, what
+    training.head_init: probe starts every run from); one model load for both. Each result:
+    {seed, metrics: {name: {value, ci_low, ci_high}}, predicted: {label: share}}; the second
+    is None without `fit_df`."""
     from peftlab.encode import encode_frame, predict
     from peftlab.metrics import compute_metrics
 
@@ -68,27 +70,34 @@ def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_boots
     model.eval()
     enc = dict(max_length=spec.model.max_length, pair_template=spec.model.pair_template,
                is_regression=task_def.is_regression)
+    dataset = encode_frame(eval_df, loader.tokenizer, **enc)
+    y = np.asarray(dataset["labels"])
+
+    def evaluate(net: Any) -> dict[str, Any]:
+        logits = predict(net, dataset, loader.tokenizer, spec.training.eval_batch_size,
+                         ctx.device, pad_to=spec.training.pad_to)
+        pred = logits[:, 0] if task_def.is_regression else logits.argmax(-1)
+        out: dict[str, Any] = {
+            "seed": seed,
+            "metrics": compute_metrics(list(task_def.metrics), y, pred,
+                                       n_bootstrap=n_bootstrap, seed=seed)}
+        if not task_def.is_regression:
+            counts = np.bincount(pred, minlength=task_def.num_labels)
+            out["predicted"] = {str(name): float(c / pred.size)
+                                for name, c in zip(task_def.label_names, counts, strict=True)}
+        return out
+
+    untrained = evaluate(model)
+    fitted = None
     if fit_df is not None:
         from peftlab.sentence_embedding import fit_heads
 
         fit_heads(model, encode_frame(fit_df, loader.tokenizer, **enc), loader.tokenizer,
                   batch_size=spec.training.eval_batch_size, device=ctx.device,
                   pad_to=spec.training.pad_to)
-    dataset = encode_frame(eval_df, loader.tokenizer, **enc)
-    logits = predict(model, dataset, loader.tokenizer, spec.training.eval_batch_size,
-                     ctx.device, pad_to=spec.training.pad_to)
+        fitted = evaluate(model)
     del model
-    y = np.asarray(dataset["labels"])
-    pred = logits[:, 0] if task_def.is_regression else logits.argmax(-1)
-    out: dict[str, Any] = {
-        "seed": seed,
-        "metrics": compute_metrics(list(task_def.metrics), y, pred, n_bootstrap=n_bootstrap,
-                                   seed=seed)}
-    if not task_def.is_regression:
-        counts = np.bincount(pred, minlength=task_def.num_labels)
-        out["predicted"] = {str(name): float(c / pred.size)
-                            for name, c in zip(task_def.label_names, counts, strict=True)}
-    return out
+    return untrained, fitted
 
 
 def run(ctx: Context) -> None:
@@ -117,17 +126,15 @@ def run(ctx: Context) -> None:
         b = baseline_metrics(task_def, eval_df["label"].to_numpy(), n_bootstrap=n_boot,
                              seed=spec.data.seed)
         head, error, probe, probe_error = None, None, None, None
+        probed = _probed(ctx, task)
         try:
             loader = loader or ModelLoader(spec.model, ctx.device)
-            head = untrained_head(ctx, task_def, eval_df, spec.seeds[0], n_boot, loader)
+            head, probe = untrained_head(
+                ctx, task_def, eval_df, spec.seeds[0], n_boot, loader,
+                fit_df=ctx.data.split(task, "train") if probed else None)
         except ModelError as err:  # e.g. the model cannot be loaded here: the rates still hold
             error = str(err)
-        if _probed(ctx, task):
-            try:
-                probe = untrained_head(ctx, task_def, eval_df, spec.seeds[0], n_boot, loader,
-                                       fit_df=ctx.data.split(task, "train"))
-            except ModelError as err:
-                probe_error = str(err)
+            probe_error = error if probed else None
         rec = BaselineRecord(
             task=task, main_metric=task_def.metrics[0], metrics=list(task_def.metrics),
             eval_examples=int(len(eval_df)), content_checksum=checksum,

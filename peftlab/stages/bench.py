@@ -384,9 +384,9 @@ def run_serving(ctx: Context, tasks: dict[str, dict[str, Any]]) -> None:
     records = [ServingRecord(**row, seed=seed, settings=job["settings"], settings_hash=digest)
                for row in serving_rows(result)]
     replace(ctx.store, "", records, "serving")
+    lowest = min(bench.serving.rates)  # saturation None: not even the lowest rate was sustained
     for config, b in result["backends"].items():
         sat = sorted({(r.pattern, r.saturation_rate) for r in records if r.config == config})
-        lowest = min(bench.serving.rates)  # None: not even the lowest rate was sustained
         ctx.console.print(f"serving {config}: {b['served_weight_bytes'] / 1e6:.0f} MB of weights; "
                           "saturation " + ", ".join(f"{p} {s:g}/s" if s is not None else
                                                     f"{p} below {lowest:g}/s" for p, s in sat))
