@@ -2,7 +2,7 @@
 
     python benchmarks/execution_overhead.py --data-dir ../shared/data/glue [--repeats 3] [--cpus 2]
 
-Runs the data, finetune and represent stages of the tiny study (`peftlab.fixtures.tiny_spec`:
+Runs the data, finetune and represent stages of the tiny study (`peftlab.testing.tiny_spec`:
 SST-2 and RTE x full and LoRA x 3 seeds = 12 training runs, then 14 extractions) in fresh study
 directories, alternating local and Ray (A, B, A, B, ...: timing on shared CPUs drifts within a
 run), on one Ray runtime started once (`ray.init(num_cpus=--cpus)`, its start-up time printed
@@ -27,12 +27,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from peftlab.fixtures import tiny_spec, write_spec  # noqa: E402
 from peftlab.records import RunRecord, read  # noqa: E402
 from peftlab.spec import load_spec  # noqa: E402
 from peftlab.store import Store  # noqa: E402
 from peftlab.study import run_stages  # noqa: E402
-from peftlab.testing import build_tiny_llama  # noqa: E402
+from peftlab.testing import build_tiny_llama, tiny_spec, write_spec  # noqa: E402
 
 
 def one(tmp: Path, model: Path, data_dir: str, backend: str) -> dict[str, float]:

@@ -342,8 +342,8 @@ def write_study(tmp: Path, model_dir: Path, device: str, small: bool, steps: int
     """A spec derived from the shipped tinyllama-glue spec; returns the loaded Study."""
     import copy
 
-    from peftlab.fixtures import write_spec
     from peftlab.spec import find_spec, load_spec, read_yaml
+    from peftlab.testing import write_spec
 
     ref = read_yaml(find_spec("tinyllama-glue"))
     spec = copy.deepcopy(ref)

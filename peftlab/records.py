@@ -8,7 +8,7 @@ its consumers.
 A stage builds its records through these types and every consumer (stats, report, the CLI's
 `results`) reads them back through the same types, so a field renamed or dropped by a stage fails
 where it is written or read, not silently in a report. The sample study that the stats and report
-tests run on (`peftlab.sample_study`) builds its records through these types too, so it cannot
+tests run on (`peftlab.testing.sample_study`) builds its records through these types too, so it cannot
 drift from what the stages write.
 
 Conventions: nested, free-form parts (a resolved config, provenance, a timing point's figures) are

@@ -4,7 +4,7 @@ the comparisons of each area.
 
     .venv/bin/python -m pytest tests/test_analysis.py -q
 
-The store is `peftlab.sample_study`: SST-2, MRPC, RTE x {full, lora} x seeds 1-3, where RTE's
+The store is `peftlab.testing.sample_study`: SST-2, MRPC, RTE x {full, lora} x seeds 1-3, where RTE's
 full run of seed 3 failed. By default every MRPC run sits exactly at the majority-class rate
 and RTE's lora run of seed 2 at chance (`degenerate=False` gives a store where every run
 learned).
@@ -24,11 +24,11 @@ from scipy import stats as sst
 from peftlab import measures, stats
 from peftlab.measures import MEASURES
 from peftlab.results import bench_rows
-from peftlab.sample_study import DEGENERATE_RUN, DEGENERATE_TASK, FAILED, write_sample
 from peftlab.stages.stats import band_layers, planned_families
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
 from peftlab.study import Context
+from peftlab.testing.sample_study import DEGENERATE_RUN, DEGENERATE_TASK, FAILED, write_sample
 
 
 def _stats(study) -> list[dict]:

@@ -11,13 +11,13 @@ import pytest
 from rich.console import Console
 
 from peftlab.baselines import baseline_metrics, judge
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.metrics import METRICS, compute_metrics
 from peftlab.records import BaselineRecord, read
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import run_stages
 from peftlab.tasks import get_task
+from peftlab.testing import tiny_spec, write_spec
 
 
 def _labels(neg: int, pos: int) -> np.ndarray:

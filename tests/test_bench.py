@@ -32,10 +32,10 @@ POINTS = [(1, "data"), (1, 16), (4, "data"), (4, 16)]
 @pytest.fixture(scope="module")
 def benched(tmp_path_factory, tiny_llama_dir, glue_dir):
     """(study, bench records by key, the runs table) after data + finetune + bench."""
-    from peftlab.fixtures import tiny_study
     from peftlab.stages.bench import run as bench_stage
     from peftlab.store import Store
     from peftlab.study import Context, open_study_store
+    from peftlab.testing import tiny_study
 
     tmp = tmp_path_factory.mktemp("bench-study")
     study = tiny_study(tmp, model_dir=tiny_llama_dir, glue_dir=glue_dir, seeds=(1,),

@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
 from peftlab.store import Store
+from peftlab.testing import tiny_spec, write_spec
 
 
 @dataclass

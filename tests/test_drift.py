@@ -18,7 +18,6 @@ from rich.console import Console
 from safetensors.numpy import save
 
 from peftlab.errors import PeftlabError
-from peftlab.fixtures import tiny_study
 from peftlab.measures import MEASURES as REGISTRY
 from peftlab.measures import compare_layer
 from peftlab.representations import encode_representations, load_representations
@@ -28,6 +27,7 @@ from peftlab.stages import represent as represent_module
 from peftlab.stages.stats import band_value
 from peftlab.store import Store
 from peftlab.study import Context, open_study_store
+from peftlab.testing import tiny_study
 
 MEASURES = ["linear_cka_debiased", "linear_cka", "centered_cosine", "cosine", "procrustes", "knn"]
 NULL_MEASURES = [m.name for m in REGISTRY.values() if m.has_null]

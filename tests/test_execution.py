@@ -22,11 +22,11 @@ import pytest
 
 from peftlab.errors import SpecError, StoreError
 from peftlab.execution import LocalExecutor, Unit, make_executor
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.records import RunRecord, read, read_search
 from peftlab.spec import ExecutionSpec, load_spec
 from peftlab.store import Store
 from peftlab.study import run_stages
+from peftlab.testing import tiny_spec, write_spec
 
 STUDY = dict(tasks=("sst2",), methods=("full", "lora"), seeds=(1, 2))
 

@@ -22,7 +22,6 @@ import torch
 from rich.console import Console
 
 from peftlab.errors import PeftlabError, SpecError
-from peftlab.fixtures import tiny_spec, tiny_study, write_spec
 from peftlab.forgetting import (
     LMLosses,
     fit_probe,
@@ -35,6 +34,7 @@ from peftlab.forgetting import (
 )
 from peftlab.spec import load_spec
 from peftlab.study import Context, open_study_store
+from peftlab.testing import tiny_spec, tiny_study, write_spec
 
 FILLERS = ["the", "a", "movie", "said", "was", "good", "bad", "it"]
 
@@ -89,7 +89,7 @@ def lm_base(tmp_path_factory) -> dict:
         pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
         return path
 
-    from peftlab.testing import _CORPUS
+    from peftlab.testing.tiny_models import _CORPUS
 
     text_file = root / "heldout.txt"
     text_file.write_text("\n".join(_CORPUS[:40]) + "\n\n", encoding="utf-8")  # a blank line too
@@ -483,7 +483,7 @@ def test_lm_losses_equal_the_causal_lm_loss_with_labels(lm_base, side):
 
     from peftlab.encode import encode_frame
     from peftlab.models import load_classifier, load_tokenizer, resolve_model
-    from peftlab.testing import _CORPUS
+    from peftlab.testing.tiny_models import _CORPUS
 
     resolved = resolve_model(str(lm_base["dir"]))
     tokenizer = load_tokenizer(resolved, padding_side=side)
@@ -554,12 +554,12 @@ def test_every_stored_record_reads_back_through_its_type(noise_study):
 
 
 def _sample_built(root: Path, edit=None) -> dict:
-    """The sample study (peftlab.sample_study: forgetting records for every finished run),
+    """The sample study (peftlab.testing.sample_study: forgetting records for every finished run),
     optionally edited through its store, then the stats and report stages."""
-    from peftlab.sample_study import write_sample
     from peftlab.stages.report import run as report_stage
     from peftlab.stages.stats import run as stats_stage
     from peftlab.store import Store
+    from peftlab.testing.sample_study import write_sample
 
     study = write_sample(root)
     store = Store(study.output_dir)

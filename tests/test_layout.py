@@ -134,7 +134,7 @@ def test_no_stage_imports_another_stage():
 def test_library_layer_never_imports_a_stage():
     """Pure libraries and shared ground (artifacts, data, results, registries) sit below the
     stages; only the pipeline (study.py), the CLI and test fixtures may reach up into them."""
-    allowed = {"peftlab.study", "peftlab.cli", "peftlab.sample_study", "peftlab.fixtures"}
+    allowed = {"peftlab.study", "peftlab.cli", "peftlab.testing.sample_study", "peftlab.testing.fixtures"}
     bad = [f"{m} -> {d}" for m, deps in import_graph().items()
            if stage_of(m) is None and m not in allowed for d in deps if stage_of(d) is not None]
     assert bad == [], ", ".join(bad)

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.store import Store
+from peftlab.testing import tiny_spec, write_spec
 
 
 def _cli(*args: str) -> tuple[int, str, str]:

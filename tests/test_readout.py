@@ -16,7 +16,6 @@ from rich.console import Console
 from peftlab.data import StudyData
 from peftlab.encode import encode_frame, iter_batches
 from peftlab.errors import PeftlabError, SpecError
-from peftlab.fixtures import tiny_spec, tiny_study, write_spec
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
 from peftlab.records import DriftRecord, RepresentRecord, write
 from peftlab.representations import (
@@ -32,7 +31,7 @@ from peftlab.representations import (
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import Context, run_stages
-from peftlab.testing import MIXED_LENGTH_TEXTS
+from peftlab.testing import MIXED_LENGTH_TEXTS, tiny_spec, tiny_study, write_spec
 
 TEXTS = MIXED_LENGTH_TEXTS
 
@@ -334,9 +333,9 @@ def _reverse(rec: dict) -> dict:
 
 
 def test_a_verdict_that_reverses_under_another_pooling_is_flagged(tmp_path):
-    from peftlab.sample_study import write_sample
     from peftlab.stages import report as report_stage
     from peftlab.stages import stats as stats_stage
+    from peftlab.testing.sample_study import write_sample
 
     study = write_sample(tmp_path, degenerate=False)
     store = Store(study.output_dir)

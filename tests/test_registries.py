@@ -14,12 +14,12 @@ from rich.console import Console
 from peftlab.bench.mode import MODES, Comparison
 from peftlab.bench.modes.merged import Merged
 from peftlab.errors import SpecError
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.measures import MEASURES, Measure
 from peftlab.registry import Registry
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import run_stages
+from peftlab.testing import tiny_spec, write_spec
 
 
 class MergedAgain(Merged):

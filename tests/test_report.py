@@ -4,7 +4,7 @@ self-contained HTML, figures, and (with Chromium) the first screen at 1280 x 800
 
     .venv/bin/python -m pytest tests/test_report.py -q
 
-The store is `peftlab.sample_study` (see tests/test_analysis.py): every MRPC run and one RTE run
+The store is `peftlab.testing.sample_study` (see tests/test_analysis.py): every MRPC run and one RTE run
 learned nothing. When Chromium is installed, one test renders report.html headless, saves a
 1280 x 800 screenshot and measures the layout with an injected probe: nothing wider than the
 page, and both answers with their figures inside the first 800 px.
@@ -25,7 +25,6 @@ from rich.console import Console
 from scipy import stats as sst
 
 from peftlab.measures import label as measure_label
-from peftlab.sample_study import SCRIPT, write_sample
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report import run as report_stage
@@ -33,6 +32,7 @@ from peftlab.stages.report.document import FOLD_ROWS
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
 from peftlab.study import Context
+from peftlab.testing.sample_study import SCRIPT, write_sample
 
 FRONT = ["Answers", "Can these answers be trusted?"]
 SECTIONS = ["Findings", "How to read this report", "Runs", "Accuracy",

@@ -11,13 +11,12 @@ import torch
 from rich.console import Console
 
 from peftlab.encode import encode_frame, iter_batches
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
 from peftlab.representations import extract, load_representations, probe_hash, resolve_pooling
 from peftlab.spec import load_spec
 from peftlab.stages.represent import run as represent_stage
 from peftlab.study import Context, open_study_store, run_stages
-from peftlab.testing import MIXED_LENGTH_TEXTS
+from peftlab.testing import MIXED_LENGTH_TEXTS, tiny_spec, write_spec
 
 TEXTS = MIXED_LENGTH_TEXTS
 

@@ -15,12 +15,11 @@ import pytest
 from toy_data import toy_files, toy_task
 
 from peftlab.errors import SpecError
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.records import read_search
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import plan, run_stages
-from peftlab.testing import wait_for_records
+from peftlab.testing import tiny_spec, wait_for_records, write_spec
 
 SEARCH = {"n_trials": 4, "eval_steps": 2, "pruner": "median", "pruner_startup_trials": 1,
           "startup_trials": 2, "validation_share": 0.25,

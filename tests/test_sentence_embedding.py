@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from peftlab.errors import ModelError, SpecError
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
 from peftlab.sentence_embedding import BertForSentenceEmbeddingClassification, fit_heads
 from peftlab.store import Store
+from peftlab.testing import tiny_spec, write_spec
 
 PAIRS = [("the cat sat on the mat", "a dog ran"), ("good film", "a really bad film indeed, awful"),
          ("one two three four five six", "six")]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from peftlab.errors import SpecError
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import SHIPPED_DIR, RunConfig, Study, load_spec
+from peftlab.testing import tiny_spec, write_spec
 
 STUDIES = SHIPPED_DIR  # peftlab/studies: package data
 SHIPPED = sorted(STUDIES.glob("*.yaml")) + sorted(STUDIES.glob("*.yml"))

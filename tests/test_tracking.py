@@ -7,7 +7,7 @@ validation.
 The training test runs a tiny study in a subprocess, SIGKILLs it mid-training and resumes it:
 what the trackers hold afterwards is read back with tensorboard's EventAccumulator and the MLflow
 client and compared with the study's own `runs` records. The study-level test uses the fixed
-sample study (`peftlab.sample_study`, no training) through the stats and report stages.
+sample study (`peftlab.testing.sample_study`, no training) through the stats and report stages.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import yaml
 from rich.console import Console
 
 from peftlab.errors import SpecError
-from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import Context, plan, run_stages
-from peftlab.testing import running_steps, wait_for_records
+from peftlab.testing import running_steps, tiny_spec, wait_for_records, write_spec
 from peftlab.tracking import INSTALL, mlflow_uri, target, tensorboard_dir
 
 pytest.importorskip("mlflow")
@@ -172,9 +171,9 @@ def test_study_results_reach_the_trackers_once(tmp_path):
     files; TensorBoard an HParams session per run with the same numbers. Runs trained before
     tracking was turned on get their MLflow run then. A second report adds nothing."""
     from peftlab.results import bench_rows
-    from peftlab.sample_study import write_sample
     from peftlab.stages.report import run as report_stage
     from peftlab.stages.stats import run as stats_stage
+    from peftlab.testing.sample_study import write_sample
     from peftlab.tracking import log_study
 
     sample = write_sample(tmp_path)

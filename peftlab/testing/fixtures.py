@@ -1,6 +1,6 @@
 """Small finished studies for tests and benchmarks: a spec written to disk and fine-tuned.
 
-    from peftlab.fixtures import tiny_study
+    from peftlab.testing import tiny_study
     study = tiny_study(tmp_path, model_dir=build_tiny_llama(tmp_path / "m"), glue_dir=glue)
 """
 

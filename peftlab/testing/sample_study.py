@@ -1,6 +1,6 @@
 """A small, fixed study directory with results in the shapes the stages write, without training.
 
-    python -m peftlab.sample_study /tmp/sample-study      # then open /tmp/sample-study/report.html
+    python -m peftlab.testing.sample_study /tmp/sample-study      # then open /tmp/sample-study/report.html
 
 For tests of the stats stage and the report, and to preview a report in seconds. The study: SST-2,
 MRPC and RTE x {full, lora} x seeds 1, 2, 3, where RTE's full run of seed 3 failed (so RTE has 2
