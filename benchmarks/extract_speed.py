@@ -31,8 +31,8 @@ import torch
 
 from peftlab.encode import encode_frame, iter_batches
 from peftlab.errors import ModelError
+from peftlab.extraction import extract, pad_token_id, pooled_forward
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
-from peftlab.representations import extract, pad_token_id, pooled_forward
 from peftlab.testing import build_tiny_llama
 
 GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"

@@ -19,7 +19,7 @@ TinyLlama-1.1B's architecture, and the reference study's wall time estimated fro
    mixed-3) through the finetune stage's own `train_run`: step time, peak allocated and reserved
    CUDA memory, trainable parameters. QLoRA's base, loaded as the method loads it, is shown to be
    4-bit: its Params4bit count and weight bytes against the bf16 base.
-4. Extracts representations of 500 SST-2 probes with `peftlab.representations.extract`, each
+4. Extracts representations of 500 SST-2 probes with `peftlab.extraction.extract`, each
    model loaded as the represent stage loads it (base, full, LoRA): seconds per example.
 5. Benchmarks base, full, unmerged, merged, multi-3 and mixed-3 at batch 1, 8 and 32 through the
    bench planner and runner (`peftlab.bench.plan.run_units`) with the study's isolation (a process
@@ -538,12 +538,12 @@ def _tensors(state: Any) -> list[Any]:
 
 
 def represent(ctx: Any, methods: list[str]) -> list[dict[str, Any]]:
-    """`representations.extract` of the base and each finished SST-2 run on the probe set (the
+    """`extraction.extract` of the base and each finished SST-2 run on the probe set (the
     represent stage's probes: the evaluation split subsampled by represent.probe_samples and
     probe_seed), each model loaded as the stage loads it (`ModelLoader.base`, `load_run`)."""
     from peftlab.artifacts import ModelLoader, load_run
     from peftlab.encode import encode_frame
-    from peftlab.representations import extract, resolve_pooling
+    from peftlab.extraction import extract, resolve_pooling
     from peftlab.study import run_status
     from peftlab.tasks import subsample
 

@@ -167,7 +167,7 @@ class RepresentRecord(Record):
     """The manifest of one model's pooled representations on a task under one pooling.
 
     key "<task>/<key>" for the primary pooling (readout "primary"), "<task>/<key>/<pooling>"
-    for an exploratory one (`representations.manifest_key`). poolings: every pooling extracted
+    for an exploratory one (`extraction.manifest_key`). poolings: every pooling extracted
     in the same forward pass, primary first; head_pooling: what the classification head reads.
     """
 
@@ -215,7 +215,7 @@ class ReadoutRecord(Record):
 
     The pooled token depends on the tokenizer and the probe texts only, never on the weights,
     so one record covers the base model and every run of the task (they share its tokenizer).
-    diagnostic: `representations.token_diagnostic` (top_share 0..1, top tokens decoded, their
+    diagnostic: `extraction.token_diagnostic` (top_share 0..1, top tokens decoded, their
     kind, warn). readout: primary or exploratory, as in the represent table.
     """
 
@@ -532,9 +532,9 @@ SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
 
 class BaselineRecord(Record):
     """What a run of a task must beat, on the evaluation subset the runs are evaluated on
-    (key: the task). See `peftlab.baselines` for the definitions.
+    (key: the task). See `peftlab.baseline_scores` for the definitions.
 
-    majority / best_constant / chance / label_counts: `baselines.baseline_metrics(...)` (metric
+    majority / best_constant / chance / label_counts: `baseline_scores.baseline_metrics(...)` (metric
     values in metric units; the majority predictor's with bootstrap intervals over the
     `eval_examples` examples). untrained_head: the base model with a freshly initialised head
     (`seed`) evaluated there: {seed, metrics: {name: {value, ci_low, ci_high}}, predicted:
@@ -566,7 +566,7 @@ class BaselineRecord(Record):
     provenance: dict[str, Any]
 
     def baselines(self) -> dict[str, Any]:
-        """The `baselines.baseline_metrics` dict this record holds (what `judge` takes)."""
+        """The `baseline_scores.baseline_metrics` dict this record holds (what `judge` takes)."""
         return {"n": self.eval_examples, "metrics": self.metrics,
                 "label_counts": self.label_counts, "majority": self.majority,
                 "best_constant": self.best_constant, "chance": self.chance}

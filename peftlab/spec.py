@@ -534,7 +534,7 @@ class SearchOverride(_Strict):
 
 
 class SearchSpec(_Strict):
-    """Hyperparameter search per task x method before the final runs (`peftlab.search`).
+    """Hyperparameter search per task x method before the final runs (`peftlab.hpsearch`).
 
     Keys of a space are training keys (learning_rate, warmup_ratio, epochs, ...) or parameters of
     the method (r, alpha, dropout, target_modules, ...). The space resolves like the rest of the

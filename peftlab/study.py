@@ -105,7 +105,7 @@ def _alive(pid: int | None, started: str | None = None) -> bool:
 def plan(study: Study) -> list[dict[str, Any]]:
     """Every unit of training work with its deterministic id and whether it is done: search
     trials first (`kind` "search trial"), then the runs."""
-    from peftlab.search import plan_rows
+    from peftlab.hpsearch import plan_rows
 
     root = study.output_dir
     store = Store(root, create=False) if (root / "results.sqlite").is_file() else None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from peftlab.baselines import baseline_metrics, judge
+from peftlab.baseline_scores import baseline_metrics, judge
 from peftlab.metrics import METRICS, compute_metrics
 from peftlab.records import BaselineRecord, read
 from peftlab.spec import load_spec

@@ -18,9 +18,9 @@ from rich.console import Console
 from safetensors.numpy import save
 
 from peftlab.errors import PeftlabError
+from peftlab.extraction import encode_representations, load_representations
 from peftlab.measures import MEASURES as REGISTRY
 from peftlab.measures import compare_layer
-from peftlab.representations import encode_representations, load_representations
 from peftlab.spec import DriftSpec, load_spec
 from peftlab.stages import drift as drift_module
 from peftlab.stages import represent as represent_module

@@ -220,7 +220,7 @@ SEARCH = {"n_trials": 4, "eval_steps": 2, "pruner": "median", "pruner_startup_tr
 
 def test_a_search_with_two_parallel_trials_loses_and_repeats_none(ray_runtime, tmp_path,
                                                                    tiny_llama_dir, glue_dir):
-    from peftlab.search import STORAGE_NAME, storage
+    from peftlab.hpsearch import STORAGE_NAME, storage
 
     study = _study(tmp_path, tiny_llama_dir, glue_dir, methods=("lora",), seeds=(1,),
                    training={"epochs": 2, "batch_size": 8, "logging_steps": 1,

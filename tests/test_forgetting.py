@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from peftlab.errors import PeftlabError, SpecError
-from peftlab.forgetting import (
+from peftlab.forgetting_measures import (
     LMLosses,
     fit_probe,
     lm_loss_difference,

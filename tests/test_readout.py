@@ -16,9 +16,7 @@ from rich.console import Console
 from peftlab.data import StudyData
 from peftlab.encode import encode_frame, iter_batches
 from peftlab.errors import PeftlabError, SpecError
-from peftlab.models import load_classifier, load_tokenizer, resolve_model
-from peftlab.records import DriftRecord, RepresentRecord, write
-from peftlab.representations import (
+from peftlab.extraction import (
     extract,
     load_representations,
     pooled_token_ids,
@@ -28,6 +26,8 @@ from peftlab.representations import (
     token_diagnostic,
     token_kind,
 )
+from peftlab.models import load_classifier, load_tokenizer, resolve_model
+from peftlab.records import DriftRecord, RepresentRecord, write
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import Context, run_stages

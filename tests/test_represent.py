@@ -11,8 +11,8 @@ import torch
 from rich.console import Console
 
 from peftlab.encode import encode_frame, iter_batches
+from peftlab.extraction import extract, load_representations, probe_hash, resolve_pooling
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
-from peftlab.representations import extract, load_representations, probe_hash, resolve_pooling
 from peftlab.spec import load_spec
 from peftlab.stages.represent import run as represent_stage
 from peftlab.study import Context, open_study_store, run_stages

@@ -172,7 +172,7 @@ def test_run_ids_change_when_the_chosen_values_change(searched, tmp_path):
 
 
 def _storage(study):
-    from peftlab.search import STORAGE_NAME, storage
+    from peftlab.hpsearch import STORAGE_NAME, storage
 
     return storage(study.output_dir / "search" / STORAGE_NAME)
 
@@ -221,7 +221,7 @@ def test_the_eval_split_never_reaches_the_objective(searched, tmp_path, tiny_lla
 def test_the_validation_split_is_seeded_stratified_and_disjoint():
     import pandas as pd
 
-    from peftlab.search import carve_validation
+    from peftlab.hpsearch import carve_validation
     from peftlab.tasks import get_task
 
     df = pd.DataFrame({"text_a": [f"t{i}" for i in range(50)], "label": [1] * 35 + [0] * 15,

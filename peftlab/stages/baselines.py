@@ -6,7 +6,7 @@ evaluated on (run right after `data`).
 Per task, one `baselines` record (`peftlab.records.BaselineRecord`, key: the task):
 - the majority-class predictor's value of every metric with its bootstrap interval over the
   evaluation examples, the best constant prediction per metric, and chance (uniform random
-  guessing), from `peftlab.baselines.baseline_metrics` on the evaluation labels;
+  guessing), from `peftlab.baseline_scores.baseline_metrics` on the evaluation labels;
 - the base model with an untrained head, initialised under the study's first seed, evaluated on
   the same examples the runs are evaluated on (same tokenisation, pair template and padding), so
   a reader sees what the pretrained features give with no training at all;
@@ -14,7 +14,7 @@ Per task, one `baselines` record (`peftlab.records.BaselineRecord`, key: the tas
   probe), that probe-fitted head too, fitted on the task's training subset: the runs' starting
   point, so a reader sees what fine-tuning added to it.
 
-The stats stage judges every run against this record (`peftlab.baselines.judge`): a run whose
+The stats stage judges every run against this record (`peftlab.baseline_scores.judge`): a run whose
 main metric's interval does not clear the majority and chance rates is flagged as degenerate and
 left out of drift and deployment verdicts. Idempotent: a task whose evaluation rows, model and
 settings are unchanged is skipped.
@@ -103,7 +103,7 @@ def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_boots
 def run(ctx: Context) -> None:
     """Fill the `baselines` table: one record per task of the study."""
     from peftlab.artifacts import ModelLoader
-    from peftlab.baselines import baseline_metrics
+    from peftlab.baseline_scores import baseline_metrics
     from peftlab.errors import ModelError
     from peftlab.store import provenance
     from peftlab.tasks import split_checksum

@@ -57,9 +57,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from peftlab.errors import DegenerateInputError, PeftlabError
+from peftlab.extraction import BASE_KEY, layer_names, load_representations
 from peftlab.measures import bootstrap_interval, compare_layer, knn_k
 from peftlab.records import DriftRecord, WeightRecord, replace
-from peftlab.representations import BASE_KEY, layer_names, load_representations
 from peftlab.store import provenance
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def representation_drift(ctx: Context) -> None:
             ctx.console.print(f"drift {task} ({pooling} pooling"
                               f"{', primary' if tag is None else ''}): {done} comparisons "
                               f"computed, {skipped} up to date")
-    from peftlab.representations import POOLINGS
+    from peftlab.extraction import POOLINGS
 
     for pooling in POOLINGS:  # a pooling no longer extracted (or now primary): its old records
         if pooling not in exploratory:

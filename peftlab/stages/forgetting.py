@@ -4,7 +4,7 @@
 
 Drift says how far representations moved; this stage says whether anything the base could do was
 lost (Biderman et al. 2024, "LoRA learns less and forgets less"). Settings: the spec's
-`forgetting` section (`spec.ForgettingSpec`); the arithmetic lives in `peftlab.forgetting`.
+`forgetting` section (`spec.ForgettingSpec`); the arithmetic lives in `peftlab.forgetting_measures`.
 
 Off-task linear probes (every model). The probe tasks are `forgetting.tasks` (registered tasks or
 the user's files), else the study's own tasks. For each probe task, probe training examples are a
@@ -14,9 +14,9 @@ occurs in the train or eval split of another study task are removed first (none 
 file could repeat them), so no run is ever probed on text it was tuned or evaluated on. The base
 and every finished run are probed on every probe task except the one the run was tuned on (checked
 again, against the run's own training rows, before each run is measured). Representations are
-pooled as the represent stage pools them (`represent.pooling`, `representations.extract`) at the
+pooled as the represent stage pools them (`represent.pooling`, `extraction.extract`) at the
 layers of `forgetting.layers` (default: the middle and the last block); each model gets its own
-probe (`forgetting.fit_probe`: standardised logistic regression, C by stratified cross-validation
+probe (`forgetting_measures.fit_probe`: standardised logistic regression, C by stratified cross-validation
 on the probe training examples only). For speed, examples are run in order of length and a PEFT
 adapter is merged into its base where the method allows it (the same function, to float
 rounding); results are stored in probe order.
@@ -27,7 +27,7 @@ probe tasks (`forgetting.tasks`) outside the study; `lm_texts` of
 each source, seeded; texts of fewer than two tokens predict nothing and are dropped. The LM head is
 the BASE model's (`AutoModelForCausalLM` on the base checkpoint, `get_output_embeddings()`: its
 `lm_head`, or the input embeddings where the checkpoint ties them); each model's backbone reads the
-text and that head scores it (`forgetting.lm_losses`). A checkpoint without an LM head (a
+text and that head scores it (`forgetting_measures.lm_losses`). A checkpoint without an LM head (a
 sequence-classification checkpoint with untied embeddings) and every encoder (MiniLM has no LM
 head) get a `skipped` record with the reason.
 
@@ -82,7 +82,8 @@ import numpy as np
 
 from peftlab.artifacts import base_source, run_source
 from peftlab.errors import DataError, ModelError, PeftlabError, SpecError
-from peftlab.forgetting import (
+from peftlab.extraction import BASE_KEY, extract, layer_names, probe_hash, resolve_pooling
+from peftlab.forgetting_measures import (
     LMLosses,
     fit_probe,
     lm_loss_difference,
@@ -93,7 +94,6 @@ from peftlab.forgetting import (
     resolve_layers,
 )
 from peftlab.records import ForgettingRecord, write
-from peftlab.representations import BASE_KEY, extract, layer_names, probe_hash, resolve_pooling
 from peftlab.store import provenance
 
 if TYPE_CHECKING:
@@ -557,7 +557,7 @@ def _encoded(pt: ProbeTask, split: str, tokenizer: Any, ctx: Context) -> Any:
 
 
 def _extract_by_length(model: Any, tokenizer: Any, dataset: Any, **kwargs: Any) -> np.ndarray:
-    """`representations.extract` over the examples in order of length, returned in dataset
+    """`extraction.extract` over the examples in order of length, returned in dataset
     order: float32 [layers, n, hidden]. Batches of similar lengths carry little padding: 128
     SST-2 sentences hold 1,869 MiniLM tokens, padded to 6,144 in batches of 32 in dataset order
     and to 2,784 in length order. Pooling never reads padding, so only float rounding differs."""

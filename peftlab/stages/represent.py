@@ -17,7 +17,7 @@ states are pooled to one vector per example:
 `represent.pooling` may list several (`[last, mean]`): every pooling comes from the same forward
 pass and is stored beside the others. The one the classification head reads (last for decoders,
 first for encoders) is primary when listed, else the first listed
-(`representations.primary_pooling`); the others are exploratory readouts.
+(`extraction.primary_pooling`); the others are exploratory readouts.
 
 Layer 0 is the embedding output, layer i the output of block i; the last layer is what transformers
 returns as the last hidden state (for Llama: after the final RMSNorm, i.e. what the head reads).
@@ -32,7 +32,7 @@ An exploratory pooling's file is `represent/<task>/<pooling>/<key>.safetensors`,
 
 Pooled-token diagnostic: for each `last` or `first` pooling, one `readout` record per task
 (`records.ReadoutRecord`, key "<task>/<pooling>") says which token ids the readout reads over the
-probes (`representations.token_diagnostic`): the share of the most common one, the top tokens
+probes (`extraction.token_diagnostic`): the share of the most common one, the top tokens
 decoded, whether the top one is whitespace or punctuation, and a warning when it covers more than
 `represent.token_warning_share` of them. It depends on the tokenizer and the probe texts only, so
 one record covers the base and every run.
@@ -46,8 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftlab.artifacts import base_source, run_source
-from peftlab.records import ReadoutRecord, RepresentRecord, write
-from peftlab.representations import (
+from peftlab.extraction import (
     BASE_KEY,
     TABLE,
     TOKEN_POOLINGS,
@@ -64,6 +63,7 @@ from peftlab.representations import (
     resolve_poolings,
     token_diagnostic,
 )
+from peftlab.records import ReadoutRecord, RepresentRecord, write
 from peftlab.store import Store, atomic_write_bytes, provenance
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@
 Runs only when the spec has a `search:` block. For every (task, method) whose search has not
 finished, trials are asked from Optuna (storage: <study dir>/search/optuna.journal), trained on
 the training subset minus a seeded, stratified validation split and scored on that split
-(`peftlab.search`). Every trial and a summary per search go to the `search` table; a finished
+(`peftlab.hpsearch`). Every trial and a summary per search go to the `search` table; a finished
 search's best values become part of its final runs' configuration and ids (`Study.resolve`), so
 finetune trains them next, on the full training subset. A search killed mid-trial resumes where
 it stopped: the trial that was running is retried and does not count against the budget.
@@ -58,8 +58,8 @@ def _fmt(v: object) -> str:
 
 def run_search(ctx: Context, sc: SearchConfig):
     """Drive one search to its budget, storing every trial; returns its summary record."""
+    from peftlab.hpsearch import STORAGE_NAME, open_session, optimise
     from peftlab.records import write
-    from peftlab.search import STORAGE_NAME, open_session, optimise
     from peftlab.validate import check_batch_fits
 
     task = ctx.data.task(sc.task)

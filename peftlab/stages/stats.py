@@ -12,7 +12,7 @@ over its family, so the report can phrase each finding from its outcome: differe
 `stats.min_runs` complete pairs: no test) or void (the runs are not evidence: see below).
 
 Runs that learned nothing. Every done run's main metric is judged against its task's `baselines`
-record (`peftlab.baselines.judge`: the lower bound of its bootstrap interval must clear the
+record (`peftlab.baseline_scores.judge`: the lower bound of its bootstrap interval must clear the
 majority-class rate, the best constant prediction and chance); the verdict is recomputed here from
 the runs and baselines tables on every run, so studies whose finetune stage predates the guard are
 judged too, and stored as one `summary/run/<run id>` record per run. A degenerate run is left out
@@ -92,7 +92,7 @@ from scipy import optimize
 from scipy import stats as sst
 
 from peftlab import stats as st
-from peftlab.baselines import judge
+from peftlab.baseline_scores import judge
 from peftlab.errors import DegenerateInputError
 from peftlab.measures import MEASURES, tested_measures
 from peftlab.measures import label as measure_label

@@ -15,7 +15,7 @@ seeded generator, so the store is identical on every call. Dataset and spec text
 (`<script>`, `|`) to test escaping.
 
 The record layouts follow the stages' code: `runs` (finetune._record_done), `data`
-(study.data_stage), `baselines` (stages.baselines, built with `peftlab.baselines`), `drift`
+(study.data_stage), `baselines` (stages.baselines, built with `peftlab.baseline_scores`), `drift`
 (drift._compare_runs), `weights` (drift.weight_drift), `forgetting` (stages.forgetting); `bench`
 records are made by the bench stage's own `bench.units.unit_records` from worker results shaped
 like `bench.worker.run_job`'s.
@@ -142,9 +142,9 @@ def _metrics_of(task: str, pred: np.ndarray, seed: int) -> dict[str, dict[str, f
 
 
 def baseline_records(study: Study) -> list[BaselineRecord]:
-    """The baselines stage's records, from `peftlab.baselines` on the sample's labels; the
+    """The baselines stage's records, from `peftlab.baseline_scores` on the sample's labels; the
     untrained head predicts the same label for 20 of 24 examples."""
-    from peftlab.baselines import baseline_metrics
+    from peftlab.baseline_scores import baseline_metrics
     from peftlab.tasks import get_task
 
     out = []
@@ -336,8 +336,8 @@ def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
                        ) -> list[ForgettingRecord]:
     """The forgetting stage's records: every task probes the others (the stage's default), at
     two layers, and the held-out LM loss (the other tasks' evaluation sentences); run minus
-    base intervals from `peftlab.forgetting`'s own paired bootstraps."""
-    from peftlab.forgetting import LMLosses, lm_loss_difference, paired_accuracy_difference
+    base intervals from `peftlab.forgetting_measures`'s own paired bootstraps."""
+    from peftlab.forgetting_measures import LMLosses, lm_loss_difference, paired_accuracy_difference
 
     common = {"settings": {"layers": list(FORGETTING_LAYERS)}, "base_source": "base:sample",
               "provenance": PROVENANCE}

@@ -614,7 +614,7 @@ def accuracy(res: Results) -> Section:
         cols = ["Task", "Metric", "Eval examples", "Labels", "Majority class [CI]",
                 "Best constant", "Chance (uniform guessing)", "Base, untrained head [CI]"]
         caption = ("What a run must beat, on the evaluation examples the runs are evaluated on "
-                   "(peftlab.baselines).")
+                   "(peftlab.baseline_scores).")
         if probed:  # the runs start from a head fitted on frozen features: show where they start
             cols.append("Base, probe-fitted head [CI]")
             caption += (" Probe-fitted head: the base with its head fitted by logistic "
