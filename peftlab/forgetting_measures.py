@@ -1,4 +1,4 @@
-"""Forgetting: what tuning cost the base model's other abilities (pure functions, no I/O).
+"""The two forgetting measures: what tuning cost the base model's other abilities.
 
     probe = fit_probe(x_train, y_train, c_grid=[0.01, 0.1, 1], folds=5, seed=0)
     correct = probe_correct(probe, x_test, y_test)              # bool (n_test,)
@@ -28,6 +28,10 @@ Two measures, both "run minus base" on data the run was not tuned on:
   maximum length), position t predicting token t + 1, padding never read. Forgetting is the loss
   after tuning minus the loss before (the base model itself), on the same texts; the interval is
   a paired bootstrap over texts of that difference of token-weighted means.
+
+No files and no store: the probe functions take arrays, `lm_losses` runs the models it is given
+over the texts it is given (on `device`, in inference mode); the forgetting stage loads the
+models, extracts the features and writes the records.
 """
 
 from __future__ import annotations
