@@ -13,23 +13,17 @@ the `multi` mode and the server do per request/batch), `compile_ms` records what
 (kept apart from serving latency), `get_base_model()` gives the transformers model inside (its head
 is a plain module, so `loading.served_head` reads the head actually computed with).
 
-Where eager unmerged LoRA loses its time at batch 1 (all-MiniLM-L6-v2, LoRA r=8 on all 37 linear
-layers, CPU; benchmarks/unmerged_fastpath.py): not in compute (the adapter adds 3.1% of the linear
-FLOPs) but in per-call work around 37 tiny matmuls. PEFT's `lora.Linear.forward` runs, per adapted
-layer and call, `_check_forward_args`, the adapter loop over ModuleDicts, three extra module calls
-(dropout - an `nn.Dropout` even in eval -, lora_A, lora_B), `* scaling`, `+ result` and a dtype
-cast. One forward at batch 1 makes 267 `nn.Module` calls and 1930 ATen ops unmerged against 116 and
-826 merged. A py-spy profile of eager unmerged (batch 1, 1 thread, 5,592 samples) put 53% of the
-time in the base GEMMs, 3% in the adapter's own GEMMs, and 18% in PEFT's Python and dispatch
-around them (10% in the adapter expression's module calls and elementwise ops, 7% in the other
-lines of `forward`); the rest is attention, norms and the model's own Python. Ablations in the same
-benchmark: replacing the eval-mode dropout modules by nn.Identity gains ~2% of the merged latency,
-dropping PEFT's dispatch (a plain 3-matmul module) most of the rest, fusing 3 matmuls + add into 2
-addmm the remainder. The overhead is a fixed cost per forward that grows with the number of adapted
-layers, not with the batch, and weighs more when the GEMMs get faster (more threads, a GPU): hence
-1.47-1.51 at batch 1 and 2 threads, 1.16-1.34 at batch 8.
+Why: served unmerged, a LoRA adapter adds little compute (two rank-r products per layer), but
+PEFT's `lora.Linear.forward` does Python and dispatch work around it in every adapted layer on
+every call: argument checks, a loop over the adapter ModuleDicts, three extra module calls
+(dropout, an `nn.Dropout` even in eval; lora_A; lora_B), the scaling multiply, the add and a
+dtype cast. That cost is fixed per forward and grows with the number of adapted layers, not with
+the batch, so it weighs most at small batches and when the GEMMs are fast (more threads, a GPU).
+benchmarks/unmerged_fastpath.py measures it: module calls and ATen ops per forward, latency
+against the merged model, and ablations (dropout replaced by the identity, PEFT's dispatch
+replaced by a plain 3-matmul module) that show which part of the overhead each step removes.
 
-`FusedLoraLinear` does the same arithmetic in 1 module call and 2 GEMMs (1087 ATen ops a forward):
+`FusedLoraLinear` does the same arithmetic in 1 module call and 2 GEMMs:
 
     h = x [W; A]^T + [b; 0]                one addmm: base output and x A^T side by side [T, out + r]
     y = h[:, :out] + h[:, out:] (s B)^T    one addmm: the rank-r update added in the same kernel
