@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -279,15 +278,24 @@ def test_compare_logits_is_relative_to_scale_and_tolerates_undecidable_flips():
 
 def test_timing_loop_meets_both_minimums_and_stops_at_the_cap():
     from peftlab.bench.timing import latency_stats, time_requests
+    from peftlab.testing.clock import VirtualClock
 
+    clock = VirtualClock()  # each call takes exactly 1 ms of simulated time
     counter = iter(range(10**9))
-    t = time_requests(lambda r: r, lambda: next(counter), warmup=2, min_iterations=5,
-                      min_seconds=0.02, max_seconds=5.0)
-    assert len(t.latencies_ns) >= 5 and t.wall_s >= 0.02 and t.stopped_by == "min_reached"
+    t = time_requests(lambda r: clock.sleep(0.001), lambda: next(counter), warmup=2,
+                      min_iterations=5, min_seconds=0.02, max_seconds=5.0, now_ns=clock.now_ns)
+    # 20 ms of timed work needs 20 calls of 1 ms: the time minimum binds, not the count
+    assert t.latencies_ns == [1_000_000] * 20 and t.stopped_by == "min_reached"
+    assert t.wall_s == pytest.approx(0.02)
     assert t.warmup_requests == [0, 1] and t.requests[0] == 2  # warm-up calls are not timed
-    slow = time_requests(lambda r: time.sleep(0.01), lambda: None, warmup=0,
-                         min_iterations=10**6, min_seconds=0.0, max_seconds=0.05)
-    assert slow.stopped_by == "max_seconds" and len(slow.latencies_ns) < 10
+    counted = time_requests(lambda r: clock.sleep(0.001), lambda: None, warmup=0,
+                            min_iterations=30, min_seconds=0.02, max_seconds=5.0,
+                            now_ns=clock.now_ns)
+    assert len(counted.latencies_ns) == 30 and counted.stopped_by == "min_reached"
+    slow = time_requests(lambda r: clock.sleep(0.01), lambda: None, warmup=0,
+                         min_iterations=10**6, min_seconds=0.0, max_seconds=0.05,
+                         now_ns=clock.now_ns)
+    assert slow.stopped_by == "max_seconds" and len(slow.latencies_ns) == 5
     s = latency_stats([1_000_000, 2_000_000, 4_000_000])
     assert s["p50"] == 2.0 and s["mean"] == pytest.approx(7 / 3) and s["count"] == 3
 

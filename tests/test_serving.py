@@ -2,14 +2,13 @@
 
     .venv/bin/python -m pytest tests/test_serving.py -q
 
-Generator and server behaviour is tested against fake backends that sleep (their speed does not
-depend on how busy the machine is); the configurations themselves on a tiny study (2-layer Llama,
-sst2 + rte, full + LoRA, one seed) trained once per module.
+Generator and server behaviour is tested on simulated time (`peftlab.testing.clock.VirtualClock`)
+against fake backends that take a fixed simulated time per batch: every run is the same on every
+machine, so time bounds and batch shapes are asserted exactly. The configurations themselves run
+on a tiny study (2-layer Llama, sst2 + rte, full + LoRA, one seed) trained once per module.
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import torch
 from scipy import stats
 
 from peftlab.errors import PeftlabError
+from peftlab.testing.clock import VirtualClock
 
 # -- arrivals and popularity -----------------------------------------------------------------------
 
@@ -75,9 +75,12 @@ def test_popularity_patterns_give_their_distributions():
 
 
 class SleepyBackend:
-    """A backend that takes `seconds` per batch and answers zeros: a server of known speed."""
+    """A backend that takes `seconds` of `clock`'s simulated time per batch and answers zeros:
+    a server of exactly known speed."""
 
-    def __init__(self, seconds: float, names=("a", "b"), per_adapter: bool = False):
+    def __init__(self, clock: VirtualClock, seconds: float, names=("a", "b"),
+                 per_adapter: bool = False):
+        self.clock = clock
         self.names = list(names)
         self.seconds = seconds
         self.per_adapter = per_adapter
@@ -89,7 +92,7 @@ class SleepyBackend:
 
     def forward(self, inputs, adapters):
         self.calls.append(list(adapters))
-        time.sleep(self.seconds)
+        self.clock.sleep(self.seconds)
         return torch.zeros(inputs["input_ids"].shape[0], 2)
 
     def weight_bytes(self):
@@ -116,71 +119,71 @@ def fake_workload(tokenizer):
 
 
 def _serve(backend, workload, tokenizer, **kw):
+    """serve_at_rate on the backend's simulated clock."""
     from peftlab.bench.serving import serve_at_rate
 
-    args = {"pattern": "uniform", "max_batch_size": 1, "max_wait_ms": 0.0, "seed": 0}
+    args = {"pattern": "uniform", "max_batch_size": 1, "max_wait_ms": 0.0, "seed": 0,
+            "clock": backend.clock}
     return serve_at_rate(backend, workload, tokenizer, **{**args, **kw})
 
 
 def test_load_generator_stops_by_itself_within_its_time_bound_on_a_too_slow_server(
         fake_workload, tokenizer):
-    backend = SleepyBackend(0.2)  # 5 requests/s at most, offered 100/s
-    t0 = time.perf_counter()
+    backend = SleepyBackend(VirtualClock(), 0.2)  # 5 requests/s at most, offered 100/s
     row = _serve(backend, fake_workload, tokenizer, rate=100.0, max_requests=10_000,
                  max_seconds=1.0, drain_seconds=0.5, keep_logits=True)
-    wall = time.perf_counter() - t0
-    # window 1 s + drain 0.5 s + at most the one batch in flight (0.2 s), plus start-up slack
-    assert wall < 1.0 + 0.5 + 0.2 + 1.0, wall
+    # window 1 s + drain 0.5 s + at most the one batch in flight (0.2 s)
+    assert 1.0 + 0.5 <= row["wall_s"] <= 1.0 + 0.5 + 0.2, row["wall_s"]
     req = row["requests"]
     assert 40 < req["offered"] < 10_000  # the time bound, not the count, ended the arrivals
     assert req["done"] + req["unserved"] == req["offered"] and req["unserved"] > 0
     assert row["answered_once"] and sorted(row["answers"]) == list(range(req["offered"]))
     assert row["stopped_by"] == "drain_timeout" and not row["keeps_up"]
-    assert row["throughput_rps"] < 8  # the server's capacity, not the offered 100/s
+    assert row["throughput_rps"] == pytest.approx(5.0)  # the server's capacity, not 100/s
 
 
 def test_load_generator_stops_by_itself_at_its_count_bound(fake_workload, tokenizer):
-    backend = SleepyBackend(0.2)
-    t0 = time.perf_counter()
+    backend = SleepyBackend(VirtualClock(), 0.2)
     row = _serve(backend, fake_workload, tokenizer, rate=1000.0, max_requests=30,
                  max_seconds=60.0, drain_seconds=1.0)
-    wall = time.perf_counter() - t0
-    assert row["requests"]["offered"] == 30 and wall < 0.1 + 1.0 + 0.2 + 1.0, wall
+    window = row["arrival_window_s"]  # the 30th arrival, ~30 ms at 1000/s: far below 60 s
+    assert row["requests"]["offered"] == 30 and window < 0.1
+    assert window + 1.0 <= row["wall_s"] <= window + 1.0 + 0.2, row["wall_s"]
     assert row["requests"]["unserved"] > 0 and row["answered_once"]
 
 
 def test_dynamic_batching_obeys_max_batch_max_wait_and_per_adapter_batches(fake_workload,
                                                                           tokenizer):
     # a burst: 64 requests within ~30 ms; each batch takes 20 ms, so the queue is always full
-    mixed = SleepyBackend(0.02, per_adapter=False)
+    mixed = SleepyBackend(VirtualClock(), 0.02, per_adapter=False)
     row = _serve(mixed, fake_workload, tokenizer, rate=2000.0, max_requests=64, max_seconds=5.0,
                  max_batch_size=8, max_wait_ms=50.0, drain_seconds=5.0)
     assert row["requests"]["done"] == 64
     sizes = [len(c) for c in mixed.calls]
-    assert max(sizes) == 8 and sum(sizes) == 64 and sizes.count(8) >= 6
+    assert sizes == [8] * 8  # every batch full: the queue refills while one runs
     assert any(len(set(c)) == 2 for c in mixed.calls)  # mixed batches mix adapters
-    per = SleepyBackend(0.02, per_adapter=True)
+    per = SleepyBackend(VirtualClock(), 0.02, per_adapter=True)
     row = _serve(per, fake_workload, tokenizer, rate=2000.0, max_requests=64, max_seconds=5.0,
                  max_batch_size=8, max_wait_ms=50.0, drain_seconds=5.0)
     assert row["requests"]["done"] == 64 and all(len(set(c)) == 1 for c in per.calls)
     assert row["batches"]["adapters_per_batch_mean"] == 1.0
     # sparse arrivals (~200 ms apart) with a 2 ms wait: a batch never waits to fill up, so
-    # requests further apart than the wait (plus scheduling slack) never share one
-    sparse = SleepyBackend(0.0)
+    # requests further apart than the wait never share one
+    sparse = SleepyBackend(VirtualClock(), 0.0)
     row = _serve(sparse, fake_workload, tokenizer, rate=5.0, max_requests=8, max_seconds=10.0,
                  max_batch_size=8, max_wait_ms=2.0, drain_seconds=2.0, keep_logits=True)
     assert row["requests"]["done"] == 8 and row["batches"]["count"] >= 5
     by_batch = {}
     for a in row["answers"].values():
         by_batch.setdefault(a.batch, []).append(a.arrival_ns)
-    assert all(max(v) - min(v) < 40e6 for v in by_batch.values())
+    assert all(max(v) - min(v) <= 2e6 for v in by_batch.values())
 
 
 def test_saturation_sweep_finds_the_capacity_of_a_server_of_known_speed(fake_workload,
                                                                         tokenizer):
     from peftlab.bench.serving import rising_rates, saturation_sweep
 
-    backend = SleepyBackend(0.02)  # batch 1, 20 ms: 50 requests/s
+    backend = SleepyBackend(VirtualClock(), 0.02)  # batch 1, 20 ms: 50 requests/s
 
     def at(rate):
         return _serve(backend, fake_workload, tokenizer, rate=rate, max_requests=10_000,
@@ -202,11 +205,13 @@ def test_serving_sweep_interleaves_configurations_and_stops_each_at_its_capacity
         fake_workload, tokenizer):
     from peftlab.bench.serving import serving_sweep
 
-    backends = {"slow": SleepyBackend(0.01), "quick": SleepyBackend(0.001)}  # 100/s, 1000/s
+    clock = VirtualClock()
+    backends = {"slow": SleepyBackend(clock, 0.01),  # 100 requests/s
+                "quick": SleepyBackend(clock, 0.001)}  # 1000 requests/s
     out = serving_sweep(backends, {n: fake_workload for n in backends}, tokenizer,
                         rates=[10.0, 30.0, 300.0], pattern="distinct", max_batch_size=1,
                         max_wait_ms=0.0, max_requests=10_000, max_seconds=0.8,
-                        drain_seconds=0.3)
+                        drain_seconds=0.3, clock=clock)
     assert out["order"] == [[10.0, "slow"], [10.0, "quick"], [30.0, "quick"], [30.0, "slow"],
                             [300.0, "slow"], [300.0, "quick"]]
     assert out["slow"]["saturation_rate"] == 30.0 and out["slow"]["saturated"]
@@ -215,8 +220,8 @@ def test_serving_sweep_interleaves_configurations_and_stops_each_at_its_capacity
 
 
 def test_p99_of_a_load_run_says_when_too_few_requests_back_it(fake_workload, tokenizer):
-    row = _serve(SleepyBackend(0.0), fake_workload, tokenizer, rate=200.0, max_requests=40,
-                 max_seconds=5.0, drain_seconds=2.0)
+    row = _serve(SleepyBackend(VirtualClock(), 0.0), fake_workload, tokenizer, rate=200.0,
+                 max_requests=40, max_seconds=5.0, drain_seconds=2.0)
     lat = row["latency_ms"]
     assert lat["count"] == 40 and lat["p99_note"] == "too few requests (n < 100)"
     assert lat["p99_ci"] is None and lat["p50_ci"][0] <= lat["p50"] <= lat["p50_ci"][1]

@@ -21,12 +21,12 @@ Popularity patterns (the four of Punica's multi-tenant LoRA benchmarks), for k a
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from peftlab.bench.clock import SYSTEM_CLOCK, Clock
 from peftlab.errors import PeftlabError
 
 PATTERNS = ("distinct", "uniform", "skewed", "identical")
@@ -159,7 +159,8 @@ class DriveResult:
 
 
 def drive_open_loop(server: Any, workload: Workload, times: np.ndarray, adapters: np.ndarray, *,
-                    window_s: float, drain_seconds: float) -> DriveResult:
+                    window_s: float, drain_seconds: float, clock: Clock = SYSTEM_CLOCK
+                    ) -> DriveResult:
     """Send request i for adapter `workload.names[adapters[i]]` at `times[i]` s after the start.
 
     server: started, with submit(request_id, adapter, features, arrival_ns), answered() -> int,
@@ -168,48 +169,48 @@ def drive_open_loop(server: Any, workload: Workload, times: np.ndarray, adapters
     count bound cut them first). The driver never waits for an answer before sending; after the
     window it waits at most `drain_seconds` for outstanding answers, then stops the server. So a
     run ends by itself within window_s + drain_seconds + the one batch in flight at that moment,
-    however slow the server.
+    however slow the server. clock: the server's (`peftlab.bench.clock`), read and slept on here.
     """
     if len(times) != len(adapters):
         raise PeftlabError(f"{len(times)} arrival times but {len(adapters)} adapter choices")
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(DRIVER_SWITCH_INTERVAL_S)
-    clock = time.perf_counter_ns
+    now_ns, sleep = clock.now_ns, clock.sleep
     lag: list[float] = []
     offered = 0
     stopped_by = "all_answered"
-    start = clock()
+    start = now_ns()
     try:
         for i, (t, a) in enumerate(zip(times, adapters, strict=True)):
             if t > window_s:
                 break
             due = start + int(t * 1e9)
             while True:
-                now = clock()
+                now = now_ns()
                 if now >= due:
                     break
-                time.sleep(min((due - now) / 1e9, 0.05))
+                sleep(min((due - now) / 1e9, 0.05))
             if server.error is not None:
                 stopped_by = "server_error"
                 break
             name = workload.names[int(a)]
             server.submit(i, name, workload.take(name), due)
-            lag.append((clock() - due) / 1e6)
+            lag.append((now_ns() - due) / 1e6)
             offered += 1
         deadline = start + int((window_s + drain_seconds) * 1e9)
         while server.answered() < offered and server.error is None:
-            now = clock()
+            now = now_ns()
             if now >= deadline:
                 stopped_by = "drain_timeout"
                 break
-            time.sleep(min((deadline - now) / 1e9, 0.005))
+            sleep(min((deadline - now) / 1e9, 0.005))
         if server.error is not None:
             stopped_by = "server_error"
     finally:
         server.stop()
         sys.setswitchinterval(old_interval)
     return DriveResult(offered=offered, scheduled_offered=len(times), arrival_window_s=window_s,
-                       wall_s=(clock() - start) / 1e9, stopped_by=stopped_by, lag_ms=lag)
+                       wall_s=(now_ns() - start) / 1e9, stopped_by=stopped_by, lag_ms=lag)
 
 
 def arrival_window(times: np.ndarray, *, max_requests: int, max_seconds: float) -> float:

@@ -39,7 +39,6 @@ allocated/reserved on GPU) and the bytes of the served weights.
 
 from __future__ import annotations
 
-import threading
 import time
 import traceback
 from collections import Counter
@@ -49,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.bench.clock import SYSTEM_CLOCK, Clock
 from peftlab.bench.load import (
     DEFAULT_ZIPF_EXPONENT,
     Workload,
@@ -195,7 +195,8 @@ def serving_backends(loader: Any, lora: list[dict[str, Any]], full: list[dict[st
 
 @dataclass
 class Answer:
-    """The one answer to one request. Times: perf_counter_ns; status done | unserved | error."""
+    """The one answer to one request. Times: the server clock's ns (`time.perf_counter_ns` in
+    production); status done | unserved | error."""
 
     id: int
     adapter: str
@@ -214,11 +215,13 @@ class BatchingServer:
 
     collate(list of feature dicts) -> padded tensors on the device. After `stop()`, every
     request submitted has exactly one `Answer` in `answers` (those never run: "unserved").
-    batches: one dict per batch run (size, adapters, start/end ns, service ms).
+    batches: one dict per batch run (size, adapters, start/end ns, service ms). clock: where
+    time, waits and the server's thread come from (`peftlab.bench.clock`; tests simulate it).
     """
 
     def __init__(self, backend: Backend, collate: Callable[[list[dict]], dict[str, Any]], *,
-                 max_batch_size: int, max_wait_ms: float, device: str = "cpu"):
+                 max_batch_size: int, max_wait_ms: float, device: str = "cpu",
+                 clock: Clock = SYSTEM_CLOCK):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise PeftlabError(f"max_batch_size must be >= 1 and max_wait_ms >= 0, got "
                                f"{max_batch_size} and {max_wait_ms}")
@@ -231,10 +234,11 @@ class BatchingServer:
         self.batches: list[dict[str, Any]] = []
         self.error: str | None = None
         self._queue: list[tuple[int, str, dict, int, int]] = []
-        self._cond = threading.Condition()
+        self._now = clock.now_ns
+        self._cond = clock.condition()
         self._stopping = False
         self._submitted = 0
-        self._thread = threading.Thread(target=self._loop, name="peftlab-server", daemon=True)
+        self._thread = clock.thread(self._loop, "peftlab-server")
 
     # -- client side -----------------------------------------------------------------------------
     def start(self) -> BatchingServer:
@@ -245,8 +249,7 @@ class BatchingServer:
         with self._cond:
             if self._stopping:
                 raise PeftlabError("the server is stopped")
-            self._queue.append((request_id, adapter, features, arrival_ns,
-                                time.perf_counter_ns()))
+            self._queue.append((request_id, adapter, features, arrival_ns, self._now()))
             self._submitted += 1
             self._cond.notify()
 
@@ -289,7 +292,7 @@ class BatchingServer:
             deadline = head[4] + self.max_wait_ns
             while not self._stopping:
                 picked = self._eligible(adapter)
-                remaining = deadline - time.perf_counter_ns()
+                remaining = deadline - self._now()
                 if len(picked) >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining / 1e9)
@@ -308,7 +311,7 @@ class BatchingServer:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                start = time.perf_counter_ns()
+                start = self._now()
                 try:
                     inputs = {k: v.to(self.device) for k, v in
                               self.collate([q[2] for q in batch]).items() if k != "labels"}
@@ -322,7 +325,7 @@ class BatchingServer:
                                                 example=features))
                         self._stopping = True
                     return
-                done = time.perf_counter_ns()
+                done = self._now()
                 b = len(self.batches)
                 self.batches.append({"size": len(batch), "adapters": sorted({q[1] for q in batch}),
                                      "start_ns": start, "done_ns": done,
@@ -341,14 +344,14 @@ def serve_at_rate(backend: Backend, workload: Workload, tokenizer: Any, *, rate:
                   pattern: str, max_batch_size: int, max_wait_ms: float, max_requests: int,
                   max_seconds: float, drain_seconds: float | None = None, seed: int = 0,
                   zipf_exponent: float = DEFAULT_ZIPF_EXPONENT, device: str = "cpu",
-                  keep_logits: bool = False) -> dict[str, Any]:
+                  keep_logits: bool = False, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """Offer Poisson load at `rate` requests/s to `backend` behind a batching server.
 
     Arrivals: at most `max_requests` within `max_seconds` (seeded); adapters: `pattern` over the
     workload's names. The run ends by itself after the last arrival + `drain_seconds` (default:
     max(1 s, 20 x max_wait)) at the latest; requests not answered by then count as unserved.
     Returns the JSON-ready row described in the module docstring (`keep_logits`: also the
-    answers themselves, for tests).
+    answers themselves, for tests). clock: the server's and the driver's (`peftlab.bench.clock`).
     """
     from peftlab.encode import make_collator
     from peftlab.memory import PeakMemory
@@ -364,12 +367,12 @@ def serve_at_rate(backend: Backend, workload: Workload, tokenizer: Any, *, rate:
 
         cuda_start = torch.cuda.memory_allocated()
     server = BatchingServer(backend, make_collator(tokenizer), max_batch_size=max_batch_size,
-                            max_wait_ms=max_wait_ms, device=device)
+                            max_wait_ms=max_wait_ms, device=device, clock=clock)
     with PeakMemory(device) as mem:
         server.start()
         drive = drive_open_loop(server, workload, times, who, drain_seconds=drain,
                                 window_s=arrival_window(times, max_requests=max_requests,
-                                                        max_seconds=max_seconds))
+                                                        max_seconds=max_seconds), clock=clock)
     row = summarize(server, drive, offered_rate=float(rate), pattern=pattern, k=k,
                     max_requests=max_requests,
                     max_seconds=max_seconds, drain_seconds=drain, seed=seed,

@@ -76,12 +76,14 @@ def time_requests(
     device: str = "cpu",
     after: Callable[[Any], None] | None = None,
     before_timing: Callable[[], None] | None = None,
+    now_ns: Callable[[], int] = time.perf_counter_ns,
 ) -> Timing:
     """Warm up, then time `call(next_request())` until the stopping rule is met.
 
     `after(request)` runs after each timed call's second clock read (bookkeeping that must not be
     timed, e.g. reading which adapter is active). `before_timing()` runs once between warm-up and
-    the first timed call. Returns a `Timing` with every raw latency.
+    the first timed call. `now_ns`: the clock read around each call (a stand-in in tests).
+    Returns a `Timing` with every raw latency.
     """
     if min_iterations < 1:
         raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
@@ -103,7 +105,7 @@ def time_requests(
     latencies: list[int] = []
     requests: list[Any] = []
     events: list[tuple[Any, Any]] = []
-    clock = time.perf_counter_ns
+    clock = now_ns
     stopped_by = "min_reached"
     start = clock()
     while True:

@@ -6,6 +6,7 @@
 - `fixtures`: a spec for a seconds-long study of a tiny model (`tiny_spec`, `write_spec`) and
   that study run through its stages (`tiny_study`);
 - `watch`: polling a study that runs in a subprocess (`wait_for_records`, `running_steps`);
+- `clock`: simulated time for the serving loop and the load generator (`VirtualClock`);
 - `sample_study`: a fixed study directory with results in the shapes the stages write, without
   training (`python -m peftlab.testing.sample_study DIR`; not re-exported here, so that running
   it as a module does not import it twice).
@@ -14,6 +15,7 @@
     from peftlab.testing.sample_study import write_sample
 """
 
+from peftlab.testing.clock import VirtualClock
 from peftlab.testing.fixtures import METHOD_PRESETS, tiny_spec, tiny_study, write_spec
 from peftlab.testing.tiny_models import (
     MIXED_LENGTH_TEXTS,
@@ -26,6 +28,7 @@ from peftlab.testing.watch import running_steps, wait_for_records
 __all__ = [
     "METHOD_PRESETS",
     "MIXED_LENGTH_TEXTS",
+    "VirtualClock",
     "build_tiny_bert",
     "build_tiny_llama",
     "build_tiny_tokenizer",
