@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -112,20 +111,17 @@ def test_the_estimate_counts_the_reference_plan(check, glue_dir):
     assert "estimated tinyllama-glue on this device" in stdout
 
 
-def test_the_import_check_names_every_missing_package_within_seconds(tmp_path):
+def test_the_import_check_names_every_missing_package_before_running_anything(tmp_path):
     # Shadow two packages with modules that fail the way a missing one does.
     for name in ("pydantic_core", "multiprocess"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(
             f"raise ModuleNotFoundError({'No module named ' + name!r}, name={name!r})\n")
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu",
                            "--small", "--out", str(tmp_path / "x.json")], cwd=REPO,
                           env=_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}"),
                           capture_output=True, text=True, timeout=300)
-    seconds = time.perf_counter() - t0
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "'pydantic_core'" in proc.stderr and "'multiprocess'" in proc.stderr
     assert "needed by datasets" in proc.stderr  # multiprocess is missing through datasets' import
-    assert not (tmp_path / "x.json").exists()  # nothing ran
-    assert seconds < 120  # imports only (a few seconds on a quiet machine)
+    assert not (tmp_path / "x.json").exists()  # nothing ran: it stopped at the imports
