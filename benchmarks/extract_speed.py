@@ -5,9 +5,9 @@ On the same tokenised examples (SST-2 training sentences from ../shared/data/glu
 sentences of varied length when that folder is absent) and the same padded batches, three ways are timed:
 
 - bare: `model(**batch, output_hidden_states=True)` per batch, results thrown away;
-- pooled: `represent.pooled_forward` per batch (the same forward plus pooling of every layer and
+- pooled: `extraction.pooled_forward` per batch (the same forward plus pooling of every layer and
   the copy of the pooled vectors to the host), on the pre-built batches;
-- extract: `represent.extract`, the function the represent stage calls: batching and padding from
+- extract: `extraction.extract`, the function the represent stage calls: batching and padding from
   the encoded dataset, pooled_forward, and the assembly of the (layers, n, hidden) array.
 
 The three alternate within each repeat so that load from other processes hits them alike; each

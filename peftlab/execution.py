@@ -10,7 +10,7 @@
 
 A unit (`Unit`) is a plain module-level function with picklable arguments (a RunConfig, data
 frames, paths) that returns its record(s) and never opens the store: training runs
-(`stages.finetune.train_unit`), search trials (`search.trial_unit`) and representation extraction
+(`stages.finetune.train_unit`), search trials (`hpsearch.trial_unit`) and representation extraction
 (`stages.represent.extract_unit`). The driver (the `peftlab run` process) plans, holds the study
 lock and is the only writer of the store: it writes a unit's `running` record when it dispatches
 it and the unit's returned record when it comes back. Artifacts (adapters, representation files)
