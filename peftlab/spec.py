@@ -161,9 +161,9 @@ class RepresentSpec(_Strict):
 
     probe_samples: int = Field(500, gt=0)  # examples of the task's evaluation split
     probe_seed: int = 0
-    # One pooling or several, all from the same forward pass (`representations.POOLINGS`):
+    # One pooling or several, all from the same forward pass (`extraction.POOLINGS`):
     # auto (last for decoders, mean for encoders), last, mean, first. The one the classification
-    # head reads is primary (`representations.primary_pooling`); the others are exploratory.
+    # head reads is primary (`extraction.primary_pooling`); the others are exploratory.
     pooling: Literal["auto", "last", "mean", "first"] | list[
         Literal["auto", "last", "mean", "first"]] = "auto"
     dtype: Literal["float32", "float16"] = "float32"  # storage dtype
