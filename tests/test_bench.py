@@ -116,6 +116,7 @@ def test_stage_fills_every_mode_and_sweep_point(benched):
 
 def test_percentiles_and_throughput_derive_from_the_stored_raw_latencies(benched):
     _, records, _ = benched
+    assert records, "the bench stage stored no records"
     for rec in records.values():
         ms = np.asarray(rec["latencies_ns"], dtype=np.float64) / 1e6
         stats = rec["latency_ms"]
@@ -149,6 +150,7 @@ def test_multi_records_k_distinct_active_adapters_and_its_switches(benched):
 
 def test_each_unit_ran_in_a_fresh_process_of_its_own(benched):
     _, records, _ = benched
+    assert records, "the bench stage stored no records"
     pids = {}
     for rec in records.values():
         proc = rec["process"]
@@ -737,8 +739,11 @@ def test_stored_multi_and_mixed_records_split_per_task_on_matched_batches(benche
     rows = bench_rows(list(records.values()))
     single = {(r["task"], r["batch_size"], str(r["seq_len"])): r for r in rows
               if r["mode"] == "unmerged"}
+    assert single, "no unmerged rows to match against"
     for mode in ("multi", "mixed"):
-        for r in (r for r in rows if r["mode"] == mode):
+        mine = [r for r in rows if r["mode"] == mode]
+        assert mine, f"no {mode} rows"
+        for r in mine:
             per = task_latencies(r)
             assert set(per) == {"sst2", "rte"}
             if mode == "multi":  # one task per request: the stream splits exactly

@@ -96,6 +96,7 @@ def test_every_method_gets_the_budget_and_pruned_trials_are_recorded(searched):
 def test_best_trial_is_the_best_complete_one(searched):
     study, _, _ = searched
     trials, summaries = _search_table(study)
+    assert {s.method for s in summaries} == {"full", "lora"}
     for s in summaries:
         complete = [t for t in trials if t.search_id == s.search_id and t.state == "complete"]
         top = max(t.values["accuracy"] for t in complete)
@@ -118,7 +119,9 @@ def test_final_runs_train_on_the_full_subset_with_the_best_values(searched):
         runs = {r["method"]: r for r in store.records("runs")}
     finally:
         store.close()
-    for rc in study.runs():
+    planned = study.runs()
+    assert sorted(rc.method for rc in planned) == sorted(best) == ["full", "lora"]
+    for rc in planned:
         s = best[rc.method]
         assert not rc.waiting and rc.search["trial"] == s.best["trial"]
         assert rc.training.learning_rate == s.best["params"]["learning_rate"]
@@ -189,6 +192,7 @@ def test_the_eval_split_never_reaches_the_objective(searched, tmp_path, tiny_lla
     trials, summaries = _search_table(study)
     train = {line.split(",")[0] for line in files["train"].read_text().splitlines()[1:]}
     evals = [line.split(",")[0] for line in files["eval"].read_text().splitlines()[1:]]
+    assert {s.method for s in summaries} == {"full", "lora"}
     for s in summaries:
         rows = s.validation["validation_rows"]
         assert s.validation["split"] == "train" and len(rows) == 10
@@ -424,6 +428,7 @@ def test_the_report_shows_each_search_with_its_parts(searched):
     section = _md_section(md, "Hyperparameter search")
     sec = next(s for s in doc.sections if s.title == "Hyperparameter search")
     assert [sub.title for sub in sec.subsections] == ["toy"]
+    assert {s.method for s in summaries} == {"full", "lora"} and trials
     for s in summaries:
         # the budget sentence, word for word, and the best trial with its parameters
         assert s.budget_sentence and s.budget_sentence in section
