@@ -5,7 +5,9 @@
 Generator and server behaviour is tested on simulated time (`peftlab.testing.clock.VirtualClock`)
 against fake backends that take a fixed simulated time per batch: every run is the same on every
 machine, so time bounds and batch shapes are asserted exactly. The configurations themselves run
-on a tiny study (2-layer Llama, sst2 + rte, full + LoRA, one seed) trained once per module.
+on a tiny study (2-layer Llama, sst2 + rte, full + LoRA, one seed) trained once per module, also
+on simulated time, where their forwards take none; the bench stage's tests (tests/test_bench.py)
+serve on real time.
 """
 
 from __future__ import annotations
@@ -119,11 +121,14 @@ def fake_workload(tokenizer):
 
 
 def _serve(backend, workload, tokenizer, **kw):
-    """serve_at_rate on the backend's simulated clock."""
+    """serve_at_rate on simulated time: a fake backend's clock, else a fresh one (a real model's
+    forward then takes no simulated time, so batches follow from the arrivals alone, not from
+    how fast this machine runs the model)."""
     from peftlab.bench.serving import serve_at_rate
 
+    clock = backend.clock if isinstance(backend, SleepyBackend) else VirtualClock()
     args = {"pattern": "uniform", "max_batch_size": 1, "max_wait_ms": 0.0, "seed": 0,
-            "clock": backend.clock}
+            "clock": clock}
     return serve_at_rate(backend, workload, tokenizer, **{**args, **kw})
 
 
