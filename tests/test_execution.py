@@ -158,27 +158,43 @@ def test_a_user_mistake_in_a_worker_comes_back_as_the_same_error(ray_runtime):
         ex.close()
 
 
-def _killer(targets: dict[str, int], stop: threading.Event, killed: list[tuple[str, int]]):
-    """SIGKILL the Ray worker running unit `key` each time it starts, `targets[key]` times.
+def _killer(runs_dir: Path, targets: dict[str, int], stop: threading.Event,
+            killed: list[tuple[str, int]]):
+    """SIGKILL the Ray worker training run `key` each time an attempt of it starts training,
+    `targets[key]` times.
 
-    A worker's process title is `ray::peftlab:<unit key>` while it runs that unit (the task's
-    name), so a retried attempt in a fresh worker is found again.
+    The event is the worker's own: an attempt opens its artifact folder as
+    `runs/<key>.tmp-<worker pid>` (`store.atomic_dir`) after its imports, just before training,
+    and keeps it until the run is saved; so the folder names the process to kill, mid-run. The
+    worker's process title (`ray::peftlab:<key>`, the task's name) confirms the pid is it (a pid
+    that is not shows up in `killed` with its title, and fails the test).
     """
+    import re
+
     import psutil
 
-    seen: dict[int, float] = {}
+    seen: set[int] = set()
     while not stop.is_set() and any(targets.values()):
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            title = " ".join(proc.info["cmdline"] or [])
-            for key, left in targets.items():
-                if left and f"ray::peftlab:{key}" in title:
-                    # mid-run: once it has trained for a moment, not while it imports
-                    first = seen.setdefault(proc.info["pid"], time.monotonic())
-                    if time.monotonic() - first > 1.0:
-                        os.kill(proc.info["pid"], signal.SIGKILL)
-                        targets[key] -= 1
-                        killed.append((key, proc.info["pid"]))
-        time.sleep(0.1)
+        for key, left in targets.items():
+            if not left:
+                continue
+            for tmp in runs_dir.glob(f"{key}.tmp-*"):
+                match = re.fullmatch(rf"{re.escape(key)}\.tmp-(\d+)", tmp.name)
+                if match is None or int(match[1]) in seen:
+                    continue
+                pid = int(match[1])
+                seen.add(pid)
+                try:
+                    title = " ".join(psutil.Process(pid).cmdline())
+                except psutil.NoSuchProcess:
+                    continue  # an attempt that already ended: its folder is a leftover
+                if f"ray::peftlab:{key}" not in title:  # never kill what is not the worker
+                    killed.append((f"not the worker of {key}: {title}", pid))
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                targets[key] -= 1
+                killed.append((key, pid))
+        stop.wait(0.02)  # the next look at the folder, not a timer on the kill
 
 
 def test_a_killed_worker_leaves_its_unit_retried_or_failed_and_the_rest_finish(
@@ -191,7 +207,8 @@ def test_a_killed_worker_leaves_its_unit_retried_or_failed_and_the_rest_finish(
     retried, failed = lora
     targets = {retried: 1, failed: 2}  # max_retries 1: two deaths exhaust the unit
     stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_killer, args=(targets, stop, killed), daemon=True)
+    watcher = threading.Thread(target=_killer, args=(study.output_dir / "runs", targets, stop,
+                                                     killed), daemon=True)
     watcher.start()
     try:
         run_stages(study, ["data", "finetune"])
