@@ -117,12 +117,14 @@ class ModelLoader:
             trust_remote_code=self.spec.get("trust_remote_code", False))
 
     def adapters(self, artifacts: list[dict[str, Any]], seed: int | None = None) -> Any:
-        """A PeftModel with every artifact loaded as a named adapter; the first one active."""
-        from peftlab.methods import get_method
+        """A PeftModel with every artifact loaded as a named adapter; the first one active.
+        An adapter of a PEFT type peftlab has no method for loads with PEFT's own loader (the
+        default `Method.load`)."""
+        from peftlab.methods import Method
 
         first = artifacts[0]
         base = self._base_for(first, seed)
-        method = _method(first.get("method_type")) or get_method("lora")
+        method = _method(first.get("method_type")) or Method()
         names = [a["name"] for a in artifacts]
         try:
             model = method.load(base, Path(first["path"]), adapter_name=first["name"])
