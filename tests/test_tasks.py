@@ -471,16 +471,15 @@ def test_task_properties():
     assert get_task("wnli").label_names == ("not_entailment", "entailment")
 
 
-def test_register_and_validate_tasks(monkeypatch):
-    from peftlab.tasks import registry
+def test_register_and_validate_tasks():
+    from peftlab.tasks import TASKS
 
-    # A private copy of the registry, so this test's task does not leak into other tests.
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     task = make_file_task("unit-test-task", ["a", "b"], ["macro_f1"])
-    register_task(task)
-    assert get_task("unit_test_task") is task
-    with pytest.raises(SpecError, match="already registered"):
-        register_task(task)
+    with TASKS.temporarily(task):  # so this test's task does not leak into other tests
+        assert get_task("unit_test_task") is task
+        with pytest.raises(SpecError, match="already registered"):
+            register_task(task)
+    assert "unit-test-task" not in TASKS
     with pytest.raises(SpecError, match="at least 2 labels"):
         make_file_task("one", ["only"])
     with pytest.raises(SpecError, match="metric 'bleu'"):

@@ -396,9 +396,8 @@ def weight_drift(ctx: Context) -> None:
         task_def = ctx.data.task(task)
         # The full-precision base (no method's loading hook: a 4-bit base is not the reference).
         with logs.unit(f"weights/{task}/base"):  # its load report, labelled in log.txt
-            base = ModelLoader(rc0.model, "cpu").base(
-                1 if task_def.is_regression else len(task_def.label_names),
-                None if task_def.is_regression else list(task_def.label_names))
+            base = ModelLoader(rc0.model, "cpu").base(task_def.num_labels,
+                                                      task_def.head_label_names)
         base_dtype = _storage_dtype(base)
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}
