@@ -239,7 +239,7 @@ def evaluate(task: Any, logits: Any, labels: Any, n_bootstrap: int, seed: int
     from peftlab.metrics import compute_metrics
 
     y = np.asarray(labels)
-    pred = task.task_kind.predictions(logits)
+    pred = task.task_kind.predictions(task, logits)
     return compute_metrics(list(task.metrics), y, pred, n_bootstrap=n_bootstrap, seed=seed)
 
 

@@ -76,7 +76,7 @@ def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_boots
     def evaluate(net: Any) -> dict[str, Any]:
         logits = predict(net, dataset, loader.tokenizer, spec.training.eval_batch_size,
                          ctx.device, pad_to=spec.training.pad_to)
-        pred = kind.predictions(logits)
+        pred = kind.predictions(task_def, logits)
         out: dict[str, Any] = {
             "seed": seed,
             "metrics": compute_metrics(list(task_def.metrics), y, pred,

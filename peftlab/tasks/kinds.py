@@ -2,7 +2,7 @@
 
     kind = get_kind("classification")      # or task.task_kind
     kind.num_labels(task)                   # output size of the head: K classes, or 1 score
-    kind.predictions(logits)                # logits [n, num_labels] -> predictions [n]
+    kind.predictions(task, logits)          # logits [n, num_labels] -> predictions [n]
     kind.metrics()                          # the registered metrics that score it
 
 A kind declares what the rest of the code asks instead of branching on its name: whether labels
@@ -72,8 +72,9 @@ class TaskKind:
         """Names of the registered metrics that score this kind's predictions."""
         return [name for name, m in METRICS.items() if m.applies_to(self)]
 
-    def predictions(self, logits: np.ndarray) -> np.ndarray:
-        """(n,) predictions from logits [n, num_labels]: the argmax class."""
+    def predictions(self, task: TaskDef, logits: np.ndarray) -> np.ndarray:
+        """(n,) predictions of `task` from logits [n, num_labels]: the argmax class (kinds with
+        classes must return class ids 0..K-1)."""
         return np.asarray(logits).argmax(-1)
 
     def baselines(self, task: TaskDef, labels: np.ndarray, *, n_bootstrap: int, seed: int,
@@ -105,7 +106,7 @@ class Regression(TaskKind):
     default_metrics = ("pearson", "spearman")
     chance_rule = "random scores independent of the targets: expected correlation 0"
 
-    def predictions(self, logits: np.ndarray) -> np.ndarray:
+    def predictions(self, task: TaskDef, logits: np.ndarray) -> np.ndarray:
         return np.asarray(logits)[:, 0]
 
 
