@@ -177,3 +177,34 @@ def test_string_labels():
     res = compute_metrics(["accuracy", "macro_f1", "mcc"], y_true, y_pred, n_bootstrap=50)
     assert res["accuracy"]["value"] == pytest.approx(0.8)
     assert res["mcc"]["value"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+
+
+@pytest.mark.parametrize("name", ["accuracy", "macro_f1", "mcc", "spearman"])
+def test_a_metric_without_a_vectorised_form_is_bootstrapped_to_the_same_values(name):
+    """The generic path (the function on each resample) and the vectorised one agree, so a
+    registered metric needs no bootstrap code of its own."""
+    from peftlab.metrics import Metric
+
+    rng = np.random.default_rng(7)
+    y_true, y_pred = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    builtin = METRICS.get(name)
+    plain = Metric(f"{name}_plain", builtin.fn, builtin.target)
+    with METRICS.temporarily(plain):
+        got = compute_metrics([name, plain.name], y_true, y_pred, n_bootstrap=200, seed=3)
+    assert got[plain.name] == pytest.approx(got[name], abs=1e-12)
+    assert plain.name not in METRICS
+
+
+def test_chance_of_a_metric_without_a_formula_is_simulated():
+    """accuracy's chance is 1/k exactly; the same function with no formula is simulated (seeded)
+    and lands near it; a score metric with no formula has no chance value."""
+    from peftlab.metrics import Metric
+
+    labels = np.array([0, 1, 2] * 30)
+    exact = METRICS.get("accuracy").chance_value(labels, 3, 500, 0)
+    assert exact == (pytest.approx(1 / 3), "exact")
+    value, how = Metric("acc", METRICS.get("accuracy").fn).chance_value(labels, 3, 500, 0)
+    assert how == "simulation (500 draws, seed 0)" and abs(value - 1 / 3) < 0.02
+    assert Metric("s", METRICS.get("pearson").fn, "score").chance_value(labels, None, 9, 0) is None
+    with pytest.raises(ValueError, match="target must be one of"):
+        Metric("bad", METRICS.get("accuracy").fn, "text")

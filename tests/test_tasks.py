@@ -490,6 +490,26 @@ def test_register_and_validate_tasks():
         TaskDef("x", ("a", "b", "c"), ("n", "y"), ("accuracy",))
 
 
+def test_task_kinds_decide_labels_head_and_metrics():
+    from peftlab.tasks import get_kind
+
+    cls, reg = make_file_task("c", ["a", "b", "c"]), make_file_task("r", None)
+    assert (cls.kind, reg.kind) == ("classification", "regression")  # from the label names
+    assert cls.metrics == get_kind("classification").default_metrics == ("accuracy",)
+    assert (cls.num_labels, cls.head_label_names) == (3, ["a", "b", "c"])
+    assert (reg.num_labels, reg.head_label_names) == (1, None)
+    assert cls.has_classes and not reg.has_classes and cls.higher_is_better
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    assert cls.task_kind.predictions(cls, logits).tolist() == [1, 0]
+    assert reg.task_kind.predictions(reg, logits).tolist() == [0.1, 3.0]
+    assert "pearson" in get_kind("regression").metrics()
+    assert "pearson" not in get_kind("classification").metrics()
+    with pytest.raises(SpecError, match="kind: unknown task kind 'ranking'"):
+        make_file_task("k", ["a", "b"], kind="ranking")
+    with pytest.raises(SpecError, match="a regression task has no label_names"):
+        make_file_task("k", ["a", "b"], ["pearson"], kind="regression")
+
+
 def test_load_split_rejects_bad_arguments(tmp_path):
     task = get_task("sst2")
     with pytest.raises(SpecError, match="unknown split 'test'"):
