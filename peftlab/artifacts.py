@@ -117,12 +117,14 @@ class ModelLoader:
             trust_remote_code=self.spec.get("trust_remote_code", False))
 
     def adapters(self, artifacts: list[dict[str, Any]], seed: int | None = None) -> Any:
-        """A PeftModel with every artifact loaded as a named adapter; the first one active."""
-        from peftlab.methods import get_method
+        """A PeftModel with every artifact loaded as a named adapter; the first one active.
+        An adapter of a PEFT type peftlab has no method for loads with PEFT's own loader (the
+        default `Method.load`)."""
+        from peftlab.methods import Method
 
         first = artifacts[0]
         base = self._base_for(first, seed)
-        method = _method(first.get("method_type")) or get_method("lora")
+        method = _method(first.get("method_type")) or Method()
         names = [a["name"] for a in artifacts]
         try:
             model = method.load(base, Path(first["path"]), adapter_name=first["name"])
@@ -204,8 +206,7 @@ def run_artifact(ctx: Context, rc: RunConfig) -> dict[str, Any]:
     return {"name": adapter_name(rc.run_id), "path": str(path),
             "kind": "peft" if method.is_peft else "full", "task": rc.task, "run_id": rc.run_id,
             "method_type": rc.method_type, "params": rc.params,
-            "num_labels": 1 if task.is_regression else len(task.label_names),
-            "label_names": None if task.is_regression else list(task.label_names)}
+            "num_labels": task.num_labels, "label_names": task.head_label_names}
 
 
 def base_for_run(ctx: Context, rc: RunConfig, *, device: str | None = None,
@@ -214,8 +215,7 @@ def base_for_run(ctx: Context, rc: RunConfig, *, device: str | None = None,
     `rc`'s method loads it (a fresh head, seeded by the caller or `seed`)."""
     task = ctx.data.task(rc.task)
     loader = ModelLoader(rc.model, device or ctx.device)
-    model = loader.base(1 if task.is_regression else len(task.label_names),
-                        None if task.is_regression else list(task.label_names), seed,
+    model = loader.base(task.num_labels, task.head_label_names, seed,
                         method_type=rc.method_type, params=rc.params)
     return loader.tokenizer, model
 

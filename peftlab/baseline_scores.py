@@ -10,14 +10,16 @@ F1 0.82, and RTE sits at chance. So every run's main metric is set against
   interval over evaluation examples, and the best constant predictor per metric (always the
   same label, whichever scores best: for F1 that is always the positive label, which can beat
   the majority class when positives are the minority);
-- chance: uniform random guessing over the K labels, the expected metric value (exact for
-  accuracy, 1/K, and for binary F1, by summing over the binomial counts of true and false
-  positives; by seeded simulation for macro-F1 and MCC; 0 for correlations of regression tasks).
-A run learned when the lower bound of its main metric's bootstrap interval is above all of them
-(the point value when no interval was computed), or, for a classification task whose main
-metric is not accuracy, when accuracy's lower bound is above accuracy's (`judge`). The base
-model with an untrained head is kept beside them as context (what the pretrained features give
-with no training at all).
+- chance: uniform random guessing over the K labels, the expected metric value (each metric's
+  `Metric.chance_value`: exact for accuracy, 1/K, and for binary F1, by summing over the
+  binomial counts of true and false positives; by seeded simulation for macro-F1, MCC and
+  metrics without a formula; 0 for correlations of regression tasks).
+Which of these a task gets is its kind's (`TaskKind.baselines`): the constant predictors need
+classes. A run learned when the lower bound of its main metric's bootstrap interval is above all
+of them (the point value when no interval was computed), or, for a classification task whose main
+metric is not accuracy (the kind's `learned_fallback`), when accuracy's lower bound is above
+accuracy's (`judge`). The base model with an untrained head is kept beside them as context (what
+the pretrained features give with no training at all).
 
 Pure functions (labels in, numbers out); the `baselines` stage computes them on the study's
 evaluation subset and the stats stage judges every run with `judge`.
@@ -29,7 +31,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats as sst
 
 from peftlab.metrics import METRICS, compute_metrics
 
@@ -45,61 +46,14 @@ def _label_name(task: Any, label: int) -> str:
     return str(names[label]) if 0 <= label < len(names) else str(label)
 
 
-def _exact_binary_f1(labels: np.ndarray, k: int) -> float:
-    """E[F1 of label 1] when every prediction is uniform over k labels, independently.
-
-    TP ~ Binomial(P, 1/k) and FP ~ Binomial(N, 1/k) independently (P positives, N others);
-    F1 = 2 TP / (P + TP + FP), 0 when that is 0/0 (sklearn's zero_division=0)."""
-    pos = int(np.sum(labels == 1))
-    neg = int(labels.size - pos)
-    p = 1.0 / k
-    tp = np.arange(pos + 1)
-    fp = np.arange(neg + 1)
-    ptp = sst.binom.pmf(tp, pos, p)
-    pfp = sst.binom.pmf(fp, neg, p)
-    den = pos + tp[:, None] + fp[None, :]
-    f1 = np.divide(2.0 * tp[:, None], den, out=np.zeros(den.shape), where=den > 0)
-    return float(ptp @ f1 @ pfp)
-
-
-def _simulated(names: list[str], labels: np.ndarray, k: int, n_draws: int, seed: int
-               ) -> dict[str, float]:
-    """Mean of each metric over `n_draws` uniform random predictions (seeded), vectorised over
-    draws with the same conventions as peftlab.metrics (sklearn's zero_division=0, MCC 0 for
-    one class, macro-F1 over the labels present in y_true or y_pred)."""
-    rng = np.random.default_rng(seed)
-    pred = rng.integers(0, k, size=(n_draws, labels.size))
-    classes = np.arange(max(k, int(labels.max()) + 1))
-    true_hot = (labels[:, None] == classes[None, :]).astype(float)  # (n, C)
-    t_k = np.broadcast_to(true_hot.sum(axis=0), (n_draws, classes.size))
-    p_k = np.stack([(pred == c).sum(axis=1) for c in classes], axis=1).astype(float)
-    tp_k = np.stack([((pred == c) & (labels == c)).sum(axis=1) for c in classes], axis=1
-                    ).astype(float)
-    out = {}
-    f1_k = np.divide(2 * tp_k, t_k + p_k, out=np.zeros_like(tp_k), where=(t_k + p_k) > 0)
-    n = float(labels.size)
-    for name in names:
-        if name == "macro_f1":
-            present = (t_k + p_k) > 0
-            out[name] = float(((f1_k * present).sum(axis=1) / present.sum(axis=1)).mean())
-        elif name == "mcc":
-            num = tp_k.sum(axis=1) * n - (t_k * p_k).sum(axis=1)
-            den = np.sqrt((n**2 - (p_k**2).sum(axis=1)) * (n**2 - (t_k**2).sum(axis=1)))
-            out[name] = float(np.divide(num, den, out=np.zeros_like(num), where=den > 0).mean())
-        elif name == "accuracy":
-            out[name] = float((tp_k.sum(axis=1) / n).mean())
-        elif name == "f1":
-            out[name] = float(f1_k[:, 1].mean()) if classes.size > 1 else 0.0
-    return out
-
-
 def baseline_metrics(task: Any, labels: Any, n_bootstrap: int = 1000, seed: int = 0,
                      confidence: float = 0.95, n_simulations: int = CHANCE_SIMULATIONS
                      ) -> dict[str, Any]:
     """The majority-class, best-constant and chance values of every metric of `task` on the
-    evaluation labels `labels` ((n,) class ids, or float targets for regression).
+    evaluation labels `labels` ((n,) class ids, or float targets for regression), as its kind
+    defines them (`TaskKind.baselines`: `class_baselines` or `score_baselines`).
 
-    task: a `peftlab.tasks.TaskDef` (its `metrics`, `label_names`, `is_regression`).
+    task: a `peftlab.tasks.TaskDef` (its `metrics`, `label_names`, `task_kind`).
     Returns a JSON-ready dict:
       n, metrics, label_counts {label name: count},
       majority: {label, label_name, share, metrics: {name: {value, ci_low, ci_high}}} (bootstrap
@@ -111,14 +65,37 @@ def baseline_metrics(task: Any, labels: Any, n_bootstrap: int = 1000, seed: int 
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
+    return task.task_kind.baselines(task, y, n_bootstrap=n_bootstrap, seed=seed,
+                                    confidence=confidence, n_simulations=n_simulations)
+
+
+def _header(task: Any, y: np.ndarray, n_bootstrap: int, seed: int, confidence: float
+            ) -> dict[str, Any]:
+    return {"n": int(y.size), "metrics": list(task.metrics), "confidence": confidence,
+            "n_bootstrap": int(n_bootstrap), "seed": int(seed)}
+
+
+def score_baselines(task: Any, y: np.ndarray, *, n_bootstrap: int, seed: int, confidence: float,
+                    n_simulations: int, chance_rule: str) -> dict[str, Any]:
+    """Baselines of a task whose labels are scores, not classes: no constant predictor, only
+    chance (each metric's `chance_value`, left out where a metric has none)."""
+    out = _header(task, y, n_bootstrap, seed, confidence)
+    chance = {}
+    for name in task.metrics:
+        got = METRICS.get(name).chance_value(y, None, n_simulations, seed)
+        if got is not None:
+            chance[name] = {"value": got[0], "method": got[1]}
+    out.update(label_counts={}, majority=None, best_constant={},
+               chance={"rule": chance_rule, "metrics": chance})
+    return out
+
+
+def class_baselines(task: Any, y: np.ndarray, *, n_bootstrap: int, seed: int, confidence: float,
+                    n_simulations: int, chance_rule: str) -> dict[str, Any]:
+    """Baselines of a task whose labels are class ids 0..K-1 (K = len(task.label_names)): the
+    majority class, the best constant label per metric, chance over the K labels."""
+    out = _header(task, y, n_bootstrap, seed, confidence)
     names = list(task.metrics)
-    out: dict[str, Any] = {"n": int(y.size), "metrics": names, "confidence": confidence,
-                           "n_bootstrap": int(n_bootstrap), "seed": int(seed)}
-    if task.is_regression:
-        out.update(label_counts={}, majority=None, best_constant={}, chance={
-            "rule": "random scores independent of the targets: expected correlation 0",
-            "metrics": {m: {"value": 0.0, "method": "exact"} for m in names}})
-        return out
     y = y.astype(int)
     k = len(task.label_names)
     counts = np.bincount(y, minlength=k)
@@ -132,22 +109,16 @@ def baseline_metrics(task: Any, labels: Any, n_bootstrap: int = 1000, seed: int 
                                    confidence=confidence, seed=seed)}
     best = {}
     for name in names:
-        scores = [METRICS[name](y, np.full(y.size, c)) for c in range(k)]
-        c = int(np.argmax(scores))
+        metric = METRICS.get(name)
+        scores = [metric(y, np.full(y.size, c)) for c in range(k)]
+        c = int(np.argmax(scores) if metric.higher_is_better else np.argmin(scores))
         best[name] = {"label": c, "label_name": _label_name(task, c), "value": float(scores[c])}
     out["best_constant"] = best
     chance: dict[str, dict[str, Any]] = {}
-    simulate = [m for m in names if m not in ("accuracy", "f1")]
-    simulated = _simulated(simulate, y, k, n_simulations, seed) if simulate else {}
     for name in names:
-        if name == "accuracy":
-            chance[name] = {"value": 1.0 / k, "method": "exact"}
-        elif name == "f1":
-            chance[name] = {"value": _exact_binary_f1(y, k), "method": "exact"}
-        else:
-            chance[name] = {"value": simulated[name],
-                            "method": f"simulation ({n_simulations} draws, seed {seed})"}
-    out["chance"] = {"rule": f"uniform random guessing over the {k} labels", "metrics": chance}
+        value, method = METRICS.get(name).chance_value(y, k, n_simulations, seed)
+        chance[name] = {"value": value, "method": method}
+    out["chance"] = {"rule": chance_rule.format(k=k), "metrics": chance}
     return out
 
 
@@ -157,10 +128,13 @@ def _num(x: float | None) -> str:
 
 def judge(run_metrics: dict[str, dict[str, Any]], main_metric: str, baselines: dict[str, Any],
           untrained: dict[str, dict[str, Any]] | None = None,
-          probe: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+          probe: dict[str, dict[str, Any]] | None = None,
+          fallback: str | None = "accuracy") -> dict[str, Any]:
     """Did a run learn? Its main metric against the baselines of its evaluation set, and where
     that metric cannot tell (a classification task whose main metric is not accuracy), its
-    accuracy against theirs.
+    accuracy against theirs. `fallback`: that second metric, the task kind's
+    `learned_fallback` (None: the main metric decides alone); it only applies where the run and
+    the chance baselines both have it.
 
     Accuracy is the metric on which no constant predictor beats the majority share; F1 is not:
     on MRPC always predicting "equivalent" scores F1 0.8166 on the quickstart's 200 examples,
@@ -171,16 +145,17 @@ def judge(run_metrics: dict[str, dict[str, Any]], main_metric: str, baselines: d
     verdict = _judge_metric(run_metrics, main_metric, baselines, untrained, probe)
     context = verdict.pop("context")
     verdict["criterion"] = main_metric
-    if not (verdict["learned"] or main_metric == "accuracy" or "accuracy" not in run_metrics
-            or "accuracy" not in ((baselines.get("chance") or {}).get("metrics") or {})):
-        acc = _judge_metric(run_metrics, "accuracy", baselines)
+    if not (verdict["learned"] or fallback is None or main_metric == fallback
+            or fallback not in run_metrics
+            or fallback not in ((baselines.get("chance") or {}).get("metrics") or {})):
+        acc = _judge_metric(run_metrics, fallback, baselines)
         if acc["learned"]:
-            return {**verdict, "learned": True, "criterion": "accuracy", "floor": acc["floor"],
+            return {**verdict, "learned": True, "criterion": fallback, "floor": acc["floor"],
                     "margin": acc["margin"],
-                    "reason": f"{verdict['reason']}; but on accuracy, where no constant "
+                    "reason": f"{verdict['reason']}; but on {fallback}, where no constant "
                               f"predictor beats the majority share, it learned: {acc['reason']}"
                               f"{context}"}
-        verdict["reason"] += f"; on accuracy neither: {acc['reason']}"
+        verdict["reason"] += f"; on {fallback} neither: {acc['reason']}"
     verdict["reason"] += context
     return verdict
 

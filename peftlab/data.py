@@ -38,10 +38,10 @@ class StudyData:
         t = self.study.task_spec(name)
         if t.files is None:
             return get_task(name)
-        metrics = t.metrics or (["pearson", "spearman"] if t.regression else ["accuracy"])
         text_columns = tuple(c for c in ("text_a", "text_b") if c in (t.columns or {}))
+        # metrics None: the kind's defaults (make_file_task)
         return make_file_task(name, None if t.regression else tuple(t.label_names or ()),
-                              tuple(metrics), text_columns)
+                              tuple(t.metrics) if t.metrics else None, text_columns)
 
     def split(self, name: str, split: str, *, subsample: bool = True) -> pd.DataFrame:
         """A task split as a DataFrame (text_a, [text_b], label, row), subsampled as the spec says."""
@@ -125,11 +125,13 @@ class StudyData:
 
 
 def task_info(task: TaskDef, df: pd.DataFrame) -> dict[str, Any]:
-    """{num_labels, label_names, is_regression, rows}: a task's evaluation examples as JSON."""
+    """{num_labels, label_names, label_dtype, rows}: a task's evaluation examples as JSON
+    (label_names: the head's output names, None for a lone score; label_dtype: what the model
+    reads, the kind's)."""
     cols = [c for c in ("text_a", "text_b", "label", "row") if c in df.columns]
     return {
-        "num_labels": 1 if task.is_regression else len(task.label_names),
-        "label_names": None if task.is_regression else list(task.label_names),
-        "is_regression": task.is_regression,
+        "num_labels": task.num_labels,
+        "label_names": task.head_label_names,
+        "label_dtype": task.task_kind.label_dtype,
         "rows": df[cols].to_dict("records"),
     }

@@ -48,13 +48,14 @@ def encode_frame(
     *,
     max_length: int,
     pair_template: str = "{a}\n{b}",
-    is_regression: bool = False,
+    label_dtype: str = "int64",
 ) -> Any:
     """Tokenise a task frame into a `datasets.Dataset`, one example per row, same order.
 
     Columns: input_ids (list[int], <= max_length), attention_mask (all ones: no padding here),
-    token_type_ids (only when the tokenizer produces them, e.g. BERT), labels (int64, or float32
-    when `is_regression`), length (int, number of tokens).
+    token_type_ids (only when the tokenizer produces them, e.g. BERT), labels (`label_dtype`:
+    "int64" class ids, or "float32" scores, the task kind's `label_dtype`), length (int, number
+    of tokens).
     Pairs (a text_b column with no missing values): with a separator token the tokenizer gets
     (text_a, text_b) and truncates the longer text first; without one the texts are joined with
     `pair_template` ("{a}\\n{b}") into a single text, truncated at the end.
@@ -74,7 +75,9 @@ def encode_frame(
         texts_a = [pair_template.format(a=a, b=b) for a, b in zip(texts_a, texts_b, strict=True)]
         texts_b = None
 
-    labels = _labels(df, is_regression)
+    if label_dtype not in ("int64", "float32"):
+        raise ModelError(f"label_dtype must be 'int64' or 'float32', got {label_dtype!r}")
+    labels = _labels(df, label_dtype == "float32")
     columns: dict[str, list] = {"input_ids": [], "attention_mask": []}
     wants_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     if wants_types:
@@ -101,7 +104,7 @@ def encode_frame(
     }
     if wants_types:
         features["token_type_ids"] = datasets.List(datasets.Value("int8"))
-    features["labels"] = datasets.Value("float32" if is_regression else "int64")
+    features["labels"] = datasets.Value(label_dtype)
     features["length"] = datasets.Value("int32")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
@@ -120,12 +123,12 @@ def _second_texts(df: Any) -> list[str] | None:
     return [str(t) for t in df["text_b"].tolist()]
 
 
-def _labels(df: Any, is_regression: bool) -> list:
+def _labels(df: Any, scores: bool) -> list:
     labels = df["label"]
     if labels.isna().any():
         raise DataError(f"label is missing in {int(labels.isna().sum())} of {len(df)} rows")
     values = labels.tolist()
-    if is_regression:
+    if scores:
         try:
             return [float(v) for v in values]
         except (TypeError, ValueError) as err:

@@ -81,7 +81,7 @@ def carve_validation(df: pd.DataFrame, task: TaskDef, share: float, seed: int
 def stratifiable(df: pd.DataFrame, task: TaskDef, n_val: int) -> bool:
     """Whether a split of `n_val` validation rows can keep the label shares: a classification
     task with two examples of every class and room for one of each in validation."""
-    if task.is_regression:
+    if not task.has_classes:
         return False
     counts = df["label"].value_counts()
     return bool(counts.min() >= 2 and len(counts) <= n_val <= len(df) - len(counts))

@@ -1,4 +1,5 @@
-"""Evaluation metrics over examples, with bootstrap confidence intervals over evaluation examples.
+"""Evaluation metrics over examples, registered by name, with bootstrap confidence intervals over
+evaluation examples.
 
 The unit here is the evaluation example: an interval from `compute_metrics` describes how much one
 run's score would move on another draw of the evaluation set, NOT how much it varies between seeds
@@ -9,6 +10,14 @@ recomputes every metric on each resample from resample counts with matrix produc
 matrix shared by all metrics), which gives the same numbers as calling those functions on the
 resampled arrays, about 100x faster.
 
+Every metric is a `Metric` in the `METRICS` registry: its function, the task kinds whose
+predictions it scores (`peftlab.tasks.kinds`), whether higher is better, and optionally a
+vectorised bootstrap and its value under chance (uniform random guessing over the labels). A
+metric registered without them is bootstrapped by calling its function on each resample and its
+chance value is simulated, so adding a metric is one `METRICS.register(Metric(...))`:
+
+    METRICS.register(Metric("balanced_accuracy", balanced_accuracy, ("classification",)))
+
     python -c "from peftlab.metrics import compute_metrics as m; print(m(['f1'], [0, 1], [0, 1]))"
 """
 
@@ -16,11 +25,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as st
 from sklearn import metrics as skm
+
+from peftlab.registry import Registry
 
 # Conventions for undefined values, shared by the point value and every bootstrap replicate so the
 # bootstrap describes the same estimator: F1 with no positive true or predicted label is 0
@@ -64,15 +76,6 @@ def spearman(y_true: Any, y_pred: Any) -> float:
         return float(st.spearmanr(np.asarray(y_true, float), np.asarray(y_pred, float)).statistic)
 
 
-METRICS: dict[str, Callable[[Any, Any], float]] = {
-    "accuracy": accuracy,
-    "f1": f1,
-    "macro_f1": macro_f1,
-    "mcc": mcc,
-    "pearson": pearson,
-    "spearman": spearman,
-}
-_CLASSIFICATION = ("accuracy", "f1", "macro_f1", "mcc")
 # Bootstrap work is done in blocks of about this many (replicate, example) cells to bound memory.
 _BLOCK_CELLS = 2_000_000
 
@@ -152,6 +155,7 @@ def _resample_ranks(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def _correlation_replicates(names: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray,
                             counts: np.ndarray) -> dict[str, np.ndarray]:
+    y_true, y_pred = y_true.astype(float), y_pred.astype(float)
     out: dict[str, np.ndarray] = {}
     if "pearson" in names:
         # Centring first keeps the moment formulas accurate for scores far from 0.
@@ -163,25 +167,193 @@ def _correlation_replicates(names: Sequence[str], y_true: np.ndarray, y_pred: np
     return out
 
 
+def _each_resample(metric: Metric, y_true: np.ndarray, y_pred: np.ndarray,
+                   counts: np.ndarray) -> np.ndarray:
+    """(B,) values of a metric with no vectorised form: its function on each resample, the
+    examples repeated as often as `counts` says (metrics do not depend on example order)."""
+    index = np.arange(y_true.size)
+    out = np.empty(counts.shape[0])
+    for b, row in enumerate(counts):
+        take = np.repeat(index, row.astype(int))
+        out[b] = metric.fn(y_true[take], y_pred[take])
+    return out
+
+
+# --------------------------------------------------------------------------- chance
+
+
+def exact_binary_f1(labels: np.ndarray, k: int) -> float:
+    """E[F1 of label 1] when every prediction is uniform over k labels, independently.
+
+    TP ~ Binomial(P, 1/k) and FP ~ Binomial(N, 1/k) independently (P positives, N others);
+    F1 = 2 TP / (P + TP + FP), 0 when that is 0/0 (sklearn's zero_division=0)."""
+    pos = int(np.sum(labels == 1))
+    neg = int(labels.size - pos)
+    p = 1.0 / k
+    tp = np.arange(pos + 1)
+    fp = np.arange(neg + 1)
+    ptp = st.binom.pmf(tp, pos, p)
+    pfp = st.binom.pmf(fp, neg, p)
+    den = pos + tp[:, None] + fp[None, :]
+    f1 = np.divide(2.0 * tp[:, None], den, out=np.zeros(den.shape), where=den > 0)
+    return float(ptp @ f1 @ pfp)
+
+
+def simulated_chance(names: list[str], labels: np.ndarray, k: int, n_draws: int, seed: int
+                     ) -> dict[str, float]:
+    """Mean of each of the class metrics accuracy, f1, macro_f1 and mcc in `names` over `n_draws`
+    uniform random predictions (seeded), vectorised over draws with the same conventions as
+    above (sklearn's zero_division=0, MCC 0 for one class, macro-F1 over the labels present in
+    y_true or y_pred). The same seed draws the same predictions whichever names are asked."""
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, k, size=(n_draws, labels.size))
+    classes = np.arange(max(k, int(labels.max()) + 1))
+    true_hot = (labels[:, None] == classes[None, :]).astype(float)  # (n, C)
+    t_k = np.broadcast_to(true_hot.sum(axis=0), (n_draws, classes.size))
+    p_k = np.stack([(pred == c).sum(axis=1) for c in classes], axis=1).astype(float)
+    tp_k = np.stack([((pred == c) & (labels == c)).sum(axis=1) for c in classes], axis=1
+                    ).astype(float)
+    out = {}
+    f1_k = np.divide(2 * tp_k, t_k + p_k, out=np.zeros_like(tp_k), where=(t_k + p_k) > 0)
+    n = float(labels.size)
+    for name in names:
+        if name == "macro_f1":
+            present = (t_k + p_k) > 0
+            out[name] = float(((f1_k * present).sum(axis=1) / present.sum(axis=1)).mean())
+        elif name == "mcc":
+            num = tp_k.sum(axis=1) * n - (t_k * p_k).sum(axis=1)
+            den = np.sqrt((n**2 - (p_k**2).sum(axis=1)) * (n**2 - (t_k**2).sum(axis=1)))
+            out[name] = float(np.divide(num, den, out=np.zeros_like(num), where=den > 0).mean())
+        elif name == "accuracy":
+            out[name] = float((tp_k.sum(axis=1) / n).mean())
+        elif name == "f1":
+            out[name] = float(f1_k[:, 1].mean()) if classes.size > 1 else 0.0
+    return out
+
+
+def _simulation(n_draws: int, seed: int) -> str:
+    return f"simulation ({n_draws} draws, seed {seed})"
+
+
+def _chance_accuracy(labels: np.ndarray, k: int | None, n_draws: int, seed: int
+                     ) -> tuple[float, str]:
+    return 1.0 / k, "exact"
+
+
+def _chance_binary_f1(labels: np.ndarray, k: int | None, n_draws: int, seed: int
+                      ) -> tuple[float, str]:
+    return exact_binary_f1(labels, k), "exact"
+
+
+def _chance_simulated(name: str):
+    def chance(labels: np.ndarray, k: int | None, n_draws: int, seed: int) -> tuple[float, str]:
+        return simulated_chance([name], labels, k, n_draws, seed)[name], _simulation(n_draws, seed)
+
+    return chance
+
+
+def _chance_no_correlation(labels: np.ndarray, k: int | None, n_draws: int, seed: int
+                           ) -> tuple[float, str]:
+    return 0.0, "exact"  # scores independent of the targets: expected correlation 0
+
+
+# --------------------------------------------------------------------------- the registry
+
+# What a metric compares (`Metric.target`; a task kind's `target` says what its predictions are):
+# "class" - class ids 0..K-1 (y_true labels, y_pred argmax), "score" - real numbers.
+TARGETS = ("class", "score")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation metric.
+
+    name: its key in specs, tables and the report; fn: (y_true (n,), y_pred (n,)) -> float;
+    target: what it compares, "class" ids or "score"s (it scores the tasks whose kind predicts
+    that, `applies_to`); higher_is_better: the direction a better model moves it;
+    replicates: vectorised bootstrap, (names, y_true, y_pred, counts (B, n)) -> {name: (B,)},
+    one function may serve a family of metrics at once (None: `fn` on each resample);
+    chance: (labels (n,), k labels or None, n_draws, seed) -> (expected value under uniform
+    random guessing over the k labels, "exact" or how it was simulated) (None: a seeded
+    simulation of `fn` where the task has classes, no chance value otherwise).
+    """
+
+    name: str
+    fn: Callable[[Any, Any], float]
+    target: str = "class"
+    higher_is_better: bool = True
+    replicates: Callable[..., dict[str, np.ndarray]] | None = None
+    chance: Callable[[np.ndarray, int | None, int, int], tuple[float, str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"metric {self.name!r}: target must be one of {TARGETS}, "
+                             f"got {self.target!r}")
+
+    def __call__(self, y_true: Any, y_pred: Any) -> float:
+        return self.fn(y_true, y_pred)
+
+    def applies_to(self, kind: Any) -> bool:
+        """Whether it scores tasks of `kind` (a `peftlab.tasks.kinds.TaskKind`)."""
+        return kind.target == self.target
+
+    def chance_value(self, labels: np.ndarray, k: int | None, n_draws: int, seed: int
+                     ) -> tuple[float, str] | None:
+        """(value under chance, how it was obtained), or None where it has none (no `chance`
+        and no classes to guess among: k None)."""
+        if self.chance is not None:
+            return self.chance(labels, k, n_draws, seed)
+        if k is None:
+            return None
+        rng = np.random.default_rng(seed)
+        pred = rng.integers(0, k, size=(n_draws, labels.size))
+        return float(np.mean([self.fn(labels, p) for p in pred])), _simulation(n_draws, seed)
+
+
+METRICS: Registry[Metric] = Registry("metric")
+for _metric in (
+    Metric("accuracy", accuracy, replicates=_classification_replicates, chance=_chance_accuracy),
+    Metric("f1", f1, replicates=_classification_replicates, chance=_chance_binary_f1),
+    Metric("macro_f1", macro_f1, replicates=_classification_replicates,
+           chance=_chance_simulated("macro_f1")),
+    Metric("mcc", mcc, replicates=_classification_replicates, chance=_chance_simulated("mcc")),
+    Metric("pearson", pearson, "score", replicates=_correlation_replicates,
+           chance=_chance_no_correlation),
+    Metric("spearman", spearman, "score", replicates=_correlation_replicates,
+           chance=_chance_no_correlation),
+):
+    METRICS.register(_metric)
+
+
+def get_metric(name: str, *, where: str | None = None) -> Metric:
+    return METRICS.get(name, where=where)
+
+
 def replicate_metrics(names: Sequence[str], y_true: Any, y_pred: Any,
                       counts: np.ndarray) -> dict[str, np.ndarray]:
     """Each metric in `names` on each resample described by `counts` ((B, n) multiplicities of the
-    n examples, see `counts_from_indices`); returns name -> (B,) values. Equal to METRICS[name]
-    applied to the resampled arrays, with the module's conventions for undefined values."""
+    n examples, see `counts_from_indices`); returns name -> (B,) values. Equal to each metric's
+    function applied to the resampled arrays, with the module's conventions for undefined
+    values. Metrics that share a vectorised `replicates` function are computed in one call."""
     _check_names(names)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    families: dict[Any, list[str]] = {}
+    for name in names:
+        families.setdefault(METRICS.get(name).replicates, []).append(name)
     out: dict[str, np.ndarray] = {}
-    if any(name in _CLASSIFICATION for name in names):
-        out |= _classification_replicates(names, y_true, y_pred, counts)
-    if any(name not in _CLASSIFICATION for name in names):
-        out |= _correlation_replicates(names, y_true.astype(float), y_pred.astype(float), counts)
+    for replicates, members in families.items():
+        if replicates is None:
+            out |= {name: _each_resample(METRICS.get(name), y_true, y_pred, counts)
+                    for name in members}
+        else:
+            out |= replicates(members, y_true, y_pred, counts)
     return {name: out[name] for name in names}
 
 
 def _check_names(names: Sequence[str]) -> None:
     unknown = [name for name in names if name not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+        raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS.names())}")
 
 
 def compute_metrics(
@@ -194,7 +366,7 @@ def compute_metrics(
 ) -> dict[str, dict[str, float | None]]:
     """Metrics with percentile bootstrap intervals over evaluation examples.
 
-    y_true, y_pred: (n,) labels (classification metrics) or scores (pearson, spearman), one entry
+    y_true, y_pred: (n,) class ids ("class" metrics) or scores ("score" metrics), one entry
     per evaluation example. Each replicate resamples the n examples with replacement once and
     every metric is computed on that same resample. The same `seed` gives the same intervals.
     Returns name -> {"value", "ci_low", "ci_high"}; the interval is None when n_bootstrap is 0.
@@ -210,7 +382,7 @@ def compute_metrics(
         raise ValueError(f"y_true and y_pred must be non-empty 1-D arrays of equal length, got "
                          f"shapes {y_true.shape} and {y_pred.shape}")
     # Point values first: they also validate the inputs (e.g. non-binary labels for "f1").
-    values = {name: METRICS[name](y_true, y_pred) for name in names}
+    values = {name: METRICS.get(name)(y_true, y_pred) for name in names}
     if n_bootstrap <= 0:
         return {name: {"value": values[name], "ci_low": None, "ci_high": None} for name in names}
 

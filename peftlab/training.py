@@ -100,13 +100,12 @@ def prepare(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame, eval_df: pd.Da
     # One seed fixes data order, dropout and the initialisation of the head and the adapter.
     set_seed(rc.seed)
     loader = ModelLoader(rc.model, device)
-    model = loader.base(1 if task.is_regression else len(task.label_names),
-                        None if task.is_regression else list(task.label_names),
+    model = loader.base(task.num_labels, task.head_label_names,
                         method_type=rc.method_type, params=rc.params)
     tokenizer = loader.tokenizer
     method.check(rc.params, linear_names=linear_module_names(model), device=device, where=where)
     enc = dict(max_length=rc.model.max_length, pair_template=rc.model.pair_template,
-               is_regression=task.is_regression)
+               label_dtype=task.task_kind.label_dtype)
     train = encode_frame(train_df, tokenizer, **enc)
     evald = encode_frame(eval_df, tokenizer, **enc)
     tr = rc.training
@@ -240,7 +239,7 @@ def evaluate(task: Any, logits: Any, labels: Any, n_bootstrap: int, seed: int
     from peftlab.metrics import compute_metrics
 
     y = np.asarray(labels)
-    pred = logits[:, 0] if task.is_regression else logits.argmax(-1)
+    pred = task.task_kind.predictions(task, logits)
     return compute_metrics(list(task.metrics), y, pred, n_bootstrap=n_bootstrap, seed=seed)
 
 

@@ -106,7 +106,7 @@ def test_template_ignored_when_there_is_a_separator(bert_tokenizer) -> None:
 
 def test_regression_labels_and_truncation(llama_tokenizer) -> None:
     frame = single_frame().assign(label=[0.5, 3.25, 5.0])
-    ds = encode_frame(frame, llama_tokenizer, max_length=4, is_regression=True)
+    ds = encode_frame(frame, llama_tokenizer, max_length=4, label_dtype="float32")
     assert ds.features["labels"].dtype == "float32"
     assert ds["labels"] == [0.5, 3.25, 5.0]
     assert max(ds["length"]) == 4
@@ -167,7 +167,7 @@ def test_collator_float_labels_and_padding_side(tiny_llama_dir: Path) -> None:
     frame = single_frame().assign(label=[0.5, 1.0, 2.0])
     for side in ("right", "left"):
         tokenizer = load_tokenizer(resolved, padding_side=side)
-        ds = encode_frame(frame, tokenizer, max_length=32, is_regression=True)
+        ds = encode_frame(frame, tokenizer, max_length=32, label_dtype="float32")
         batch = make_collator(tokenizer)([ds[i] for i in range(3)])
         assert batch["labels"].dtype == torch.float32
         short = batch["attention_mask"][1]  # "dull": shortest row

@@ -76,7 +76,7 @@ def test_reloaded_artifact_gives_the_trained_logits(toy_study, method):
     try:
         tokenizer, model = load_run(ctx, rec["run_id"], device="cpu")
         data = encode_frame(ctx.data.split("toy", "eval"), tokenizer, max_length=48,
-                            pair_template="{a}\n{b}", is_regression=False)
+                            pair_template="{a}\n{b}", label_dtype="int64")
         logits = predict(model, data, tokenizer, 16, "cpu")
     finally:
         store.close()

@@ -35,7 +35,7 @@ def _capture_from_pretrained(monkeypatch):
         return real(where, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", fake)
-    monkeypatch.setattr("peftlab.models._check_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr("peftlab.models.load._check_device", lambda device: torch.device("cpu"))
     return calls
 
 

@@ -30,21 +30,21 @@ def _binary(n: int, seed: int = 0, acc: float = 0.8):
 def test_metric_values_hand_computed():
     y_true = [1, 1, 1, 0, 0, 0, 0, 1]
     y_pred = [1, 1, 0, 0, 0, 1, 0, 1]  # tp=3, fn=1, fp=1, tn=3
-    assert METRICS["accuracy"](y_true, y_pred) == pytest.approx(6 / 8)
-    assert METRICS["f1"](y_true, y_pred) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
-    assert METRICS["macro_f1"](y_true, y_pred) == pytest.approx(0.75)  # both classes F1 = 3/4
-    assert METRICS["mcc"](y_true, y_pred) == pytest.approx((3 * 3 - 1 * 1) / 16)
-    assert METRICS["pearson"]([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert METRICS["spearman"]([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)
-    assert METRICS["spearman"]([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert METRICS.get("accuracy")(y_true, y_pred) == pytest.approx(6 / 8)
+    assert METRICS.get("f1")(y_true, y_pred) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert METRICS.get("macro_f1")(y_true, y_pred) == pytest.approx(0.75)  # both F1 = 3/4
+    assert METRICS.get("mcc")(y_true, y_pred) == pytest.approx((3 * 3 - 1 * 1) / 16)
+    assert METRICS.get("pearson")([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert METRICS.get("spearman")([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)
+    assert METRICS.get("spearman")([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
 def test_metric_conventions_for_undefined_values():
-    assert METRICS["mcc"]([1, 1, 1], [1, 1, 1]) == 0.0  # sklearn's rule
-    assert METRICS["f1"]([0, 0, 0], [0, 0, 0]) == 0.0  # zero_division=0
-    assert np.isnan(METRICS["pearson"]([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    assert METRICS.get("mcc")([1, 1, 1], [1, 1, 1]) == 0.0  # sklearn's rule
+    assert METRICS.get("f1")([0, 0, 0], [0, 0, 0]) == 0.0  # zero_division=0
+    assert np.isnan(METRICS.get("pearson")([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
     with pytest.raises(ValueError):
-        METRICS["f1"]([0, 1, 2], [0, 1, 2])  # binary F1 on three classes
+        METRICS.get("f1")([0, 1, 2], [0, 1, 2])  # binary F1 on three classes
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -66,7 +66,7 @@ def test_replicates_equal_sklearn_on_each_resample(seed):
     idx = rng.integers(0, 30, (25, 30))
     reps = replicate_metrics(CLASSIFICATION, yb, pb, counts_from_indices(idx, 30))
     for name in CLASSIFICATION:
-        expected = [METRICS[name](yb[rows], pb[rows]) for rows in idx]
+        expected = [METRICS.get(name)(yb[rows], pb[rows]) for rows in idx]
         assert reps[name] == pytest.approx(expected, abs=1e-12), name
 
 
@@ -107,7 +107,7 @@ def test_interval_contains_value_and_is_seeded():
     assert first == compute_metrics(CLASSIFICATION, y_true, y_pred, n_bootstrap=500, seed=3)
     assert first != compute_metrics(CLASSIFICATION, y_true, y_pred, n_bootstrap=500, seed=4)
     for name, res in first.items():
-        assert res["value"] == pytest.approx(METRICS[name](y_true, y_pred))
+        assert res["value"] == pytest.approx(METRICS.get(name)(y_true, y_pred))
         assert res["ci_low"] < res["value"] < res["ci_high"], name
     # Accuracy's interval is close to the normal approximation sqrt(p(1 - p) / n).
     acc = first["accuracy"]
@@ -121,7 +121,7 @@ def test_interval_is_the_percentile_of_resampled_metrics():
                           seed=7)
     idx = np.random.default_rng(7).integers(0, 50, (100, 50))  # the same draws, one block
     for name in ("accuracy", "mcc"):
-        values = [METRICS[name](y_true[rows], y_pred[rows]) for rows in idx]
+        values = [METRICS.get(name)(y_true[rows], y_pred[rows]) for rows in idx]
         expected = np.percentile(values, [5, 95])
         assert [res[name]["ci_low"], res[name]["ci_high"]] == pytest.approx(expected, abs=1e-12)
 
@@ -177,3 +177,34 @@ def test_string_labels():
     res = compute_metrics(["accuracy", "macro_f1", "mcc"], y_true, y_pred, n_bootstrap=50)
     assert res["accuracy"]["value"] == pytest.approx(0.8)
     assert res["mcc"]["value"] == pytest.approx(skm.matthews_corrcoef(y_true, y_pred))
+
+
+@pytest.mark.parametrize("name", ["accuracy", "macro_f1", "mcc", "spearman"])
+def test_a_metric_without_a_vectorised_form_is_bootstrapped_to_the_same_values(name):
+    """The generic path (the function on each resample) and the vectorised one agree, so a
+    registered metric needs no bootstrap code of its own."""
+    from peftlab.metrics import Metric
+
+    rng = np.random.default_rng(7)
+    y_true, y_pred = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    builtin = METRICS.get(name)
+    plain = Metric(f"{name}_plain", builtin.fn, builtin.target)
+    with METRICS.temporarily(plain):
+        got = compute_metrics([name, plain.name], y_true, y_pred, n_bootstrap=200, seed=3)
+    assert got[plain.name] == pytest.approx(got[name], abs=1e-12)
+    assert plain.name not in METRICS
+
+
+def test_chance_of_a_metric_without_a_formula_is_simulated():
+    """accuracy's chance is 1/k exactly; the same function with no formula is simulated (seeded)
+    and lands near it; a score metric with no formula has no chance value."""
+    from peftlab.metrics import Metric
+
+    labels = np.array([0, 1, 2] * 30)
+    exact = METRICS.get("accuracy").chance_value(labels, 3, 500, 0)
+    assert exact == (pytest.approx(1 / 3), "exact")
+    value, how = Metric("acc", METRICS.get("accuracy").fn).chance_value(labels, 3, 500, 0)
+    assert how == "simulation (500 draws, seed 0)" and abs(value - 1 / 3) < 0.02
+    assert Metric("s", METRICS.get("pearson").fn, "score").chance_value(labels, None, 9, 0) is None
+    with pytest.raises(ValueError, match="target must be one of"):
+        Metric("bad", METRICS.get("accuracy").fn, "text")

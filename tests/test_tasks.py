@@ -488,16 +488,15 @@ def test_task_properties():
     assert get_task("wnli").label_names == ("not_entailment", "entailment")
 
 
-def test_register_and_validate_tasks(monkeypatch):
-    from peftlab.tasks import registry
+def test_register_and_validate_tasks():
+    from peftlab.tasks import TASKS
 
-    # A private copy of the registry, so this test's task does not leak into other tests.
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     task = make_file_task("unit-test-task", ["a", "b"], ["macro_f1"])
-    register_task(task)
-    assert get_task("unit_test_task") is task
-    with pytest.raises(SpecError, match="already registered"):
-        register_task(task)
+    with TASKS.temporarily(task):  # so this test's task does not leak into other tests
+        assert get_task("unit_test_task") is task
+        with pytest.raises(SpecError, match="already registered"):
+            register_task(task)
+    assert "unit-test-task" not in TASKS
     with pytest.raises(SpecError, match="at least 2 labels"):
         make_file_task("one", ["only"])
     with pytest.raises(SpecError, match="metric 'bleu'"):
@@ -506,6 +505,26 @@ def test_register_and_validate_tasks(monkeypatch):
         make_file_task("m", ["a", "b"], ["pearson"])
     with pytest.raises(SpecError, match="1 or 2 texts"):
         TaskDef("x", ("a", "b", "c"), ("n", "y"), ("accuracy",))
+
+
+def test_task_kinds_decide_labels_head_and_metrics():
+    from peftlab.tasks import get_kind
+
+    cls, reg = make_file_task("c", ["a", "b", "c"]), make_file_task("r", None)
+    assert (cls.kind, reg.kind) == ("classification", "regression")  # from the label names
+    assert cls.metrics == get_kind("classification").default_metrics == ("accuracy",)
+    assert (cls.num_labels, cls.head_label_names) == (3, ["a", "b", "c"])
+    assert (reg.num_labels, reg.head_label_names) == (1, None)
+    assert cls.has_classes and not reg.has_classes and cls.higher_is_better
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    assert cls.task_kind.predictions(cls, logits).tolist() == [1, 0]
+    assert reg.task_kind.predictions(reg, logits).tolist() == [0.1, 3.0]
+    assert "pearson" in get_kind("regression").metrics()
+    assert "pearson" not in get_kind("classification").metrics()
+    with pytest.raises(SpecError, match="kind: unknown task kind 'ranking'"):
+        make_file_task("k", ["a", "b"], kind="ranking")
+    with pytest.raises(SpecError, match="a regression task has no label_names"):
+        make_file_task("k", ["a", "b"], ["pearson"], kind="regression")
 
 
 def test_load_split_rejects_bad_arguments(tmp_path):

@@ -271,8 +271,10 @@ def make_units(mode: Mode, name: str, group: list[Candidate], served: list[str],
 
 
 def _fast_unsupported(group: list[Candidate]) -> str | None:
-    """Why the fast path cannot serve these artifacts (it fuses LoRA only), or None."""
-    bad = [c.artifact["name"] for c in group if c.artifact.get("method_type") != "lora"]
+    """Why the fast path cannot serve these artifacts (their methods lack `Method.fast_path`:
+    it fuses plain LoRA only), or None."""
+    bad = [c.artifact["name"] for c in group
+           if c.method_obj is None or not c.method_obj.fast_path]
     if bad:
         return (f"variant '+fast' fuses LoRA adapters only; {bad} are "
                 f"{sorted({c.artifact.get('method_type') for c in group})}")

@@ -73,7 +73,7 @@ def run_serving_job(job: dict[str, Any]) -> dict[str, Any]:
     for task, info in job["tasks"].items():
         df = pd.DataFrame(info["rows"])
         encoded[task] = encode_frame(df, loader.tokenizer, max_length=max_length,
-                                     pair_template=template, is_regression=info["is_regression"])
+                                     pair_template=template, label_dtype=info["label_dtype"])
     per_task = workload_from_encoded(encoded).examples
     backends = serving_backends(loader, job["lora"], job["full"] or None, seed=int(s["seed"]),
                                 configs=tuple(s["configs"]))

@@ -85,7 +85,7 @@ def check_lengths(seq_lengths: list[int | str], base: dict[str, Any], where: str
 def make_job(unit: Unit, *, model: dict[str, Any], device: str, settings: dict[str, Any],
              tasks: dict[str, dict[str, Any]], points: list[tuple[int, Any]]) -> dict[str, Any]:
     """The JSON job a worker runs (see `worker.run_job`). tasks: name -> {num_labels,
-    label_names, is_regression, rows (the evaluation examples as records)}."""
+    label_names, label_dtype, rows (the evaluation examples as records)}."""
     return {
         "mode": unit.mode_name,
         "variant": unit.variant,

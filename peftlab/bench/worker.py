@@ -92,7 +92,7 @@ class WorkerEnv:
             self._encoded[key] = encode_frame(
                 df, self.loader.tokenizer, max_length=max_length,
                 pair_template=self.job["model"].get("pair_template", "{a}\n{b}"),
-                is_regression=info["is_regression"])
+                label_dtype=info["label_dtype"])
         return self._encoded[key]
 
     def _length(self, seq_len: int | str) -> int:

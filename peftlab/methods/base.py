@@ -43,6 +43,16 @@ class Method:
     supports_mixed_batch: ClassVar[bool] = False  # PEFT's adapter_names=[...] in one forward pass
     needs_cuda: ClassVar[bool] = False
     needs_base: ClassVar[bool] = True  # False: the artifact is a whole model (full fine-tuning)
+    # Each adapted matrix's update is exactly scaling * B @ A (no magnitude vector, no SVD-form
+    # reparametrisation), so weight analysis reads it from the adapter factors, free of the
+    # rounding a merged matrix carries (`stages.drift`).
+    exact_low_rank: ClassVar[bool] = False
+    # The base is loaded quantised and placed at load time by `base_load_options` (device_map):
+    # its weights are read on the device the method put them on, never moved to the CPU first.
+    quantized_base: ClassVar[bool] = False
+    # `bench.fastpath.fused_lora` can serve its adapters (plain LoRA factors on linear layers):
+    # the bench's "+fast" variant applies.
+    fast_path: ClassVar[bool] = False
 
     def validate_params(self, params: dict[str, Any], *, where: str) -> dict[str, Any]:
         try:
@@ -143,6 +153,12 @@ def get_method(name: str | None, *, where: str = "method") -> Method:
 
 def method_names() -> list[str]:
     return sorted(METHODS.names())
+
+
+def methods_with(capability: str) -> list[str]:
+    """Sorted names of the registered methods whose `capability` attribute is true
+    (e.g. "exact_low_rank")."""
+    return sorted(name for name, m in METHODS.items() if getattr(m, capability))
 
 
 def check_targets(targets: list[str] | str | None, linear_names: list[str] | None,

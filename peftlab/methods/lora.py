@@ -32,6 +32,8 @@ class Lora(Method):
     name = "lora"
     Params = LoraParams
     supports_mixed_batch = True
+    exact_low_rank = True  # W + scaling * B A, read from the factors
+    fast_path = True
 
     def peft_config(self, params: dict[str, Any], head_names: list[str]):
         from peft import LoraConfig, TaskType
@@ -63,3 +65,5 @@ class Dora(Lora):
     name = "dora"
     Params = DoraParams
     supports_mixed_batch = False
+    exact_low_rank = False  # the magnitude vector rescales the merged columns
+    fast_path = False  # the fused kernel has no magnitude vector

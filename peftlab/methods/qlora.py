@@ -35,7 +35,11 @@ class QLora(Lora):
     name = "qlora"
     Params = QLoraParams
     needs_cuda = True
+    quantized_base = True  # 4-bit weights placed by device_map: read where they are
     supports_mixed_batch = True
+    # exact_low_rank (from Lora): the update is scaling * B A on a 4-bit base; the fast path
+    # would fuse the packed 4-bit weights as if they were plain ones
+    fast_path = False
     supports_merge = False
     merge_refusal = ("merging into a 4-bit NF4 base re-quantises the merged weights, so the "
                      "merged model is not the evaluated one; serve the adapter unmerged, or merge "

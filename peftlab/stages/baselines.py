@@ -65,24 +65,24 @@ def untrained_head(ctx: Context, task_def: Any, eval_df: Any, seed: int, n_boots
     from peftlab.metrics import compute_metrics
 
     spec = ctx.study.spec
-    labels = None if task_def.is_regression else list(task_def.label_names)
-    model = loader.base(task_def.num_labels, labels, seed=seed)
+    kind = task_def.task_kind
+    model = loader.base(task_def.num_labels, task_def.head_label_names, seed=seed)
     model.eval()
     enc = dict(max_length=spec.model.max_length, pair_template=spec.model.pair_template,
-               is_regression=task_def.is_regression)
+               label_dtype=kind.label_dtype)
     dataset = encode_frame(eval_df, loader.tokenizer, **enc)
     y = np.asarray(dataset["labels"])
 
     def evaluate(net: Any) -> dict[str, Any]:
         logits = predict(net, dataset, loader.tokenizer, spec.training.eval_batch_size,
                          ctx.device, pad_to=spec.training.pad_to)
-        pred = logits[:, 0] if task_def.is_regression else logits.argmax(-1)
+        pred = kind.predictions(task_def, logits)
         out: dict[str, Any] = {
             "seed": seed,
             "metrics": compute_metrics(list(task_def.metrics), y, pred,
                                        n_bootstrap=n_bootstrap, seed=seed)}
-        if not task_def.is_regression:
-            counts = np.bincount(pred, minlength=task_def.num_labels)
+        if kind.has_classes:
+            counts = np.bincount(pred.astype(int), minlength=len(task_def.label_names))
             out["predicted"] = {str(name): float(c / pred.size)
                                 for name, c in zip(task_def.label_names, counts, strict=True)}
         return out
@@ -146,7 +146,7 @@ def run(ctx: Context) -> None:
         write(ctx.store, [rec])
         main = task_def.metrics[0]
         maj = (b["majority"] or {}).get("metrics", {}).get(main, {}).get("value")
-        chance = b["chance"]["metrics"][main]["value"]
+        chance = b["chance"]["metrics"].get(main, {}).get("value")
         got = (head or {}).get("metrics", {}).get(main, {}).get("value")
         fitted = (probe or {}).get("metrics", {}).get(main, {}).get("value")
         ctx.console.print(

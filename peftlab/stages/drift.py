@@ -22,13 +22,17 @@ never turns into NaN.
 
 Weights, per run and adapted weight matrix, to the `weights` table keyed "<run_id>/<module>":
 `weights.update_stats` of the update, formed as the record's `update` says:
-- "B A (exact)": LoRA and QLoRA, whose update is exactly scaling * B @ A: computed from the
-  adapter factors of the loaded PeftModel's layers (`weights.lora_delta`, float64), so its rank is
-  that of the product, free of the rounding a merged matrix carries;
+- "B A (exact)": methods that declare `exact_low_rank` (LoRA, QLoRA), whose update is exactly
+  scaling * B @ A: computed from the adapter factors of the loaded PeftModel's layers
+  (`weights.lora_delta`, float64), so its rank is that of the product, free of the rounding a
+  merged matrix carries;
 - "merged - base": other PEFT methods (DoRA, whose magnitude vector rescales the merged columns,
   AdaLoRA, IA3, and a LoRA with use_dora): the merged matrix (adapter on the base, upcast to
   float32, `merge_and_unload`) minus the base;
-- "tuned - base": full fine-tuning, every linear layer of the backbone.
+- "tuned - base": methods that are not PEFT (full fine-tuning), every linear layer of the
+  backbone.
+A method with a `quantized_base` (QLoRA's 4-bit base, placed on CUDA at load time) is read where
+its base was placed; every other run is analysed on the CPU.
 The rank cut-off follows the precision of the weights as stored (`weights.rank_cutoff`): the
 coarser of the base's and the tuned model's dtype for a difference (float32 for a float32 merge),
 float64 for the exact product. Left out: the classification head (freshly initialised for the
@@ -290,11 +294,6 @@ def backbone_linear_weights(model: Any) -> dict[str, Any]:
     return out
 
 
-# Method types whose update is exactly scaling * B @ A (no magnitude vector, no SVD-form
-# reparametrisation): measured from the adapter factors.
-EXACT_LORA = ("lora", "qlora")
-
-
 def lora_factors(model: Any) -> dict[str, tuple[Any, Any, float]] | None:
     """{module name: (lora_A (r, in), lora_B (out, r), scaling)} of the active adapter of a
     PeftModel's LoRA layers, as float32 CPU tensors; None when some wrapped layer is not plain
@@ -370,13 +369,14 @@ def weight_drift(ctx: Context) -> None:
     """update_stats of every adapted matrix of every finished run, to the `weights` table."""
     from peftlab import logs
     from peftlab.artifacts import ModelLoader, load_run
-    from peftlab.methods import get_method
+    from peftlab.methods import get_method, methods_with
     from peftlab.weights import base_left_singular_vectors, lora_delta, update_stats
 
     cfg = ctx.study.spec.drift
+    # the methods measured from their factors (Method.exact_low_rank)
     settings = {"top_k": cfg.intruder_top_k, "epsilon": cfg.intruder_epsilon,
                 "weight_modules": cfg.weight_modules, "rank_cutoff": "dtype-aware",
-                "exact_lora": list(EXACT_LORA)}
+                "exact_lora": methods_with("exact_low_rank")}
     have: dict[str, str] = {}
     for key in ctx.store.keys("weights"):
         have.setdefault(key.split("/", 1)[0], key)
@@ -396,9 +396,8 @@ def weight_drift(ctx: Context) -> None:
         task_def = ctx.data.task(task)
         # The full-precision base (no method's loading hook: a 4-bit base is not the reference).
         with logs.unit(f"weights/{task}/base"):  # its load report, labelled in log.txt
-            base = ModelLoader(rc0.model, "cpu").base(
-                1 if task_def.is_regression else len(task_def.label_names),
-                None if task_def.is_regression else list(task_def.label_names))
+            base = ModelLoader(rc0.model, "cpu").base(task_def.num_labels,
+                                                      task_def.head_label_names)
         base_dtype = _storage_dtype(base)
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}
@@ -409,10 +408,11 @@ def weight_drift(ctx: Context) -> None:
         for rc, stamp in logs.track(ctx.console, f"weights {task}", todo,
                                     label=lambda t: f"weights/{t[0].run_id}"):
             method = get_method(rc.method_type)
-            # QLoRA's 4-bit base loads on CUDA only; everything else is analysed on the CPU.
+            # A quantised base (QLoRA's 4-bit, CUDA only) is read where its loading placed it;
+            # everything else is analysed on the CPU.
             _, tuned = load_run(ctx, rc.run_id,
-                                device=None if rc.method_type == "qlora" else "cpu")
-            factors = lora_factors(tuned) if rc.method_type in EXACT_LORA else None
+                                device=None if method.quantized_base else "cpu")
+            factors = lora_factors(tuned) if method.exact_low_rank else None
             cut: tuple[str, float] | None = None  # None: the float64 product's own precision
             if factors is not None:
                 update = "B A (exact)"

@@ -149,8 +149,8 @@ def probe_tasks(ctx: Context) -> tuple[list[ProbeTask], list[tuple[str, str]]]:
     if cfg.tasks is None:
         for name in study_tasks:
             task = ctx.data.task(name)
-            if task.is_regression:
-                skipped.append((name, f"{name} is a regression task: a logistic probe needs "
+            if not task.has_classes:
+                skipped.append((name, f"{name} is a {task.kind} task: a logistic probe needs "
                                       "classes"))
                 continue
             out.append(ProbeTask(name, task, "study", None, cfg.probe_train_samples,
@@ -540,8 +540,7 @@ def _load(ctx: Context, rc: RunConfig | None) -> tuple[Any, Any]:
     first = ctx.study.runs()[0]
     task = ctx.data.task(first.task)
     loader = ModelLoader(first.model, ctx.device)
-    model = loader.base(1 if task.is_regression else len(task.label_names),
-                        None if task.is_regression else list(task.label_names), 0)
+    model = loader.base(task.num_labels, task.head_label_names, 0)
     model.eval()
     return loader.tokenizer, model
 

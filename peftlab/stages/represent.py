@@ -205,14 +205,14 @@ def extract_unit(*, task: Any, key: str, rc: RunConfig | None, model: Any,
     if rc is None:
         # The base classifier gets a fresh head for the task; the head reads the last hidden
         # state and never changes it, so any run config of the task gives the same vectors.
-        net = loader.base(1 if task.is_regression else len(task.label_names),
-                          None if task.is_regression else list(task.label_names))
+        net = loader.base(task.num_labels, task.head_label_names)
     else:
         net = loader.run(artifact)
     tokenizer = loader.tokenizer
     net.eval()
     dataset = encode_frame(probe, tokenizer, max_length=model.max_length,
-                           pair_template=model.pair_template, is_regression=task.is_regression)
+                           pair_template=model.pair_template,
+                           label_dtype=task.task_kind.label_dtype)
     who = f"represent {task.name}: " + ("the base model" if rc is None else f"run {rc.run_id}")
     poolings = poolings or [settings["pooling"]]
     paths = paths or {poolings[0]: path}
@@ -303,7 +303,7 @@ def readout_diagnostics(ctx: Context, task: str, probe: pd.DataFrame, phash: str
     tokenizer = ModelLoader(m, "cpu").tokenizer
     dataset = encode_frame(probe, tokenizer, max_length=m.max_length,
                            pair_template=m.pair_template,
-                           is_regression=ctx.data.task(task).is_regression)
+                           label_dtype=ctx.data.task(task).task_kind.label_dtype)
     # The pad id the head looks for, as extraction found it (the model config's); the
     # tokenizer's when nothing has been extracted.
     base = ctx.store.get(TABLE, manifest_key(task, BASE_KEY)) or {}

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 # The GLUE module registers the built-in tasks when imported.
 from peftlab.tasks.glue import GLUE_TASKS
+from peftlab.tasks.kinds import TASK_KINDS, TaskKind, get_kind
 from peftlab.tasks.registry import (
-    CLASSIFICATION_METRICS,
-    METRIC_NAMES,
-    REGRESSION_METRICS,
     SPLITS,
+    TASKS,
     GlueLayout,
     HubLayout,
     TaskDef,
@@ -43,21 +42,22 @@ from peftlab.tasks.sources import (
 )
 
 __all__ = [
-    "CLASSIFICATION_METRICS",
     "DATA_DIR_ENV",
     "FILE_FORMATS",
     "GLUE_TASKS",
     "KEPT_WHITESPACE_RULE",
-    "METRIC_NAMES",
     "NORMALISATION_RULE",
-    "REGRESSION_METRICS",
     "SOURCES",
     "SPLITS",
+    "TASKS",
+    "TASK_KINDS",
     "GlueLayout",
     "HubLayout",
     "TaskDef",
+    "TaskKind",
     "describe",
     "file_checksum",
+    "get_kind",
     "get_task",
     "load_files",
     "load_glue_dir",

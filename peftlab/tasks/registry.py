@@ -3,23 +3,24 @@
     from peftlab.tasks import get_task
     task = get_task("rte")          # TaskDef: fields, labels, metrics, where the data lives
 
-A task says *what* is classified (one text or a pair, which labels, which metrics) and *where* its
-data lives in each source layout (a Hugging Face hub dataset, an original GLUE folder). Loaders in
-`sources.py` read those layouts; they contain no per-task code. Adding a task is one `TaskDef` plus
-one `register_task` call (see `glue.py`).
+A task says *what* is predicted (one text or a pair, its kind, which labels, which metrics) and
+*where* its data lives in each source layout (a Hugging Face hub dataset, an original GLUE
+folder). Loaders in `sources.py` read those layouts; they contain no per-task code. Adding a task
+is one `TaskDef` plus one `register_task` call (see `glue.py`); its kind (`kinds.py`) and metrics
+(`peftlab.metrics`) are looked up in their registries.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from peftlab.errors import SpecError
-
-# Metric names a task may ask for. Classification metrics need label_names; correlations need a
-# regression task. The metric implementations live elsewhere; the names are the contract.
-CLASSIFICATION_METRICS = ("accuracy", "f1", "macro_f1", "mcc")
-REGRESSION_METRICS = ("pearson", "spearman")
-METRIC_NAMES = CLASSIFICATION_METRICS + REGRESSION_METRICS
+from peftlab.metrics import METRICS
+from peftlab.registry import Registry
+from peftlab.tasks.kinds import TaskKind, get_kind
 
 # The canonical split names every loader accepts. "eval" maps to a task's `eval_split` on the hub
 # and to its dev file in a GLUE folder (test sets have no public labels, so they are not offered).
@@ -74,30 +75,48 @@ class GlueLayout:
 
 @dataclass(frozen=True)
 class TaskDef:
-    """One text-classification (or regression) task.
+    """One text-classification (or regression, or another registered kind) task.
 
     The canonical DataFrame columns are always `text_a`, optional `text_b`, `label` and `row`;
     `text_columns` names what the texts are (e.g. ("premise", "hypothesis")) for reports and
-    prompts. `label_names=None` means regression (one float target). The first metric is the main
-    one, the one studies compare methods on.
+    prompts. `kind` names its `TaskKind` (`kinds.TASK_KINDS`); left out, `label_names=None` means
+    regression (one float target) and named labels classification. The first metric is the main
+    one, the one studies compare methods on; `higher_is_better` left out follows that metric.
     """
 
     name: str
     text_columns: tuple[str, ...]
     label_names: tuple[str, ...] | None
     metrics: tuple[str, ...]
-    higher_is_better: bool = True
+    higher_is_better: bool | None = None
     eval_split: str = "validation"  # the hub split name used as canonical "eval"
     hub: HubLayout | None = None
     glue: GlueLayout | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
+        if self.kind is None:  # frozen: the derived defaults are set once, here
+            object.__setattr__(self, "kind",
+                               "regression" if self.label_names is None else "classification")
         # Validate at definition time, so a bad task fails when registered, not mid-study.
         _check_task(self)
+        if self.higher_is_better is None:
+            object.__setattr__(self, "higher_is_better",
+                               METRICS.get(self.metrics[0]).higher_is_better)
+
+    @property
+    def task_kind(self) -> TaskKind:
+        return get_kind(self.kind, where=f"task {self.name!r}")
+
+    @property
+    def has_classes(self) -> bool:
+        """Labels are class ids 0..K-1 named by `label_names` (the kind says)."""
+        return self.task_kind.has_classes
 
     @property
     def is_regression(self) -> bool:
-        return self.label_names is None
+        """Labels are numbers, not class ids (not `has_classes`)."""
+        return not self.has_classes
 
     @property
     def is_pair(self) -> bool:
@@ -105,8 +124,14 @@ class TaskDef:
 
     @property
     def num_labels(self) -> int:
-        """Output size of the classification head: number of classes, or 1 for regression."""
-        return 1 if self.label_names is None else len(self.label_names)
+        """Output size of the model's head: number of classes, or 1 for a score (the kind's
+        `num_labels`)."""
+        return self.task_kind.num_labels(self)
+
+    @property
+    def head_label_names(self) -> list[str] | None:
+        """Names of the head's outputs (the model config's id2label), None for a lone score."""
+        return self.task_kind.head_label_names(self)
 
 
 def _check_task(task: TaskDef) -> None:
@@ -116,23 +141,15 @@ def _check_task(task: TaskDef) -> None:
         raise SpecError("a task needs a non-empty name")
     if len(task.text_columns) not in (1, 2):
         raise SpecError(f"{where}: text_columns must name 1 or 2 texts, got {task.text_columns!r}")
-    if task.label_names is not None:
-        if len(task.label_names) < 2:
-            raise SpecError(
-                f"{where}: label_names needs at least 2 labels (or None for regression)"
-            )
-        if len(set(task.label_names)) != len(task.label_names):
-            raise SpecError(f"{where}: label_names has duplicates: {task.label_names!r}")
-        if any(not str(n).strip() for n in task.label_names):
-            raise SpecError(f"{where}: label_names has an empty name: {task.label_names!r}")
+    kind = get_kind(task.kind, where=f"{where}: kind")
+    kind.check(task, where)
     if not task.metrics:
         raise SpecError(f"{where}: metrics must list at least one metric")
-    allowed = REGRESSION_METRICS if task.is_regression else CLASSIFICATION_METRICS
+    allowed = kind.metrics()
     for metric in task.metrics:
         if metric not in allowed:
-            kind = "regression" if task.is_regression else "classification"
             raise SpecError(
-                f"{where}: metric {metric!r} does not apply to a {kind} task; "
+                f"{where}: metric {metric!r} does not apply to a {kind.name} task; "
                 f"choose from {', '.join(allowed)}"
             )
     n_texts = len(task.text_columns)
@@ -142,7 +159,7 @@ def _check_task(task: TaskDef) -> None:
         _check_glue_layout(task.glue, where)
         if (task.glue.text_b is not None) != (n_texts == 2):
             raise SpecError(f"{where}: glue.text_b must be set exactly when the task has 2 texts")
-        if task.glue.label_map is not None and task.label_names is not None:
+        if task.glue.label_map is not None and task.has_classes:
             bad = [raw for raw, i in task.glue.label_map if not 0 <= i < len(task.label_names)]
             if bad:
                 raise SpecError(f"{where}: glue.label_map maps {bad!r} outside the label ids")
@@ -166,34 +183,60 @@ def _check_glue_layout(layout: GlueLayout, where: str) -> None:
         )
 
 
-# Keyed by a normalised name so "SST-2", "sst_2" and "sst2" all find the same task.
-_REGISTRY: dict[str, TaskDef] = {}
-
-
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
 
 
+class TaskRegistry(Registry[TaskDef]):
+    """Tasks by name, keyed by a normalised name so "SST-2", "sst_2" and "sst2" all find the same
+    task; a name clash is a SpecError."""
+
+    def register(self, obj: Any = None, *, replace: bool = False) -> Any:
+        key = _key(obj.name)
+        if key in self._items and not replace:
+            raise SpecError(f"a task named {obj.name!r} is already registered")
+        self._items[key] = obj
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(_key(name), None)
+
+    @contextlib.contextmanager
+    def temporarily(self, obj: Any) -> Iterator[Any]:
+        self.register(obj)
+        try:
+            yield obj
+        finally:
+            self.unregister(obj.name)
+
+    def get(self, name: Any, *, where: str | None = None) -> TaskDef:
+        task = self._items.get(_key(name)) if isinstance(name, str) else None
+        if task is None:
+            prefix = f"{where}: " if where else ""
+            raise SpecError(f"{prefix}unknown task {name!r}; known tasks: "
+                            f"{', '.join(task_names())}")
+        return task
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _key(name) in self._items
+
+
+TASKS = TaskRegistry("task")
+
+
 def register_task(task: TaskDef, *, replace: bool = False) -> TaskDef:
     """Add `task` to the registry and return it. A name clash is an error unless `replace`."""
-    key = _key(task.name)
-    if key in _REGISTRY and not replace:
-        raise SpecError(f"a task named {task.name!r} is already registered")
-    _REGISTRY[key] = task
-    return task
+    return TASKS.register(task, replace=replace)
 
 
 def get_task(name: str) -> TaskDef:
     """The task registered as `name` (case, '-' and '_' ignored); SpecError lists known names."""
-    task = _REGISTRY.get(_key(name))
-    if task is None:
-        raise SpecError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
-    return task
+    return TASKS.get(name)
 
 
 def task_names() -> list[str]:
     """Names of all registered tasks, sorted."""
-    return sorted(task.name for task in _REGISTRY.values())
+    return sorted(task.name for task in TASKS.values())
 
 
 def make_file_task(
@@ -201,19 +244,24 @@ def make_file_task(
     label_names: tuple[str, ...] | list[str] | None,
     metrics: tuple[str, ...] | list[str] | None = None,
     text_columns: tuple[str, ...] | list[str] = ("text",),
+    kind: str | None = None,
 ) -> TaskDef:
     """A task for the user's own files (no hub or GLUE layout). It is validated, not registered.
 
-    `label_names=None` makes a regression task. `metrics=None` picks accuracy + macro F1 for
-    classification, Pearson + Spearman for regression. For a pair task pass two text_columns,
-    e.g. ("premise", "hypothesis").
+    `kind=None`: `label_names=None` makes a regression task, named labels a classification one.
+    `metrics=None` picks the kind's default metrics (accuracy for classification, Pearson +
+    Spearman for regression). For a pair task pass two text_columns, e.g. ("premise",
+    "hypothesis").
     """
+    if kind is None:
+        kind = "regression" if label_names is None else "classification"
     if metrics is None:
-        metrics = REGRESSION_METRICS if label_names is None else ("accuracy", "macro_f1")
+        metrics = get_kind(kind, where=f"task {name!r}: kind").default_metrics
     return TaskDef(
         name=name,
         text_columns=tuple(text_columns),
         label_names=None if label_names is None else tuple(str(n) for n in label_names),
         metrics=tuple(metrics),
         eval_split="eval",
+        kind=kind,
     )

@@ -119,7 +119,7 @@ def load_glue_dir(task: TaskDef, root: Path, split: str, *, strip: bool = True) 
     text_a = [normalise_text(r[ia], strip) for r in rows]
     text_b = None if ib is None else [normalise_text(r[ib], strip) for r in rows]
     raw_labels = [r[il] for r in rows]
-    if task.is_regression:
+    if not task.has_classes:
         labels = [
             _float_label(value, f"{path}: line {line}")
             for value, line in zip(raw_labels, lines, strict=True)
@@ -128,7 +128,7 @@ def load_glue_dir(task: TaskDef, root: Path, split: str, *, strip: bool = True) 
         label_map = (
             dict(layout.label_map)
             if layout.label_map is not None
-            else {str(i): i for i in range(task.num_labels)}
+            else {str(i): i for i in range(len(task.label_names))}
         )
         labels = []
         for value, line in zip(raw_labels, lines, strict=True):
@@ -276,7 +276,7 @@ def load_hub(
         texts.append([normalise_text(v, strip) for v in values])
 
     raw = table[layout.label_column]
-    if task.is_regression:
+    if not task.has_classes:
         # Hub scores are float32: take their shortest decimal form (3.8, not 3.7999999523),
         # so labels (and split checksums) agree with the GLUE files' "3.800".
         values = raw.to_numpy(dtype=np.float32) if raw.dtype == np.float32 else raw.to_numpy()
@@ -287,12 +287,12 @@ def load_hub(
             if (
                 isinstance(value, bool)
                 or not isinstance(value, (int, np.integer))
-                or not (0 <= value < task.num_labels)
+                or not (0 <= value < len(task.label_names))
             ):
                 hint = " (hub test splits carry no labels: -1)" if value == -1 else ""
                 raise DataError(
                     f"{where}: index {i}: label {value!r} is not a class id "
-                    f"0..{task.num_labels - 1} of task {task.name!r}{hint}"
+                    f"0..{len(task.label_names) - 1} of task {task.name!r}{hint}"
                 )
     text_b = texts[1] if task.is_pair else None
     return _frame(task, texts[0], text_b, labels, list(range(len(table))))
@@ -466,7 +466,7 @@ def _read_parquet(path: Path) -> tuple[dict[str, list], list[int], str]:
 
 def _user_label(value: Any, task: TaskDef, where: str) -> int | float:
     """A class id from an id or a label name; a float for regression. DataError otherwise."""
-    if task.is_regression:
+    if not task.has_classes:
         if isinstance(value, (bool, np.bool_)) or not isinstance(
             value, (str, int, float, np.integer, np.floating)
         ):
@@ -583,7 +583,7 @@ def _frame(
     data: dict[str, Any] = {"text_a": text_a}
     if text_b is not None:
         data["text_b"] = text_b
-    data["label"] = np.asarray(labels, dtype=np.float64 if task.is_regression else np.int64)
+    data["label"] = np.asarray(labels, dtype=np.int64 if task.has_classes else np.float64)
     data["row"] = np.asarray(rows, dtype=np.int64)
     return pd.DataFrame(data)
 
@@ -613,7 +613,7 @@ def describe(df: pd.DataFrame, task: TaskDef) -> dict:
     """
     summary: dict[str, Any] = {"rows": int(len(df))}
     labels = df["label"].to_numpy()
-    if task.is_regression:
+    if not task.has_classes:
         empty = len(labels) == 0
         summary["label_stats"] = {
             "min": None if empty else float(labels.min()),
@@ -623,12 +623,12 @@ def describe(df: pd.DataFrame, task: TaskDef) -> dict:
     else:
         assert task.label_names is not None
         labels = labels.astype(np.int64)
-        if len(labels) and (labels.min() < 0 or labels.max() >= task.num_labels):
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(task.label_names)):
             raise DataError(
-                f"labels of task {task.name!r} must be ids 0..{task.num_labels - 1}; "
+                f"labels of task {task.name!r} must be ids 0..{len(task.label_names) - 1}; "
                 f"found {labels.min()}..{labels.max()}"
             )
-        counts = np.bincount(labels, minlength=task.num_labels)
+        counts = np.bincount(labels, minlength=len(task.label_names))
         summary["label_counts"] = {
             name: int(count) for name, count in zip(task.label_names, counts, strict=True)
         }
