@@ -29,11 +29,11 @@ from toy_data import toy_files, toy_task
 from peftlab.bench.mode import MODES, Capability, Comparison, Mode, alone_logits
 from peftlab.data import StudyData
 from peftlab.errors import DegenerateInputError
-from peftlab.fixtures import METHOD_PRESETS, tiny_spec, write_spec
+from peftlab.testing.fixtures import METHOD_PRESETS, tiny_spec, write_spec
 from peftlab.measures import MEASURES, Measure
 from peftlab.methods.base import METHODS, Method, MethodParams, wrap_peft
 from peftlab.metrics import METRICS, Metric
-from peftlab.representations import BASE_KEY, load_representations
+from peftlab.extraction import BASE_KEY, load_representations
 from peftlab.spec import load_spec
 from peftlab.store import Store
 from peftlab.study import run_stages

@@ -81,7 +81,7 @@ class TaskKind:
                   confidence: float, n_simulations: int) -> dict[str, Any]:
         """What a run must beat on evaluation labels `labels` (`baselines.baseline_metrics`):
         the constant predictors and chance over the classes, or chance alone for scores."""
-        from peftlab.baselines import class_baselines, score_baselines
+        from peftlab.baseline_scores import class_baselines, score_baselines
 
         make = class_baselines if self.has_classes else score_baselines
         return make(task, labels, n_bootstrap=n_bootstrap, seed=seed, confidence=confidence,
