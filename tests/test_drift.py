@@ -25,7 +25,7 @@ from peftlab.representations import encode_representations, load_representations
 from peftlab.spec import DriftSpec, load_spec
 from peftlab.stages import drift as drift_module
 from peftlab.stages import represent as represent_module
-from peftlab.stages.stats import band_value
+from peftlab.stages.stats.bands import band_value
 from peftlab.store import Store
 from peftlab.study import Context, open_study_store
 
