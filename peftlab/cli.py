@@ -84,7 +84,7 @@ def validate(spec: SpecArg, data_dir: DataDir = None) -> None:
 @app.command()
 def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None) -> None:
     """List every training run the study implies, its id, and whether it is done."""
-    from peftlab.stages.stats import planned_families
+    from peftlab.families import planned_families
     from peftlab.study import plan as make_plan
 
     study = _load(spec, output_dir=output_dir)

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from peftlab.methods import get_method
 from peftlab.records import BenchRecord, RunRecord, read_one
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ def serving_modes() -> tuple[str, ...]:
     from peftlab.bench.modes import MODES
 
     return tuple(m.name for m in MODES.values() if m.max_artifacts is None or m.max_artifacts > 1)
+
+
+def is_reference(method_type: str) -> bool:
+    """Whether a method type is a reference that PEFT methods are compared against: one that the
+    method registry declares not PEFT (full fine-tuning), whatever its name."""
+    return not get_method(method_type).is_peft
 
 
 @dataclass
@@ -54,11 +61,11 @@ class RunView:
         return f"{method}: {rec.get('status', 'pending')}" + (f" ({reason})" if reason else "")
 
     def references(self) -> list[str]:
-        """Methods that are full fine-tuning: what each PEFT method is compared against."""
-        return [m for m, t in self.methods.items() if t == "full"]
+        """Reference methods (full fine-tuning): what each PEFT method is compared against."""
+        return [m for m, t in self.methods.items() if is_reference(t)]
 
     def peft(self) -> list[str]:
-        return [m for m, t in self.methods.items() if t != "full"]
+        return [m for m, t in self.methods.items() if not is_reference(t)]
 
     def method_of_run(self) -> dict[str, tuple[str, str, int]]:
         return {rid: key for key, rid in self.run_ids.items()}

@@ -22,10 +22,11 @@ from rich.console import Console
 from scipy import stats as sst
 
 from peftlab import measures, stats
+from peftlab.families import planned_families
 from peftlab.measures import MEASURES
 from peftlab.results import bench_rows
-from peftlab.stages.stats import band_layers, planned_families
 from peftlab.stages.stats import run as stats_stage
+from peftlab.stages.stats.bands import band_layers
 from peftlab.store import Store
 from peftlab.study import Context
 from peftlab.testing.sample_study import DEGENERATE_RUN, DEGENERATE_TASK, FAILED, write_sample

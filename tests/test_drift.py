@@ -24,7 +24,7 @@ from peftlab.measures import compare_layer
 from peftlab.spec import DriftSpec, load_spec
 from peftlab.stages import drift as drift_module
 from peftlab.stages import represent as represent_module
-from peftlab.stages.stats import band_value
+from peftlab.stages.stats.bands import band_value
 from peftlab.store import Store
 from peftlab.study import Context, open_study_store
 from peftlab.testing import tiny_study

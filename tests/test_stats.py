@@ -783,3 +783,32 @@ def test_mixed_effects_falls_back_to_paired_differences(monkeypatch):
     assert res.effect == pytest.approx(est, rel=1e-12) and res.df == df
     assert res.ci_high - res.effect == pytest.approx(st.t.isf(0.025, df) * se, rel=1e-9)
     assert res.p == pytest.approx(2 * st.t.sf(est / se, df), rel=1e-9)
+
+
+def test_power_at_the_across_task_df():
+    """The mixed model's contrast has n_pairs pairs but df = n_pairs - n_tasks: one power
+    function serves it and the paired t-test (df = n - 1 by default)."""
+    from peftlab.stats import mixed_power_fields, t_power
+
+    assert t_power(1.2, 6, 0.05) == t_power(1.2, 6, 0.05, df=5)
+    tasks, seeds, alpha = 3, 2, 0.05
+    n, df = tasks * seeds, tasks * seeds - tasks
+    mde = minimum_detectable_effect(n, alpha, df=df)
+    assert t_power(mde, n, alpha, df=df) == pytest.approx(0.8, abs=1e-8)
+    assert mde > minimum_detectable_effect(n, alpha)  # fewer df: a larger effect is needed
+    # Simulated: per-task paired differences ~ N(mde, 1); t = mean / SE from the within-task
+    # spread (pooled over tasks), df = n - tasks. It rejects with probability 0.8.
+    rng = np.random.default_rng(0)
+    d = rng.normal(mde, 1.0, size=(100_000, tasks, seeds))
+    resid = d - d.mean(axis=2, keepdims=True)
+    s2 = (resid**2).sum(axis=(1, 2)) / df
+    t = d.mean(axis=(1, 2)) / np.sqrt(s2 / n)
+    assert float(np.mean(np.abs(t) > st.t.isf(alpha / 2, df))) == pytest.approx(0.8, abs=0.01)
+    fields = mixed_power_fields(n, tasks, 0.5, 1.0, alpha, 0.8)
+    assert fields["mde_dz"] == mde and fields["mde_diff"] == pytest.approx(0.5 * mde)
+    needed = fields["runs_needed"]  # seeds per task that detect d_z = 1
+    assert t_power(1.0, needed * tasks, alpha, df=(needed - 1) * tasks) >= 0.8
+    assert t_power(1.0, (needed - 1) * tasks, alpha, df=(needed - 2) * tasks) < 0.8
+    assert mixed_power_fields(3, 3, 0.5, 1.0, alpha, 0.8)["mde_dz"] is None  # df 0
+    with pytest.raises(ValueError, match="df"):
+        minimum_detectable_effect(6, alpha, df=0)

@@ -17,7 +17,7 @@ record per (task, method, kind, run pair, layer) goes to the `drift` table, keye
 
 A measure that is undefined for a layer (`DegenerateInputError`, e.g. CKA 0/0 when every example
 has the same pooled vector) is stored as value None with its reason under `undefined`;
-the stats stage's layer bands (`stages.stats.band_value`) leave such layers out, so a summary
+the stats stage's layer bands (`stages.stats.bands.band_value`) leave such layers out, so a summary
 never turns into NaN.
 
 Weights, per run and adapted weight matrix, to the `weights` table keyed "<run_id>/<module>":
