@@ -4,7 +4,8 @@ Nothing here decides anything: the outcome (different / negligible / equivalent 
 insufficient runs / void, `peftlab.stats.OUTCOMES`) comes from `peftlab.stats.apply_correction`
 as stored by the stats stage, and every number is a stored value formatted with
 `peftlab.stages.report.format`. Comparisons that were not tested are not phrased one by one:
-`untested_lines` collapses them to one line per reason.
+`untested_lines` collapses them to one line per reason. The Findings section (`findings`) lists
+them by family; the other sections phrase their own comparisons with the same functions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections import defaultdict
 from typing import Any
 
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Outcome, Paragraph, Table
+from peftlab.stages.report.document import Bullets, Outcome, Paragraph, Section, Table
+from peftlab.stages.report.stored import Results, families, not_measured
 from peftlab.stats import OUTCOMES
 
 OUTCOME_ORDER = OUTCOMES
@@ -314,3 +316,31 @@ def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
                   "MDE d_z / seeds needed", "Outcome"], rows, caption,
                  numeric=[False, False, False, True, True, True, True, True, True, True, False,
                           False, True, False])
+
+
+# ----------------------------------------------------------------------------- the section
+
+
+def findings(res: Results) -> Section:
+    s = Section("Findings", "findings")
+    if not res.stats:
+        return s.add(not_measured("statistics", "stats"))
+    s.add(Paragraph.of(counts_text(res.comparisons) + "."))
+    groups = [("Primary endpoints", [c for c in res.comparisons if c.get("role") == "primary"])]
+    for family in families(res):
+        if family != "primary":
+            groups.append((f"Exploratory: {family.split('/', 1)[-1].replace('_', ' ')}",
+                           [c for c in [*res.comparisons, *res.readouts]
+                            if c.get("family") == family and c.get("role") != "primary"]))
+    for title, comps in groups:
+        sub = s.sub(title)
+        tested = [c for c in comps if c["outcome"] in TESTED]
+        if tested:
+            sub.add(Bullets([phrase(c) for c in tested]))
+        untested = untested_lines(comps, res.min_runs)
+        if untested:
+            sub.add(Paragraph.of("Not tested, one line per reason:"), Bullets(untested))
+        if not comps:
+            sub.add(Paragraph.of("No comparison of this kind: the study has no results for "
+                                 "it (see the sections below)."))
+    return s
