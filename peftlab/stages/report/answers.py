@@ -153,7 +153,7 @@ def _ratio_rows(res: Results, pairs: list[str], seq: str) -> list[dict[str, Any]
             "hi": 1 + c["rel_diff_ci_high"] if tested and c.get("rel_diff_ci_high") is not None
             else None, "tested": tested,
             "floor": 1 + c["flops_share"] if c.get("flops_share") is not None
-            and c.get("mode_b") == "merged" else None})
+            and fnd.folds_adapter(c.get("mode_b")) else None})
     return rows
 
 
@@ -203,7 +203,7 @@ def rq2_answer(res: Results) -> Answer:
                        f"{cs[0]['n']} complete pair(s), {res.min_runs} needed")
                 spans.append(", ".join(c["task"] for c in cs) + f" ({why})")
         shares = [c["flops_share"] for c in group if c.get("flops_share") is not None
-                  and c.get("mode_b") == "merged"]
+                  and fnd.folds_adapter(c.get("mode_b"))]
         if shares:
             spans.append(f"; compute-only floor: the adapter adds {f.share(min(shares))}"
                          + (f"-{f.share(max(shares))}" if max(shares) > min(shares) else "")

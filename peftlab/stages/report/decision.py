@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from peftlab.bench.modes import get_mode, mode_names
+from peftlab.bench.modes import MODES, find_mode, get_mode, mode_names
 from peftlab.results import seq_sort_key
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
@@ -21,8 +21,12 @@ from peftlab.stages.report.stored import Results, not_measured
 
 
 def served(x: dict[str, Any]) -> str:
-    """'lora merged', 'full' (a full model is served one way only)."""
-    return x["method"] if x["mode"] == "full" else f"{x['method']} {x['mode']}"
+    """How a latency summary's model was served: 'lora merged', or the method alone ('full')
+    when its mode is the only registered way to serve its kind of artifact."""
+    mode = find_mode(x["mode"])
+    alone = mode is not None and sum(m.artifact_kind == mode.artifact_kind
+                                     for m in MODES.values()) == 1
+    return x["method"] if alone else f"{x['method']} {x['mode']}"
 
 
 def decision(res: Results) -> Section:

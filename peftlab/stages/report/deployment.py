@@ -125,7 +125,9 @@ def deployment(res: Results) -> Section:
 
     over = s.sub("Unmerged overhead and its compute floor")
     orows = []
-    for c in [c for c in res.comparisons_of("latency") if c.get("pair") == "unmerged_vs_merged"]:
+    # a live adapter path against the same adapter folded into the base (`Mode.folds_adapter`)
+    for c in [c for c in res.comparisons_of("latency") if fnd.folds_adapter(c.get("mode_b"))
+              and not fnd.folds_adapter(c.get("mode_a"))]:
         orows.append([c["task"], str(c["batch_size"]), str(c["seq_len"]), c["method_a"],
                       str(c["n"]), f.pct(c.get("rel_diff")),
                       f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct),

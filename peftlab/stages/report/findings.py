@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from peftlab.bench.modes import find_mode
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Bullets, Outcome, Paragraph, Section, Table
 from peftlab.stages.report.stored import Results, families, not_measured
@@ -183,6 +184,14 @@ def outcome_cell(c: dict[str, Any]) -> str:
     return c["outcome"]
 
 
+def folds_adapter(mode: Any) -> bool:
+    """Whether stored mode name `mode` serves the adapter folded into the base weights
+    (`Mode.folds_adapter`): against it, a live adapter path's FLOPs share is the compute-only
+    floor of its extra latency. False for a name no mode is registered under here."""
+    registered = find_mode(mode)
+    return registered is not None and registered.folds_adapter
+
+
 def context_text(c: dict[str, Any]) -> str:
     """What a difference is measured against: the drift floors and controls, compute floor."""
     if c["area"] == "drift" and c.get("kind") != "across_tasks":
@@ -194,7 +203,7 @@ def context_text(c: dict[str, Any]) -> str:
             parts.append(f"seed-to-seed control {f.similarity(c['seed_to_seed_mean_a'])} / "
                          f"{f.similarity(c.get('seed_to_seed_mean_b'))}")
         return f" ({'; '.join(parts)}, {name(c, 'a')} / {name(c, 'b')})" if parts else ""
-    if c.get("flops_share") is not None and c.get("mode_b") == "merged":
+    if c.get("flops_share") is not None and folds_adapter(c.get("mode_b")):
         return f" (compute floor: the adapter adds {f.share(c['flops_share'])} of the FLOPs)"
     return ""
 

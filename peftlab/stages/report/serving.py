@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.bench.mode import FAST_VARIANT
+from peftlab.bench.modes import MODES
 from peftlab.records import BenchBlockRecord, ServingRecord, read
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import format as f
@@ -182,9 +184,25 @@ def serving_decision(res: Any, rows: list[dict[str, Any]] | None = None) -> str 
     return decision_line(rows, serving.p99_margin if serving is not None else 0.10)
 
 
+def _fast_path_pairs() -> list[tuple[str, str]]:
+    """(mode, reference) per registered mode with a FAST_VARIANT that serves one adapter: the
+    reference is the mode folding the adapter into the base that it declares a comparison with
+    (unmerged -> merged)."""
+    pairs = []
+    for mode in sorted(MODES.values(), key=lambda m: m.order):
+        if not mode.fast_path or mode.max_artifacts != 1:
+            continue
+        ref = next((c.other for c in mode.comparisons if c.reference == "same"
+                    and c.other in MODES and MODES.get(c.other).folds_adapter), None)
+        if ref is not None:
+            pairs.append((mode.name, ref))
+    return pairs
+
+
 def fast_path_ratios(bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task and sweep point where the "+fast" variant ran: unmerged/merged and
-    unmerged+fast/merged, each the median over seeds of the ratio of the same seed's medians
+    """Per mode with a fast path (`_fast_path_pairs`), task and sweep point where its "+fast"
+    variant ran: mode/reference and mode+fast/reference (e.g. unmerged/merged and
+    unmerged+fast/merged), each the median over seeds of the ratio of the same seed's medians
     (units of one seed ran in one block, interleaved). bench: `results.bench_rows` rows."""
     p50: dict[tuple[Any, ...], float] = {}
     for r in bench:
@@ -192,18 +210,21 @@ def fast_path_ratios(bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
             p50[(r["mode"], r["task"], r["method"], r["seed"], r["batch_size"],
                  str(r["seq_len"]))] = r["p50_ms"]
     out = []
-    keys = sorted({k[1:] for k in p50 if k[0] == "unmerged+fast"}, key=str)
-    groups: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
-    for task, method, seed, batch, seq in keys:
-        m = p50.get(("merged", task, method, seed, batch, seq))
-        e = p50.get(("unmerged", task, method, seed, batch, seq))
-        fst = p50[("unmerged+fast", task, method, seed, batch, seq)]
-        if m and e:
-            groups[(task, method, batch, seq)].append((e / m, fst / m))
-    for (task, method, batch, seq), pairs in groups.items():
-        out.append({"task": task, "method": method, "batch_size": batch, "seq_len": seq,
-                    "n": len(pairs), "eager": float(np.median([p[0] for p in pairs])),
-                    "fast": float(np.median([p[1] for p in pairs]))})
+    for mode, ref in _fast_path_pairs():
+        fast_mode = mode + FAST_VARIANT
+        keys = sorted({k[1:] for k in p50 if k[0] == fast_mode}, key=str)
+        groups: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
+        for task, method, seed, batch, seq in keys:
+            m = p50.get((ref, task, method, seed, batch, seq))
+            e = p50.get((mode, task, method, seed, batch, seq))
+            fst = p50[(fast_mode, task, method, seed, batch, seq)]
+            if m and e:
+                groups[(task, method, batch, seq)].append((e / m, fst / m))
+        for (task, method, batch, seq), pairs in groups.items():
+            out.append({"mode": mode, "reference": ref, "task": task, "method": method,
+                        "batch_size": batch, "seq_len": seq, "n": len(pairs),
+                        "eager": float(np.median([p[0] for p in pairs])),
+                        "fast": float(np.median([p[1] for p in pairs]))})
     return out
 
 
@@ -213,14 +234,15 @@ def deployment_parts(res: Any, s: Section) -> None:
     section `s`."""
     store = res.ctx.store
     fast = fast_path_ratios(res.bench)
-    if fast:
-        s.sub("Unmerged fast path").add(Table(
-            ["Task", "Method", "Batch", "Length", "Runs", "Eager unmerged / merged",
-             "Fast path unmerged / merged"],
+    for mode, ref in dict.fromkeys((x["mode"], x["reference"]) for x in fast):
+        s.sub(f"{mode.capitalize()} fast path").add(Table(
+            ["Task", "Method", "Batch", "Length", "Runs", f"Eager {mode} / {ref}",
+             f"Fast path {mode} / {ref}"],
             [[x["task"], x["method"], str(x["batch_size"]), x["seq_len"], str(x["n"]),
-              f.num(x["eager"], 3), f.num(x["fast"], 3)] for x in fast],
-            "Median latency of the unmerged adapter, served eagerly by PEFT and on the fused "
-            "fast path (bench.fast_path), relative to the same adapter merged: the median over "
+              f.num(x["eager"], 3), f.num(x["fast"], 3)] for x in fast
+             if (x["mode"], x["reference"]) == (mode, ref)],
+            f"Median latency of the {mode} adapter, served eagerly by PEFT and on the fused "
+            f"fast path (bench.fast_path), relative to the same adapter {ref}: the median over "
             "seeds of each seed's ratio (descriptive).",
             numeric=[False, False, True, False, True, True, True]))
     blocks = [b.dump() for b in read(store, BenchBlockRecord)]
