@@ -18,22 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.bench.load import PATTERNS
 from peftlab.bench.mode import FAST_VARIANT
 from peftlab.bench.modes import MODES
+from peftlab.bench.serving_configs import SERVING_CONFIGS
 from peftlab.records import BenchBlockRecord, ServingRecord, read
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Figure, Paragraph, Section, Table
 
-CONFIG_LABEL = {
-    "merged": "k merged models",
-    "mixed": "one base, k adapters, mixed batches",
-    "switch": "one base, k adapters, switched per batch",
-    "full": "k fully fine-tuned models",
-    "fast": "one base, k adapters, fast path",
-}
-ADAPTER_CONFIGS = ("mixed", "switch", "fast")
-PATTERNS = ("distinct", "uniform", "skewed", "identical")
 CONCURRENCY_1 = "at concurrency 1"  # how every 1/latency throughput is labelled
 
 
@@ -45,6 +38,18 @@ def p99_cell(lat: dict[str, Any] | None) -> str:
         return str(lat.get("p99_note") or "too few requests")
     ci = lat.get("p99_ci")
     return f.ms(lat["p99"]) + (f" [{f.ms(ci[0])}, {f.ms(ci[1])}]" if ci else "")
+
+
+def config_label(config: str) -> str:
+    """What a serving configuration holds, in words (its registered label); a stored name no
+    configuration is registered under here is shown as it is."""
+    return SERVING_CONFIGS.get(config).label if config in SERVING_CONFIGS else config
+
+
+def config_order(config: str) -> int:
+    """Where a configuration sits in tables and figures: registration order, unknown ones last."""
+    names = SERVING_CONFIGS.names()
+    return names.index(config) if config in names else len(names)
 
 
 def _reliable_p99(lat: dict[str, Any] | None) -> float | None:
@@ -89,8 +94,7 @@ def latency_load_figure(rows: list[dict[str, Any]]) -> bytes:
     """p50 (solid) and p99 (dashed, where it rests on >= 100 requests) latency against the
     offered load, one line per configuration, one panel per popularity pattern."""
     patterns = [p for p in PATTERNS if any(r["pattern"] == p for r in rows)]
-    configs = sorted({r["config"] for r in rows}, key=lambda c: list(CONFIG_LABEL).index(c)
-                     if c in CONFIG_LABEL else 99)
+    configs = sorted({r["config"] for r in rows}, key=config_order)
     fig = figs.new_figure(max(4.2, 3.4 * len(patterns)), 3.4)
     for ax, pattern in zip(figs._panels(fig, len(patterns)), patterns, strict=True):
         values = []
@@ -128,12 +132,14 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
     each (a = (adapters - B) / k), so one base with adapters holds less from the smallest n with
     B + n a < n B, i.e. n > B / (B - a).
     """
-    merged = [r for r in rows if r["config"] == "merged"]
+    reference = next((c.name for c in SERVING_CONFIGS.values() if c.reference), None)
+    merged = [r for r in rows if r["config"] == reference]
     if not merged:
         return None
     parts = []
     k = merged[0]["k"]
-    for config in [c for c in ADAPTER_CONFIGS if any(r["config"] == c for r in rows)]:
+    shared = [c.name for c in SERVING_CONFIGS.values() if c.shares_base]
+    for config in [c for c in shared if any(r["config"] == c for r in rows)]:
         mine = [r for r in rows if r["config"] == config]
         m_bytes = merged[0]["row"]["memory"]["served_weight_bytes"]
         a_bytes = mine[0]["row"]["memory"]["served_weight_bytes"]
@@ -168,7 +174,7 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
             loads = ("p99 not compared: no load run of either rests on the 100 requests a p99 "
                      "needs")
         parts.append(
-            f"{CONFIG_LABEL.get(config, config)} holds {f.nbytes(a_bytes)} of weights against "
+            f"{config_label(config)} holds {f.nbytes(a_bytes)} of weights against "
             f"{f.nbytes(m_bytes)} for {k} merged models ({m_bytes / a_bytes:.1f}x less); "
             f"{loads}; on memory it wins from "
             + (f"{from_n} tasks on" if from_n is not None else "no number of tasks")
@@ -267,9 +273,8 @@ def deployment_parts(res: Any, s: Section) -> None:
              Figure(latency_load_figure(rows), "Latency against offered load",
                     "p50 (solid) and p99 (dashed) latency per configuration against the "
                     "offered load, per adapter popularity pattern."))
-    order = {c: i for i, c in enumerate(CONFIG_LABEL)}
     table = sorted(rows, key=lambda r: (PATTERNS.index(r["pattern"]) if r["pattern"] in PATTERNS
-                                        else 9, order.get(r["config"], 9), r["offered_rate"]))
+                                        else 9, config_order(r["config"]), r["offered_rate"]))
     load.add(Table(
         ["Pattern", "Configuration", "Offered (req/s)", "Requests", "p50 (ms)", "p99 (ms)",
          "Achieved (req/s)", "Sustained", "Mean batch", "Weights held"],
@@ -286,7 +291,7 @@ def deployment_parts(res: Any, s: Section) -> None:
     for r in rows:
         sat[(r["config"], r["pattern"])] = r
     by_config: dict[str, list[str]] = defaultdict(list)
-    for (config, pattern), r in sorted(sat.items(), key=lambda kv: (order.get(kv[0][0], 9),
+    for (config, pattern), r in sorted(sat.items(), key=lambda kv: (config_order(kv[0][0]),
                                                                    kv[0][1])):
         tried = max(x["offered_rate"] for x in rows if x["config"] == config
                     and x["pattern"] == pattern)
@@ -297,7 +302,7 @@ def deployment_parts(res: Any, s: Section) -> None:
                if r.get("saturation_rate") == tried else ""))
     load.add(Table(
         ["Configuration", "What it holds", "Saturation throughput per pattern"],
-        [[c, CONFIG_LABEL.get(c, c), "; ".join(v)] for c, v in by_config.items()],
+        [[c, config_label(c), "; ".join(v)] for c, v in by_config.items()],
         "Saturation: achieved throughput at the highest offered rate the configuration "
         "sustained."))
     line = serving_decision(res, rows)
