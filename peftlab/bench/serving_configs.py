@@ -56,7 +56,7 @@ class Backend:
 
     def weight_bytes(self) -> int:
         """Bytes of the parameters and buffers of every served model (shared tensors once)."""
-        from peftlab.bench.loading import param_bytes
+        from peftlab.memory import param_bytes
 
         return param_bytes(*self.models)
 
