@@ -8,7 +8,9 @@ serving line of the deployment decision.
 
 Reads the `bench_blocks` table (`records.BenchBlockRecord`: the order each block's units ran in
 and the block's drift reference) and the `serving` table (`records.ServingRecord`: one load run
-per configuration, popularity pattern and offered rate).
+per configuration, popularity pattern and offered rate). Configurations are labelled, ordered
+and weighed against each other by what `peftlab.bench.serving_configs` registers for them; the
+fast path table by what the bench modes declare (`Mode.fast_path`, `Mode.folds_adapter`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from peftlab.stages.report.document import Paragraph, Strong
 
 
 def not_measured(what: str, *stages: str) -> Paragraph:
+    """'Not measured: the study directory has no <what> (filled by peftlab <stage>).'"""
     filled = " and ".join(f"peftlab {s}" for s in stages)
     return Paragraph.of(Strong("Not measured"), f": the study directory has no {what} "
                         f"(filled by {filled}).")
@@ -83,5 +84,6 @@ def families(res: Results) -> dict[str, dict[str, Any]]:
 
 
 def conf_label(res: Results) -> str:
+    """The confidence level of the study's intervals, e.g. '95%'."""
     return f"{round(100 * (1 - res.spec.stats.alpha))}%"
 
