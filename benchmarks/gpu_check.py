@@ -472,7 +472,7 @@ def qlora_evidence(ctx: Any) -> dict[str, Any]:
     import bitsandbytes as bnb
 
     from peftlab.artifacts import ModelLoader
-    from peftlab.bench.loading import param_bytes
+    from peftlab.memory import param_bytes
 
     rc = next(r for r in ctx.study.runs() if r.method == "qlora")
     task = ctx.data.task(rc.task)

@@ -1,4 +1,5 @@
-"""Peak memory of a block of work: device peak on CUDA, process peak RSS on CPU.
+"""Peak memory of a block of work: device peak on CUDA, process peak RSS on CPU; and the bytes a
+model's tensors hold (`param_bytes`).
 
 `resource.getrusage` gives the process's lifetime peak RSS, which cannot be reset between runs of
 one process, so on CPU a sampling thread records the peak RSS seen while the block runs.
@@ -62,3 +63,17 @@ class PeakMemory:
             "cuda_peak_allocated_bytes": self.cuda_peak_allocated,
             "cuda_peak_reserved_bytes": self.cuda_peak_reserved,
         }
+
+
+def param_bytes(*models: Any) -> int:
+    """Bytes of the models' parameters and buffers in memory (tensors shared within or between
+    models counted once)."""
+    seen, total = set(), 0
+    for model in models:
+        for t in list(model.parameters()) + list(model.buffers()):
+            key = (t.data_ptr(), t.numel())
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total

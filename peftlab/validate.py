@@ -52,6 +52,7 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
 
     notes: list[str] = []
     spec = study.spec
+    check_serving(study)
     device = resolve_device(spec.device)
     linear = model_linear_names(study)
     if linear is None:
@@ -68,6 +69,24 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
         tasks = {t.name for t in spec.tasks if local or t.files is not None}
         _check_batches(study, StudyData(study), tasks)
     return notes
+
+
+def check_serving(study: Study) -> None:
+    """bench.serving.configs must name registered serving configurations that a spec may ask
+    for (`bench.serving_configs.spec_configs`), at least one, each once."""
+    from peftlab.bench.serving_configs import spec_configs
+
+    serving = study.spec.bench.serving
+    if serving is None:
+        return
+    allowed = spec_configs()
+    unknown = [c for c in serving.configs if c not in allowed]
+    if unknown:
+        raise SpecError(f"{study.where('bench.serving.configs')}: unknown serving "
+                        f"configuration(s) {unknown}; expected any of {allowed}")
+    if not serving.configs or len(set(serving.configs)) != len(serving.configs):
+        raise SpecError(f"{study.where('bench.serving.configs')}: must be a non-empty list "
+                        f"without repeats, got {serving.configs}")
 
 
 def _check_batches(study: Study, data: Any, tasks: set[str]) -> None:

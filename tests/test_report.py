@@ -382,3 +382,83 @@ def test_chromium_first_screen_answers_both_questions(built, tmp_path):
         assert b is not None, name
         assert b["bottom"] <= 800 and b["right"] <= 1280, (name, b)  # on the first screen
     assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == FIGURES
+
+
+# -- the report asks the registries, not names -----------------------------------------------------
+
+
+def test_a_section_added_to_the_one_list_appears_where_it_is_listed(built, monkeypatch):
+    from peftlab.stages.report import build_report, sections
+    from peftlab.stages.report.document import Paragraph, Section
+
+    def extra(res):
+        return Section("Extra", "extra").add(Paragraph.of(f"{len(res.view.tasks)} tasks"))
+
+    listed = [fn.__name__ for fn in sections.SECTIONS]
+    monkeypatch.setattr(sections, "SECTIONS", [*sections.SECTIONS[:2], extra,
+                                               *sections.SECTIONS[2:]])
+    store = Store(built["study"].output_dir, create=False)
+    try:
+        doc = build_report(Context(study=built["study"], store=store,
+                                   console=Console(quiet=True)))
+    finally:
+        store.close()
+    assert len(doc.sections) == len(listed) + 1 and doc.sections[2].title == "Extra"
+    assert doc.sections[2].blocks[0].spans == ["3 tasks"]
+    assert [s.title for s in doc.front] == FRONT
+
+
+def _bench_row(mode, seed, ms, task="sst2"):
+    return {"ok": True, "mode": mode, "task": task, "method": "lora", "seed": seed,
+            "batch_size": 1, "seq_len": "data", "p50_ms": ms}
+
+
+def test_the_fast_path_table_follows_the_modes_declarations():
+    from peftlab.bench.mode import MODES, Comparison, Mode
+    from peftlab.stages.report.serving import fast_path_ratios
+
+    class Live(Mode):
+        """A plug-in live-adapter mode with a fast path, measured against merged."""
+
+        name = "live"
+        order = 25
+        fast_path = True
+        comparisons = (Comparison("merged", "same"),)
+
+    rows = [_bench_row("merged", 1, 10.0), _bench_row("live", 1, 20.0),
+            _bench_row("live+fast", 1, 12.0)]
+    assert fast_path_ratios(rows) == []  # "live" is no registered mode: nothing to say
+    with MODES.temporarily(Live):
+        (got,) = fast_path_ratios(rows)
+        assert (got["mode"], got["reference"]) == ("live", "merged")
+        assert got["eager"] == pytest.approx(2.0) and got["fast"] == pytest.approx(1.2)
+        # without a declared comparison with a mode that folds the adapter: no reference
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Live, "comparisons", (Comparison("full", "full"),))
+            assert fast_path_ratios(rows) == []
+
+
+def test_the_compute_floor_and_served_labels_follow_the_modes_declarations():
+    from peftlab.bench.mode import MODES
+    from peftlab.bench.modes.full import Full
+    from peftlab.bench.modes.merged import Merged
+    from peftlab.stages.report.decision import served
+
+    class Folded(Merged):
+        name = "folded"
+        order = 36
+
+    class FullAgain(Full):
+        name = "full_again"
+        order = 11
+
+    c = {"area": "latency", "mode_a": "unmerged", "mode_b": "folded", "flops_share": 0.01}
+    assert fnd.context_text(c) == ""  # not registered: no claim about its compute
+    with MODES.temporarily(Folded):  # declares folds_adapter (inherited from merged)
+        assert "compute floor" in fnd.context_text(c)
+    assert "compute floor" not in fnd.context_text({**c, "mode_b": "full"})
+    # a fully fine-tuned model is named by its method while one mode serves full models
+    assert served({"method": "ft", "mode": "full"}) == "ft"
+    assert served({"method": "lora", "mode": "merged"}) == "lora merged"
+    with MODES.temporarily(FullAgain):
+        assert served({"method": "ft", "mode": "full"}) == "ft full"

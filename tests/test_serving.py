@@ -275,7 +275,7 @@ def _alone(model, tokenizer, example, **kw):
 @pytest.mark.parametrize("config", ["mixed", "switch", "merged", "full", "fast"])
 def test_every_configuration_answers_each_request_once_with_its_adapters_logits(served, config):
     from peftlab.bench.gate import compare_logits
-    from peftlab.bench.serving import serving_backends
+    from peftlab.bench.serving_configs import serving_backends
 
     loader, lora, full, workload = served
     configs = () if config == "fast" else (config,)
@@ -311,7 +311,7 @@ def test_every_configuration_answers_each_request_once_with_its_adapters_logits(
 
 
 def test_k_merged_copies_hold_more_weights_than_one_base_with_adapters(served):
-    from peftlab.bench.serving import serving_backends
+    from peftlab.bench.serving_configs import serving_backends
 
     loader, lora, full, _ = served
     b = serving_backends(loader, lora, full, seed=0, configs=("merged", "mixed", "full"))
@@ -322,3 +322,63 @@ def test_k_merged_copies_hold_more_weights_than_one_base_with_adapters(served):
     assert b["full"].weight_bytes() == pytest.approx(merged, rel=0.01)
     with pytest.raises(PeftlabError, match="one fully fine-tuned artifact per task"):
         serving_backends(loader, lora, full[:1], seed=0, configs=("full",))
+
+
+# -- the registry of serving configurations --------------------------------------------------------
+
+
+class _Echo:
+    """A plug-in configuration's backend: one model for every adapter (no weights)."""
+
+    per_adapter = False
+
+    def __init__(self, names):
+        self.name, self.names, self.models = "echo", list(names), []
+
+
+def _echo(loader, artifacts, seed, variant):
+    return _Echo([a["name"] for a in artifacts])
+
+
+def test_a_registered_serving_configuration_is_built_checked_and_reported():
+    from types import SimpleNamespace
+
+    from peftlab.bench.serving_configs import SERVING_CONFIGS, ServingConfig, serving_backends
+    from peftlab.errors import SpecError
+    from peftlab.stages.report.serving import config_label, config_order, decision_line
+    from peftlab.validate import check_serving
+
+    lora = [{"name": "a", "task": "sst2"}, {"name": "b", "task": "rte"}]
+    echo = ServingConfig("echo", "one base, k echoes", "peft", _echo, shares_base=True)
+
+    def study(*configs):
+        serving = SimpleNamespace(configs=list(configs))
+        return SimpleNamespace(spec=SimpleNamespace(bench=SimpleNamespace(serving=serving)),
+                               where=lambda key: f"spec.yaml: {key}")
+
+    def row(config, weights):
+        return {"config": config, "pattern": "uniform", "offered_rate": 10.0, "k": 2,
+                "sustained": True, "row": {"latency_ms": {"p99": 5.0, "p99_reliable": True},
+                                           "memory": {"served_weight_bytes": weights}}}
+
+    rows = [row("merged", 200_000_000), row("echo", 101_000_000)]
+    with pytest.raises(SpecError, match="unknown serving configuration 'echo'"):
+        serving_backends(None, lora, None, seed=0, configs=("echo",))
+    with pytest.raises(SpecError, match=r"bench\.serving\.configs.*\['echo'\]"):
+        check_serving(study("merged", "echo"))
+    assert decision_line(rows, 0.1) is None and config_label("echo") == "echo"
+    with SERVING_CONFIGS.temporarily(echo):
+        (backend,) = serving_backends(None, lora, None, seed=0, configs=("echo",)).values()
+        assert backend.names == ["a", "b"]
+        check_serving(study("merged", "echo"))
+        assert config_label("echo") == "one base, k echoes"
+        assert config_order("echo") == len(SERVING_CONFIGS) - 1 > config_order("full")
+        line = decision_line(rows, 0.1)
+        assert line.startswith("one base, k echoes holds") and "up to 10 requests/s" in line
+    with pytest.raises(SpecError, match="non-empty list without repeats"):
+        check_serving(study("merged", "merged"))
+    # the fast configuration runs on the fast path only: never from a spec, never without it
+    with pytest.raises(SpecError, match=r"\['fast'\]"):
+        check_serving(study("fast"))
+    with pytest.raises(PeftlabError, match="fast path"):
+        serving_backends(None, lora, None, seed=0, configs=("fast",))

@@ -287,20 +287,6 @@ def head_names_of(model: Any) -> list[str]:
     return head_module_names(inner)
 
 
-def param_bytes(*models: Any) -> int:
-    """Bytes of the models' parameters and buffers in memory (tensors shared within or between
-    models counted once)."""
-    seen, total = set(), 0
-    for model in models:
-        for t in list(model.parameters()) + list(model.buffers()):
-            key = (t.data_ptr(), t.numel())
-            if key in seen:
-                continue
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
-
-
 def release_memory(device: str) -> None:
     """Give freed model memory back (Python objects, CUDA cache, glibc heap) between loads, so
     the next measurement does not start from the previous model's leftovers."""

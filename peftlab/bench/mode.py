@@ -8,6 +8,8 @@ labels and orders them by the mode's declarations. A mode says what it serves an
 
     plan(candidates, settings)  the units it serves from the study's trained artifacts
     comparisons                 the latency comparisons it joins (Comparison declarations)
+    folds_adapter               it serves the adapter folded into the base: a live adapter's reference
+    fast_path                   it has a "+fast" variant (live adapters fused into the base GEMMs)
 
     needs                       what it needs of each artifact's method (a Capability), or None
     check(artifacts, methods)   refuse (UnsupportedMode) what it cannot serve, before any process starts
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
     from peftlab.bench.requests import Request
     from peftlab.bench.timing import Timing
     from peftlab.bench.worker import WorkerEnv
+
+
+# The variant of a `fast_path` mode on the fused fast path (a unit's mode "unmerged+fast").
+FAST_VARIANT = "+fast"
 
 
 class UnsupportedMode(PeftlabError):
@@ -95,8 +101,12 @@ class Mode:
     max_artifacts: ClassVar[int | None] = 1
     comparisons: ClassVar[tuple[Comparison, ...]] = ()
     label: ClassVar[str] = ""  # how the report names the mode ("merged adapter")
-    # the "+fast" variant (bench.fast_path): the live adapters on `bench.fastpath.fused_lora`
+    # a FAST_VARIANT (bench.fast_path): the live adapters on `bench.fastpath.fused_lora`
     fast_path: ClassVar[bool] = False
+    # The adapter folded into the base weights: served at the base model's compute, so it is
+    # what a live adapter path's cost is measured against (its FLOPs share is then the
+    # compute-only floor of that cost).
+    folds_adapter: ClassVar[bool] = False
     needs: ClassVar[Capability | None] = None  # checked by `check` on each artifact's method
 
     @property
@@ -262,11 +272,11 @@ def make_units(mode: Mode, name: str, group: list[Candidate], served: list[str],
             mode.check([c.artifact for c in group], [c.method_obj for c in group])
         except UnsupportedMode as err:
             unsupported = str(err)
-    variants = [v for v in settings.variants if v != "+fast" or mode.fast_path]
+    variants = [v for v in settings.variants if v != FAST_VARIANT or mode.fast_path]
     return [Unit(mode=mode.name + v, name=name, artifacts=[c.artifact for c in group],
                  tasks_served=served, method=method,
                  method_type=group[0].artifact.get("method_type") if group else None,
-                 seed=seed, unsupported=unsupported if v != "+fast" else
+                 seed=seed, unsupported=unsupported if v != FAST_VARIANT else
                  unsupported or _fast_unsupported(group)) for v in variants]
 
 

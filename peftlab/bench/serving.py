@@ -1,6 +1,6 @@
 """Serving under load: an in-process server with dynamic batching, offered open-loop Poisson load.
 
-    backends = serving_backends(loader, lora_artifacts, full_artifacts, seed=0)
+    backends = serving_backends(loader, lora_artifacts, full_artifacts, seed=0)  # serving_configs
     row = serve_at_rate(backends["mixed"], workload, tokenizer, rate=40.0, pattern="skewed",
                         max_batch_size=8, max_wait_ms=5.0, max_requests=400, max_seconds=10.0)
     sweep = saturation_sweep(lambda rate: serve_at_rate(..., rate=rate, ...), [5, 10, 20, 40])
@@ -13,14 +13,8 @@ was received, whichever comes first, then is padded (dynamic padding: the longes
 through the backend and answered. The load (`peftlab.bench.load`) is open loop, so when the
 server cannot keep up the queue grows and latency shows it.
 
-Configurations (backends) for k tasks/adapters, each serving every request of the same workload:
-    merged  one merged model per task (k copies of the weights); a batch holds one task's requests
-    mixed   one base with k adapters; a batch mixes adapters (PEFT's `adapter_names=[...]`, one
-            name per row): the FIFO head and whoever follows it, any adapter
-    switch  one base with k adapters, one active: a batch holds one adapter's requests and
-            `set_adapter` runs before it when the adapter changes (inside its service time)
-    full    one fully fine-tuned model per task (k models); batches per task, like `merged`
-    fast    (optional) `switch` on the unmerged fast path (`peftlab.bench.fastpath`)
+The configurations (merged, mixed, switch, full, fast) and their backends, each serving every
+request of the same workload, are registered in `peftlab.bench.serving_configs`.
 
 Memory: `served_weight_bytes` counts exactly the weights a configuration holds (k copies for
 merged/full, one base plus adapters for mixed/switch). Process peaks (RSS, CUDA) include whatever
@@ -57,136 +51,12 @@ from peftlab.bench.load import (
     drive_open_loop,
     poisson_arrivals,
 )
+from peftlab.bench.serving_configs import Backend
 from peftlab.bench.timing import latency_stats
 from peftlab.errors import PeftlabError
 
-CONFIGS = ("merged", "mixed", "switch", "full")
 # a rate is sustained when the achieved throughput is at least this share of the arrival rate
 KEEP_UP_RATIO = 0.9
-
-
-# ---------------------------------------------------------------------------------------------
-# Backends: what one batch runs on
-
-
-class Backend:
-    """One serving configuration. forward(inputs, adapters) -> logits [rows, labels] (a tensor).
-
-    name: the configuration ("merged", "mixed", ...); per_adapter: batches hold one adapter's
-    requests only; names: the adapters/models served, in workload index order; models: every
-    model held in memory (for the served-weights bytes).
-    """
-
-    name: str = "backend"
-    per_adapter: bool = True
-
-    def __init__(self, names: list[str], models: list[Any]):
-        self.names = list(names)
-        self.models = models
-        self.switches = 0
-        self.switch_ms: list[float] = []
-
-    def forward(self, inputs: dict[str, Any], adapters: list[str]) -> Any:
-        raise NotImplementedError
-
-    def weight_bytes(self) -> int:
-        """Bytes of the parameters and buffers of every served model (shared tensors once)."""
-        from peftlab.bench.loading import param_bytes
-
-        return param_bytes(*self.models)
-
-    def describe(self) -> dict[str, Any]:
-        return {"config": self.name, "adapters": self.names, "k": len(self.names),
-                "models_in_memory": len(self.models), "per_adapter_batches": self.per_adapter}
-
-
-class PerTaskModels(Backend):
-    """k separate models (merged copies or fully fine-tuned), model `names[i]` for task i."""
-
-    def __init__(self, name: str, models: dict[str, Any]):
-        super().__init__(list(models), list(models.values()))
-        self.name = name
-        self.by_name = models
-
-    def forward(self, inputs, adapters):
-        return self.by_name[adapters[0]](**inputs).logits
-
-
-class MixedAdapters(Backend):
-    """One PeftModel with k adapters; each row goes through its own adapter."""
-
-    name = "mixed"
-    per_adapter = False
-
-    def __init__(self, peft_model: Any, names: list[str]):
-        super().__init__(names, [peft_model])
-        self.model = peft_model
-
-    def forward(self, inputs, adapters):
-        return self.model(**inputs, adapter_names=list(adapters)).logits
-
-
-class SwitchingAdapters(Backend):
-    """One model with k adapters, one active; `set_adapter` when a batch needs another one.
-
-    model: a PeftModel, or a `fastpath.SwappableModel` (the same set_adapter/active_adapter).
-    """
-
-    name = "switch"
-
-    def __init__(self, model: Any, names: list[str], name: str = "switch"):
-        super().__init__(names, [model])
-        self.model = model
-        self.name = name
-        active = model.active_adapter
-        self.active = active[0] if isinstance(active, list) else active
-
-    def forward(self, inputs, adapters):
-        want = adapters[0]
-        if want != self.active:
-            t0 = time.perf_counter_ns()
-            # inference_mode=True: set_adapter would otherwise mark the adapter trainable
-            self.model.set_adapter(want, inference_mode=True)
-            self.switch_ms.append((time.perf_counter_ns() - t0) / 1e6)
-            self.switches += 1
-            self.active = want
-        return self.model(**inputs).logits
-
-
-def serving_backends(loader: Any, lora: list[dict[str, Any]], full: list[dict[str, Any]] | None,
-                     *, seed: int, configs: tuple[str, ...] = CONFIGS,
-                     fast_variant: str | None = None) -> dict[str, Backend]:
-    """Build the backends of `configs` with the study's one model loader.
-
-    lora: the k PEFT artifacts (one per task, in workload order); full: k fully fine-tuned
-    artifacts for the same tasks in the same order (needed for "full"). merged = k x
-    `loader.merged`, mixed/switch = `loader.adapters(lora)` (each its own copy), full = k x
-    `loader.full`; fast_variant ("fused", "fused+compile", ...): also a "fast" switching backend
-    on `fastpath.fast_model`.
-    """
-    out: dict[str, Backend] = {}
-    names = [a["name"] for a in lora]
-    for config in configs:
-        if config == "merged":
-            out[config] = PerTaskModels("merged", {a["name"]: loader.merged(a, seed)
-                                                   for a in lora})
-        elif config == "mixed":
-            out[config] = MixedAdapters(loader.adapters(lora, seed), names)
-        elif config == "switch":
-            out[config] = SwitchingAdapters(loader.adapters(lora, seed), names)
-        elif config == "full":
-            if not full or len(full) != len(lora):
-                raise PeftlabError(f"serving config 'full' needs one fully fine-tuned artifact "
-                                   f"per task ({len(lora)}), got {len(full or [])}")
-            out[config] = PerTaskModels("full", {a["name"]: loader.full(a) for a in full})
-        else:
-            raise PeftlabError(f"unknown serving config {config!r}; expected one of {CONFIGS}")
-    if fast_variant is not None:
-        from peftlab.bench.fastpath import fast_model
-
-        out["fast"] = SwitchingAdapters(fast_model(loader.adapters(lora, seed), fast_variant),
-                                        names, name="fast")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@
     rows = serving_rows(result)       # one JSON-ready row per (config, pattern, rate)
 
 The job runs in a bench worker process (`worker.safe_run` dispatches on job["kind"]): it builds
-every configuration's backend once (`serving.serving_backends`: k merged models, one base with k
-adapters twice (mixed batches / switching), k fully fine-tuned models), checks each against the
-evaluation logits stored when its runs were trained (`serving_gate`: a configuration that fails
-is not measured), turns each task's
+every configuration's backend once (`serving_configs.serving_backends`: k merged models, one base
+with k adapters twice (mixed batches / switching), k fully fine-tuned models), checks each against
+the evaluation logits stored when its runs were trained (`serving_gate`: a configuration that
+fails is not measured), turns each task's
 evaluation examples into a workload (one workload per configuration, so each sees the same
 requests in the same order), and for each popularity pattern runs `serving.serving_sweep`: the
 configurations interleaved at each rising rate, each stopping at its first unsustained rate.
@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.bench.serving_configs import SERVING_CONFIGS, artifacts_for, serving_backends
+
 SERVING_SETTINGS = ("configs", "patterns", "rates", "max_requests", "max_seconds",
                     "max_batch_size", "max_wait_ms", "zipf_exponent")
 
@@ -35,11 +37,13 @@ def serving_job(*, model: dict[str, Any], device: str, serving: Any, lora: list[
     order; serving: a `spec.ServingSpec`; gate_tolerance / gate_examples: the bench's gate
     settings (`serving_gate`)."""
     d = serving.model_dump(mode="json") if hasattr(serving, "model_dump") else dict(serving)
-    configs = [c for c in d["configs"] if c != "full" or full]
+    # a configuration of fully fine-tuned models is left out when the study has none
+    configs = [c for c in d["configs"] if SERVING_CONFIGS.get(c).serves != "full" or full]
+    serves_full = any(SERVING_CONFIGS.get(c).serves == "full" for c in configs)
     return {"kind": "serving", "model": model, "device": device,
             "settings": {**{k: d[k] for k in SERVING_SETTINGS}, "configs": configs,
                          "seed": int(seed), "threads": threads},
-            "lora": lora, "full": full if "full" in configs else [],
+            "lora": lora, "full": full if serves_full else [],
             "gate_tolerance": gate_tolerance, "gate_examples": int(gate_examples),
             "tasks": {t: tasks[t] for t in dict.fromkeys(a["task"] for a in lora)}}
 
@@ -59,7 +63,7 @@ def run_serving_job(job: dict[str, Any]) -> dict[str, Any]:
 
     from peftlab.artifacts import ModelLoader
     from peftlab.bench.load import Workload, workload_from_encoded
-    from peftlab.bench.serving import serving_backends, serving_sweep
+    from peftlab.bench.serving import serving_sweep
     from peftlab.encode import encode_frame
 
     s = job["settings"]
@@ -77,7 +81,7 @@ def run_serving_job(job: dict[str, Any]) -> dict[str, Any]:
     per_task = workload_from_encoded(encoded).examples
     backends = serving_backends(loader, job["lora"], job["full"] or None, seed=int(s["seed"]),
                                 configs=tuple(s["configs"]))
-    gates = {c: serving_gate(b, job["full"] if c == "full" else job["lora"], encoded, loader,
+    gates = {c: serving_gate(b, artifacts_for(c, job["lora"], job["full"]), encoded, loader,
                              job) for c, b in backends.items()}
     failed = {c: g for c, g in gates.items() if not g["passed"]}
     backends = {c: b for c, b in backends.items() if c not in failed}
@@ -85,14 +89,12 @@ def run_serving_job(job: dict[str, Any]) -> dict[str, Any]:
         return {"status": "failed", "gates": gates,
                 "failure_reason": "serving gate failed for every configuration: "
                                   + "; ".join(f for g in gates.values() for f in g["failures"])}
-    names = {"full": [a["name"] for a in job["full"]]}
-    lora_names = [a["name"] for a in job["lora"]]
     tasks_of = {a["name"]: a["task"] for a in job["lora"] + job["full"]}
     sweeps = {}
     for pattern in s["patterns"]:
         workloads = {}
         for config in backends:
-            ns = names.get(config, lora_names)
+            ns = [a["name"] for a in artifacts_for(config, job["lora"], job["full"])]
             workloads[config] = Workload(names=ns, examples={n: per_task[tasks_of[n]]
                                                              for n in ns})
         sweeps[pattern] = serving_sweep(

@@ -40,7 +40,6 @@ from peftlab.bench.gate import compare_head, compare_logits, gate_result
 from peftlab.bench.loading import (
     drop_page_cache,
     head_names_of,
-    param_bytes,
     release_memory,
 )
 from peftlab.bench.mode import Mode
@@ -48,7 +47,7 @@ from peftlab.bench.modes import get_mode
 from peftlab.bench.requests import Request, build_batches, build_mixed_batches
 from peftlab.bench.timing import latency_stats, synchronizer, throughput, time_requests
 from peftlab.errors import PeftlabError
-from peftlab.memory import PeakMemory
+from peftlab.memory import PeakMemory, param_bytes
 from peftlab.store import atomic_write_text, dir_bytes, dumps
 
 # Modes this process has run, oldest first: the isolation evidence each result carries. In an

@@ -17,9 +17,16 @@ def get_mode(name: str) -> Mode:
     return MODES.get(base_name)
 
 
+def find_mode(name: object) -> Mode | None:
+    """The registered mode of a stored mode name ("merged+compile" -> merged), or None when no
+    mode is registered under it here (a plug-in of another process, an older study)."""
+    base_name = str(name).split("+")[0] if isinstance(name, str) else None
+    return MODES.get(base_name) if base_name in MODES else None
+
+
 def mode_names() -> list[str]:
     """Registered modes in their declared order (base, full, unmerged, merged, multi, mixed)."""
     return [m.name for m in sorted(MODES.values(), key=lambda m: m.order)]
 
 
-__all__ = ["MODES", "Mode", "UnsupportedMode", "get_mode", "mode_names"]
+__all__ = ["MODES", "Mode", "UnsupportedMode", "find_mode", "get_mode", "mode_names"]

@@ -19,6 +19,7 @@ class Merged(Mode):
     name = "merged"
     order = 30
     label = "merged adapter"
+    folds_adapter = True
     # a PEFT type peftlab has no method for is left to PEFT's merge_and_unload
     needs = Capability("supports_merge", "cannot be merged into the base weights",
                        unknown_serves=True, reason="merge_refusal")

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from peftlab.stages.report.document import Document, Paragraph, to_html, to_markdown
-from peftlab.stages.report.sections import Results, build_front, build_sections
+from peftlab.stages.report.sections import build_front, build_sections
+from peftlab.stages.report.stored import Results
 
 if TYPE_CHECKING:
     from peftlab.study import Context

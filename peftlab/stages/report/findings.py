@@ -4,7 +4,8 @@ Nothing here decides anything: the outcome (different / negligible / equivalent 
 insufficient runs / void, `peftlab.stats.OUTCOMES`) comes from `peftlab.stats.apply_correction`
 as stored by the stats stage, and every number is a stored value formatted with
 `peftlab.stages.report.format`. Comparisons that were not tested are not phrased one by one:
-`untested_lines` collapses them to one line per reason.
+`untested_lines` collapses them to one line per reason. The Findings section (`findings`) lists
+them by family; the other sections phrase their own comparisons with the same functions.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from peftlab.bench.modes import find_mode
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Outcome, Paragraph, Table
+from peftlab.stages.report.document import Bullets, Outcome, Paragraph, Section, Table
+from peftlab.stages.report.stored import Results, families, not_measured
 from peftlab.stats import OUTCOMES
 
 OUTCOME_ORDER = OUTCOMES
@@ -181,6 +184,14 @@ def outcome_cell(c: dict[str, Any]) -> str:
     return c["outcome"]
 
 
+def folds_adapter(mode: Any) -> bool:
+    """Whether stored mode name `mode` serves the adapter folded into the base weights
+    (`Mode.folds_adapter`): against it, a live adapter path's FLOPs share is the compute-only
+    floor of its extra latency. False for a name no mode is registered under here."""
+    registered = find_mode(mode)
+    return registered is not None and registered.folds_adapter
+
+
 def context_text(c: dict[str, Any]) -> str:
     """What a difference is measured against: the drift floors and controls, compute floor."""
     if c["area"] == "drift" and c.get("kind") != "across_tasks":
@@ -192,7 +203,7 @@ def context_text(c: dict[str, Any]) -> str:
             parts.append(f"seed-to-seed control {f.similarity(c['seed_to_seed_mean_a'])} / "
                          f"{f.similarity(c.get('seed_to_seed_mean_b'))}")
         return f" ({'; '.join(parts)}, {name(c, 'a')} / {name(c, 'b')})" if parts else ""
-    if c.get("flops_share") is not None and c.get("mode_b") == "merged":
+    if c.get("flops_share") is not None and folds_adapter(c.get("mode_b")):
         return f" (compute floor: the adapter adds {f.share(c['flops_share'])} of the FLOPs)"
     return ""
 
@@ -314,3 +325,31 @@ def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
                   "MDE d_z / seeds needed", "Outcome"], rows, caption,
                  numeric=[False, False, False, True, True, True, True, True, True, True, False,
                           False, True, False])
+
+
+# ----------------------------------------------------------------------------- the section
+
+
+def findings(res: Results) -> Section:
+    s = Section("Findings", "findings")
+    if not res.stats:
+        return s.add(not_measured("statistics", "stats"))
+    s.add(Paragraph.of(counts_text(res.comparisons) + "."))
+    groups = [("Primary endpoints", [c for c in res.comparisons if c.get("role") == "primary"])]
+    for family in families(res):
+        if family != "primary":
+            groups.append((f"Exploratory: {family.split('/', 1)[-1].replace('_', ' ')}",
+                           [c for c in [*res.comparisons, *res.readouts]
+                            if c.get("family") == family and c.get("role") != "primary"]))
+    for title, comps in groups:
+        sub = s.sub(title)
+        tested = [c for c in comps if c["outcome"] in TESTED]
+        if tested:
+            sub.add(Bullets([phrase(c) for c in tested]))
+        untested = untested_lines(comps, res.min_runs)
+        if untested:
+            sub.add(Paragraph.of("Not tested, one line per reason:"), Bullets(untested))
+        if not comps:
+            sub.add(Paragraph.of("No comparison of this kind: the study has no results for "
+                                 "it (see the sections below)."))
+    return s

@@ -22,6 +22,7 @@ from peftlab.stages.report import figures as figs
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Figure, Paragraph, Section, Strong, Table
+from peftlab.stages.report.stored import not_measured
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -88,14 +89,13 @@ def learning_forgetting_figure(panels: list[dict[str, Any]], methods: list[str],
 
 
 def forgetting(res: Any) -> Section:
-    """The forgetting section (`res`: the report's `sections.Results`)."""
+    """The forgetting section (`res`: the report's `stored.Results`)."""
     s = Section("Forgetting", "forgetting")
     store = res.ctx.store
     own = set(res.view.run_ids.values())
     recs = [r for r in read(store, ForgettingRecord) if r.run_id is None or r.run_id in own]
-    if not recs:  # the wording of sections.not_measured (not imported: it imports this)
-        return s.add(Paragraph.of(Strong("Not measured"), ": the study directory has no "
-                                  "forgetting records (filled by peftlab forgetting)."))
+    if not recs:
+        return s.add(not_measured("forgetting records", "forgetting"))
     units = _units(recs)
     probe = next((u for u in units if u.measure == "probe"), None)
     lm = next((u for u in units if u.measure == "lm_loss"), None)

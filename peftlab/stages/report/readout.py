@@ -12,8 +12,7 @@ reads is primary; the others are exploratory (family exploratory/readout). This 
 - every drift comparison whose direction or outcome word differs between poolings, and, for the
   RQ1 answer (`rq1_paragraphs`), a flag next to the primary verdict when that one does.
 
-Everything comes from stored records; `res` is the report's `sections.Results` (duck-typed: this
-module never imports `sections`, which imports it).
+Everything comes from stored records; `res` is the report's `stored.Results`.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from peftlab.measures import label as measure_label
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Bullets, Outcome, Paragraph, Section, Strong, Table
+from peftlab.stages.report.stored import not_measured
 
 
 def diagnostics(res: Any) -> list[dict[str, Any]]:
@@ -160,10 +160,8 @@ def readout_section(res: Any) -> Section:
     info = poolings(res)
     diags = diagnostics(res)
     if not info and not diags:
-        # the wording of sections.not_measured (not imported: sections imports this module)
-        return s.add(Paragraph.of(Strong("Not measured"), ": the study directory has no "
-                                  "representation manifests or drift records (filled by "
-                                  "peftlab represent and peftlab drift)."))
+        return s.add(not_measured("representation manifests or drift records", "represent",
+                                  "drift"))
     names = info.get("poolings") or []
     head = info.get("head")
     if names:

@@ -23,7 +23,8 @@ from matplotlib.ticker import MaxNLocator
 from peftlab.records import SearchRecord, SearchTrialRecord, read_search
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Figure, Paragraph, Section, Strong, Table
+from peftlab.stages.report.document import Figure, Paragraph, Section, Table
+from peftlab.stages.report.stored import not_measured
 
 
 def value_text(v: Any) -> str:
@@ -113,7 +114,7 @@ def _importance_rows(summaries: list[SearchRecord]) -> list[list[str]]:
 
 
 def search_section(res: Any) -> Section:
-    """The search section of the report (`res`: `sections.Results`)."""
+    """The search section of the report (`res`: `stored.Results`)."""
     s = Section("Hyperparameter search", "search")
     if res.spec.search is None:
         return s.add(Paragraph.of(
@@ -121,8 +122,7 @@ def search_section(res: Any) -> Section:
             "spec sets, so a difference between methods may come from those choices."))
     trials, summaries = read_search(res.ctx.store)
     if not summaries:
-        return s.add(Paragraph.of(Strong("Not measured"), ": the study directory has no search "
-                                  "results (filled by peftlab search)."))
+        return s.add(not_measured("search results", "search"))
     methods = list(res.spec.methods)
     tasks = [t.name for t in res.spec.tasks]
     order = {(t, m): (i, j) for i, t in enumerate(tasks) for j, m in enumerate(methods)}

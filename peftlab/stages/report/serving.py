@@ -8,7 +8,9 @@ serving line of the deployment decision.
 
 Reads the `bench_blocks` table (`records.BenchBlockRecord`: the order each block's units ran in
 and the block's drift reference) and the `serving` table (`records.ServingRecord`: one load run
-per configuration, popularity pattern and offered rate).
+per configuration, popularity pattern and offered rate). Configurations are labelled, ordered
+and weighed against each other by what `peftlab.bench.serving_configs` registers for them; the
+fast path table by what the bench modes declare (`Mode.fast_path`, `Mode.folds_adapter`).
 """
 
 from __future__ import annotations
@@ -18,20 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.bench.load import PATTERNS
+from peftlab.bench.mode import FAST_VARIANT
+from peftlab.bench.modes import MODES
+from peftlab.bench.serving_configs import SERVING_CONFIGS
 from peftlab.records import BenchBlockRecord, ServingRecord, read
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Figure, Paragraph, Section, Table
 
-CONFIG_LABEL = {
-    "merged": "k merged models",
-    "mixed": "one base, k adapters, mixed batches",
-    "switch": "one base, k adapters, switched per batch",
-    "full": "k fully fine-tuned models",
-    "fast": "one base, k adapters, fast path",
-}
-ADAPTER_CONFIGS = ("mixed", "switch", "fast")
-PATTERNS = ("distinct", "uniform", "skewed", "identical")
 CONCURRENCY_1 = "at concurrency 1"  # how every 1/latency throughput is labelled
 
 
@@ -43,6 +40,18 @@ def p99_cell(lat: dict[str, Any] | None) -> str:
         return str(lat.get("p99_note") or "too few requests")
     ci = lat.get("p99_ci")
     return f.ms(lat["p99"]) + (f" [{f.ms(ci[0])}, {f.ms(ci[1])}]" if ci else "")
+
+
+def config_label(config: str) -> str:
+    """What a serving configuration holds, in words (its registered label); a stored name no
+    configuration is registered under here is shown as it is."""
+    return SERVING_CONFIGS.get(config).label if config in SERVING_CONFIGS else config
+
+
+def config_order(config: str) -> int:
+    """Where a configuration sits in tables and figures: registration order, unknown ones last."""
+    names = SERVING_CONFIGS.names()
+    return names.index(config) if config in names else len(names)
 
 
 def _reliable_p99(lat: dict[str, Any] | None) -> float | None:
@@ -87,8 +96,7 @@ def latency_load_figure(rows: list[dict[str, Any]]) -> bytes:
     """p50 (solid) and p99 (dashed, where it rests on >= 100 requests) latency against the
     offered load, one line per configuration, one panel per popularity pattern."""
     patterns = [p for p in PATTERNS if any(r["pattern"] == p for r in rows)]
-    configs = sorted({r["config"] for r in rows}, key=lambda c: list(CONFIG_LABEL).index(c)
-                     if c in CONFIG_LABEL else 99)
+    configs = sorted({r["config"] for r in rows}, key=config_order)
     fig = figs.new_figure(max(4.2, 3.4 * len(patterns)), 3.4)
     for ax, pattern in zip(figs._panels(fig, len(patterns)), patterns, strict=True):
         values = []
@@ -126,12 +134,14 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
     each (a = (adapters - B) / k), so one base with adapters holds less from the smallest n with
     B + n a < n B, i.e. n > B / (B - a).
     """
-    merged = [r for r in rows if r["config"] == "merged"]
+    reference = next((c.name for c in SERVING_CONFIGS.values() if c.reference), None)
+    merged = [r for r in rows if r["config"] == reference]
     if not merged:
         return None
     parts = []
     k = merged[0]["k"]
-    for config in [c for c in ADAPTER_CONFIGS if any(r["config"] == c for r in rows)]:
+    shared = [c.name for c in SERVING_CONFIGS.values() if c.shares_base]
+    for config in [c for c in shared if any(r["config"] == c for r in rows)]:
         mine = [r for r in rows if r["config"] == config]
         m_bytes = merged[0]["row"]["memory"]["served_weight_bytes"]
         a_bytes = mine[0]["row"]["memory"]["served_weight_bytes"]
@@ -166,7 +176,7 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
             loads = ("p99 not compared: no load run of either rests on the 100 requests a p99 "
                      "needs")
         parts.append(
-            f"{CONFIG_LABEL.get(config, config)} holds {f.nbytes(a_bytes)} of weights against "
+            f"{config_label(config)} holds {f.nbytes(a_bytes)} of weights against "
             f"{f.nbytes(m_bytes)} for {k} merged models ({m_bytes / a_bytes:.1f}x less); "
             f"{loads}; on memory it wins from "
             + (f"{from_n} tasks on" if from_n is not None else "no number of tasks")
@@ -182,9 +192,25 @@ def serving_decision(res: Any, rows: list[dict[str, Any]] | None = None) -> str 
     return decision_line(rows, serving.p99_margin if serving is not None else 0.10)
 
 
+def _fast_path_pairs() -> list[tuple[str, str]]:
+    """(mode, reference) per registered mode with a FAST_VARIANT that serves one adapter: the
+    reference is the mode folding the adapter into the base that it declares a comparison with
+    (unmerged -> merged)."""
+    pairs = []
+    for mode in sorted(MODES.values(), key=lambda m: m.order):
+        if not mode.fast_path or mode.max_artifacts != 1:
+            continue
+        ref = next((c.other for c in mode.comparisons if c.reference == "same"
+                    and c.other in MODES and MODES.get(c.other).folds_adapter), None)
+        if ref is not None:
+            pairs.append((mode.name, ref))
+    return pairs
+
+
 def fast_path_ratios(bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task and sweep point where the "+fast" variant ran: unmerged/merged and
-    unmerged+fast/merged, each the median over seeds of the ratio of the same seed's medians
+    """Per mode with a fast path (`_fast_path_pairs`), task and sweep point where its "+fast"
+    variant ran: mode/reference and mode+fast/reference (e.g. unmerged/merged and
+    unmerged+fast/merged), each the median over seeds of the ratio of the same seed's medians
     (units of one seed ran in one block, interleaved). bench: `results.bench_rows` rows."""
     p50: dict[tuple[Any, ...], float] = {}
     for r in bench:
@@ -192,18 +218,21 @@ def fast_path_ratios(bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
             p50[(r["mode"], r["task"], r["method"], r["seed"], r["batch_size"],
                  str(r["seq_len"]))] = r["p50_ms"]
     out = []
-    keys = sorted({k[1:] for k in p50 if k[0] == "unmerged+fast"}, key=str)
-    groups: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
-    for task, method, seed, batch, seq in keys:
-        m = p50.get(("merged", task, method, seed, batch, seq))
-        e = p50.get(("unmerged", task, method, seed, batch, seq))
-        fst = p50[("unmerged+fast", task, method, seed, batch, seq)]
-        if m and e:
-            groups[(task, method, batch, seq)].append((e / m, fst / m))
-    for (task, method, batch, seq), pairs in groups.items():
-        out.append({"task": task, "method": method, "batch_size": batch, "seq_len": seq,
-                    "n": len(pairs), "eager": float(np.median([p[0] for p in pairs])),
-                    "fast": float(np.median([p[1] for p in pairs]))})
+    for mode, ref in _fast_path_pairs():
+        fast_mode = mode + FAST_VARIANT
+        keys = sorted({k[1:] for k in p50 if k[0] == fast_mode}, key=str)
+        groups: dict[tuple[Any, ...], list[tuple[float, float]]] = defaultdict(list)
+        for task, method, seed, batch, seq in keys:
+            m = p50.get((ref, task, method, seed, batch, seq))
+            e = p50.get((mode, task, method, seed, batch, seq))
+            fst = p50[(fast_mode, task, method, seed, batch, seq)]
+            if m and e:
+                groups[(task, method, batch, seq)].append((e / m, fst / m))
+        for (task, method, batch, seq), pairs in groups.items():
+            out.append({"mode": mode, "reference": ref, "task": task, "method": method,
+                        "batch_size": batch, "seq_len": seq, "n": len(pairs),
+                        "eager": float(np.median([p[0] for p in pairs])),
+                        "fast": float(np.median([p[1] for p in pairs]))})
     return out
 
 
@@ -213,14 +242,15 @@ def deployment_parts(res: Any, s: Section) -> None:
     section `s`."""
     store = res.ctx.store
     fast = fast_path_ratios(res.bench)
-    if fast:
-        s.sub("Unmerged fast path").add(Table(
-            ["Task", "Method", "Batch", "Length", "Runs", "Eager unmerged / merged",
-             "Fast path unmerged / merged"],
+    for mode, ref in dict.fromkeys((x["mode"], x["reference"]) for x in fast):
+        s.sub(f"{mode.capitalize()} fast path").add(Table(
+            ["Task", "Method", "Batch", "Length", "Runs", f"Eager {mode} / {ref}",
+             f"Fast path {mode} / {ref}"],
             [[x["task"], x["method"], str(x["batch_size"]), x["seq_len"], str(x["n"]),
-              f.num(x["eager"], 3), f.num(x["fast"], 3)] for x in fast],
-            "Median latency of the unmerged adapter, served eagerly by PEFT and on the fused "
-            "fast path (bench.fast_path), relative to the same adapter merged: the median over "
+              f.num(x["eager"], 3), f.num(x["fast"], 3)] for x in fast
+             if (x["mode"], x["reference"]) == (mode, ref)],
+            f"Median latency of the {mode} adapter, served eagerly by PEFT and on the fused "
+            f"fast path (bench.fast_path), relative to the same adapter {ref}: the median over "
             "seeds of each seed's ratio (descriptive).",
             numeric=[False, False, True, False, True, True, True]))
     blocks = [b.dump() for b in read(store, BenchBlockRecord)]
@@ -245,9 +275,8 @@ def deployment_parts(res: Any, s: Section) -> None:
              Figure(latency_load_figure(rows), "Latency against offered load",
                     "p50 (solid) and p99 (dashed) latency per configuration against the "
                     "offered load, per adapter popularity pattern."))
-    order = {c: i for i, c in enumerate(CONFIG_LABEL)}
     table = sorted(rows, key=lambda r: (PATTERNS.index(r["pattern"]) if r["pattern"] in PATTERNS
-                                        else 9, order.get(r["config"], 9), r["offered_rate"]))
+                                        else 9, config_order(r["config"]), r["offered_rate"]))
     load.add(Table(
         ["Pattern", "Configuration", "Offered (req/s)", "Requests", "p50 (ms)", "p99 (ms)",
          "Achieved (req/s)", "Sustained", "Mean batch", "Weights held"],
@@ -264,7 +293,7 @@ def deployment_parts(res: Any, s: Section) -> None:
     for r in rows:
         sat[(r["config"], r["pattern"])] = r
     by_config: dict[str, list[str]] = defaultdict(list)
-    for (config, pattern), r in sorted(sat.items(), key=lambda kv: (order.get(kv[0][0], 9),
+    for (config, pattern), r in sorted(sat.items(), key=lambda kv: (config_order(kv[0][0]),
                                                                    kv[0][1])):
         tried = max(x["offered_rate"] for x in rows if x["config"] == config
                     and x["pattern"] == pattern)
@@ -275,7 +304,7 @@ def deployment_parts(res: Any, s: Section) -> None:
                if r.get("saturation_rate") == tried else ""))
     load.add(Table(
         ["Configuration", "What it holds", "Saturation throughput per pattern"],
-        [[c, CONFIG_LABEL.get(c, c), "; ".join(v)] for c, v in by_config.items()],
+        [[c, config_label(c), "; ".join(v)] for c, v in by_config.items()],
         "Saturation: achieved throughput at the highest offered rate the configuration "
         "sustained."))
     line = serving_decision(res, rows)

@@ -1,0 +1,89 @@
+"""What the report reads, loaded once from the study directory (`Results`), and the few things
+every section says alike: that a result is missing (`not_measured`), the confidence level, the
+comparison families in order.
+
+Sections take a `Results` and read only through it (and the store it holds), so a section is a pure
+function of the stored results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftlab.records import BaselineRecord, DataRecord, DriftRecord, WeightRecord, read
+from peftlab.results import RunView, bench_rows
+from peftlab.stages.report.document import Paragraph, Strong
+
+
+def not_measured(what: str, *stages: str) -> Paragraph:
+    """'Not measured: the study directory has no <what> (filled by peftlab <stage>).'"""
+    filled = " and ".join(f"peftlab {s}" for s in stages)
+    return Paragraph.of(Strong("Not measured"), f": the study directory has no {what} "
+                        f"(filled by {filled}).")
+
+
+class Results:
+    """Everything the report reads, loaded once from the study directory."""
+
+    def __init__(self, ctx: Any, view: RunView):
+        store = ctx.store
+        self.ctx = ctx
+        self.spec = ctx.study.spec
+        self.view = view
+        stats = sorted(store.records("stats"), key=lambda r: r.get("order", 0))
+        # Other poolings than the primary readout: shown by the readout section only.
+        self.readouts = [r for r in stats if r.get("readout") == "exploratory"]
+        self.stats = [r for r in stats if r.get("readout") != "exploratory"]
+        self.comparisons = [r for r in self.stats
+                            if r.get("kind") in ("comparison", "across_tasks")]
+        self.summaries = [r for r in self.stats if r.get("kind") == "summary"]
+        self.variance = [r for r in self.stats if r.get("kind") == "variance"]
+        self.settings = next((r for r in self.stats if r.get("kind") == "settings"), {})
+        own = set(view.run_ids.values())
+        # Read through the record types: a record a stage could not have written fails here.
+        self.drift = [r.dump() for r in read(store, DriftRecord)
+                      if r.run_b in own and r.readout == "primary"]
+        # one flat row per matrix: the record's identity plus its update statistics
+        self.weights = [{**r.dump(), **(r.stats or {})} for r in read(store, WeightRecord)
+                        if r.run_id in own]
+        self.bench = bench_rows(store.records("bench"))
+        self.baselines = {r.task: r for r in read(store, BaselineRecord)}
+        order = {t: i for i, t in enumerate(view.tasks)}
+        self.data = sorted((r.dump() for r in read(store, DataRecord)), key=lambda d: (
+            order.get(d.get("task"), len(order)), d.get("split") != "train"))
+        self.meta = store.get("meta", "study") or {}
+        self.min_runs = self.spec.stats.min_runs
+        self.verdicts = {(r["task"], r["method"], r["seed"]): r
+                         for r in self.summaries if r["area"] == "runs"}
+
+    def comparisons_of(self, *areas: str, family_prefix: str = "") -> list[dict[str, Any]]:
+        return [c for c in self.comparisons if c["area"] in areas
+                and c["family"].startswith(family_prefix)]
+
+    def summaries_of(self, area: str) -> list[dict[str, Any]]:
+        return [s for s in self.summaries if s["area"] == area]
+
+    def find(self, **match: Any) -> dict[str, Any] | None:
+        for c in self.comparisons:
+            if all(c.get(k) == v for k, v in match.items()):
+                return c
+        return None
+
+    def primary(self, question: str) -> list[dict[str, Any]]:
+        return [c for c in self.comparisons if c.get("question") == question]
+
+    def degenerate_runs(self) -> list[dict[str, Any]]:
+        return [v for v in self.verdicts.values() if v.get("learned") is False]
+
+
+def families(res: Results) -> dict[str, dict[str, Any]]:
+    """The settings record's families, primary first, then the exploratory areas in order."""
+    fams = res.settings.get("families") or {}
+    return dict(sorted(fams.items(), key=lambda kv: (kv[0] != "primary", kv[1].get(
+        "order", 0), kv[0])))
+
+
+def conf_label(res: Results) -> str:
+    """The confidence level of the study's intervals, e.g. '95%'."""
+    return f"{round(100 * (1 - res.spec.stats.alpha))}%"
+
