@@ -31,7 +31,7 @@ from peftlab.fixtures import tiny_spec, write_spec  # noqa: E402
 from peftlab.records import RunRecord, read  # noqa: E402
 from peftlab.spec import load_spec  # noqa: E402
 from peftlab.store import Store  # noqa: E402
-from peftlab.study import run_stages  # noqa: E402
+from peftlab.pipeline import run_stages  # noqa: E402
 from peftlab.testing import build_tiny_llama  # noqa: E402
 
 

@@ -107,7 +107,7 @@ REQUIRED = [("torch", "torch"), ("transformers", "transformers"), ("peft", "peft
             ("psutil", "psutil"), ("rich", "rich"), ("typer", "typer"),
             ("threadpoolctl", "threadpoolctl"), ("dill", "dill"), ("multiprocess", "multiprocess")]
 # peftlab modules the check runs through (their imports surface a missing dependency by name)
-PEFTLAB_MODULES = ["peftlab.spec", "peftlab.study", "peftlab.stages.finetune",
+PEFTLAB_MODULES = ["peftlab.spec", "peftlab.pipeline", "peftlab.stages.finetune",
                    "peftlab.stages.represent", "peftlab.stages.bench", "peftlab.bench.plan",
                    "peftlab.bench.worker", "peftlab.bench.gate", "peftlab.testing"]
 # distributions whose declared requirements are compared with what is installed (warnings)
@@ -544,7 +544,7 @@ def represent(ctx: Any, methods: list[str]) -> list[dict[str, Any]]:
     from peftlab.artifacts import ModelLoader, load_run
     from peftlab.encode import encode_frame
     from peftlab.representations import extract, resolve_pooling
-    from peftlab.study import run_status
+    from peftlab.pipeline import run_status
     from peftlab.tasks import subsample
 
     runs = [r for r in ctx.study.runs() if r.task == "sst2" and r.method in methods
@@ -600,7 +600,7 @@ def bench(ctx: Any, report: Report) -> dict[str, Any]:
     from peftlab.bench.units import sweep_points
     from peftlab.methods import get_method
     from peftlab.stages.bench import schedule
-    from peftlab.study import run_status
+    from peftlab.pipeline import run_status
 
     spec = ctx.study.spec
     done = [r for r in ctx.study.runs() if run_status(ctx.store, r)["status"] == "done"]
@@ -730,7 +730,7 @@ def fastpath(ctx: Any) -> dict[str, Any]:
     from peftlab.bench.requests import build_batches
     from peftlab.bench.timing import time_requests
     from peftlab.encode import encode_frame
-    from peftlab.study import run_status
+    from peftlab.pipeline import run_status
 
     rc = next((r for r in ctx.study.runs() if r.task == "sst2" and r.method == "lora"), None)
     if rc is None or run_status(ctx.store, rc)["status"] != "done":
@@ -800,7 +800,7 @@ def precision(ctx: Any, dtypes: list[str]) -> dict[str, Any]:
     from peftlab.bench.gate import relative_difference
     from peftlab.bench.requests import build_batches
     from peftlab.encode import encode_frame
-    from peftlab.study import run_status
+    from peftlab.pipeline import run_status
 
     rc = next((r for r in ctx.study.runs() if r.task == "sst2" and r.method == "lora"), None)
     if rc is None or run_status(ctx.store, rc)["status"] != "done":
@@ -1181,7 +1181,7 @@ def run_check(args: argparse.Namespace, device: str, report: Report, warnings: l
     from peftlab.bench.worker import GATE_BATCH  # noqa: F401  (bench imports resolved early)
     from peftlab.spec import BenchSpec
     from peftlab.store import Store
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
     tmp = Path(tempfile.mkdtemp(prefix="peftlab-gpu-check-"))
     try:

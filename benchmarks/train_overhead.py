@@ -30,7 +30,7 @@ from peftlab.fixtures import tiny_spec, write_spec  # noqa: E402
 from peftlab.spec import load_spec  # noqa: E402
 from peftlab.stages.finetune import prepare_run, train_run  # noqa: E402
 from peftlab.store import Store  # noqa: E402
-from peftlab.study import Context  # noqa: E402
+from peftlab.pipeline import Context  # noqa: E402
 
 
 def minimal_loop(ctx: Context, rc) -> float:

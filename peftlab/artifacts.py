@@ -30,7 +30,7 @@ from peftlab.errors import ModelError
 
 if TYPE_CHECKING:
     from peftlab.spec import ModelSpec, RunConfig
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

@@ -55,7 +55,7 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
 def tiny_study(tmp_path: Path, *, model_dir: Path, glue_dir: Path, stages: list[str] | None = None,
                **kwargs: Any) -> Study:
     """Write a tiny spec under `tmp_path`, run `stages` (default: data + finetune), return it."""
-    from peftlab.study import run_stages
+    from peftlab.pipeline import run_stages
 
     spec_path = write_spec(tmp_path / "spec.yaml",
                            tiny_spec(tmp_path / "study", model_dir=model_dir, **kwargs))

@@ -507,7 +507,7 @@ if __name__ == "__main__":
     from peftlab.stages import report as report_stage
     from peftlab.stages import stats as stats_stage
     from peftlab.store import Store
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
     study = write_sample(Path(sys.argv[1] if len(sys.argv) > 1 else "sample-study"))
     store = Store(study.output_dir)

@@ -57,7 +57,7 @@ from peftlab.errors import PeftlabError, SpecError
 if TYPE_CHECKING:
     from peftlab.spec import RunConfig, Study, TrackingSpec
     from peftlab.store import Store
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
     from peftlab.training import TrainResult
 
 # tracker name (training.report_to) -> the package it needs (import name = distribution name)

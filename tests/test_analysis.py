@@ -28,7 +28,7 @@ from peftlab.sample_study import DEGENERATE_RUN, DEGENERATE_TASK, FAILED, write_
 from peftlab.stages.stats import band_layers, planned_families
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
-from peftlab.study import Context
+from peftlab.pipeline import Context
 
 
 def _stats(study) -> list[dict]:

@@ -16,7 +16,7 @@ from peftlab.metrics import METRICS, compute_metrics
 from peftlab.records import BaselineRecord, read
 from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import run_stages
+from peftlab.pipeline import run_stages
 from peftlab.tasks import get_task
 
 

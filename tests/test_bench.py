@@ -35,7 +35,7 @@ def benched(tmp_path_factory, tiny_llama_dir, glue_dir):
     from peftlab.fixtures import tiny_study
     from peftlab.stages.bench import run as bench_stage
     from peftlab.store import Store
-    from peftlab.study import Context, open_study_store
+    from peftlab.pipeline import Context, open_study_store
 
     tmp = tmp_path_factory.mktemp("bench-study")
     study = tiny_study(tmp, model_dir=tiny_llama_dir, glue_dir=glue_dir, seeds=(1,),
@@ -61,7 +61,7 @@ def _unit_job(study, mode, *, artifacts=None):
     from peftlab.bench.units import bench_settings, make_job, sweep_points
     from peftlab.stages.bench import study_units
     from peftlab.store import Store
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
     store = Store(study.output_dir, create=False)
     try:
@@ -166,7 +166,7 @@ def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
     import peftlab.bench.runner as runner
     import peftlab.stages.bench as stage
     from peftlab.store import Store
-    from peftlab.study import Context, open_study_store
+    from peftlab.pipeline import Context, open_study_store
 
     study, records, _ = benched
 

@@ -598,7 +598,7 @@ def usage_error(res: Result, command: str, *expected: str) -> None:
 
 def test_every_command_answers_bad_arguments_with_usage_and_one_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftlab.study import STAGES
+    from peftlab.pipeline import STAGES
 
     commands = _commands()
     assert len(commands) >= 10 and "plan" in commands  # the walk really reads the app
@@ -607,7 +607,7 @@ def test_every_command_answers_bad_arguments_with_usage_and_one_error(
     assert set(STAGES) <= set(commands), set(STAGES) - set(commands)
     monkeypatch.chdir(tmp_path)  # `init` with no arguments writes here
     ran: list[tuple[str, Any]] = []
-    monkeypatch.setattr("peftlab.study.run_stages",
+    monkeypatch.setattr("peftlab.pipeline.run_stages",
                         lambda study, stages=None, **kw: ran.append((study.spec.name, stages)))
     for name, command in commands.items():
         required = [p.metavar or p.name.upper() for p in command.params if p.required]

@@ -27,7 +27,7 @@ from peftlab.stages import drift as drift_module
 from peftlab.stages import represent as represent_module
 from peftlab.stages.stats import band_value
 from peftlab.store import Store
-from peftlab.study import Context, open_study_store
+from peftlab.pipeline import Context, open_study_store
 
 MEASURES = ["linear_cka_debiased", "linear_cka", "centered_cosine", "cosine", "procrustes", "knn"]
 NULL_MEASURES = [m.name for m in REGISTRY.values() if m.has_null]

@@ -26,7 +26,7 @@ from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.records import RunRecord, read, read_search
 from peftlab.spec import ExecutionSpec, load_spec
 from peftlab.store import Store
-from peftlab.study import run_stages
+from peftlab.pipeline import run_stages
 
 STUDY = dict(tasks=("sst2",), methods=("full", "lora"), seeds=(1, 2))
 

@@ -16,7 +16,7 @@ from toy_data import toy_files, toy_task
 from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import Context, plan, run_stages
+from peftlab.pipeline import Context, plan, run_stages
 from peftlab.testing import running_steps, wait_for_records
 
 

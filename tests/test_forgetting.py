@@ -34,7 +34,7 @@ from peftlab.forgetting import (
     token_losses,
 )
 from peftlab.spec import load_spec
-from peftlab.study import Context, open_study_store
+from peftlab.pipeline import Context, open_study_store
 
 FILLERS = ["the", "a", "movie", "said", "was", "good", "bad", "it"]
 
@@ -515,7 +515,7 @@ def test_lm_loss_difference_pairs_texts():
 
 
 def test_stage_is_listed_after_represent():
-    from peftlab.study import STAGES
+    from peftlab.pipeline import STAGES
 
     assert STAGES.index("forgetting") == STAGES.index("represent") + 1
 

@@ -133,8 +133,8 @@ def test_no_stage_imports_another_stage():
 
 def test_library_layer_never_imports_a_stage():
     """Pure libraries and shared ground (artifacts, data, results, registries) sit below the
-    stages; only the pipeline (study.py), the CLI and test fixtures may reach up into them."""
-    allowed = {"peftlab.study", "peftlab.cli", "peftlab.sample_study", "peftlab.fixtures"}
+    stages; only the pipeline (pipeline.py), the CLI and test fixtures may reach up into them."""
+    allowed = {"peftlab.pipeline", "peftlab.cli", "peftlab.sample_study", "peftlab.fixtures"}
     bad = [f"{m} -> {d}" for m, deps in import_graph().items()
            if stage_of(m) is None and m not in allowed for d in deps if stage_of(d) is not None]
     assert bad == [], ", ".join(bad)
@@ -142,7 +142,7 @@ def test_library_layer_never_imports_a_stage():
 
 def test_pure_libraries_do_no_io():
     """Similarity, weight analysis, statistics and metrics take arrays and return numbers."""
-    io_modules = {"peftlab.store", "peftlab.study", "peftlab.data", "peftlab.artifacts",
+    io_modules = {"peftlab.store", "peftlab.pipeline", "peftlab.data", "peftlab.artifacts",
                   "peftlab.tasks", "peftlab.models"}
     for lib in ("peftlab.similarity", "peftlab.weights", "peftlab.stats", "peftlab.metrics"):
         deps = import_graph()[lib]

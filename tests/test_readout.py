@@ -31,7 +31,7 @@ from peftlab.representations import (
 )
 from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import Context, run_stages
+from peftlab.pipeline import Context, run_stages
 from peftlab.testing import MIXED_LENGTH_TEXTS
 
 TEXTS = MIXED_LENGTH_TEXTS

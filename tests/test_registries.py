@@ -19,7 +19,7 @@ from peftlab.measures import MEASURES, Measure
 from peftlab.registry import Registry
 from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import run_stages
+from peftlab.pipeline import run_stages
 
 
 class MergedAgain(Merged):

@@ -32,7 +32,7 @@ from peftlab.stages.report import run as report_stage
 from peftlab.stages.report.document import FOLD_ROWS
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
-from peftlab.study import Context
+from peftlab.pipeline import Context
 
 FRONT = ["Answers", "Can these answers be trusted?"]
 SECTIONS = ["Findings", "How to read this report", "Runs", "Accuracy",

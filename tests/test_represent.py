@@ -16,7 +16,7 @@ from peftlab.models import load_classifier, load_tokenizer, resolve_model
 from peftlab.representations import extract, load_representations, probe_hash, resolve_pooling
 from peftlab.spec import load_spec
 from peftlab.stages.represent import run as represent_stage
-from peftlab.study import Context, open_study_store, run_stages
+from peftlab.pipeline import Context, open_study_store, run_stages
 from peftlab.testing import MIXED_LENGTH_TEXTS
 
 TEXTS = MIXED_LENGTH_TEXTS

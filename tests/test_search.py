@@ -19,7 +19,7 @@ from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.records import read_search
 from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import plan, run_stages
+from peftlab.pipeline import plan, run_stages
 from peftlab.testing import wait_for_records
 
 SEARCH = {"n_trials": 4, "eval_steps": 2, "pruner": "median", "pruner_startup_trials": 1,
@@ -412,7 +412,7 @@ def test_the_report_shows_each_search_with_its_parts(searched):
     from peftlab.stages.report.document import Figure, to_html, to_markdown
     from peftlab.stages.report.format import md_text
     from peftlab.stages.report.search import params_text
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
     study, _, _ = searched
     store = Store(study.output_dir, create=False)

@@ -191,7 +191,7 @@ def test_a_study_with_the_head_trains_benchmarks_and_reports(tmp_path, tiny_bert
     one pair task) units pass their correctness gates."""
     from peftlab.records import BaselineRecord, BenchRecord, RunRecord, read
     from peftlab.spec import load_spec
-    from peftlab.study import run_stages
+    from peftlab.pipeline import run_stages
 
     bench = {"modes": ["unmerged", "merged", "mixed"], "batch_sizes": [2],
              "seq_lengths": ["data"], "warmup": 1, "min_iterations": 2, "min_seconds": 0.0,

@@ -232,7 +232,7 @@ def served(tmp_path_factory, tiny_llama_dir, glue_dir):
     from peftlab.bench.load import workload_from_frames
     from peftlab.fixtures import tiny_study
     from peftlab.store import Store
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
     tmp = tmp_path_factory.mktemp("serving-study")
     study = tiny_study(tmp, model_dir=tiny_llama_dir, glue_dir=glue_dir, seeds=(1,),

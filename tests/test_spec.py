@@ -71,7 +71,7 @@ def test_shipped_spec_loads_and_validates(path: Path, tmp_path: Path) -> None:
 
 
 def test_tinyllama_glue_is_the_reference_study(tmp_path: Path) -> None:
-    from peftlab.study import plan
+    from peftlab.pipeline import plan
 
     study = load_spec(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "out"))
     rows = plan(study)

@@ -27,7 +27,7 @@ from peftlab.errors import SpecError
 from peftlab.fixtures import tiny_spec, write_spec
 from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import Context, plan, run_stages
+from peftlab.pipeline import Context, plan, run_stages
 from peftlab.testing import running_steps, wait_for_records
 from peftlab.tracking import INSTALL, mlflow_uri, target, tensorboard_dir
 

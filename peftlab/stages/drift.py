@@ -64,7 +64,7 @@ from peftlab.store import provenance
 
 if TYPE_CHECKING:
     from peftlab.spec import RunConfig
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
 KINDS = ("base_vs_run", "seed_to_seed")
 

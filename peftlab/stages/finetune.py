@@ -32,7 +32,7 @@ from peftlab.tracking import target as tracking_target
 from peftlab.training import Prepared, TrainResult
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
 
 def run(ctx: Context) -> None:
@@ -42,7 +42,7 @@ def run(ctx: Context) -> None:
     or as Ray tasks side by side; this process writes every record.
     """
     from peftlab.execution import run_units
-    from peftlab.study import run_status
+    from peftlab.pipeline import run_status
 
     runs = ctx.study.runs()
     waiting = [rc for rc in runs if rc.waiting]

@@ -100,7 +100,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from peftlab.spec import RunConfig, TaskSpec
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
     from peftlab.tasks import TaskDef
 
 TABLE = "forgetting"

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from peftlab.spec import RunConfig
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
 
 def probe_frame(ctx: Context, task: str) -> pd.DataFrame:
@@ -110,7 +110,7 @@ def run(ctx: Context) -> None:
     """Extract (or reuse) the base's and every finished run's representations on every task."""
     from peftlab.execution import run_units
     from peftlab.models import load_config, resolve_model
-    from peftlab.study import run_status
+    from peftlab.pipeline import run_status
 
     spec = ctx.study.spec
     m = spec.model

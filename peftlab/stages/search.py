@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from peftlab.spec import SearchConfig
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
 STORAGE_DIR = "search"
 

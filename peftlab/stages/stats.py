@@ -108,7 +108,7 @@ from peftlab.results import (
 
 if TYPE_CHECKING:
     from peftlab.spec import StatsSpec, Study
-    from peftlab.study import Context
+    from peftlab.pipeline import Context
 
 TABLE = "stats"
 BANDS = ("early", "middle", "late", "mean")  # over transformer layers (layer >= 1)
