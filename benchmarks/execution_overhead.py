@@ -28,16 +28,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from peftlab.fixtures import tiny_spec, write_spec  # noqa: E402
+from peftlab.pipeline import (
+    load_study,  # noqa: E402
+    run_stages,  # noqa: E402
+)
 from peftlab.records import RunRecord, read  # noqa: E402
-from peftlab.spec import load_spec  # noqa: E402
 from peftlab.store import Store  # noqa: E402
-from peftlab.pipeline import run_stages  # noqa: E402
 from peftlab.testing import build_tiny_llama  # noqa: E402
 
 
 def one(tmp: Path, model: Path, data_dir: str, backend: str) -> dict[str, float]:
     spec = tiny_spec(tmp / "study", model_dir=model, execution={"backend": backend})
-    study = load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=data_dir)
+    study = load_study(write_spec(tmp / "spec.yaml", spec), data_dir=data_dir)
     t0 = time.perf_counter()
     run_stages(study, ["data", "finetune", "represent"])
     wall = time.perf_counter() - t0

@@ -37,14 +37,13 @@ def main() -> None:
 
     from rich.console import Console
 
-    from peftlab.spec import load_spec
-    from peftlab.pipeline import STAGES, run_stages
+    from peftlab.pipeline import STAGES, load_study, run_stages
 
     if args.output_dir is not None and args.output_dir.exists():
         parser.error(f"--output-dir {args.output_dir} exists: finished stages would be skipped "
                      "and their time not measured")
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="peftlab-quickstart-")) / "study"
-    study = load_spec(args.spec, data_dir=args.data_dir, output_dir=str(out))
+    study = load_study(args.spec, data_dir=args.data_dir, output_dir=str(out))
     console = Console(stderr=True, quiet=True)
     times: list[tuple[str, float]] = []
     try:

@@ -63,9 +63,9 @@ def _main(
 
 
 def _load(spec: Path, data_dir: Path | None = None, output_dir: Path | None = None):
-    from peftlab.spec import load_spec
+    from peftlab.pipeline import load_study
 
-    return load_spec(spec, data_dir=str(data_dir) if data_dir else None,
+    return load_study(spec, data_dir=str(data_dir) if data_dir else None,
                      output_dir=str(output_dir) if output_dir else None)
 
 
@@ -84,8 +84,8 @@ def validate(spec: SpecArg, data_dir: DataDir = None) -> None:
 @app.command()
 def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None) -> None:
     """List every training run the study implies, its id, and whether it is done."""
-    from peftlab.stages.stats import planned_families
     from peftlab.pipeline import plan as make_plan
+    from peftlab.stages.stats import planned_families
 
     study = _load(spec, output_dir=output_dir)
     rows = make_plan(study)

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from peftlab.spec import Study, load_spec
+from peftlab.pipeline import load_study
+from peftlab.plan import Study
 
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "full": {"type": "full", "training": {"learning_rate": 1.0e-3}},
@@ -59,6 +60,6 @@ def tiny_study(tmp_path: Path, *, model_dir: Path, glue_dir: Path, stages: list[
 
     spec_path = write_spec(tmp_path / "spec.yaml",
                            tiny_spec(tmp_path / "study", model_dir=model_dir, **kwargs))
-    study = load_spec(spec_path, data_dir=str(glue_dir))
+    study = load_study(spec_path, data_dir=str(glue_dir))
     run_stages(study, stages or ["data", "finetune"])
     return study

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from peftlab.records import BenchRecord, RunRecord, read_one
 
 if TYPE_CHECKING:
-    from peftlab.spec import Study
+    from peftlab.plan import Study
     from peftlab.store import Store
 
 

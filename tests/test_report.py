@@ -24,6 +24,7 @@ import pytest
 from rich.console import Console
 from scipy import stats as sst
 
+from peftlab.context import Context
 from peftlab.measures import label as measure_label
 from peftlab.sample_study import SCRIPT, write_sample
 from peftlab.stages.report import findings as fnd
@@ -32,7 +33,6 @@ from peftlab.stages.report import run as report_stage
 from peftlab.stages.report.document import FOLD_ROWS
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
-from peftlab.pipeline import Context
 
 FRONT = ["Answers", "Can these answers be trusted?"]
 SECTIONS = ["Findings", "How to read this report", "Runs", "Accuracy",

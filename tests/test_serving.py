@@ -230,9 +230,9 @@ def served(tmp_path_factory, tiny_llama_dir, glue_dir):
     """(loader, lora artifacts, full artifacts, workload) of a tiny trained study."""
     from peftlab.artifacts import ModelLoader, run_artifact
     from peftlab.bench.load import workload_from_frames
+    from peftlab.context import Context
     from peftlab.fixtures import tiny_study
     from peftlab.store import Store
-    from peftlab.pipeline import Context
 
     tmp = tmp_path_factory.mktemp("serving-study")
     study = tiny_study(tmp, model_dir=tiny_llama_dir, glue_dir=glue_dir, seeds=(1,),

@@ -63,8 +63,8 @@ from peftlab.representations import BASE_KEY, layer_names, load_representations
 from peftlab.store import provenance
 
 if TYPE_CHECKING:
-    from peftlab.spec import RunConfig
-    from peftlab.pipeline import Context
+    from peftlab.context import Context
+    from peftlab.runs import RunConfig
 
 KINDS = ("base_vs_run", "seed_to_seed")
 

@@ -107,8 +107,9 @@ from peftlab.results import (
 )
 
 if TYPE_CHECKING:
-    from peftlab.spec import StatsSpec, Study
-    from peftlab.pipeline import Context
+    from peftlab.context import Context
+    from peftlab.plan import Study
+    from peftlab.spec import StatsSpec
 
 TABLE = "stats"
 BANDS = ("early", "middle", "late", "mean")  # over transformer layers (layer >= 1)

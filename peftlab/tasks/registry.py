@@ -12,8 +12,12 @@ one `register_task` call (see `glue.py`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from peftlab.errors import SpecError
+
+if TYPE_CHECKING:
+    from peftlab.spec import TaskSpec
 
 # Metric names a task may ask for. Classification metrics need label_names; correlations need a
 # regression task. The metric implementations live elsewhere; the names are the contract.
@@ -217,3 +221,14 @@ def make_file_task(
         metrics=tuple(metrics),
         eval_split="eval",
     )
+
+
+def task_from_spec(t: TaskSpec) -> TaskDef:
+    """The task a spec's `tasks` entry means: the registered one, or the user's files (metrics
+    default to accuracy, or Pearson + Spearman for a regression task)."""
+    if t.files is None:
+        return get_task(t.name)
+    metrics = t.metrics or (["pearson", "spearman"] if t.regression else ["accuracy"])
+    text_columns = tuple(c for c in ("text_a", "text_b") if c in (t.columns or {}))
+    return make_file_task(t.name, None if t.regression else tuple(t.label_names or ()),
+                          tuple(metrics), text_columns)

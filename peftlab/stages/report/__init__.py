@@ -16,7 +16,7 @@ from peftlab.stages.report.document import Document, Paragraph, to_html, to_mark
 from peftlab.stages.report.sections import Results, build_front, build_sections
 
 if TYPE_CHECKING:
-    from peftlab.pipeline import Context
+    from peftlab.context import Context
 
 __all__ = ["build_report", "run"]
 
