@@ -28,10 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from peftlab.fixtures import tiny_spec, write_spec  # noqa: E402
-from peftlab.pipeline import (
-    load_study,  # noqa: E402
-    run_stages,  # noqa: E402
-)
+from peftlab.pipeline import load_study, run_stages  # noqa: E402
 from peftlab.records import RunRecord, read  # noqa: E402
 from peftlab.store import Store  # noqa: E402
 from peftlab.testing import build_tiny_llama  # noqa: E402

@@ -695,3 +695,80 @@ def test_model_aliases_and_hub_ids_are_not_paths(tmp_path: Path) -> None:
     assert load(tmp_path, spec).spec.model.name == "tinyllama"
     (tmp_path / "tinyllama").write_text("a file, not a model folder")
     assert load(tmp_path, spec, "again.yaml").spec.model.name == "tinyllama"
+
+
+# -- the schema alone; names checked against the registries at load; searched values given ------
+
+
+def test_the_schema_leaves_registry_defaults_to_the_loader(tmp_path: Path) -> None:
+    """spec.py knows no registry: left out, drift.measures and bench.modes stay None in the
+    schema and are filled in from the registries when the study loads."""
+    from peftlab.bench.modes import mode_names
+    from peftlab.measures import default_measures
+    from peftlab.spec import parse_spec, read_spec
+
+    path = write_spec(tmp_path / "spec.yaml", base_spec(tmp_path))
+    schema_only = parse_spec(read_spec(path), path)
+    assert schema_only.drift.measures is None and schema_only.bench.modes is None
+    study = load_study(path)
+    assert study.spec.drift.measures == default_measures() != []
+    assert study.spec.bench.modes == mode_names() != []
+    given = base_spec(tmp_path, drift={"measures": ["linear_cka_debiased", "cosine"]},
+                      bench={"modes": ["base", "merged"]})
+    study = load(tmp_path, given, "given.yaml")
+    assert study.spec.drift.measures == ["linear_cka_debiased", "cosine"]
+    assert study.spec.bench.modes == ["base", "merged"]
+
+
+def test_registry_names_are_refused_in_the_schemas_own_form(tmp_path: Path) -> None:
+    """Every bad name is one line, as a schema error would be: file, key path, the rule, the
+    value given; in the order of the spec's sections."""
+    from peftlab.bench.modes import mode_names
+    from peftlab.measures import MEASURES
+
+    spec = base_spec(tmp_path, drift={"measures": ["nosuch"]}, bench={"modes": ["merged", "x"]})
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert str(info.value).splitlines() == [
+        f"{path}: drift.measures: Value error, unknown measure(s) ['nosuch']; expected any of "
+        f"{MEASURES.names()} (got ['nosuch'])",
+        f"{path}: bench.modes: Value error, unknown mode(s) ['x']; expected any of "
+        f"{mode_names()} (got ['merged', 'x'])"]
+    spec = base_spec(tmp_path, bench={"modes": ["merged", "merged"]})
+    assert spec_error(tmp_path, spec).endswith(
+        "bench.modes: Value error, modes must be unique, got ['merged', 'merged'] "
+        "(got ['merged', 'merged'])")
+
+
+def test_the_primary_drift_measure_must_be_measured(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, base_spec(tmp_path, drift={"measures": ["linear_cka"]}))
+    assert msg.endswith(": (top level): Value error, stats.primary.drift.measure "
+                        "'linear_cka_debiased' is not in drift.measures ['linear_cka']: add it "
+                        "there, or name a measured one"), msg
+    msg = spec_error(tmp_path, base_spec(tmp_path, stats={"primary": {"drift": {
+        "measure": "cosine"}}}))
+    assert "stats.primary.drift.measure: Value error, the primary drift measure must be one " \
+           "the stats stage tests" in msg and "(got 'cosine')" in msg
+
+
+def test_searched_runs_resolve_with_the_outcomes_their_caller_gives(tmp_path: Path) -> None:
+    """The plan never opens the study directory: which searches finished is handed to the Study
+    (`refresh`), and a run then takes its search's best values and an id of its own."""
+    search = {"n_trials": 2, "methods": {"lora": {"learning_rate": [1.0e-4, 1.0e-3]},
+                                         "full": {"learning_rate": [1.0e-5, 1.0e-4]}}}
+    study = load(tmp_path, base_spec(tmp_path, search=search))
+    assert not study.output_dir.exists()  # loading read no store: there is none
+    before = by_key(study)
+    assert all(rc.waiting for rc in before.values())
+    sc = study.search_config("sst2", "lora")
+    best = {"trial": 1, "params": {"learning_rate": 1.0e-3}, "values": {"accuracy": 0.9}}
+    study.refresh({sc.search_id: {"best": best}})
+    after = by_key(study)
+    chosen = after[("sst2", "lora", 1)]
+    assert not chosen.waiting and chosen.training.learning_rate == 1.0e-3
+    assert chosen.search == {"id": sc.search_id, "study": sc.study_name, **best}
+    assert chosen.run_id.startswith("sst2-lora-s1-") and not chosen.run_id.endswith("waiting")
+    assert after[("sst2", "full", 1)].waiting  # its search has no outcome yet
+    study.refresh({})
+    assert by_key(study) == before
