@@ -27,16 +27,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from peftlab.pipeline import load_study, run_stages  # noqa: E402
 from peftlab.records import RunRecord, read  # noqa: E402
-from peftlab.spec import load_spec  # noqa: E402
 from peftlab.store import Store  # noqa: E402
-from peftlab.study import run_stages  # noqa: E402
-from peftlab.testing import build_tiny_llama, tiny_spec, write_spec  # noqa: E402
+from peftlab.testing import (  # noqa: E402
+    build_tiny_llama,  # noqa: E402
+    tiny_spec,
+    write_spec,
+)
 
 
 def one(tmp: Path, model: Path, data_dir: str, backend: str) -> dict[str, float]:
     spec = tiny_spec(tmp / "study", model_dir=model, execution={"backend": backend})
-    study = load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=data_dir)
+    study = load_study(write_spec(tmp / "spec.yaml", spec), data_dir=data_dir)
     t0 = time.perf_counter()
     run_stages(study, ["data", "finetune", "represent"])
     wall = time.perf_counter() - t0

@@ -107,7 +107,7 @@ REQUIRED = [("torch", "torch"), ("transformers", "transformers"), ("peft", "peft
             ("psutil", "psutil"), ("rich", "rich"), ("typer", "typer"),
             ("threadpoolctl", "threadpoolctl"), ("dill", "dill"), ("multiprocess", "multiprocess")]
 # peftlab modules the check runs through (their imports surface a missing dependency by name)
-PEFTLAB_MODULES = ["peftlab.spec", "peftlab.study", "peftlab.stages.finetune",
+PEFTLAB_MODULES = ["peftlab.spec", "peftlab.pipeline", "peftlab.stages.finetune",
                    "peftlab.stages.represent", "peftlab.stages.bench", "peftlab.bench.plan",
                    "peftlab.bench.worker", "peftlab.bench.gate", "peftlab.testing"]
 # distributions whose declared requirements are compared with what is installed (warnings)
@@ -342,7 +342,8 @@ def write_study(tmp: Path, model_dir: Path, device: str, small: bool, steps: int
     """A spec derived from the shipped tinyllama-glue spec; returns the loaded Study."""
     import copy
 
-    from peftlab.spec import find_spec, load_spec, read_yaml
+    from peftlab.pipeline import load_study
+    from peftlab.spec import find_spec, read_yaml
     from peftlab.testing import write_spec
 
     ref = read_yaml(find_spec("tinyllama-glue"))
@@ -377,7 +378,7 @@ def write_study(tmp: Path, model_dir: Path, device: str, small: bool, steps: int
     }
     spec.pop("overrides", None)  # per-task rates do not change a step's cost
     path = write_spec(tmp / "gpu-check.yaml", spec)
-    return load_spec(path, data_dir=str(data_dir))
+    return load_study(path, data_dir=str(data_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,9 +543,9 @@ def represent(ctx: Any, methods: list[str]) -> list[dict[str, Any]]:
     represent stage's probes: the evaluation split subsampled by represent.probe_samples and
     probe_seed), each model loaded as the stage loads it (`ModelLoader.base`, `load_run`)."""
     from peftlab.artifacts import ModelLoader, load_run
+    from peftlab.context import run_status
     from peftlab.encode import encode_frame
     from peftlab.extraction import extract, resolve_pooling
-    from peftlab.study import run_status
     from peftlab.tasks import subsample
 
     runs = [r for r in ctx.study.runs() if r.task == "sst2" and r.method in methods
@@ -598,9 +599,9 @@ def bench(ctx: Any, report: Report) -> dict[str, Any]:
     from peftlab.bench.mode import Candidate, PlanSettings
     from peftlab.bench.plan import plan_units, run_units
     from peftlab.bench.units import sweep_points
+    from peftlab.context import run_status
     from peftlab.methods import get_method
     from peftlab.stages.bench import schedule
-    from peftlab.study import run_status
 
     spec = ctx.study.spec
     done = [r for r in ctx.study.runs() if run_status(ctx.store, r)["status"] == "done"]
@@ -729,8 +730,8 @@ def fastpath(ctx: Any) -> dict[str, Any]:
     from peftlab.bench.gate import compare_logits
     from peftlab.bench.requests import build_batches
     from peftlab.bench.timing import time_requests
+    from peftlab.context import run_status
     from peftlab.encode import encode_frame
-    from peftlab.study import run_status
 
     rc = next((r for r in ctx.study.runs() if r.task == "sst2" and r.method == "lora"), None)
     if rc is None or run_status(ctx.store, rc)["status"] != "done":
@@ -799,8 +800,8 @@ def precision(ctx: Any, dtypes: list[str]) -> dict[str, Any]:
     from peftlab.artifacts import ModelLoader, merge, run_artifact
     from peftlab.bench.gate import relative_difference
     from peftlab.bench.requests import build_batches
+    from peftlab.context import run_status
     from peftlab.encode import encode_frame
-    from peftlab.study import run_status
 
     rc = next((r for r in ctx.study.runs() if r.task == "sst2" and r.method == "lora"), None)
     if rc is None or run_status(ctx.store, rc)["status"] != "done":
@@ -897,12 +898,12 @@ def estimate(doc: dict[str, Any], data_dir: Path, tokenizer: Any) -> dict[str, A
     from peftlab.data import StudyData
     from peftlab.encode import encode_frame
     from peftlab.methods import get_method
-    from peftlab.spec import load_spec
+    from peftlab.pipeline import load_study
 
     train = [r for r in doc.get("train", []) if r["status"] == "done"]
     if not train:
         raise Skipped("no finished training run to take step times from")
-    study = load_spec("tinyllama-glue", data_dir=str(data_dir))
+    study = load_study("tinyllama-glue", data_dir=str(data_dir))
     spec = study.spec
     data = StudyData(study)
     step = {(r["method_type"], r["task"]): r["step_time_s"] for r in train}
@@ -1179,9 +1180,9 @@ def run_check(args: argparse.Namespace, device: str, report: Report, warnings: l
     report.write()
 
     from peftlab.bench.worker import GATE_BATCH  # noqa: F401  (bench imports resolved early)
+    from peftlab.context import Context
     from peftlab.spec import BenchSpec
     from peftlab.store import Store
-    from peftlab.study import Context
 
     tmp = Path(tempfile.mkdtemp(prefix="peftlab-gpu-check-"))
     try:

@@ -3,8 +3,8 @@
     python benchmarks/quickstart_time.py --data-dir ../shared/data/glue [--output-dir DIR]
                                          [--spec quickstart] [--keep]
 
-Runs every stage of the pipeline (`peftlab.study.STAGES`, in order) on the quickstart study
-through `peftlab.study.run_stages(study, [stage])`, one stage at a time, in a fresh study
+Runs every stage of the pipeline (`peftlab.pipeline.STAGES`, in order) on the quickstart study
+through `peftlab.pipeline.run_stages(study, [stage])`, one stage at a time, in a fresh study
 directory (a temporary one unless --output-dir is given), and prints the seconds each stage took
 and the total. The target of issue 6: the whole study finishes on a 2-core CPU in about 10
 minutes. Data comes from --data-dir, else PEFTLAB_DATA_DIR, else the Hugging Face hub.
@@ -37,14 +37,13 @@ def main() -> None:
 
     from rich.console import Console
 
-    from peftlab.spec import load_spec
-    from peftlab.study import STAGES, run_stages
+    from peftlab.pipeline import STAGES, load_study, run_stages
 
     if args.output_dir is not None and args.output_dir.exists():
         parser.error(f"--output-dir {args.output_dir} exists: finished stages would be skipped "
                      "and their time not measured")
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="peftlab-quickstart-")) / "study"
-    study = load_spec(args.spec, data_dir=args.data_dir, output_dir=str(out))
+    study = load_study(args.spec, data_dir=args.data_dir, output_dir=str(out))
     console = Console(stderr=True, quiet=True)
     times: list[tuple[str, float]] = []
     try:

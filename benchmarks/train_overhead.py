@@ -26,10 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from peftlab.artifacts import base_for_run  # noqa: E402
-from peftlab.spec import load_spec  # noqa: E402
+from peftlab.context import Context  # noqa: E402
+from peftlab.pipeline import load_study  # noqa: E402
 from peftlab.stages.finetune import prepare_run, train_run  # noqa: E402
 from peftlab.store import Store  # noqa: E402
-from peftlab.study import Context  # noqa: E402
 from peftlab.testing import tiny_spec, write_spec  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def compare(label: str, model_dir: str, glue: str, method: str, steps: int, repe
         spec["model"]["max_length"] = max_length
         if target_modules and method != "full":
             spec["methods"][method]["target_modules"] = target_modules
-        study = load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=glue)
+        study = load_study(write_spec(tmp / "spec.yaml", spec), data_dir=glue)
         store = Store(study.output_dir).lock()
         ctx = Context(study=study, store=store)
         (rc,) = study.runs()

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from peftlab.errors import ModelError
 
 if TYPE_CHECKING:
-    from peftlab.spec import ModelSpec, RunConfig
-    from peftlab.study import Context
+    from peftlab.context import Context
+    from peftlab.runs import RunConfig
+    from peftlab.spec import ModelSpec
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

@@ -63,9 +63,9 @@ def _main(
 
 
 def _load(spec: Path, data_dir: Path | None = None, output_dir: Path | None = None):
-    from peftlab.spec import load_spec
+    from peftlab.pipeline import load_study
 
-    return load_spec(spec, data_dir=str(data_dir) if data_dir else None,
+    return load_study(spec, data_dir=str(data_dir) if data_dir else None,
                      output_dir=str(output_dir) if output_dir else None)
 
 
@@ -85,7 +85,7 @@ def validate(spec: SpecArg, data_dir: DataDir = None) -> None:
 def plan(spec: SpecArg, json_out: JsonFlag = False, output_dir: OutputDir = None) -> None:
     """List every training run the study implies, its id, and whether it is done."""
     from peftlab.families import planned_families
-    from peftlab.study import plan as make_plan
+    from peftlab.pipeline import plan as make_plan
 
     study = _load(spec, output_dir=output_dir)
     rows = make_plan(study)
@@ -153,7 +153,7 @@ def run(
     Library warnings and load reports go to <study dir>/log.txt.
     """
     from peftlab.errors import SpecError
-    from peftlab.study import run_stages
+    from peftlab.pipeline import run_stages
 
     if executor is not None and executor not in ("local", "ray"):
         raise SpecError(f"--executor: expected local or ray, got {executor!r}")
@@ -255,7 +255,7 @@ def _short(v: object) -> str:
 
 def _stage_command(stage: str, doc: str) -> None:
     def command(spec: SpecArg, data_dir: DataDir = None, output_dir: OutputDir = None) -> None:
-        from peftlab.study import run_stages
+        from peftlab.pipeline import run_stages
 
         run_stages(_load(spec, data_dir, output_dir), [stage], console=err)
 
@@ -328,7 +328,7 @@ def bench(
     if spec is not None:
         if model or adapter:
             raise SpecError("peftlab bench: give a SPEC or --model/--adapter, not both")
-        from peftlab.study import run_stages
+        from peftlab.pipeline import run_stages
 
         run_stages(_load(spec, data_dir, output_dir), ["bench"], console=err)
         return

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from peftlab.spec import Study
+    from peftlab.plan import Study
     from peftlab.store import Store
     from peftlab.tasks import TaskDef
 
@@ -33,15 +33,9 @@ class StudyData:
         self._frames: dict[tuple[str, str, bool], Any] = {}
 
     def task(self, name: str) -> TaskDef:
-        from peftlab.tasks import get_task, make_file_task
+        from peftlab.tasks import task_from_spec
 
-        t = self.study.task_spec(name)
-        if t.files is None:
-            return get_task(name)
-        text_columns = tuple(c for c in ("text_a", "text_b") if c in (t.columns or {}))
-        # metrics None: the kind's defaults (make_file_task)
-        return make_file_task(name, None if t.regression else tuple(t.label_names or ()),
-                              tuple(t.metrics) if t.metrics else None, text_columns)
+        return task_from_spec(self.study.task_spec(name))
 
     def split(self, name: str, split: str, *, subsample: bool = True) -> pd.DataFrame:
         """A task split as a DataFrame (text_a, [text_b], label, row), subsampled as the spec says."""

@@ -25,7 +25,8 @@ from peftlab.measures import tested_measures
 from peftlab.results import is_reference
 
 if TYPE_CHECKING:
-    from peftlab.spec import StatsSpec, Study
+    from peftlab.plan import Study
+    from peftlab.spec import StatsSpec
 
 BANDS = ("early", "middle", "late", "mean")  # over transformer layers (layer >= 1)
 EMBEDDINGS = "embeddings"  # layer 0, summarised on its own

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from peftlab.execution import Executor
-    from peftlab.spec import RunConfig, SearchConfig, Study
+    from peftlab.plan import Study
+    from peftlab.runs import RunConfig
+    from peftlab.search_space import SearchConfig
     from peftlab.store import Store
     from peftlab.tasks import TaskDef
 

@@ -5,9 +5,10 @@
 
 A measure declares what the rest of the pipeline needs to know about it: its label (report), whether
 higher means more similar, whether it has a permutation null floor (drift computes it, the report
-draws it), whether the stats stage tests it between methods, and whether it runs by default. The
-spec validates `drift.measures` against this registry, so adding a measure is one `register` call
-here (or in a plug-in) with no list of names to edit elsewhere. The arithmetic lives in
+draws it), whether the stats stage tests it between methods, and whether it runs by default. A
+study's `drift.measures` is checked against this registry when it loads (`validate.check_names`),
+so adding a measure is one `register` call here (or in a plug-in) with no list of names to edit
+elsewhere. The arithmetic lives in
 `peftlab.similarity`; this module only names and wires it.
 """
 
@@ -223,7 +224,8 @@ def compare_layer(x: np.ndarray, y: np.ndarray, cfg: DriftSpec, where: str) -> d
     values: dict[str, float | None] = {}
     undefined: dict[str, str] = {}
     null: dict[str, dict[str, Any] | None] = {}
-    for name in cfg.measures:
+    # measures None (a DriftSpec built outside a study): the default measures
+    for name in cfg.measures if cfg.measures is not None else default_measures():
         m = MEASURES.get(name, where="drift.measures")
         with_null = m.has_null and cfg.null_permutations > 0
         try:

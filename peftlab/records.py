@@ -520,6 +520,13 @@ def read_search(store: Store) -> tuple[list[SearchTrialRecord], list[SearchRecor
     return trials, summaries
 
 
+def finished_searches(store: Store) -> dict[str, dict[str, Any]]:
+    """The summary records of the finished searches in the `search` table, by search id (what
+    `plan.Study` resolves searched runs with)."""
+    _, summaries = read_search(store)
+    return {r.search_id: r.dump() for r in summaries if r.status == "done"}
+
+
 # Every table with a schema, by name (the CLI and the store tests use it).
 SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
     DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord,

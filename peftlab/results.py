@@ -18,7 +18,7 @@ from peftlab.methods import get_method
 from peftlab.records import BenchRecord, RunRecord, read_one
 
 if TYPE_CHECKING:
-    from peftlab.spec import Study
+    from peftlab.plan import Study
     from peftlab.store import Store
 
 

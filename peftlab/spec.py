@@ -4,28 +4,23 @@
     peftlab validate my-study.yaml
 
 A spec names the model, the tasks, the methods (each with its own hyperparameters), the seeds and the
-settings of every stage. Validation happens at load time and every message names the file and the key
-path. Hyperparameters resolve in this order, later wins:
+settings of every stage. This module is the schema (pydantic models with plain types) and the YAML
+loading (duplicate keys refused, shipped specs by name, input paths relative to the spec file); it
+depends on nothing else in peftlab, so every other module can import it. Every message names the
+file and the key path.
 
-    training (study-wide) < tasks[i].training < methods.<name>.training < overrides[j] (in order)
-
-and method parameters: methods.<name> < overrides[j].params. Every (task, method, seed) resolves to a
-`RunConfig` whose deterministic id (`run_id`) keys its results, so a rerun skips finished work and a
-changed hyperparameter gives a new id instead of silently reusing an old result.
-
-With a `search:` block (`SearchSpec`), each (task, method) also resolves to a `SearchConfig`; once
-that search has finished (its summary is in the study directory's `search` table), its best
-trial's values are applied on top of the layers above and become part of the run's identity;
-until then the run is `waiting` (`RunConfig.waiting`).
+Names that registries define (methods, tasks, measures, bench modes, trackers) are checked against
+them by `peftlab.validate` when a study is loaded (`peftlab.pipeline.load_study`), which also fills
+in the defaults that depend on a registry (`drift.measures`, `bench.modes`: None here). How the
+spec's layers resolve to runs and their ids is `peftlab.runs`; the plan of a whole study,
+`peftlab.plan`; search spaces, `peftlab.search_space`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,19 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from peftlab.errors import PeftlabError, SpecError, format_validation
-
-
-def _default_measures() -> list[str]:
-    from peftlab.measures import default_measures
-
-    return default_measures()
-
-
-def _mode_names() -> list[str]:
-    from peftlab.bench.modes import mode_names
-
-    return mode_names()
+from peftlab.errors import SpecError, format_validation
 
 
 class _Strict(BaseModel):
@@ -194,8 +177,9 @@ class RepresentSpec(_Strict):
 class DriftSpec(_Strict):
     """Similarity between base and tuned representations, and weight-space analysis."""
 
-    # names registered in `peftlab.measures.MEASURES`; default: every measure marked default
-    measures: list[str] = Field(default_factory=lambda: _default_measures())
+    # names registered in `peftlab.measures.MEASURES`; None (left out): every measure marked
+    # default, filled in when the study loads (`validate.check_names`)
+    measures: list[str] | None = None
     null_permutations: int = Field(200, ge=0)  # row shuffles for the CKA null floor; 0: none
     knn_k: int = Field(10, gt=0)  # capped at n - 1 probe examples (the value used is recorded)
     rbf_sigma: float = Field(0.8, gt=0)  # fraction of the median pairwise distance
@@ -211,14 +195,10 @@ class DriftSpec(_Strict):
 
     @field_validator("measures")
     @classmethod
-    def _unique_measures(cls, v: list[str]) -> list[str]:
-        from peftlab.measures import MEASURES
-
-        if len(set(v)) != len(v):
+    def _unique_measures(cls, v: list[str] | None) -> list[str] | None:
+        # registered names are checked by `validate.check_names`, after this
+        if v is not None and len(set(v)) != len(v):
             raise ValueError(f"measures must be unique, got {v}")
-        unknown = [m for m in v if m not in MEASURES]
-        if unknown:
-            raise ValueError(f"unknown measure(s) {unknown}; expected any of {MEASURES.names()}")
         return v
 
 
@@ -230,8 +210,9 @@ class ServingSpec(_Strict):
     Each load run is bounded by max_requests and max_seconds (+ a drain of max(1 s, 20 x
     max_wait_ms)); a configuration's sweep stops at its first unsustained rate."""
 
-    configs: list[Literal["merged", "mixed", "switch", "full"]] = Field(
-        default_factory=lambda: ["merged", "mixed", "switch", "full"])
+    # names registered in `peftlab.bench.serving_configs.SERVING_CONFIGS` that a spec may ask for
+    # (unique; `validate.check_names`); None (left out): all of them, filled in when the study loads
+    configs: list[str] | None = None
     patterns: list[Literal["distinct", "uniform", "skewed", "identical"]] = Field(
         default_factory=lambda: ["distinct", "uniform", "skewed", "identical"])
     rates: list[float] = Field(default_factory=lambda: [25.0, 50.0, 100.0, 200.0, 400.0])
@@ -250,7 +231,7 @@ class ServingSpec(_Strict):
             raise ValueError(f"rates must be a non-empty list of requests/s > 0, got {v}")
         return sorted(float(r) for r in v)
 
-    @field_validator("configs", "patterns")
+    @field_validator("patterns")
     @classmethod
     def _nonempty(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v):
@@ -272,8 +253,9 @@ _SWEEP_AXES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 class BenchSpec(_Strict):
     """Deployment benchmark settings."""
 
-    # names registered in `peftlab.bench.modes.MODES`; default: every registered mode
-    modes: list[str] = Field(default_factory=lambda: _mode_names())
+    # names registered in `peftlab.bench.modes.MODES` (unique; `validate.check_names`); None
+    # (left out): every registered mode, filled in when the study loads
+    modes: list[str] | None = None
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     # "data": the evaluation examples' own lengths; an int: every request padded/cut to that length
     seq_lengths: list[int | Literal["data"]] = Field(default_factory=lambda: ["data", 128])
@@ -305,17 +287,6 @@ class BenchSpec(_Strict):
     # Serving under load after the units (a `serving` table); None: not measured.
     serving: ServingSpec | None = None
 
-    @field_validator("modes")
-    @classmethod
-    def _known_modes(cls, v: list[str]) -> list[str]:
-        names = _mode_names()
-        unknown = [m for m in v if m not in names]
-        if unknown:
-            raise ValueError(f"unknown mode(s) {unknown}; expected any of {names}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"modes must be unique, got {v}")
-        return v
-
     @field_validator("batch_sizes", "seq_lengths")
     @classmethod
     def _sweep_axis(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
@@ -339,44 +310,23 @@ class BenchSpec(_Strict):
 class PrimaryDriftSpec(_Strict):
     """RQ1's primary endpoint: base-vs-run similarity, PEFT method vs full fine-tuning."""
 
-    measure: str = "linear_cka_debiased"  # a measure the stats stage tests (measures.tested)
+    # a measure the stats stage tests (measures.tested; `validate.check_names`)
+    measure: str = "linear_cka_debiased"
     band: Literal["early", "middle", "late", "mean"] = "mean"  # over transformer layers only
     # across_tasks: one mixed-model estimate per PEFT method over every task (the per-task tests
     # are then exploratory); per_task: one primary test per task.
     scope: Literal["across_tasks", "per_task"] = "across_tasks"
 
-    @field_validator("measure")
-    @classmethod
-    def _tested_measure(cls, v: str) -> str:
-        from peftlab.measures import tested_measures
-
-        if v not in tested_measures():
-            raise ValueError(f"the primary drift measure must be one the stats stage tests: "
-                             f"{tested_measures()}, got {v!r}")
-        return v
-
 
 class PrimaryDeploymentSpec(_Strict):
     """RQ2's primary endpoints: per task and PEFT method, median latency at one sweep point."""
 
-    # "<mode a>_vs_<mode b>", as the bench modes declare them (bench.mode.Comparison)
+    # "<mode a>_vs_<mode b>", as the bench modes declare them (bench.mode.Comparison; distinct;
+    # `validate.check_names`)
     comparisons: list[str] = Field(
         default_factory=lambda: ["unmerged_vs_merged", "merged_vs_full"], min_length=1)
     batch_size: int = Field(1, gt=0)
     seq_len: int | Literal["data"] = "data"
-
-    @field_validator("comparisons")
-    @classmethod
-    def _declared(cls, v: list[str]) -> list[str]:
-        from peftlab.bench.modes import get_mode, mode_names
-
-        declared = [f"{m}_vs_{c.other}" for m in mode_names() for c in get_mode(m).comparisons
-                    if c.reference != "single"]
-        unknown = [c for c in v if c not in declared]
-        if unknown or len(set(v)) != len(v):
-            raise ValueError(f"comparisons must be distinct latency comparisons the bench modes "
-                             f"declare ({declared}), got {v}")
-        return v
 
 
 class PrimarySpec(_Strict):
@@ -410,7 +360,8 @@ class ForgettingSpec(_Strict):
     enabled: bool = True
     # Probe tasks: registered names or the user's files (the `tasks` entry form; `train_samples`
     # / `eval_samples` there override the probe sizes below). None: the study's other tasks.
-    # A run is never probed on the task it was tuned on.
+    # A run is never probed on the task it was tuned on. Registered names, and that a probe task
+    # has classes, are checked by `validate.check_names`.
     tasks: list[TaskSpec] | None = None
     # Hidden states probed: "middle" (the middle block), "last" (the final one) or indices
     # (0 = embeddings, i = block i).
@@ -444,8 +395,6 @@ class ForgettingSpec(_Strict):
     def _probe_tasks(cls, v: list[TaskSpec] | None) -> list[TaskSpec] | None:
         if v is None:
             return v
-        from peftlab.tasks import get_task
-
         if not v:
             raise ValueError("list at least one probe task, or leave `tasks` out for the "
                              "study's other tasks")
@@ -456,14 +405,6 @@ class ForgettingSpec(_Strict):
         for t in v:
             if t.training:
                 raise ValueError(f"task {t.name!r}: `training` does not apply to a probe task")
-            try:
-                regression = t.regression if t.files is not None else get_task(
-                    t.name).is_regression
-            except PeftlabError as e:  # unknown task name: a validation error naming the key
-                raise ValueError(str(e)) from None
-            if regression:
-                raise ValueError(f"task {t.name!r} is a regression task: a logistic probe "
-                                 "needs classes")
         return v
 
     @field_validator("c_grid")
@@ -686,15 +627,6 @@ class StudySpec(_Strict):
             raise ValueError(f"{what}s must be unique, repeated: {repeated}")
         return v
 
-    @model_validator(mode="after")
-    def _primary_drift_is_measured(self) -> StudySpec:
-        primary = self.stats.primary.drift
-        if primary is not None and primary.measure not in self.drift.measures:
-            raise ValueError(f"stats.primary.drift.measure {primary.measure!r} is not in "
-                             f"drift.measures {self.drift.measures}: add it there, or name a "
-                             "measured one")
-        return self
-
 
 class OverrideSpec(_Strict):
     """Settings for a subset of (task, method) pairs, e.g. a learning rate per task and method."""
@@ -708,74 +640,6 @@ class OverrideSpec(_Strict):
 StudySpec.model_rebuild()
 
 
-# ----------------------------------------------------------------------------------------------
-# Resolution: (task, method, seed) -> RunConfig
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one training run depends on, fully resolved."""
-
-    task: str
-    method: str  # the study's name for the method (a key of `methods`)
-    method_type: str  # the registered method it uses (full, lora, ia3, ...)
-    seed: int
-    params: dict[str, Any]  # validated method parameters, defaults filled in
-    training: TrainingSpec
-    model: ModelSpec
-    train_samples: int | None
-    eval_samples: int | None
-    data_seed: int
-    task_data: dict[str, Any] = field(default_factory=dict)  # a user-file task's definition
-    strip_whitespace: bool = True  # data.strip_whitespace: texts stripped before tokenising
-    # Set when a search chose hyperparameters: {"id", "study", "trial", "params", "values"}; or,
-    # before that search has finished, {"id", "study", "status": "waiting"} (see Study.resolve).
-    search: dict[str, Any] | None = None
-    run_id: str = field(default="")
-
-    @property
-    def waiting(self) -> bool:
-        """True when the run's hyperparameters come from a search that has not finished."""
-        return bool(self.search) and self.search.get("status") == "waiting"
-
-    def identity(self) -> dict[str, Any]:
-        """The content the run id hashes: what changes the trained model."""
-        return {
-            "task": self.task,
-            "method_type": self.method_type,
-            "seed": self.seed,
-            "params": self.params,
-            # report_to and logging cadence do not change the trained weights
-            # keys added later enter only when set away from their default, so runs that
-            # do not use them keep their ids (training.head_init, model.head)
-            "training": self.training.model_dump(
-                mode="json", exclude={"report_to", "logging_steps", "eval_batch_size",
-                                      *(("head_init",) if self.training.head_init == "random"
-                                        else ())}
-            ),
-            "model": self.model.model_dump(
-                mode="json", exclude={"head"} if self.model.head == "sequence-classification"
-                else None),
-            "train_samples": self.train_samples,
-            "eval_samples": self.eval_samples,
-            "data_seed": self.data_seed,
-            # only for tasks from the user's files, so registered tasks keep their ids
-            **({"task_data": self.task_data} if self.task_data else {}),
-            # only when whitespace is kept, so runs on the default (stripped) text keep their ids
-            **({} if self.strip_whitespace else {"strip_whitespace": False}),
-            # the search the chosen values came from (the values themselves are in params and
-            # training; the trial's number is not: a resumed search that retried a trial
-            # chooses the same values under another number); only for searched runs, so other
-            # runs keep their ids
-            **({"search": self.search["id"]} if self.search and "trial" in self.search else {}),
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        d = self.identity()
-        d.update(run_id=self.run_id, method=self.method, training=self.training.model_dump(mode="json"))
-        return d
-
-
 def build_section(cls: type[BaseModel], where: str, **values: Any) -> Any:
     """A spec section built outside a spec file (e.g. from command-line options); bad values
     raise SpecError naming `where` and the key, as they would in a spec."""
@@ -783,400 +647,6 @@ def build_section(cls: type[BaseModel], where: str, **values: Any) -> Any:
         return cls(**values)
     except ValidationError as e:
         raise SpecError(format_validation(e, where)) from None
-
-
-def make_run_id(task: str, method: str, seed: int, identity: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{task}-{method}-s{seed}-{digest[:8]}"
-
-
-@dataclass
-class Study:
-    """A loaded spec plus where it came from; the object every stage receives."""
-
-    spec: StudySpec
-    path: Path | None  # the spec file
-    data_dir: Path | None = None  # a local GLUE folder given on the command line or environment
-    _plan: tuple[RunConfig, ...] | None = field(default=None, repr=False, compare=False)
-    _searches: dict[tuple[str, str], SearchConfig] | None = field(default=None, repr=False,
-                                                                 compare=False)
-    _outcomes: dict[str, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def output_dir(self) -> Path:
-        return self.spec.output_dir
-
-    def data_source(self) -> tuple[str, Path | None]:
-        """('glue_dir', folder) or ('hub', None) for registered tasks."""
-        d = self.spec.data
-        folder = self.data_dir or d.glue_dir
-        if d.source == "hub":
-            return "hub", None
-        if d.source == "glue_dir" and folder is None:
-            raise SpecError(
-                f"{self.where('data.source')}: 'glue_dir' needs a folder: set data.glue_dir, "
-                "pass --data-dir or set PEFTLAB_DATA_DIR"
-            )
-        if folder is not None:
-            return "glue_dir", folder
-        return "hub", None
-
-    def where(self, key: str) -> str:
-        return f"{self.path}: {key}" if self.path else key
-
-    def task_spec(self, name: str) -> TaskSpec:
-        for t in self.spec.tasks:
-            if t.name == name:
-                return t
-        raise SpecError(f"{self.where('tasks')}: no task named {name!r}")
-
-    def resolve(self, task: str, method: str, seed: int) -> RunConfig:
-        """The run (task, method, seed) as the spec defines it; when the spec has a `search`,
-        with the values its best trial chose, or marked waiting while that search is unfinished
-        (the chosen values are part of the run's identity, so its id is only known then)."""
-        from dataclasses import replace
-
-        rc = self._resolve_spec(task, method, seed)
-        sc = self.search_config(task, method)
-        if sc is None:
-            return rc
-        outcome = self.search_outcomes().get(sc.search_id)
-        best = (outcome or {}).get("best")
-        if best is None:
-            return replace(rc, search={"id": sc.search_id, "study": sc.study_name,
-                                       "status": "waiting"},
-                           run_id=f"{task}-{method}-s{seed}-waiting")
-        chosen = self.with_values(rc, best["params"],
-                                  where=self.where(f"search (best trial of {sc.study_name})"))
-        return _with_id(replace(chosen, search={
-            "id": sc.search_id, "study": sc.study_name, "trial": best["trial"],
-            "params": best["params"], "values": best["values"]}))
-
-    def _resolve_spec(self, task: str, method: str, seed: int) -> RunConfig:
-        """The run as the spec's layers define it, before any searched value."""
-        from peftlab.methods import get_method  # the registry imports torch/peft lazily
-
-        spec = self.spec
-        tspec = self.task_spec(task)
-        entry = dict(spec.methods[method])
-        mtype = entry.pop("type", None)
-        m = get_method(mtype, where=self.where(f"methods.{method}.type"))
-        method_training = entry.pop("training", {}) or {}
-        training: dict[str, Any] = spec.training.model_dump()
-        # Each layer is validated where it is written, so an error names its own key path.
-        _layer(training, tspec.training, self.where(f"tasks[{task}].training"))
-        _layer(training, method_training, self.where(f"methods.{method}.training"))
-        params = entry
-        resolved_params = m.validate_params(params, where=self.where(f"methods.{method}"))
-        for i, ov in enumerate(spec.overrides):
-            if (ov.tasks is None or task in ov.tasks) and (ov.methods is None or method in ov.methods):
-                _layer(training, ov.training, self.where(f"overrides[{i}].training"))
-                if ov.params:
-                    params = {**params, **ov.params}
-                    resolved_params = m.validate_params(
-                        params, where=self.where(f"overrides[{i}].params (method {method!r})"))
-        tr = TrainingSpec(**training)
-        if tr.head_init == "probe" and spec.model.head != "sentence-embedding":
-            raise SpecError(f"{self.where('training.head_init')}: 'probe' fits the head of "
-                            "model.head: sentence-embedding; the run "
-                            f"{task}/{method} has model.head {spec.model.head!r} (set model.head: "
-                            "sentence-embedding, or head_init: random)")
-        task_data = (tspec.model_dump(mode="json", include={"files", "format", "columns",
-                                                             "label_names", "regression"})
-                     if tspec.files is not None else {})
-        rc = RunConfig(
-            task=task,
-            method=method,
-            method_type=mtype,
-            seed=seed,
-            params=resolved_params,
-            training=tr,
-            model=spec.model,
-            train_samples=tspec.train_samples or spec.data.train_samples,
-            eval_samples=tspec.eval_samples or spec.data.eval_samples,
-            data_seed=spec.data.seed,
-            task_data=task_data,
-            strip_whitespace=spec.data.strip_whitespace,
-        )
-        return _with_id(rc)
-
-    def runs(self) -> list[RunConfig]:
-        """Every training run the study implies: task x method x seed, in a stable order.
-
-        Resolved once per Study (the plan): every stage and command reads this same list.
-        """
-        if self._plan is None:
-            self._plan = tuple(
-                self.resolve(t.name, m, s)
-                for t in self.spec.tasks
-                for m in self.spec.methods
-                for s in self.spec.seeds
-            )
-        return list(self._plan)
-
-    def run(self, run_id: str) -> RunConfig | None:
-        """The planned run with this id, or None when the spec no longer implies it."""
-        return next((rc for rc in self.runs() if rc.run_id == run_id), None)
-
-    # -- search ------------------------------------------------------------------------------
-    def search_config(self, task: str, method: str) -> SearchConfig | None:
-        """The resolved search of (task, method), or None when the spec has no `search`."""
-        if self.spec.search is None:
-            return None
-        if self._searches is None:
-            self._searches = _resolve_searches(self)
-        return self._searches[(task, method)]
-
-    def search_configs(self) -> list[SearchConfig]:
-        """Every search of the study (task x method, plan order); empty without `search`."""
-        if self.spec.search is None:
-            return []
-        return [self.search_config(t.name, m) for t in self.spec.tasks  # type: ignore[misc]
-                for m in self.spec.methods]
-
-    def with_values(self, rc: RunConfig, values: dict[str, Any], *, where: str) -> RunConfig:
-        """`rc` with searched values applied (training keys and method parameters), validated
-        and with its new id."""
-        from dataclasses import replace
-
-        from peftlab.methods import get_method
-
-        training = {k: v for k, v in values.items() if k in TrainingSpec.model_fields}
-        params = {k: v for k, v in values.items() if k not in training}
-        try:
-            tr = TrainingSpec(**{**rc.training.model_dump(), **training})
-        except ValidationError as e:
-            raise SpecError(format_validation(e, where)) from None
-        p = (get_method(rc.method_type).validate_params({**rc.params, **params}, where=where)
-             if params else rc.params)
-        return _with_id(replace(rc, training=tr, params=p))
-
-    def search_outcomes(self) -> dict[str, dict[str, Any]]:
-        """Finished searches stored in the study directory: search id -> its summary record."""
-        if self._outcomes is None:
-            self._outcomes = _stored_search_outcomes(self.output_dir)
-        return self._outcomes
-
-    def refresh(self) -> None:
-        """Forget the resolved plan and the stored search outcomes (a search has finished)."""
-        self._plan = None
-        self._outcomes = None
-
-
-def _with_id(rc: RunConfig) -> RunConfig:
-    from dataclasses import replace
-
-    return replace(rc, run_id=make_run_id(rc.task, rc.method, rc.seed, rc.identity()))
-
-
-def _layer(target: dict[str, Any], updates: Any, where: str) -> None:
-    """Apply one layer of training overrides and validate the result, naming that layer."""
-    if not isinstance(updates, dict):
-        raise SpecError(f"{where}: expected a mapping of training settings "
-                        f"(e.g. {{learning_rate: 2.0e-4}}), got {updates!r}")
-    _merge(target, updates, where)
-    if updates:
-        try:
-            TrainingSpec(**target)
-        except ValidationError as e:
-            raise SpecError(format_validation(e, where)) from None
-
-
-def _merge(target: dict[str, Any], updates: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(updates) - set(TrainingSpec.model_fields))
-    if unknown:
-        raise SpecError(
-            f"{where}: unknown training key(s) {unknown}; expected one of "
-            f"{sorted(TrainingSpec.model_fields)}"
-        )
-    target.update(updates)
-
-
-# ----------------------------------------------------------------------------------------------
-# Search resolution: (task, method) -> SearchConfig (space, budget, objective, trial base)
-
-# Training keys that do not change the trained model (or only its report): nothing to search.
-_UNSEARCHABLE = ("report_to", "logging_steps", "eval_batch_size", "bootstrap_samples")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """One resolved search: the space, budget and objective of a (task, method) pair.
-
-    space: name -> {"target": "training" | "params", "kind": "float" | "int" | "categorical",
-    "low", "high", "log"} for ranges or {"choices", "labels"} for categorical values (`labels`
-    are what Optuna stores: the choice itself, or its JSON text when it is a list or mapping).
-    `base` is a trial's run before any sampled value, at the search's seed. `search_id` hashes
-    everything here, so a changed space, budget, objective, sampler or base is a new search.
-    """
-
-    task: str
-    method: str
-    base: RunConfig
-    space: dict[str, dict[str, Any]]
-    n_trials: int | None  # finished trials (complete, pruned or failed; not interrupted ones)
-    timeout_s: float | None  # seconds of trials, summed over every session of the search
-    objectives: tuple[str, ...]  # metric names ("main" resolved) and SEARCH_COSTS names
-    directions: tuple[str, ...]  # "maximize" | "minimize", one per objective
-    sampler: str  # tpe | nsga2 | random
-    seed: int
-    startup_trials: int
-    pruner: str  # none | median | successive_halving
-    pruner_startup_trials: int
-    reduction_factor: int
-    eval_steps: int | None
-    validation_share: float
-    validation_seed: int
-    search_id: str = ""
-
-    def identity(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        d = {k: v for k, v in asdict(self).items() if k not in ("base", "search_id")}
-        d["base"] = self.base.identity()
-        return d
-
-    @property
-    def study_name(self) -> str:
-        """The Optuna study's name inside the search storage."""
-        return f"{self.task}-{self.method}-{self.search_id[:8]}"
-
-
-def _choice_label(choice: Any) -> Any:
-    if choice is None or isinstance(choice, (bool, int, float, str)):
-        return choice
-    return json.dumps(choice, sort_keys=True)
-
-
-def _search_dim(study: Study, base: RunConfig, key: str, values: Any, where: str
-                ) -> dict[str, Any]:
-    """One searched key, resolved and checked: every end or choice must make a valid run."""
-    from peftlab.methods import get_method
-
-    method_keys = sorted(get_method(base.method_type).Params.model_fields)
-    if key in TrainingSpec.model_fields and key not in _UNSEARCHABLE:
-        target = "training"
-    elif key in method_keys:
-        target = "params"
-    else:
-        training_keys = sorted(k for k in TrainingSpec.model_fields if k not in _UNSEARCHABLE)
-        raise SpecError(f"{study.where(where)}: {key!r} is not a training key nor a parameter of "
-                        f"method type {base.method_type!r}; training keys: {training_keys}; "
-                        f"method parameters: {method_keys or 'none'}")
-    if isinstance(values, ParamRange):
-        ends = [int(values.low), int(values.high)] if values.type == "int" else [values.low,
-                                                                                values.high]
-        for v in ends:
-            study.with_values(base, {key: v}, where=study.where(where))
-        return {"target": target, "kind": values.type, "low": ends[0], "high": ends[1],
-                "log": values.log}
-    labels = [_choice_label(c) for c in values]
-    if len(set(map(json.dumps, labels))) != len(labels):
-        raise SpecError(f"{study.where(where)}: choices must be unique, got {values}")
-    for c in values:
-        study.with_values(base, {key: c}, where=study.where(where))
-    return {"target": target, "kind": "categorical", "choices": list(values), "labels": labels}
-
-
-def _resolve_searches(study: Study) -> dict[tuple[str, str], SearchConfig]:
-    """Every (task, method) search of the study, checked; the fair-search rule included."""
-    from dataclasses import replace
-
-    from peftlab.data import StudyData
-
-    spec, s = study.spec, study.spec.search
-    assert s is not None
-    tasks, methods = [t.name for t in spec.tasks], list(spec.methods)
-    for name in s.methods:
-        if name not in spec.methods:
-            raise SpecError(f"{study.where(f'search.methods.{name}')}: unknown method {name!r}; "
-                            f"the study's methods are {sorted(methods)}")
-    for i, ov in enumerate(s.overrides):
-        for t in ov.tasks or []:
-            if t not in tasks:
-                raise SpecError(f"{study.where(f'search.overrides[{i}].tasks')}: unknown task "
-                                f"{t!r}; the study's tasks are {sorted(tasks)}")
-        for m in ov.methods or []:
-            if m not in spec.methods:
-                raise SpecError(f"{study.where(f'search.overrides[{i}].methods')}: unknown "
-                                f"method {m!r}; the study's methods are {sorted(methods)}")
-    data = StudyData(study)
-    out: dict[tuple[str, str], SearchConfig] = {}
-    for t in tasks:
-        task_metrics = list(data.task(t).metrics)
-        objectives: list[str] = []
-        for o in s.objective:
-            name = task_metrics[0] if o == "main" else o
-            if name not in SEARCH_COSTS and name not in task_metrics:
-                raise SpecError(f"{study.where('search.objective')}: task {t!r} does not compute "
-                                f"{o!r}; its metrics are {task_metrics} (or 'main'), costs "
-                                f"{sorted(SEARCH_COSTS)}")
-            if name in objectives:
-                raise SpecError(f"{study.where('search.objective')}: {o!r} repeats objective "
-                                f"{name!r} for task {t!r}")
-            objectives.append(name)
-        for m in methods:
-            base = study._resolve_spec(t, m, s.seed)
-            space: dict[str, tuple[Any, str]] = {k: (v, f"search.space.{k}")
-                                                 for k, v in s.space.items()}
-            space.update({k: (v, f"search.methods.{m}.{k}")
-                          for k, v in s.methods.get(m, {}).items()})
-            n_trials, timeout_s = s.n_trials, s.timeout_s
-            for i, ov in enumerate(s.overrides):
-                if (ov.tasks is None or t in ov.tasks) and (ov.methods is None or m in ov.methods):
-                    space.update({k: (v, f"search.overrides[{i}].space.{k}")
-                                  for k, v in ov.space.items()})
-                    n_trials = ov.n_trials if ov.n_trials is not None else n_trials
-                    timeout_s = ov.timeout_s if ov.timeout_s is not None else timeout_s
-            if not space:
-                raise SpecError(f"{study.where('search.space')}: nothing to search for task "
-                                f"{t!r}, method {m!r}; name at least one key, e.g. "
-                                "learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}")
-            dims = {k: _search_dim(study, base, k, v, where)
-                    for k, (v, where) in sorted(space.items())}
-            sc = SearchConfig(
-                task=t, method=m, base=base, space=dims, n_trials=n_trials, timeout_s=timeout_s,
-                objectives=tuple(objectives),
-                directions=tuple("minimize" if o in SEARCH_COSTS else "maximize"
-                                 for o in objectives),
-                sampler=s.sampler if s.sampler != "auto" else (
-                    "tpe" if len(objectives) == 1 else "nsga2"),
-                seed=s.seed, startup_trials=s.startup_trials, pruner=s.pruner,
-                pruner_startup_trials=s.pruner_startup_trials,
-                reduction_factor=s.reduction_factor, eval_steps=s.eval_steps,
-                validation_share=s.validation_share, validation_seed=s.validation_seed)
-            digest = hashlib.sha256(json.dumps(sc.identity(), sort_keys=True,
-                                               default=str).encode()).hexdigest()
-            out[(t, m)] = replace(sc, search_id=digest[:16])
-        # The fair-search rule: one budget for every method of a task.
-        budgets = {m: (out[(t, m)].n_trials, out[(t, m)].timeout_s) for m in methods}
-        if len(set(budgets.values())) > 1:
-            culprits = [i for i, ov in enumerate(s.overrides)
-                        if (ov.n_trials is not None or ov.timeout_s is not None)
-                        and (ov.tasks is None or t in ov.tasks)]
-            key = f"search.overrides[{culprits[0]}]" if culprits else "search"
-            shown = ", ".join(f"{m}: n_trials {n}, timeout_s {sec}"
-                              for m, (n, sec) in budgets.items())
-            raise SpecError(
-                f"{study.where(key)}: the search budget of task {t!r} differs between methods "
-                f"({shown}); every method of a task must get the same n_trials and timeout_s, "
-                "or the comparison measures the search rather than the method")
-    return out
-
-
-def _stored_search_outcomes(root: Path) -> dict[str, dict[str, Any]]:
-    """Summary records of the finished searches in a study directory, by search id."""
-    from peftlab.records import read_search
-    from peftlab.store import DB_NAME, Store
-
-    if not (Path(root) / DB_NAME).is_file():
-        return {}
-    store = Store(root, create=False)
-    try:
-        _, summaries = read_search(store)
-    finally:
-        store.close()
-    return {r.search_id: r.dump() for r in summaries if r.status == "done"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1342,75 +812,25 @@ def resolve_spec_paths(spec: StudySpec, folder: Path) -> StudySpec:
     return spec
 
 
-def load_spec(path: str | os.PathLike[str], *, data_dir: str | None = None,
-              output_dir: str | None = None) -> Study:
-    """Read, validate and fully resolve a study spec; raise SpecError naming file and key.
-
-    `path` is a YAML file or the name of a shipped spec (`quickstart`, see `shipped_specs`).
-    Relative input paths inside it resolve against its folder (`resolve_spec_paths`).
-    """
-    p = find_spec(path)
-    raw = read_yaml(p)
+def read_spec(path: Path, *, output_dir: str | None = None) -> dict[str, Any]:
+    """The top-level mapping of a spec file (`output_dir`, when given, replaces the spec's);
+    SpecError naming the file when it is not valid YAML or not a mapping."""
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise SpecError(f"{p}: expected a mapping of study settings at the top level")
+        raise SpecError(f"{path}: expected a mapping of study settings at the top level")
     if output_dir is not None:
         raw["output_dir"] = output_dir
+    return raw
+
+
+def parse_spec(raw: dict[str, Any], path: Path) -> StudySpec:
+    """A spec's mapping validated against the schema, its relative input paths resolved against
+    the spec file's folder (`resolve_spec_paths`); SpecError naming the file and every bad key.
+
+    Registered names (methods, tasks, measures, modes) are not checked here: a study is loaded,
+    checked and planned by `peftlab.pipeline.load_study`."""
     try:
         spec = StudySpec(**raw)
     except ValidationError as e:
-        raise SpecError(format_validation(e, str(p))) from None
-    spec = resolve_spec_paths(spec, p.parent)
-    env_dir = os.environ.get("PEFTLAB_DATA_DIR")
-    study = Study(spec=spec, path=p, data_dir=Path(data_dir) if data_dir else
-                  (Path(env_dir) if env_dir else None))
-    check_study(study)
-    return study
-
-
-def check_study(study: Study) -> None:
-    """Cross-field checks that need the registries: tasks, methods, overrides, every run."""
-    from peftlab.tasks import get_task, make_file_task  # noqa: F401  (imported for validation)
-
-    spec = study.spec
-    for i, t in enumerate(spec.tasks):
-        if t.files is None:
-            try:
-                get_task(t.name)
-            except PeftlabError as e:
-                raise SpecError(f"{study.where(f'tasks[{i}].name')}: {e}") from None
-    for name, entry in spec.methods.items():
-        if not isinstance(entry, dict) or "type" not in entry:
-            raise SpecError(
-                f"{study.where(f'methods.{name}')}: expected a mapping with a `type` "
-                "(e.g. {type: lora, r: 8})"
-            )
-    task_names = {t.name for t in spec.tasks}
-    for i, ov in enumerate(spec.overrides):
-        for t in ov.tasks or []:
-            if t not in task_names:
-                raise SpecError(
-                    f"{study.where(f'overrides[{i}].tasks')}: unknown task {t!r}; "
-                    f"the study's tasks are {sorted(task_names)}"
-                )
-        for m in ov.methods or []:
-            if m not in spec.methods:
-                raise SpecError(
-                    f"{study.where(f'overrides[{i}].methods')}: unknown method {m!r}; "
-                    f"the study's methods are {sorted(spec.methods)}"
-                )
-    if spec.data.source == "glue_dir" and study.data_dir is None and spec.data.glue_dir is None:
-        raise SpecError(
-            f"{study.where('data.source')}: 'glue_dir' needs data.glue_dir, --data-dir or "
-            "PEFTLAB_DATA_DIR"
-        )
-    from peftlab.models import resolve_model
-
-    m = spec.model
-    try:
-        resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
-    except PeftlabError as e:
-        raise SpecError(f"{study.where('model.name')}: {e}") from None
-    study.runs()  # resolves every run: bad method parameters and overrides fail here, not later
-    from peftlab.tracking import check_trackers
-
-    check_trackers(study)  # a tracker asked for and not installed: refused here, not mid-training
+        raise SpecError(format_validation(e, str(path))) from None
+    return resolve_spec_paths(spec, path.parent)

@@ -55,9 +55,11 @@ from typing import TYPE_CHECKING, Any
 from peftlab.errors import PeftlabError, SpecError
 
 if TYPE_CHECKING:
-    from peftlab.spec import RunConfig, Study, TrackingSpec
+    from peftlab.context import Context
+    from peftlab.plan import Study
+    from peftlab.runs import RunConfig
+    from peftlab.spec import TrackingSpec
     from peftlab.store import Store
-    from peftlab.study import Context
     from peftlab.training import TrainResult
 
 # tracker name (training.report_to) -> the package it needs (import name = distribution name)

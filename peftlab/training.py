@@ -32,7 +32,7 @@ from peftlab.memory import PeakMemory
 if TYPE_CHECKING:
     import pandas as pd
 
-    from peftlab.spec import RunConfig
+    from peftlab.runs import RunConfig
     from peftlab.tasks import TaskDef
 
 

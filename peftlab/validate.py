@@ -1,15 +1,165 @@
-"""Checks that need more than the spec file: the model's structure, the device, the data.
+"""Checks that need more than the spec's schema: registries, the model, the device, the data.
 
-They run in `peftlab validate` and at the start of `peftlab run`, so a bad target module, QLoRA on
-a CPU or a batch larger than the training split fails in seconds, not at step 500.
+When a study loads (`peftlab.pipeline.load_study`, behind every command that takes a SPEC),
+`check_names` checks the names the spec gives against the registries that define them (probe
+tasks, similarity measures, bench modes, the primary endpoints) and fills in the defaults that
+depend on a registry; `check_study` checks tasks, methods, overrides, the model and the trackers,
+and resolves every run. `deep_check` runs in `peftlab validate` and at the start of `peftlab run`,
+so a bad target module, QLoRA on a CPU or a batch larger than the training split fails in
+seconds, not at step 500.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from peftlab.errors import SpecError
-from peftlab.spec import Study
+from peftlab.errors import PeftlabError, SpecError
+from peftlab.plan import Study
+from peftlab.spec import StudySpec
+
+
+def _given(raw: Any, *keys: str) -> Any:
+    """The value the spec file gives at a key path; None where it (or a section above) is left
+    out or null: a default is the registry's own and needs no check."""
+    for k in keys:
+        if not isinstance(raw, dict) or raw.get(k) is None:
+            return None
+        raw = raw[k]
+    return raw
+
+
+def check_names(spec: StudySpec, raw: dict[str, Any], where: str) -> StudySpec:
+    """`spec` with its registry-dependent defaults filled in (drift.measures: the default
+    measures; bench.modes: every registered mode), once the names it gives are checked against
+    the registries: probe tasks (registered, with classes), measures, modes, the primary drift
+    measure (one the stats stage tests, and measured) and deployment comparisons (declared by a
+    mode).
+
+    `raw` is the spec file's mapping (`spec.read_spec`), `where` the file. SpecError has one line
+    per problem, in the schema's form: file, key path, "Value error, ...", the value given.
+    """
+    from peftlab.bench.modes import get_mode, mode_names
+    from peftlab.bench.serving_configs import spec_configs
+    from peftlab.measures import MEASURES, default_measures, tested_measures
+    from peftlab.tasks import get_task
+
+    problems: list[tuple[str, str, Any]] = []  # (key path, message, the value given)
+    probes = _given(raw, "forgetting", "tasks")
+    for t in (spec.forgetting.tasks or []) if probes is not None else []:
+        try:
+            regression = t.regression if t.files is not None else not get_task(t.name).has_classes
+        except PeftlabError as e:  # unknown task name: a validation error naming the key
+            problems.append(("forgetting.tasks", str(e), probes))
+            break
+        if regression:
+            problems.append(("forgetting.tasks", f"task {t.name!r} is a regression task: a "
+                             "logistic probe needs classes", probes))
+            break
+    measures = _given(raw, "drift", "measures")
+    if measures is not None:
+        unknown = [m for m in measures if m not in MEASURES]
+        if unknown:
+            problems.append(("drift.measures", f"unknown measure(s) {unknown}; expected any of "
+                             f"{MEASURES.names()}", measures))
+    modes = _given(raw, "bench", "modes")
+    if modes is not None:
+        names = mode_names()
+        unknown = [m for m in modes if m not in names]
+        if unknown:
+            problems.append(("bench.modes", f"unknown mode(s) {unknown}; expected any of {names}",
+                             modes))
+        elif len(set(modes)) != len(modes):
+            problems.append(("bench.modes", f"modes must be unique, got {modes}", modes))
+    configs = _given(raw, "bench", "serving", "configs")
+    if configs is not None:
+        allowed = spec_configs()
+        unknown = [c for c in configs if c not in allowed]
+        if unknown:
+            problems.append(("bench.serving.configs", f"unknown serving configuration(s) "
+                             f"{unknown}; expected any of {allowed}", configs))
+        elif not configs or len(set(configs)) != len(configs):
+            problems.append(("bench.serving.configs", "must be a non-empty list without "
+                             f"repeats, got {configs}", configs))
+    measure = _given(raw, "stats", "primary", "drift", "measure")
+    if measure is not None and measure not in tested_measures():
+        problems.append(("stats.primary.drift.measure", "the primary drift measure must be one "
+                         f"the stats stage tests: {tested_measures()}, got {measure!r}", measure))
+    comparisons = _given(raw, "stats", "primary", "deployment", "comparisons")
+    if comparisons is not None:
+        declared = [f"{m}_vs_{c.other}" for m in mode_names() for c in get_mode(m).comparisons
+                    if c.reference != "single"]
+        unknown = [c for c in comparisons if c not in declared]
+        if unknown or len(set(comparisons)) != len(comparisons):
+            problems.append(("stats.primary.deployment.comparisons", "comparisons must be "
+                             "distinct latency comparisons the bench modes declare "
+                             f"({declared}), got {comparisons}", comparisons))
+    if problems:
+        raise SpecError("\n".join(f"{where}: {key}: Value error, {msg} (got {given!r})"
+                                   for key, msg, given in problems))
+    if spec.drift.measures is None:
+        spec = spec.model_copy(update={"drift": spec.drift.model_copy(
+            update={"measures": default_measures()})})
+    if spec.bench.modes is None:
+        spec = spec.model_copy(update={"bench": spec.bench.model_copy(
+            update={"modes": mode_names()})})
+    if spec.bench.serving is not None and spec.bench.serving.configs is None:
+        spec = spec.model_copy(update={"bench": spec.bench.model_copy(update={
+            "serving": spec.bench.serving.model_copy(update={"configs": spec_configs()})})})
+    primary = spec.stats.primary.drift
+    if primary is not None and primary.measure not in spec.drift.measures:
+        raise SpecError(f"{where}: (top level): Value error, stats.primary.drift.measure "
+                        f"{primary.measure!r} is not in drift.measures {spec.drift.measures}: "
+                        "add it there, or name a measured one")
+    return spec
+
+
+def check_study(study: Study) -> None:
+    """Cross-field checks that need the registries: tasks, methods, overrides, every run."""
+    from peftlab.tasks import get_task
+
+    spec = study.spec
+    for i, t in enumerate(spec.tasks):
+        if t.files is None:
+            try:
+                get_task(t.name)
+            except PeftlabError as e:
+                raise SpecError(f"{study.where(f'tasks[{i}].name')}: {e}") from None
+    for name, entry in spec.methods.items():
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise SpecError(
+                f"{study.where(f'methods.{name}')}: expected a mapping with a `type` "
+                "(e.g. {type: lora, r: 8})"
+            )
+    task_names = {t.name for t in spec.tasks}
+    for i, ov in enumerate(spec.overrides):
+        for t in ov.tasks or []:
+            if t not in task_names:
+                raise SpecError(
+                    f"{study.where(f'overrides[{i}].tasks')}: unknown task {t!r}; "
+                    f"the study's tasks are {sorted(task_names)}"
+                )
+        for m in ov.methods or []:
+            if m not in spec.methods:
+                raise SpecError(
+                    f"{study.where(f'overrides[{i}].methods')}: unknown method {m!r}; "
+                    f"the study's methods are {sorted(spec.methods)}"
+                )
+    if spec.data.source == "glue_dir" and study.data_dir is None and spec.data.glue_dir is None:
+        raise SpecError(
+            f"{study.where('data.source')}: 'glue_dir' needs data.glue_dir, --data-dir or "
+            "PEFTLAB_DATA_DIR"
+        )
+    from peftlab.models import resolve_model
+
+    m = spec.model
+    try:
+        resolve_model(m.name, gguf_file=m.gguf_file, revision=m.revision)
+    except PeftlabError as e:
+        raise SpecError(f"{study.where('model.name')}: {e}") from None
+    study.runs()  # resolves every run: bad method parameters and overrides fail here, not later
+    from peftlab.tracking import check_trackers
+
+    check_trackers(study)  # a tracker asked for and not installed: refused here, not mid-training
 
 
 def model_linear_names(study: Study) -> list[str] | None:
@@ -52,7 +202,6 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
 
     notes: list[str] = []
     spec = study.spec
-    check_serving(study)
     device = resolve_device(spec.device)
     linear = model_linear_names(study)
     if linear is None:
@@ -69,24 +218,6 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
         tasks = {t.name for t in spec.tasks if local or t.files is not None}
         _check_batches(study, StudyData(study), tasks)
     return notes
-
-
-def check_serving(study: Study) -> None:
-    """bench.serving.configs must name registered serving configurations that a spec may ask
-    for (`bench.serving_configs.spec_configs`), at least one, each once."""
-    from peftlab.bench.serving_configs import spec_configs
-
-    serving = study.spec.bench.serving
-    if serving is None:
-        return
-    allowed = spec_configs()
-    unknown = [c for c in serving.configs if c not in allowed]
-    if unknown:
-        raise SpecError(f"{study.where('bench.serving.configs')}: unknown serving "
-                        f"configuration(s) {unknown}; expected any of {allowed}")
-    if not serving.configs or len(set(serving.configs)) != len(serving.configs):
-        raise SpecError(f"{study.where('bench.serving.configs')}: must be a non-empty list "
-                        f"without repeats, got {serving.configs}")
 
 
 def _check_batches(study: Study, data: Any, tasks: set[str]) -> None:

@@ -22,13 +22,13 @@ from rich.console import Console
 from scipy import stats as sst
 
 from peftlab import measures, stats
+from peftlab.context import Context
 from peftlab.families import planned_families
 from peftlab.measures import MEASURES
 from peftlab.results import bench_rows
 from peftlab.stages.stats import run as stats_stage
 from peftlab.stages.stats.bands import band_layers
 from peftlab.store import Store
-from peftlab.study import Context
 from peftlab.testing.sample_study import DEGENERATE_RUN, DEGENERATE_TASK, FAILED, write_sample
 
 
@@ -481,9 +481,10 @@ def test_rerun_replaces_the_table_and_ignores_stale_or_failed_records(tmp_path):
 
 def test_the_shipped_studies_plan_their_families():
     """The families the closing note of issue 10 lists, counted from the shipped specs alone."""
-    from peftlab.spec import find_spec, load_spec
+    from peftlab.pipeline import load_study
+    from peftlab.spec import find_spec
 
-    quick = planned_families(load_spec(find_spec("quickstart")))
+    quick = planned_families(load_study(find_spec("quickstart")))
     # primary: 3 tasks' main metric + 1 across-task drift estimate + 3 tasks x 2 latency pairs
     # at batch 1; drift: 3 tasks x 2 tested measures x 4 bands + 1 across-task (centred
     # cosine); seed noise: 3 tasks x 2 methods x 2 measures; latency: 3 tasks x 3 declared
@@ -495,7 +496,7 @@ def test_the_shipped_studies_plan_their_families():
                      # tasks (planned from the spec alone: MiniLM has no LM head, so the stats
                      # stage lists those 3 as not tested with the forgetting stage's reason)
                      "exploratory/forgetting": 2 * 2 + 3}
-    tiny = planned_families(load_spec(find_spec("tinyllama-glue")))
+    tiny = planned_families(load_study(find_spec("tinyllama-glue")))
     # the same design over 3 batch sizes x 4 sequence lengths for the bench; forgetting: each
     # task probed on the 2 others at 2 layers + its LM loss
     assert tiny == {"primary": 10, "exploratory/metric": 1, "exploratory/drift": 25,

@@ -12,10 +12,9 @@ from rich.console import Console
 
 from peftlab.baseline_scores import baseline_metrics, judge
 from peftlab.metrics import METRICS, compute_metrics
+from peftlab.pipeline import load_study, run_stages
 from peftlab.records import BaselineRecord, read
-from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import run_stages
 from peftlab.tasks import get_task
 from peftlab.testing import tiny_spec, write_spec
 
@@ -107,7 +106,7 @@ def test_f1_that_cannot_tell_falls_back_to_accuracy_which_can():
 def test_baselines_stage_records_rates_and_the_untrained_head(tmp_path, tiny_llama_dir, glue_dir):
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, tasks=("sst2", "mrpc"),
                      seeds=(7,))
-    study = load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
     run_stages(study, ["data", "baselines"], console=Console(quiet=True))
     store = Store(study.output_dir, create=False)
     try:

@@ -31,9 +31,10 @@ POINTS = [(1, "data"), (1, 16), (4, "data"), (4, 16)]
 @pytest.fixture(scope="module")
 def benched(tmp_path_factory, tiny_llama_dir, glue_dir):
     """(study, bench records by key, the runs table) after data + finetune + bench."""
+    from peftlab.context import Context
+    from peftlab.pipeline import open_study_store
     from peftlab.stages.bench import run as bench_stage
     from peftlab.store import Store
-    from peftlab.study import Context, open_study_store
     from peftlab.testing import tiny_study
 
     tmp = tmp_path_factory.mktemp("bench-study")
@@ -58,9 +59,9 @@ def _run_id(runs, task, method):
 def _unit_job(study, mode, *, artifacts=None):
     """The job the stage would give a worker for `mode` on the study's first matching unit."""
     from peftlab.bench.units import bench_settings, make_job, sweep_points
+    from peftlab.context import Context
     from peftlab.stages.bench import study_units
     from peftlab.store import Store
-    from peftlab.study import Context
 
     store = Store(study.output_dir, create=False)
     try:
@@ -166,8 +167,9 @@ def test_each_unit_ran_in_a_fresh_process_of_its_own(benched):
 def test_a_second_stage_run_measures_nothing(benched, monkeypatch):
     import peftlab.bench.runner as runner
     import peftlab.stages.bench as stage
+    from peftlab.context import Context
+    from peftlab.pipeline import open_study_store
     from peftlab.store import Store
-    from peftlab.study import Context, open_study_store
 
     study, records, _ = benched
 

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from peftlab.spec import load_spec
+from peftlab.pipeline import load_study
 from peftlab.store import Store
 from peftlab.testing import tiny_spec, write_spec
 
@@ -193,7 +193,7 @@ def test_plan_json_lists_runs_with_statuses(tmp_path: Path) -> None:
     plan = json.loads(res.out)
     assert plan["study"] == "tiny" and plan["output_dir"] == str(tmp_path / "study")
     runs = plan["runs"]
-    expected = [r.run_id for r in load_spec(path).runs()]
+    expected = [r.run_id for r in load_study(path).runs()]
     assert [r["run_id"] for r in runs] == expected and len(runs) == 8
     assert {(r["task"], r["method"], r["seed"]) for r in runs} == {
         (t, m, s) for t in ("sst2", "rte") for m in ("full", "lora") for s in (1, 2)}
@@ -227,7 +227,7 @@ def test_plan_says_interrupted_for_a_zombie_and_for_a_reused_pid(tmp_path: Path)
     import psutil
 
     path = write_spec(tmp_path / "spec.yaml", spec_for(tmp_path, "tinyllama", seeds=(1, 2, 3)))
-    ids = [r.run_id for r in load_spec(path).runs()]
+    ids = [r.run_id for r in load_study(path).runs()]
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -301,7 +301,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, glu
     before = json.loads(cli("plan", path, "--json").out)["runs"]
     res = cli("run", path, "--stages", "data,finetune", "--data-dir", glue_dir)
     return {"path": path, "study": tmp / "study", "res": res, "before": before,
-            "run_id": load_spec(path).runs()[0].run_id}
+            "run_id": load_study(path).runs()[0].run_id}
 
 
 def test_run_trains_and_records(finished: dict[str, Any]) -> None:
@@ -597,7 +597,7 @@ def usage_error(res: Result, command: str, *expected: str) -> None:
 
 def test_every_command_answers_bad_arguments_with_usage_and_one_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftlab.study import STAGES
+    from peftlab.pipeline import STAGES
 
     commands = _commands()
     assert len(commands) >= 10 and "plan" in commands  # the walk really reads the app
@@ -606,7 +606,7 @@ def test_every_command_answers_bad_arguments_with_usage_and_one_error(
     assert set(STAGES) <= set(commands), set(STAGES) - set(commands)
     monkeypatch.chdir(tmp_path)  # `init` with no arguments writes here
     ran: list[tuple[str, Any]] = []
-    monkeypatch.setattr("peftlab.study.run_stages",
+    monkeypatch.setattr("peftlab.pipeline.run_stages",
                         lambda study, stages=None, **kw: ran.append((study.spec.name, stages)))
     for name, command in commands.items():
         required = [p.metavar or p.name.upper() for p in command.params if p.required]
@@ -658,14 +658,14 @@ def test_init_writes_a_starter_spec_that_validates(tmp_path: Path,
         res = cli("init", name, "--from", template)
         assert res.code == 0, res.err
         assert says(res.out, f"wrote {name}.yaml", f"peftlab run {name}.yaml")
-        written = load_spec(f"{name}.yaml")
+        written = load_study(f"{name}.yaml")
         assert written.spec.name == name and written.spec.output_dir == Path(f"runs/{name}")
         assert [r.run_id for r in written.runs()] == [
-            r.run_id for r in load_spec(shipped, output_dir="o").runs()]
+            r.run_id for r in load_study(shipped, output_dir="o").runs()]
         ok = cli("validate", f"{name}.yaml")
         assert ok.code == 0, ok.err
     default = cli("init")
-    assert default.code == 0 and load_spec("my-study.yaml").spec.name == "my-study"
+    assert default.code == 0 and load_study("my-study.yaml").spec.name == "my-study"
     nested = cli("init", "specs/deep")
     failed(nested, "specs/deep.yaml", "does not exist")
 
@@ -703,7 +703,7 @@ def test_run_keeps_library_output_in_the_study_log(tmp_path: Path, glue_dir: Pat
     stages = ["data", "baselines", "finetune", "represent", "forgetting", "drift", "bench"]
     res = cli("run", path, "--stages", ",".join(stages), "--data-dir", glue_dir)
     assert res.code == 0, res.err
-    run_id = load_spec(path).runs()[0].run_id
+    run_id = load_study(path).runs()[0].run_id
     log = (tmp_path / "study" / "log.txt").read_text()
     unit = f"[bench unmerged/{run_id}]"
     assert any(unit in line and "Warning" in line for line in log.splitlines()), log

@@ -17,16 +17,17 @@ import pytest
 from rich.console import Console
 from safetensors.numpy import save
 
+from peftlab.context import Context
 from peftlab.errors import PeftlabError
 from peftlab.extraction import encode_representations, load_representations
 from peftlab.measures import MEASURES as REGISTRY
 from peftlab.measures import compare_layer
-from peftlab.spec import DriftSpec, load_spec
+from peftlab.pipeline import load_study, open_study_store
+from peftlab.spec import DriftSpec
 from peftlab.stages import drift as drift_module
 from peftlab.stages import represent as represent_module
 from peftlab.stages.stats.bands import band_value
 from peftlab.store import Store
-from peftlab.study import Context, open_study_store
 from peftlab.testing import tiny_study
 
 MEASURES = ["linear_cka_debiased", "linear_cka", "centered_cosine", "cosine", "procrustes", "knn"]
@@ -58,7 +59,7 @@ def study(tmp_path_factory, tiny_llama_dir, glue_dir):
 def _copy(study, tmp_path, glue_dir):
     """The same study in another directory (same run ids), to damage freely."""
     shutil.copytree(study.output_dir, tmp_path / "copy")
-    return load_spec(study.path, data_dir=str(glue_dir), output_dir=str(tmp_path / "copy"))
+    return load_study(study.path, data_dir=str(glue_dir), output_dir=str(tmp_path / "copy"))
 
 
 def _rewrite(store: Store, task: str, key: str, layers: dict[int, np.ndarray]) -> None:

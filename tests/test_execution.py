@@ -22,10 +22,10 @@ import pytest
 
 from peftlab.errors import SpecError, StoreError
 from peftlab.execution import LocalExecutor, Unit, make_executor
+from peftlab.pipeline import load_study, run_stages
 from peftlab.records import RunRecord, read, read_search
-from peftlab.spec import ExecutionSpec, load_spec
+from peftlab.spec import ExecutionSpec
 from peftlab.store import Store
-from peftlab.study import run_stages
 from peftlab.testing import tiny_spec, write_spec
 
 STUDY = dict(tasks=("sst2",), methods=("full", "lora"), seeds=(1, 2))
@@ -33,7 +33,7 @@ STUDY = dict(tasks=("sst2",), methods=("full", "lora"), seeds=(1, 2))
 
 def _study(tmp: Path, model_dir: Path, glue_dir: Path, **sections):
     spec = tiny_spec(tmp / "study", model_dir=model_dir, **{**STUDY, **sections})
-    return load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=str(glue_dir))
+    return load_study(write_spec(tmp / "spec.yaml", spec), data_dir=str(glue_dir))
 
 
 def _runs(study) -> dict[str, RunRecord]:
@@ -51,7 +51,7 @@ def test_local_executor_runs_units_in_order_and_returns_user_errors():
     ex = LocalExecutor()
     started = []
     ex.submit(Unit("a", sorted, ([3, 1, 2],), on_start=lambda: started.append("a")))
-    ex.submit(Unit("b", load_spec, ("/nonexistent/spec.yaml",),
+    ex.submit(Unit("b", load_study, ("/nonexistent/spec.yaml",),
                    on_start=lambda: started.append("b")))
     assert started == []  # lazy: a unit starts when its outcome is asked for
     first = ex.next_done()
@@ -72,7 +72,7 @@ def test_the_execution_block_is_validated_with_its_key(tmp_path, tiny_llama_dir,
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, **STUDY,
                      execution={"backend": "ray", "max_retries": -1})
     with pytest.raises(SpecError, match="execution.max_retries"):
-        load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+        load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
 
 
 # -- on a local Ray runtime -------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_a_study_directory_the_workers_do_not_see_is_refused(ray_runtime, tmp_pa
 def test_a_user_mistake_in_a_worker_comes_back_as_the_same_error(ray_runtime):
     ex = make_executor(ExecutionSpec(backend="ray"))
     try:
-        ex.submit(Unit("bad", load_spec, ("/nonexistent/spec.yaml",)))
+        ex.submit(Unit("bad", load_study, ("/nonexistent/spec.yaml",)))
         out = ex.next_done()
         assert isinstance(out.error, SpecError) and "nonexistent" in str(out.error)
     finally:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from toy_data import toy_files, toy_task
 
-from peftlab.spec import load_spec
+from peftlab.context import Context
+from peftlab.pipeline import load_study, plan, run_stages
 from peftlab.store import Store
-from peftlab.study import Context, plan, run_stages
 from peftlab.testing import running_steps, tiny_spec, wait_for_records, write_spec
 
 
@@ -25,7 +25,7 @@ def _toy_task(root: Path) -> dict:
 
 def _study(tmp_path: Path, model_dir: Path, **kw):
     spec = tiny_spec(tmp_path / "study", model_dir=model_dir, **kw)
-    return load_spec(write_spec(tmp_path / "spec.yaml", spec))
+    return load_study(write_spec(tmp_path / "spec.yaml", spec))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from peftlab.context import Context
 from peftlab.errors import PeftlabError, SpecError
 from peftlab.forgetting_measures import (
     LMLosses,
@@ -32,8 +33,7 @@ from peftlab.forgetting_measures import (
     resolve_layers,
     token_losses,
 )
-from peftlab.spec import load_spec
-from peftlab.study import Context, open_study_store
+from peftlab.pipeline import load_study, open_study_store
 from peftlab.testing import tiny_spec, tiny_study, write_spec
 
 FILLERS = ["the", "a", "movie", "said", "was", "good", "bad", "it"]
@@ -256,7 +256,7 @@ def test_rerun_loads_no_model_and_a_new_setting_remeasures(noise_study, monkeypa
 
     spec = study.spec.model_dump(mode="json")
     spec["forgetting"] = {**spec["forgetting"], "layers": ["last"], "probe_test_samples": 40}
-    changed = load_spec(write_spec(study.path, spec), data_dir=str(study.data_dir))
+    changed = load_study(write_spec(study.path, spec), data_dir=str(study.data_dir))
     out = _forgetting(changed)
     assert f"probe/synth/L001/{noise.run_id}" not in out  # the middle layer is no longer asked
     assert out[f"probe/synth/L002/{noise.run_id}"]["n_test"] == 40
@@ -367,7 +367,7 @@ def test_a_run_tuned_on_the_only_probe_task_gets_a_skip_record(bert_study, tmp_p
     spec = study.spec.model_dump(mode="json")
     spec["output_dir"] = str(tmp_path / "copy")
     spec["forgetting"] = {**spec["forgetting"], "tasks": ["sst2"]}
-    recs = _forgetting(load_spec(write_spec(tmp_path / "spec.yaml", spec),
+    recs = _forgetting(load_study(write_spec(tmp_path / "spec.yaml", spec),
                                  data_dir=str(study.data_dir)))
     sst2_run, rte_run = (next(r for r in study.runs() if r.task == t) for t in ("sst2", "rte"))
     skip = recs[f"probe/none/{sst2_run.run_id}"]
@@ -381,7 +381,7 @@ def test_a_checkpoint_without_lm_head_is_skipped_with_the_reason(tmp_path, tiny_
     from peftlab.stages.forgetting import load_lm_head
     from peftlab.store import Store
 
-    study = load_spec(write_spec(tmp_path / "spec.yaml",
+    study = load_study(write_spec(tmp_path / "spec.yaml",
                                  tiny_spec(tmp_path / "s", model_dir=tiny_llama_dir)))
     ctx = Context(study=study, store=Store(tmp_path / "s"), console=Console(quiet=True))
     head, reason = load_lm_head(ctx)  # a LlamaForSequenceClassification checkpoint, untied
@@ -394,7 +394,7 @@ def test_spec_rejects_bad_probe_tasks(tmp_path, tiny_llama_dir):
         spec = tiny_spec(tmp_path / "s", model_dir=tiny_llama_dir,
                          forgetting={"tasks": tasks})
         with pytest.raises(SpecError, match=match) as err:
-            load_spec(write_spec(tmp_path / "spec.yaml", spec))
+            load_study(write_spec(tmp_path / "spec.yaml", spec))
         assert "forgetting.tasks" in str(err.value)
 
 
@@ -515,7 +515,7 @@ def test_lm_loss_difference_pairs_texts():
 
 
 def test_stage_is_listed_after_represent():
-    from peftlab.study import STAGES
+    from peftlab.pipeline import STAGES
 
     assert STAGES.index("forgetting") == STAGES.index("represent") + 1
 

@@ -93,12 +93,12 @@ def test_precision_and_tolerances_follow_the_dtypes(check):
 
 
 def test_the_estimate_counts_the_reference_plan(check, glue_dir):
-    from peftlab.spec import load_spec
+    from peftlab.pipeline import load_study
     from peftlab.tasks import get_task, load_split
 
     doc, stdout = check
     est = doc["estimate"]
-    study = load_spec("tinyllama-glue", data_dir=str(glue_dir))
+    study = load_study("tinyllama-glue", data_dir=str(glue_dir))
     runs = study.runs()
     rows = {t: len(load_split(get_task(t), "train", source="glue_dir", glue_dir=glue_dir))
             for t in ("sst2", "mrpc", "rte")}

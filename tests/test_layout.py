@@ -1,10 +1,14 @@
-"""The package's shape: no import cycles, and stages that talk only through the study directory.
+"""The package's shape: no import cycles, a leaf spec, short modules, and stages that talk only
+through the study directory.
 
     .venv/bin/python -m pytest tests/test_layout.py -q
 
 The import graph is built from the source with `ast` (nothing is imported): every `import` and
 `from ... import` anywhere in a module counts, including those inside functions (a lazy import is
-still a dependency); imports under `if TYPE_CHECKING:` do not (they never run).
+still a dependency) and those under `if TYPE_CHECKING:` (they never run, but a reader follows them
+all the same). Importing `peftlab.a.b` also runs the package `peftlab/a/__init__.py` first, so
+it is a dependency on `peftlab.a` too, except for modules inside `peftlab.a` (their package is
+already being imported).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "peftlab"
+MAX_LINES = 900  # a module longer than this does more than one job
 
 
 def module_name(path: Path) -> str:
@@ -28,26 +33,13 @@ def all_modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and (
-                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
-    """peftlab modules imported by the module at `path` (runtime imports only)."""
+    """peftlab modules imported by the module at `path`: lazy and type-only imports included, and
+    the packages (`__init__`) an import runs on the way."""
     me = module_name(path)
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _type_checking_lines(tree)
     out: set[str] = set()
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) in skip:
-            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -63,8 +55,15 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
             # `import a.b.c` depends on the deepest module that exists
             while name and name not in modules:
                 name = name.rpartition(".")[0]
-            if name and name.startswith("peftlab") and name != me:
-                out.add(name)
+            if not name.startswith("peftlab"):
+                continue
+            # ... and on every package above it, whose __init__ runs first, unless `me` sits
+            # inside that package (it is then already being imported)
+            parts = name.split(".")
+            for i in range(2, len(parts) + 1):
+                dep = ".".join(parts[:i])
+                if dep in modules and dep != me and not me.startswith(dep + "."):
+                    out.add(dep)
     return out
 
 
@@ -121,6 +120,28 @@ def test_the_package_has_no_import_cycle():
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
+def test_the_spec_is_a_leaf():
+    """The schema every module reads imports nothing of peftlab but its errors: registries check
+    its names from above (peftlab.validate), so the spec never reaches up into them."""
+    assert import_graph()["peftlab.spec"] == {"peftlab.errors"}
+
+
+def test_the_cli_imports_no_stage():
+    """The CLI runs stages through the pipeline and asks the library, never a stage module."""
+    graph = import_graph()
+    assert graph["peftlab.cli"], "the graph lost the CLI's imports"
+    bad = sorted(d for d in graph["peftlab.cli"] if stage_of(d) is not None)
+    assert bad == [], f"peftlab.cli imports {bad}"
+
+
+def test_no_module_is_longer_than_the_limit():
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines())
+               for name, path in all_modules().items()}
+    assert len(lengths) > 20, "the package's modules were not found"
+    long = {name: n for name, n in lengths.items() if n > MAX_LINES}
+    assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
 def test_no_stage_imports_another_stage():
     bad = []
     for module, deps in import_graph().items():
@@ -133,8 +154,8 @@ def test_no_stage_imports_another_stage():
 
 def test_library_layer_never_imports_a_stage():
     """Pure libraries and shared ground (artifacts, data, results, registries) sit below the
-    stages; only the pipeline (study.py), the CLI and test fixtures may reach up into them."""
-    allowed = {"peftlab.study", "peftlab.cli", "peftlab.testing.sample_study", "peftlab.testing.fixtures"}
+    stages; only the pipeline (pipeline.py), the CLI and test fixtures may reach up into them."""
+    allowed = {"peftlab.pipeline", "peftlab.cli", "peftlab.testing.sample_study", "peftlab.testing.fixtures"}
     bad = [f"{m} -> {d}" for m, deps in import_graph().items()
            if stage_of(m) is None and m not in allowed for d in deps if stage_of(d) is not None]
     assert bad == [], ", ".join(bad)
@@ -142,7 +163,8 @@ def test_library_layer_never_imports_a_stage():
 
 def test_pure_libraries_do_no_io():
     """Similarity, weight analysis, statistics and metrics take arrays and return numbers."""
-    io_modules = {"peftlab.store", "peftlab.study", "peftlab.data", "peftlab.artifacts",
+    io_modules = {"peftlab.store", "peftlab.pipeline", "peftlab.context", "peftlab.data",
+                  "peftlab.artifacts",
                   "peftlab.tasks", "peftlab.models"}
     graph, modules = import_graph(), all_modules()
     for lib in ("peftlab.similarity", "peftlab.weights", "peftlab.stats", "peftlab.metrics"):
@@ -154,25 +176,33 @@ def test_pure_libraries_do_no_io():
             assert "open(" not in source and ".read_text(" not in source, name
 
 
-@pytest.mark.parametrize("snippet, expected", [
-    ("import peftlab.a\n", {"peftlab.a"}),
-    ("from peftlab import a\n", {"peftlab.a"}),
-    ("from peftlab.a import thing\n", {"peftlab.a"}),
-    ("def f():\n    from peftlab.b import x\n", {"peftlab.b"}),
-    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from peftlab.b import x\n", set()),
+@pytest.mark.parametrize("module, snippet, expected", [
+    ("c", "import peftlab.a\n", {"peftlab.a"}),
+    ("c", "from peftlab import a\n", {"peftlab.a"}),
+    ("c", "from peftlab.a import thing\n", {"peftlab.a"}),
+    ("c", "def f():\n    from peftlab.b import x\n", {"peftlab.b"}),
+    ("c", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from peftlab.b import x\n",
+     {"peftlab.b"}),
+    # a module of a package runs the package's __init__ first
+    ("c", "from peftlab.pkg.m import x\n", {"peftlab.pkg", "peftlab.pkg.m"}),
+    ("c", "from peftlab.pkg import m\n", {"peftlab.pkg", "peftlab.pkg.m"}),
+    ("c", "from peftlab.pkg import thing\n", {"peftlab.pkg"}),
+    # ... except inside that package, which is already being imported
+    ("pkg/n", "from peftlab.pkg.m import x\n", {"peftlab.pkg.m"}),
+    ("pkg/n", "from . import m\n", {"peftlab.pkg.m"}),
+    ("pkg/__init__", "from peftlab.pkg.m import x\n", {"peftlab.pkg.m"}),
 ])
-def test_the_graph_sees_every_kind_of_import(tmp_path, snippet, expected):
+def test_the_graph_sees_every_kind_of_import(tmp_path, module, snippet, expected):
     pkg = tmp_path / "peftlab"
-    pkg.mkdir()
-    for name in ("__init__", "a", "b"):
+    (pkg / "pkg").mkdir(parents=True)
+    for name in ("__init__", "a", "b", "c", "pkg/__init__", "pkg/m", "pkg/n"):
         (pkg / f"{name}.py").write_text("")
-    (pkg / "c.py").write_text(snippet)
-    modules = {"peftlab": pkg / "__init__.py", "peftlab.a": pkg / "a.py",
-               "peftlab.b": pkg / "b.py", "peftlab.c": pkg / "c.py"}
+    (pkg / f"{module}.py").write_text(snippet)
     global ROOT
     saved, ROOT = ROOT, pkg
     try:
-        assert imports_of(pkg / "c.py", modules) == expected
+        modules = all_modules()
+        assert imports_of(pkg / f"{module}.py", modules) == expected
     finally:
         ROOT = saved
 

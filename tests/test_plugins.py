@@ -29,15 +29,14 @@ from toy_data import toy_files, toy_task
 from peftlab.bench.mode import MODES, Capability, Comparison, Mode, alone_logits
 from peftlab.data import StudyData
 from peftlab.errors import DegenerateInputError
-from peftlab.testing.fixtures import METHOD_PRESETS, tiny_spec, write_spec
+from peftlab.extraction import BASE_KEY, load_representations
 from peftlab.measures import MEASURES, Measure
 from peftlab.methods.base import METHODS, Method, MethodParams, wrap_peft
 from peftlab.metrics import METRICS, Metric
-from peftlab.extraction import BASE_KEY, load_representations
-from peftlab.spec import load_spec
+from peftlab.pipeline import load_study, run_stages
 from peftlab.store import Store
-from peftlab.study import run_stages
 from peftlab.tasks import TASK_KINDS, TASKS, GlueLayout, TaskDef, TaskKind
+from peftlab.testing.fixtures import METHOD_PRESETS, tiny_spec, write_spec
 
 # ----------------------------------------------------------------------------- the plug-ins
 
@@ -186,7 +185,7 @@ def study_tables(tmp_path_factory, tiny_llama_dir):
         spec["methods"] = {"qv": {"type": "qv_lora", "r": 2,
                                   "training": {"learning_rate": 5.0e-3}},
                            "dora": copy.deepcopy(METHOD_PRESETS["dora"])}
-        study = load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=str(tmp / "glue"))
+        study = load_study(write_spec(tmp / "spec.yaml", spec), data_dir=str(tmp / "glue"))
         run_stages(study, ["data", "baselines", "finetune", "represent", "drift", "bench",
                            "stats"], console=Console(quiet=True))
         data = StudyData(study)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from peftlab.context import Context
 from peftlab.data import StudyData
 from peftlab.encode import encode_frame, iter_batches
 from peftlab.errors import PeftlabError, SpecError
@@ -27,10 +28,9 @@ from peftlab.extraction import (
     token_kind,
 )
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
+from peftlab.pipeline import load_study, run_stages
 from peftlab.records import DriftRecord, RepresentRecord, write
-from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import Context, run_stages
 from peftlab.testing import MIXED_LENGTH_TEXTS, tiny_spec, tiny_study, write_spec
 
 TEXTS = MIXED_LENGTH_TEXTS
@@ -123,7 +123,7 @@ def test_pooling_list_in_the_spec_and_which_one_is_primary(tmp_path, tiny_llama_
         path = write_spec(tmp_path / "s.yaml", tiny_spec(
             tmp_path / "study", model_dir=model,
             represent={"probe_samples": 8, "pooling": pooling}))
-        return load_spec(path)
+        return load_study(path)
 
     assert spec("last").spec.represent.poolings == ["last"]  # a single string stays valid
     assert spec(["mean", "last"]).spec.represent.poolings == ["mean", "last"]
@@ -195,7 +195,7 @@ def test_strip_whitespace_changes_run_ids_and_the_text(tmp_path, tiny_llama_dir,
         path = write_spec(tmp_path / f"s{len(data)}{data}.yaml".replace(" ", ""), tiny_spec(
             tmp_path / "study", model_dir=tiny_llama_dir, tasks=("sst2",), seeds=(1,),
             data={"train_samples": 8, "eval_samples": 8, **data}))
-        return load_spec(path, data_dir=str(glue_dir))
+        return load_study(path, data_dir=str(glue_dir))
 
     default, stripped, kept = study(), study(strip_whitespace=True), study(strip_whitespace=False)
     ids = {name: [rc.run_id for rc in s.runs()]

@@ -15,10 +15,9 @@ from peftlab.bench.mode import MODES, Comparison
 from peftlab.bench.modes.merged import Merged
 from peftlab.errors import SpecError
 from peftlab.measures import MEASURES, Measure
+from peftlab.pipeline import load_study, run_stages
 from peftlab.registry import Registry
-from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import run_stages
 from peftlab.testing import tiny_spec, write_spec
 
 
@@ -55,7 +54,7 @@ def plugin_study(tmp_path_factory, tiny_llama_dir, glue_dir):
                                 "seq_lengths": ["data"], "warmup": 1, "min_iterations": 3,
                                 "min_seconds": 0.0, "threads": 1, "load_repeats": 1,
                                 "gate_examples": 4, "isolation": "in-process"})
-        study = load_spec(write_spec(tmp / "spec.yaml", spec), data_dir=str(glue_dir))
+        study = load_study(write_spec(tmp / "spec.yaml", spec), data_dir=str(glue_dir))
         run_stages(study, console=Console(quiet=True))
         store = Store(study.output_dir, create=False)
         tables = {t: store.records(t) for t in ("bench", "drift", "stats")}
@@ -98,7 +97,7 @@ def test_unregistered_names_are_refused_by_the_spec(tmp_path, tiny_llama_dir):
         path = write_spec(tmp_path / f"{key}.yaml",
                           tiny_spec(tmp_path / "s", model_dir=tiny_llama_dir, **section))
         with pytest.raises(SpecError, match=rf"{key}.*unknown"):
-            load_spec(path)
+            load_study(path)
 
 
 def test_registry_refuses_duplicates_and_names_the_kind():

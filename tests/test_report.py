@@ -24,6 +24,7 @@ import pytest
 from rich.console import Console
 from scipy import stats as sst
 
+from peftlab.context import Context
 from peftlab.measures import label as measure_label
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
@@ -31,7 +32,6 @@ from peftlab.stages.report import run as report_stage
 from peftlab.stages.report.document import FOLD_ROWS
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
-from peftlab.study import Context
 from peftlab.testing.sample_study import SCRIPT, write_sample
 
 FRONT = ["Answers", "Can these answers be trusted?"]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from peftlab.context import Context
 from peftlab.encode import encode_frame, iter_batches
 from peftlab.extraction import extract, load_representations, probe_hash, resolve_pooling
 from peftlab.models import load_classifier, load_tokenizer, resolve_model
-from peftlab.spec import load_spec
+from peftlab.pipeline import load_study, open_study_store, run_stages
 from peftlab.stages.represent import run as represent_stage
-from peftlab.study import Context, open_study_store, run_stages
 from peftlab.testing import MIXED_LENGTH_TEXTS, tiny_spec, write_spec
 
 TEXTS = MIXED_LENGTH_TEXTS
@@ -130,7 +130,7 @@ def test_stage_extracts_once_and_re_extracts_a_new_probe(tmp_path, tiny_llama_di
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, tasks=("rte",),
                      methods=("lora",), seeds=(1,),
                      training={"max_steps": 1, "batch_size": 8, "bootstrap_samples": 10})
-    study = load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
     run_stages(study, ["data", "finetune"], console=Console(quiet=True))
     _represent(study)
     (run,) = study.runs()
@@ -159,7 +159,7 @@ def test_stage_extracts_once_and_re_extracts_a_new_probe(tmp_path, tiny_llama_di
     # Another probe set (and storage dtype) invalidates every file; the run ids stay the same.
     spec["represent"] = {"probe_samples": 20, "probe_seed": 5, "batch_size": 8,
                          "dtype": "float16"}
-    study2 = _represent(load_spec(write_spec(tmp_path / "spec.yaml", spec),
+    study2 = _represent(load_study(write_spec(tmp_path / "spec.yaml", spec),
                                   data_dir=str(glue_dir)))
     assert [r.run_id for r in study2.runs()] == [run.run_id]
     store = open_study_store(study2)

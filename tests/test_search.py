@@ -15,10 +15,9 @@ import pytest
 from toy_data import toy_files, toy_task
 
 from peftlab.errors import SpecError
+from peftlab.pipeline import load_study, plan, run_stages
 from peftlab.records import read_search
-from peftlab.spec import load_spec
 from peftlab.store import Store
-from peftlab.study import plan, run_stages
 from peftlab.testing import tiny_spec, wait_for_records, write_spec
 
 SEARCH = {"n_trials": 4, "eval_steps": 2, "pruner": "median", "pruner_startup_trials": 1,
@@ -45,7 +44,7 @@ def _spec(tmp: Path, model_dir: Path, files: dict[str, Path], *, search: dict | 
 
 
 def _load(tmp: Path, spec: dict):
-    return load_spec(write_spec(tmp / "spec.yaml", spec))
+    return load_study(write_spec(tmp / "spec.yaml", spec))
 
 
 def _search_table(study):
@@ -148,7 +147,7 @@ def test_run_ids_change_when_the_chosen_values_change(searched, tmp_path):
     import shutil
 
     study, _, _ = searched
-    again = load_spec(study.path)
+    again = load_study(study.path)
     assert [rc.run_id for rc in again.runs()] == [rc.run_id for rc in study.runs()]
     # the same study directory with another best trial stored: other values, other ids
     copy_dir = tmp_path / "study"
@@ -162,7 +161,7 @@ def test_run_ids_change_when_the_chosen_values_change(searched, tmp_path):
         store.put("search", key, rec)
     finally:
         store.close()
-    other = load_spec(study.path, output_dir=str(copy_dir))
+    other = load_study(study.path, output_dir=str(copy_dir))
     ids = {rc.method: rc.run_id for rc in study.runs()}
     new = {rc.method: rc for rc in other.runs()}
     assert new["full"].training.learning_rate == 1.2345e-3
@@ -170,7 +169,7 @@ def test_run_ids_change_when_the_chosen_values_change(searched, tmp_path):
     # and none of them is the id the spec gives without a search
     spec = copy.deepcopy(study.spec.model_dump(mode="json"))
     spec["search"] = None
-    plain = load_spec(write_spec(tmp_path / "plain.yaml", spec))
+    plain = load_study(write_spec(tmp_path / "plain.yaml", spec))
     assert not {rc.run_id for rc in plain.runs()} & set(ids.values())
 
 
@@ -411,11 +410,11 @@ def _md_section(md: str, title: str) -> str:
 def test_the_report_shows_each_search_with_its_parts(searched):
     from rich.console import Console
 
+    from peftlab.context import Context
     from peftlab.stages.report import build_report
     from peftlab.stages.report.document import Figure, to_html, to_markdown
     from peftlab.stages.report.format import md_text
     from peftlab.stages.report.search import params_text
-    from peftlab.study import Context
 
     study, _, _ = searched
     store = Store(study.output_dir, create=False)

@@ -162,24 +162,24 @@ def test_full_and_adapter_artifacts_reload_with_their_head(se_model, tmp_path):
 
 
 def test_probe_init_needs_the_sentence_embedding_head(tmp_path, tiny_bert_dir, glue_dir):
-    from peftlab.spec import load_spec
+    from peftlab.pipeline import load_study
 
     spec = tiny_spec(tmp_path / "s", model_dir=tiny_bert_dir)
     spec["training"]["head_init"] = "probe"
     with pytest.raises(SpecError, match=r"spec.yaml: training.head_init: 'probe' fits the head"):
-        load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir)).runs()
+        load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir)).runs()
 
 
 def test_new_keys_leave_existing_run_ids_alone(tmp_path, tiny_bert_dir, glue_dir):
-    from peftlab.spec import load_spec
+    from peftlab.pipeline import load_study
 
     spec = tiny_spec(tmp_path / "s", model_dir=tiny_bert_dir)
-    plain = load_spec(write_spec(tmp_path / "a.yaml", spec), data_dir=str(glue_dir)).runs()
+    plain = load_study(write_spec(tmp_path / "a.yaml", spec), data_dir=str(glue_dir)).runs()
     ident = plain[0].identity()
     assert "head" not in ident["model"] and "head_init" not in ident["training"]
     spec["model"]["head"] = "sentence-embedding"
     spec["training"]["head_init"] = "probe"
-    se = load_spec(write_spec(tmp_path / "b.yaml", spec), data_dir=str(glue_dir)).runs()
+    se = load_study(write_spec(tmp_path / "b.yaml", spec), data_dir=str(glue_dir)).runs()
     assert {r.run_id for r in se}.isdisjoint(r.run_id for r in plain)
     assert se[0].identity()["model"]["head"] == "sentence-embedding"
 
@@ -189,9 +189,8 @@ def test_a_study_with_the_head_trains_benchmarks_and_reports(tmp_path, tiny_bert
     model: the single and pair tasks train, the probe-fitted baseline is recorded, and the
     unmerged (eager and fast path), merged (saved and reloaded) and mixed-adapter (one single +
     one pair task) units pass their correctness gates."""
+    from peftlab.pipeline import load_study, run_stages
     from peftlab.records import BaselineRecord, BenchRecord, RunRecord, read
-    from peftlab.spec import load_spec
-    from peftlab.study import run_stages
 
     bench = {"modes": ["unmerged", "merged", "mixed"], "batch_sizes": [2],
              "seq_lengths": ["data"], "warmup": 1, "min_iterations": 2, "min_seconds": 0.0,
@@ -200,7 +199,7 @@ def test_a_study_with_the_head_trains_benchmarks_and_reports(tmp_path, tiny_bert
                      methods=("full", "lora"), seeds=(1,), bench=bench)
     spec["model"]["head"] = "sentence-embedding"
     spec["training"]["head_init"] = "probe"
-    study = load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
     run_stages(study, ["data", "baselines", "finetune", "represent", "bench", "stats", "report"])
     store = Store(study.output_dir, create=False)
     runs = read(store, RunRecord)

@@ -240,8 +240,8 @@ def served(tmp_path_factory, tiny_llama_dir, glue_dir):
     """(loader, lora artifacts, full artifacts, workload) of a tiny trained study."""
     from peftlab.artifacts import ModelLoader, run_artifact
     from peftlab.bench.load import workload_from_frames
+    from peftlab.context import Context
     from peftlab.store import Store
-    from peftlab.study import Context
     from peftlab.testing import tiny_study
 
     tmp = tmp_path_factory.mktemp("serving-study")
@@ -340,21 +340,21 @@ def _echo(loader, artifacts, seed, variant):
     return _Echo([a["name"] for a in artifacts])
 
 
-def test_a_registered_serving_configuration_is_built_checked_and_reported():
-    from types import SimpleNamespace
-
+def test_a_registered_serving_configuration_is_built_checked_and_reported(tmp_path):
     from peftlab.bench.serving_configs import SERVING_CONFIGS, ServingConfig, serving_backends
     from peftlab.errors import SpecError
+    from peftlab.pipeline import load_study
     from peftlab.stages.report.serving import config_label, config_order, decision_line
-    from peftlab.validate import check_serving
+    from peftlab.testing import tiny_spec, write_spec
 
     lora = [{"name": "a", "task": "sst2"}, {"name": "b", "task": "rte"}]
     echo = ServingConfig("echo", "one base, k echoes", "peft", _echo, shares_base=True)
 
-    def study(*configs):
-        serving = SimpleNamespace(configs=list(configs))
-        return SimpleNamespace(spec=SimpleNamespace(bench=SimpleNamespace(serving=serving)),
-                               where=lambda key: f"spec.yaml: {key}")
+    def check_serving(*configs):
+        """Load a spec whose bench.serving.configs are `configs` (names are checked at load)."""
+        spec = tiny_spec(tmp_path / "out", model_dir=tmp_path, model={"name": "minilm"},
+                         bench={"serving": {"configs": list(configs)}})
+        return load_study(write_spec(tmp_path / "spec.yaml", spec)).spec.bench.serving.configs
 
     def row(config, weights):
         return {"config": config, "pattern": "uniform", "offered_rate": 10.0, "k": 2,
@@ -365,20 +365,20 @@ def test_a_registered_serving_configuration_is_built_checked_and_reported():
     with pytest.raises(SpecError, match="unknown serving configuration 'echo'"):
         serving_backends(None, lora, None, seed=0, configs=("echo",))
     with pytest.raises(SpecError, match=r"bench\.serving\.configs.*\['echo'\]"):
-        check_serving(study("merged", "echo"))
+        check_serving("merged", "echo")
     assert decision_line(rows, 0.1) is None and config_label("echo") == "echo"
     with SERVING_CONFIGS.temporarily(echo):
         (backend,) = serving_backends(None, lora, None, seed=0, configs=("echo",)).values()
         assert backend.names == ["a", "b"]
-        check_serving(study("merged", "echo"))
+        check_serving("merged", "echo")
         assert config_label("echo") == "one base, k echoes"
         assert config_order("echo") == len(SERVING_CONFIGS) - 1 > config_order("full")
         line = decision_line(rows, 0.1)
         assert line.startswith("one base, k echoes holds") and "up to 10 requests/s" in line
     with pytest.raises(SpecError, match="non-empty list without repeats"):
-        check_serving(study("merged", "merged"))
+        check_serving("merged", "merged")
     # the fast configuration runs on the fast path only: never from a spec, never without it
     with pytest.raises(SpecError, match=r"\['fast'\]"):
-        check_serving(study("fast"))
+        check_serving("fast")
     with pytest.raises(PeftlabError, match="fast path"):
         serving_backends(None, lora, None, seed=0, configs=("fast",))

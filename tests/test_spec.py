@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from peftlab.errors import SpecError
-from peftlab.spec import SHIPPED_DIR, RunConfig, Study, load_spec
+from peftlab.pipeline import load_study
+from peftlab.plan import Study
+from peftlab.runs import RunConfig
+from peftlab.spec import SHIPPED_DIR
 from peftlab.testing import tiny_spec, write_spec
 
 STUDIES = SHIPPED_DIR  # peftlab/studies: package data
@@ -32,14 +35,14 @@ def base_spec(tmp_path: Path, **kw: Any) -> dict[str, Any]:
 
 
 def load(tmp_path: Path, spec: dict[str, Any], name: str = "spec.yaml") -> Study:
-    return load_spec(write_spec(tmp_path / name, spec))
+    return load_study(write_spec(tmp_path / name, spec))
 
 
 def spec_error(tmp_path: Path, spec: dict[str, Any], name: str = "bad.yaml") -> str:
     """Load `spec` expecting a SpecError; return its message (which must name the file)."""
     path = write_spec(tmp_path / name, spec)
     with pytest.raises(SpecError) as info:
-        load_spec(path)
+        load_study(path)
     msg = str(info.value)
     assert str(path) in msg, f"the message does not name the spec file: {msg}"
     return msg
@@ -61,7 +64,7 @@ def test_studies_folder_has_specs() -> None:
 def test_shipped_spec_loads_and_validates(path: Path, tmp_path: Path) -> None:
     from peftlab.validate import deep_check
 
-    study = load_spec(path, output_dir=str(tmp_path / "out"))
+    study = load_study(path, output_dir=str(tmp_path / "out"))
     runs = study.runs()
     assert runs, f"{path.name} implies no training runs"
     assert len({r.run_id for r in runs}) == len(runs), "run ids must be unique"
@@ -71,9 +74,9 @@ def test_shipped_spec_loads_and_validates(path: Path, tmp_path: Path) -> None:
 
 
 def test_tinyllama_glue_is_the_reference_study(tmp_path: Path) -> None:
-    from peftlab.study import plan
+    from peftlab.pipeline import plan
 
-    study = load_spec(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "out"))
+    study = load_study(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "out"))
     rows = plan(study)
     assert len(rows) == 18
     assert {(r["task"], r["method"], r["seed"]) for r in rows} == {
@@ -109,7 +112,7 @@ def test_tinyllama_alias_names_the_reference_checkpoint() -> None:
 
 
 def test_per_task_overrides_in_reference_study_resolve_as_written(tmp_path: Path) -> None:
-    runs = by_key(load_spec(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "o")))
+    runs = by_key(load_study(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "o")))
     for seed in (42, 1337, 2024):
         # full fine-tuning: 2e-5 on SST-2, 1e-5 on the small pair tasks
         assert runs[("sst2", "full", seed)].training.learning_rate == pytest.approx(2e-5)
@@ -183,11 +186,11 @@ def test_run_ids_are_the_same_in_a_new_process(tmp_path: Path) -> None:
     import sys
 
     path = write_spec(tmp_path / "spec.yaml", base_spec(tmp_path, seeds=(1,)))
-    code = ("import sys; from peftlab.spec import load_spec; "
-            "print(' '.join(r.run_id for r in load_spec(sys.argv[1]).runs()))")
+    code = ("import sys; from peftlab.pipeline import load_study; "
+            "print(' '.join(r.run_id for r in load_study(sys.argv[1]).runs()))")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
-    assert out == [r.run_id for r in load_spec(path).runs()]
+    assert out == [r.run_id for r in load_study(path).runs()]
 
 
 @pytest.mark.parametrize(
@@ -414,7 +417,7 @@ def _unknown_model_error(tmp_path: Path, name: str) -> tuple[Path, Exception]:
     spec["model"]["name"] = name
     path = write_spec(tmp_path / "bad.yaml", spec)
     with pytest.raises(PeftlabError) as info:
-        deep_check(load_spec(path), check_data=False)
+        deep_check(load_study(path), check_data=False)
     return path, info.value
 
 
@@ -523,15 +526,15 @@ def test_several_errors_are_all_reported(tmp_path: Path) -> None:
 def test_file_level_problems(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(SpecError, match=re.escape(str(missing))):
-        load_spec(missing)
+        load_study(missing)
     bad_yaml = tmp_path / "broken.yaml"
     bad_yaml.write_text("name: x\ntasks: [sst2\n")
     with pytest.raises(SpecError, match=re.escape(str(bad_yaml)) + ".*YAML"):
-        load_spec(bad_yaml)
+        load_study(bad_yaml)
     a_list = tmp_path / "list.yaml"
     a_list.write_text("- sst2\n- rte\n")
     with pytest.raises(SpecError, match=re.escape(str(a_list)) + ".*mapping"):
-        load_spec(a_list)
+        load_study(a_list)
 
 
 def test_glue_dir_source_without_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -569,7 +572,7 @@ def test_duplicate_keys_at_any_depth_are_refused_with_key_path_and_lines(tmp_pat
     path = tmp_path / "dup.yaml"
     path.write_text(text)
     with pytest.raises(SpecError) as info:
-        load_spec(path)
+        load_study(path)
     msg = str(info.value)
     lines = msg.splitlines()
     assert len(lines) == 3 and all(line.startswith(f"{path}: ") for line in lines), msg
@@ -591,7 +594,7 @@ def test_duplicate_keys_inside_a_list_and_a_flow_mapping(tmp_path: Path) -> None
                                                     "train_samples: 9}\n")
     path.write_text(text)
     with pytest.raises(SpecError) as info:
-        load_spec(path)
+        load_study(path)
     line = _line_of(text, "- {name: rte")
     assert str(info.value) == (f"{path}: tasks[1].train_samples: key 'train_samples' is given "
                                f"more than once (2 times on line {line}); keep one")
@@ -604,7 +607,7 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     text = text.replace("\ntraining:\n", "\ntraining:\n  <<: {epochs: 7, batch_size: 4}\n")
     path = tmp_path / "merge.yaml"
     path.write_text(text)
-    study = load_spec(path)
+    study = load_study(path)
     assert study.spec.training.epochs == 1  # the file's own key wins over the merged one
     assert study.spec.training.batch_size == 8
 
@@ -620,15 +623,15 @@ def test_shipped_specs_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for name, path in shipped_specs().items():
         assert path.parent == SHIPPED_DIR and find_spec(name) == path
         assert find_spec(f"{name}.yaml") == path
-        assert load_spec(name, output_dir=str(tmp_path / "o")).path == path
+        assert load_study(name, output_dir=str(tmp_path / "o")).path == path
     # a file of your own wins over a shipped name; a path into a folder is never a name
     mine = write_spec(tmp_path / "quickstart.yaml", base_spec(tmp_path))
     assert find_spec("quickstart.yaml") == Path("quickstart.yaml")
-    assert load_spec("quickstart.yaml").spec.name == "tiny" and mine.is_file()
+    assert load_study("quickstart.yaml").spec.name == "tiny" and mine.is_file()
     with pytest.raises(SpecError, match="sub/quickstart: spec file not found.*quickstart, "):
         find_spec("sub/quickstart")
     with pytest.raises(SpecError, match="'?nope'?: spec file not found.*tinyllama-glue"):
-        load_spec("nope")
+        load_study("nope")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -638,8 +641,8 @@ def test_starter_spec_is_the_shipped_one_renamed(path: Path, tmp_path: Path) -> 
     target = tmp_path / "my study-2.yaml"
     text = starter_spec(path, target)
     target.write_text(text)
-    new = load_spec(target)
-    old = load_spec(path, output_dir=str(tmp_path / "unused"))
+    new = load_study(target)
+    old = load_study(path, output_dir=str(tmp_path / "unused"))
     assert new.spec.name == "my study-2"
     assert new.spec.output_dir == Path("runs/my study-2")
     assert [r.run_id for r in new.runs()] == [r.run_id for r in old.runs()]
@@ -673,7 +676,7 @@ def test_relative_input_paths_resolve_against_the_spec_folder(
                       "label_names": ["neg", "pos"]}]
     write_spec(sub / "user.yaml", spec)
     monkeypatch.chdir(tmp_path)
-    study = load_spec("sub/user.yaml")
+    study = load_study("sub/user.yaml")
     s = study.spec
     assert s.tasks[0].files == {"train": sub / "train.csv", "eval": sub / "data" / "eval.csv"}
     assert s.data.glue_dir == sub / "glue"
@@ -683,7 +686,7 @@ def test_relative_input_paths_resolve_against_the_spec_folder(
     assert study.runs()[0].task_data["files"]["train"] == str(sub / "train.csv")
     # the same spec read from inside its folder means the same files
     monkeypatch.chdir(sub)
-    assert load_spec("user.yaml").spec.tasks[0].files == s.tasks[0].files
+    assert load_study("user.yaml").spec.tasks[0].files == s.tasks[0].files
 
 
 def test_model_aliases_and_hub_ids_are_not_paths(tmp_path: Path) -> None:
@@ -692,3 +695,80 @@ def test_model_aliases_and_hub_ids_are_not_paths(tmp_path: Path) -> None:
     assert load(tmp_path, spec).spec.model.name == "tinyllama"
     (tmp_path / "tinyllama").write_text("a file, not a model folder")
     assert load(tmp_path, spec, "again.yaml").spec.model.name == "tinyllama"
+
+
+# -- the schema alone; names checked against the registries at load; searched values given ------
+
+
+def test_the_schema_leaves_registry_defaults_to_the_loader(tmp_path: Path) -> None:
+    """spec.py knows no registry: left out, drift.measures and bench.modes stay None in the
+    schema and are filled in from the registries when the study loads."""
+    from peftlab.bench.modes import mode_names
+    from peftlab.measures import default_measures
+    from peftlab.spec import parse_spec, read_spec
+
+    path = write_spec(tmp_path / "spec.yaml", base_spec(tmp_path))
+    schema_only = parse_spec(read_spec(path), path)
+    assert schema_only.drift.measures is None and schema_only.bench.modes is None
+    study = load_study(path)
+    assert study.spec.drift.measures == default_measures() != []
+    assert study.spec.bench.modes == mode_names() != []
+    given = base_spec(tmp_path, drift={"measures": ["linear_cka_debiased", "cosine"]},
+                      bench={"modes": ["base", "merged"]})
+    study = load(tmp_path, given, "given.yaml")
+    assert study.spec.drift.measures == ["linear_cka_debiased", "cosine"]
+    assert study.spec.bench.modes == ["base", "merged"]
+
+
+def test_registry_names_are_refused_in_the_schemas_own_form(tmp_path: Path) -> None:
+    """Every bad name is one line, as a schema error would be: file, key path, the rule, the
+    value given; in the order of the spec's sections."""
+    from peftlab.bench.modes import mode_names
+    from peftlab.measures import MEASURES
+
+    spec = base_spec(tmp_path, drift={"measures": ["nosuch"]}, bench={"modes": ["merged", "x"]})
+    path = write_spec(tmp_path / "bad.yaml", spec)
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert str(info.value).splitlines() == [
+        f"{path}: drift.measures: Value error, unknown measure(s) ['nosuch']; expected any of "
+        f"{MEASURES.names()} (got ['nosuch'])",
+        f"{path}: bench.modes: Value error, unknown mode(s) ['x']; expected any of "
+        f"{mode_names()} (got ['merged', 'x'])"]
+    spec = base_spec(tmp_path, bench={"modes": ["merged", "merged"]})
+    assert spec_error(tmp_path, spec).endswith(
+        "bench.modes: Value error, modes must be unique, got ['merged', 'merged'] "
+        "(got ['merged', 'merged'])")
+
+
+def test_the_primary_drift_measure_must_be_measured(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, base_spec(tmp_path, drift={"measures": ["linear_cka"]}))
+    assert msg.endswith(": (top level): Value error, stats.primary.drift.measure "
+                        "'linear_cka_debiased' is not in drift.measures ['linear_cka']: add it "
+                        "there, or name a measured one"), msg
+    msg = spec_error(tmp_path, base_spec(tmp_path, stats={"primary": {"drift": {
+        "measure": "cosine"}}}))
+    assert "stats.primary.drift.measure: Value error, the primary drift measure must be one " \
+           "the stats stage tests" in msg and "(got 'cosine')" in msg
+
+
+def test_searched_runs_resolve_with_the_outcomes_their_caller_gives(tmp_path: Path) -> None:
+    """The plan never opens the study directory: which searches finished is handed to the Study
+    (`refresh`), and a run then takes its search's best values and an id of its own."""
+    search = {"n_trials": 2, "methods": {"lora": {"learning_rate": [1.0e-4, 1.0e-3]},
+                                         "full": {"learning_rate": [1.0e-5, 1.0e-4]}}}
+    study = load(tmp_path, base_spec(tmp_path, search=search))
+    assert not study.output_dir.exists()  # loading read no store: there is none
+    before = by_key(study)
+    assert all(rc.waiting for rc in before.values())
+    sc = study.search_config("sst2", "lora")
+    best = {"trial": 1, "params": {"learning_rate": 1.0e-3}, "values": {"accuracy": 0.9}}
+    study.refresh({sc.search_id: {"best": best}})
+    after = by_key(study)
+    chosen = after[("sst2", "lora", 1)]
+    assert not chosen.waiting and chosen.training.learning_rate == 1.0e-3
+    assert chosen.search == {"id": sc.search_id, "study": sc.study_name, **best}
+    assert chosen.run_id.startswith("sst2-lora-s1-") and not chosen.run_id.endswith("waiting")
+    assert after[("sst2", "full", 1)].waiting  # its search has no outcome yet
+    study.refresh({})
+    assert by_key(study) == before

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from rich.console import Console
 
+from peftlab.context import Context
 from peftlab.errors import SpecError
-from peftlab.spec import load_spec
+from peftlab.pipeline import load_study, plan, run_stages
 from peftlab.store import Store
-from peftlab.study import Context, plan, run_stages
 from peftlab.testing import running_steps, tiny_spec, wait_for_records, write_spec
 from peftlab.tracking import INSTALL, mlflow_uri, target, tensorboard_dir
 
@@ -83,7 +83,7 @@ def test_killed_and_resumed_study_keeps_one_tracker_run_per_trained_run(
                      training={"epochs": 1, "batch_size": 8, "logging_steps": 1,
                                "bootstrap_samples": 50, "report_to": ["tensorboard", "mlflow"]})
     spec["methods"] = methods
-    study = load_spec(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
     full, diverge, lora = study.runs()
     assert (full.method, diverge.method, lora.method) == ("full", "diverge", "lora")
 
@@ -180,7 +180,7 @@ def test_study_results_reach_the_trackers_once(tmp_path):
     raw = yaml.safe_load(sample.path.read_text(encoding="utf-8"))
     raw.setdefault("training", {})["report_to"] = ["mlflow", "tensorboard"]
     sample.path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    study = load_spec(sample.path)
+    study = load_study(sample.path)
     assert [rc.run_id for rc in study.runs()] == [rc.run_id for rc in sample.runs()]
     store = Store(study.output_dir)
     try:
@@ -248,7 +248,7 @@ def test_a_tracker_that_is_not_installed_is_refused_at_validation(
     spec["methods"]["lora"]["training"]["report_to"] = [tracker]
     path = write_spec(tmp_path / "spec.yaml", spec)
     with pytest.raises(SpecError) as e:
-        load_spec(path)
+        load_study(path)
     msg = str(e.value)
     assert msg == (f"{path}: methods.lora.training.report_to: {tracker} is asked for but the "
                    f"package {tracker!r} is not installed; install it with {INSTALL}")

@@ -2,7 +2,7 @@
 
 Adding a mode is one file in `peftlab/bench/modes/` defining a `Mode` subclass with `@register`, plus
 one import line in `peftlab/bench/modes/__init__.py` (or a `MODES.register` call from a plug-in).
-Nothing else names modes: the spec validates `bench.modes` against the registry, the planner asks
+Nothing else names modes: loading a study checks `bench.modes` against the registry, the planner asks
 each mode for its units, the stats stage asks each mode which comparisons it joins, the report
 labels and orders them by the mode's declarations. A mode says what it serves and how:
 
@@ -21,7 +21,8 @@ labels and orders them by the mode's declarations. A mode says what it serves an
     observe(env, model)         bookkeeping after each timed request, outside the timer
     extras(env, timing, state)  mode-specific figures of a timed point (e.g. adapter switches)
 
-`env` is the worker's `WorkerEnv`: loader, device, tasks and their encoded examples, settings.
+`env` is the worker's `WorkerEnv` (`peftlab.bench.env`): loader, device, tasks and their encoded
+examples, settings.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from peftlab.registry import Registry
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from peftlab.bench.env import WorkerEnv
     from peftlab.bench.requests import Request
     from peftlab.bench.timing import Timing
-    from peftlab.bench.worker import WorkerEnv
 
 
 # The variant of a `fast_path` mode on the fused fast path (a unit's mode "unmerged+fast").

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftlab.artifacts import adapter_name
 from peftlab.bench.loading import artifact_kind, base_structure, check_artifact, method_type_of
-from peftlab.bench.modes import UnsupportedMode, get_mode
+from peftlab.bench.modes import UnsupportedMode, get_mode, mode_names
 from peftlab.bench.plan import Candidate, PlanSettings, plan_units, run_units
 from peftlab.bench.units import check_lengths, sweep_points
 from peftlab.errors import PeftlabError, SpecError
@@ -104,7 +104,9 @@ def bench_oneoff(model: ModelSpec, bench: BenchSpec, adapters: Sequence[str], *,
     settings = PlanSettings(tasks=list(tasks), seeds=[None], multi_k=bench.multi_k,
                             variants=[""] + (["+compile"] if bench.compile else [])
                             + (["+fast"] if bench.fast_path else []))
-    units = plan_units(candidates, modes=requested or list(bench.modes), settings=settings)
+    # bench.modes None (a BenchSpec built outside a study): every registered mode
+    modes = bench.modes if bench.modes is not None else mode_names()
+    units = plan_units(candidates, modes=requested or list(modes), settings=settings)
     if requested:
         bad = [u for u in units if u.unsupported]
         if bad:

@@ -33,7 +33,6 @@ allocated/reserved on GPU) and the bytes of the served weights.
 
 from __future__ import annotations
 
-import time
 import traceback
 from collections import Counter
 from collections.abc import Callable

@@ -7,7 +7,7 @@ Each configuration is one `ServingConfig` registered in `SERVING_CONFIGS`: its n
 `bench.serving.configs` and the `serving` table), its label (the report's words for what it
 holds), what it needs (k PEFT adapters or k fully fine-tuned models; the fast path variant) and how
 its backend is built. The serving benchmark (`bench.serving`, `bench.serving_job`), the spec check
-(`validate.check_serving`) and the report (`stages.report.serving`) ask this registry; adding a
+(`validate.check_names`) and the report (`stages.report.serving`) ask this registry; adding a
 configuration is one `SERVING_CONFIGS.register(ServingConfig(...))`.
 
     merged  one merged model per task (k copies of the weights); a batch holds one task's requests

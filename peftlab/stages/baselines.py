@@ -32,7 +32,7 @@ from peftlab.logs import track
 from peftlab.records import BaselineRecord, read_one, write
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.context import Context
 
 
 def _stamp(ctx: Context, task: str, checksum: str) -> dict[str, Any]:

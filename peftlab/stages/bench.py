@@ -38,7 +38,7 @@ from peftlab.logs import track
 from peftlab.store import provenance
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.context import Context
 
 
 def run(ctx: Context) -> None:

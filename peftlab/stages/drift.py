@@ -67,8 +67,8 @@ from peftlab.records import DriftRecord, WeightRecord, replace
 from peftlab.store import provenance
 
 if TYPE_CHECKING:
-    from peftlab.spec import RunConfig
-    from peftlab.study import Context
+    from peftlab.context import Context
+    from peftlab.runs import RunConfig
 
 KINDS = ("base_vs_run", "seed_to_seed")
 

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftlab.spec import RunConfig
+from peftlab.runs import RunConfig
 from peftlab.store import dir_bytes, provenance
 from peftlab.tracking import Target
 from peftlab.tracking import target as tracking_target
 from peftlab.training import Prepared, TrainResult
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.context import Context
 
 
 def run(ctx: Context) -> None:
@@ -41,8 +41,8 @@ def run(ctx: Context) -> None:
     Each run is one unit of `ctx.executor` (`train_unit`): in this process one after another,
     or as Ray tasks side by side; this process writes every record.
     """
+    from peftlab.context import run_status
     from peftlab.execution import run_units
-    from peftlab.study import run_status
 
     runs = ctx.study.runs()
     waiting = [rc for rc in runs if rc.waiting]

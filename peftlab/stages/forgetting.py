@@ -99,8 +99,9 @@ from peftlab.store import provenance
 if TYPE_CHECKING:
     import pandas as pd
 
-    from peftlab.spec import RunConfig, TaskSpec
-    from peftlab.study import Context
+    from peftlab.context import Context
+    from peftlab.runs import RunConfig
+    from peftlab.spec import TaskSpec
     from peftlab.tasks import TaskDef
 
 TABLE = "forgetting"

@@ -69,8 +69,8 @@ from peftlab.store import Store, atomic_write_bytes, provenance
 if TYPE_CHECKING:
     import pandas as pd
 
-    from peftlab.spec import RunConfig
-    from peftlab.study import Context
+    from peftlab.context import Context
+    from peftlab.runs import RunConfig
 
 
 def probe_frame(ctx: Context, task: str) -> pd.DataFrame:
@@ -108,9 +108,9 @@ def _up_to_date(store: Store, task: str, key: str, poolings: list[str],
 
 def run(ctx: Context) -> None:
     """Extract (or reuse) the base's and every finished run's representations on every task."""
+    from peftlab.context import run_status
     from peftlab.execution import run_units
     from peftlab.models import load_config, resolve_model
-    from peftlab.study import run_status
 
     spec = ctx.study.spec
     m = spec.model

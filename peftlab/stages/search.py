@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from peftlab.spec import SearchConfig
-    from peftlab.study import Context
+    from peftlab.context import Context
+    from peftlab.search_space import SearchConfig
 
 STORAGE_DIR = "search"
 
@@ -29,12 +29,13 @@ STORAGE_DIR = "search"
 def run(ctx: Context) -> None:
     """Run every unfinished search of the study (nothing without a `search` block)."""
     from peftlab.logs import track
+    from peftlab.records import finished_searches
 
     study = ctx.study
     if study.spec.search is None:
         ctx.console.print("search: the spec has no `search` block; nothing to search")
         return
-    finished = study.search_outcomes()
+    finished = study.search_outcomes
     todo = [sc for sc in study.search_configs() if sc.search_id not in finished]
     if not todo:
         ctx.console.print("search: every search is done")
@@ -49,7 +50,7 @@ def run(ctx: Context) -> None:
             shown = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
             score = ", ".join(f"{k} {_fmt(v)}" for k, v in best["values"].items())
             ctx.console.print(f"done {sc.study_name}: trial {best['trial']} ({score}) {shown}")
-    study.refresh()  # the final runs now resolve with the chosen values
+    study.refresh(finished_searches(ctx.store))  # the final runs now resolve with the chosen values
 
 
 def _fmt(v: object) -> str:

@@ -22,6 +22,7 @@ from peftlab.tasks.registry import (
     get_task,
     make_file_task,
     register_task,
+    task_from_spec,
     task_names,
 )
 from peftlab.tasks.sources import (
@@ -68,5 +69,6 @@ __all__ = [
     "register_task",
     "split_checksum",
     "subsample",
+    "task_from_spec",
     "task_names",
 ]

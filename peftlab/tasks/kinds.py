@@ -19,7 +19,7 @@ Adding a kind is a `TaskKind` subclass and one `TASK_KINDS.register` call; a tas
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -27,8 +27,14 @@ from peftlab.errors import SpecError
 from peftlab.metrics import METRICS
 from peftlab.registry import Registry
 
-if TYPE_CHECKING:
-    from peftlab.tasks.registry import TaskDef
+
+class TaskDef(Protocol):
+    """What a kind reads of a task (`peftlab.tasks.registry.TaskDef` has it); a protocol, so that
+    kinds sit below the task registry, which imports them."""
+
+    name: str
+    label_names: tuple[str, ...] | None
+    metrics: tuple[str, ...]
 
 
 class TaskKind:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftlab.errors import SpecError
 from peftlab.metrics import METRICS
 from peftlab.registry import Registry
 from peftlab.tasks.kinds import TaskKind, get_kind
+
+if TYPE_CHECKING:
+    from peftlab.spec import TaskSpec
 
 # The canonical split names every loader accepts. "eval" maps to a task's `eval_split` on the hub
 # and to its dev file in a GLUE folder (test sets have no public labels, so they are not offered).
@@ -265,3 +268,13 @@ def make_file_task(
         eval_split="eval",
         kind=kind,
     )
+
+
+def task_from_spec(t: TaskSpec) -> TaskDef:
+    """The task a spec's `tasks` entry means: the registered one, or the user's files (metrics
+    None: the task kind's defaults, see `make_file_task`)."""
+    if t.files is None:
+        return get_task(t.name)
+    text_columns = tuple(c for c in ("text_a", "text_b") if c in (t.columns or {}))
+    return make_file_task(t.name, None if t.regression else tuple(t.label_names or ()),
+                          tuple(t.metrics) if t.metrics else None, text_columns)

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from peftlab.spec import Study, load_spec
+from peftlab.pipeline import load_study
+from peftlab.plan import Study
 
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "full": {"type": "full", "training": {"learning_rate": 1.0e-3}},
@@ -55,10 +56,10 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
 def tiny_study(tmp_path: Path, *, model_dir: Path, glue_dir: Path, stages: list[str] | None = None,
                **kwargs: Any) -> Study:
     """Write a tiny spec under `tmp_path`, run `stages` (default: data + finetune), return it."""
-    from peftlab.study import run_stages
+    from peftlab.pipeline import run_stages
 
     spec_path = write_spec(tmp_path / "spec.yaml",
                            tiny_spec(tmp_path / "study", model_dir=model_dir, **kwargs))
-    study = load_spec(spec_path, data_dir=str(glue_dir))
+    study = load_study(spec_path, data_dir=str(glue_dir))
     run_stages(study, stages or ["data", "finetune"])
     return study

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from peftlab.pipeline import load_study
+from peftlab.plan import Study
 from peftlab.records import (
     BaselineRecord,
     DataRecord,
@@ -39,7 +41,6 @@ from peftlab.records import (
     WeightRecord,
     write,
 )
-from peftlab.spec import Study, load_spec
 
 TASKS = ("sst2", "mrpc", "rte")
 SEEDS = (1, 2, 3)
@@ -108,7 +109,7 @@ def write_sample(root: Path, degenerate: bool = True) -> Study:
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(sample_spec(root / "study"), sort_keys=False),
                          encoding="utf-8")
-    study = load_spec(spec_path)
+    study = load_study(spec_path)
     store = Store(study.output_dir)
     try:
         store.put("meta", "study", {"name": study.spec.name,
@@ -504,10 +505,10 @@ if __name__ == "__main__":
 
     from rich.console import Console
 
+    from peftlab.context import Context
     from peftlab.stages import report as report_stage
     from peftlab.stages import stats as stats_stage
     from peftlab.store import Store
-    from peftlab.study import Context
 
     study = write_sample(Path(sys.argv[1] if len(sys.argv) > 1 else "sample-study"))
     store = Store(study.output_dir)

@@ -17,7 +17,7 @@ from peftlab.stages.report.sections import build_front, build_sections
 from peftlab.stages.report.stored import Results
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.context import Context
 
 __all__ = ["build_report", "run"]
 

@@ -13,7 +13,7 @@ from peftlab.stages.stats.common import Inputs, Pending, Record, correct
 from peftlab.stages.stats.verdicts import run_verdicts
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.context import Context
 
 TABLE = "stats"
 

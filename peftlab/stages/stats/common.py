@@ -20,8 +20,8 @@ from peftlab.results import RunView
 from peftlab.stages.stats.verdicts import Verdicts
 
 if TYPE_CHECKING:
+    from peftlab.context import Context
     from peftlab.spec import StatsSpec
-    from peftlab.study import Context
 
 Record = tuple[str, dict[str, Any]]  # (key in the stats table, record)
 

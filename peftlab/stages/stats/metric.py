@@ -22,8 +22,8 @@ from peftlab.stages.stats.common import (
 from peftlab.stages.stats.verdicts import Verdicts
 
 if TYPE_CHECKING:
+    from peftlab.context import Context
     from peftlab.spec import StatsSpec
-    from peftlab.study import Context
 
 
 def metric_records(ctx: Context, view: RunView, cfg: StatsSpec, verdicts: Verdicts

@@ -13,8 +13,8 @@ from peftlab.results import RunView, main_metric_value
 from peftlab.stages.stats.common import Inputs, Pending, Record
 
 if TYPE_CHECKING:
+    from peftlab.context import Context
     from peftlab.spec import StatsSpec
-    from peftlab.study import Context
 
 
 def variance_records(ctx: Context, view: RunView, cfg: StatsSpec

@@ -13,7 +13,7 @@ from peftlab.records import BaselineRecord, read
 from peftlab.results import RunView
 
 if TYPE_CHECKING:
-    from peftlab.study import Context
+    from peftlab.context import Context
 
 
 @dataclass

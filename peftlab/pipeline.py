@@ -1,105 +1,68 @@
-"""The pipeline: which stages a study has, in which order, and what each one receives.
+"""The pipeline: loading a study, which stages it has, in which order, and running them.
 
     peftlab run quickstart
+    study = load_study("quickstart"); run_stages(study, ["finetune"])
 
-Stages are the modules of `peftlab/stages/` (each exposes `run(ctx)`), in the order of `STAGES`.
-They talk to each other only through the study directory (`peftlab.store.Store`): each reads the
-results of earlier stages, writes its own, and skips work that is already done, so any stage can be
-rerun alone (`peftlab finetune SPEC`, `peftlab drift SPEC`, ...).
+Stages are the modules of `peftlab/stages/` (each exposes `run(ctx)`, `peftlab.context.Context`),
+in the order of `STAGES`. They talk to each other only through the study directory
+(`peftlab.store.Store`): each reads the results of earlier stages, writes its own, and skips work
+that is already done, so any stage can be rerun alone (`peftlab finetune SPEC`, ...).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from peftlab import logs
-from peftlab.data import StudyData
+from peftlab.context import Context, run_status
 from peftlab.errors import SpecError
-from peftlab.execution import Executor, LocalExecutor
-from peftlab.spec import RunConfig, Study
-from peftlab.store import Store, atomic_write_text, provenance
+from peftlab.plan import Study
+from peftlab.records import finished_searches
+from peftlab.spec import find_spec, parse_spec, read_spec
+from peftlab.store import DB_NAME, Store, atomic_write_text, provenance
+from peftlab.validate import check_names, check_study
 
 # Pipeline order. Each name is a module `peftlab.stages.<name>` with a `run(ctx)` function.
 STAGES: tuple[str, ...] = ("data", "baselines", "search", "finetune", "represent", "forgetting",
                            "drift", "bench", "stats", "report")
 
 
-@dataclass
-class Context:
-    """What a stage receives: the study (with its resolved plan), its store, its data, the device,
-    a console and the executor its units of work go to."""
+def load_study(path: str | os.PathLike[str], *, data_dir: str | None = None,
+               output_dir: str | None = None) -> Study:
+    """Read, validate and fully resolve a study spec; raise SpecError naming file and key.
 
-    study: Study
-    store: Store
-    console: Console = field(default_factory=lambda: Console(stderr=True))
-    # where units of work run (peftlab.execution); run_stages sets the spec's, else in-process
-    executor: Executor = field(default_factory=lambda: LocalExecutor())
-
-    @cached_property
-    def device(self) -> str:
-        from peftlab.models import resolve_device
-
-        return resolve_device(self.study.spec.device)
-
-    @cached_property
-    def data(self) -> StudyData:
-        return StudyData(self.study, self.store)
-
-    def finished_runs(self) -> list[RunConfig]:
-        """The planned runs whose record says done, in plan order."""
-        return [rc for rc in self.study.runs() if run_status(self.store, rc)["status"] == "done"]
-
-
-def run_status(store: Store | None, rc: RunConfig) -> dict[str, Any]:
-    """status of one planned run: pending, done, failed (with reason), interrupted, or waiting
-    (for the search that chooses its hyperparameters)."""
-    if rc.waiting:
-        study_name = (rc.search or {}).get("study")
-        return {"status": "waiting", "reason": f"for search {study_name}"}
-    rec = store.get("runs", rc.run_id) if store is not None else None
-    if rec is None:
-        return {"status": "pending"}
-    status = rec.get("status", "pending")
-    if status == "running" and not _alive(rec.get("pid"), rec.get("started")):
-        status = "interrupted"
-    return {"status": status, "reason": rec.get("failure_reason")}
-
-
-def _alive(pid: int | None, started: str | None = None) -> bool:
-    """Whether the process that wrote a `running` record still runs (psutil).
-
-    Gone, a zombie (exited, not yet reaped), or a newer process that reuses the pid (it started
-    after the record did) all mean the run was interrupted.
+    `path` is a YAML file or the name of a shipped spec (`quickstart`, see `spec.shipped_specs`).
+    Relative input paths inside it resolve against its folder (`spec.resolve_spec_paths`). Names
+    are checked against the registries and every run is resolved (`validate.check_names`,
+    `validate.check_study`); with a `search:` block, the searches already finished in the study
+    directory are read from its store, so their runs resolve with the values they chose.
     """
-    import psutil
+    p = find_spec(path)
+    raw = read_spec(p, output_dir=output_dir)
+    spec = check_names(parse_spec(raw, p), raw, str(p))
+    env_dir = os.environ.get("PEFTLAB_DATA_DIR")
+    study = Study(spec=spec, path=p, data_dir=Path(data_dir) if data_dir else
+                  (Path(env_dir) if env_dir else None),
+                  search_outcomes=_stored_searches(spec.output_dir) if spec.search else {})
+    check_study(study)
+    return study
 
-    if not pid or pid == os.getpid():
-        return False  # our own earlier record can only be a leftover of a killed attempt
+
+def _stored_searches(root: Path) -> dict[str, dict[str, Any]]:
+    """The finished searches of a study directory, by search id ({} before it has a store)."""
+    if not (Path(root) / DB_NAME).is_file():
+        return {}
+    store = Store(root, create=False)
     try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if started:
-            import datetime
-
-            with contextlib.suppress(ValueError):
-                t0 = datetime.datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp()
-                if proc.create_time() > t0 + 1.0:  # the record is second-resolution
-                    return False
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # another user's live process
-    return True
+        return finished_searches(store)
+    finally:
+        store.close()
 
 
 def plan(study: Study) -> list[dict[str, Any]]:
