@@ -137,8 +137,9 @@ def _facts(rc: RunConfig, task: TaskDef, study: str | None, base: ResolvedModel,
         ("Seed", str(rc.seed)),
         ("Base model", source + (f" @ {rc.model.revision}" if rc.model.revision else "")),
         ("Head", head),
-        ("Training", f"{train_examples} examples (data seed {rc.data_seed}), {tr.epochs:g} "
-                     f"epoch(s), batch size {tr.batch_size} x {tr.grad_accum}, learning rate "
+        ("Training", f"{train_examples} examples (data seed {rc.data_seed}), "
+                     + (f"{tr.max_steps} steps" if tr.max_steps else f"{tr.epochs:g} epoch(s)")
+                     + f", batch size {tr.batch_size} x {tr.grad_accum}, learning rate "
                      f"{tr.learning_rate:g}, {tr.scheduler} schedule, warm-up {tr.warmup_ratio:g}"
                      f", weight decay {tr.weight_decay:g}, precision {tr.precision}"
                      + (", head fitted on frozen features first (LP-FT)"
