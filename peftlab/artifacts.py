@@ -17,6 +17,10 @@ An *artifact* is a plain dict, so it can travel to bench worker processes as JSO
     {"name": "sst2-lora-s1-ab12cd34",      # adapter name inside PEFT (no dots) / display name
      "path": "/abs/runs/<run>/artifact", "kind": "peft" | "full", "task": "sst2",
      "run_id": ..., "method_type": "lora", "params": {...}, "num_labels": 2, "label_names": [...]}
+
+Artifacts of the sentence-embedding head hold the encoder and a head file rather than a
+transformers classifier (`peftlab.sentence_embedding.save_portable`); they load back here into
+the classifier that was trained, with the same weights.
 """
 
 from __future__ import annotations
@@ -109,12 +113,16 @@ class ModelLoader:
         import torch
 
         from peftlab.methods import get_method
+        from peftlab.sentence_embedding import is_portable, load_portable_full
 
+        path = Path(artifact["path"])
+        if is_portable(path):  # the encoder and head.safetensors (sentence-embedding head)
+            return load_portable_full(path, dtype=getattr(torch, self.dtype), device=self.device)
         method = _method(artifact.get("method_type")) or get_method("full")
         if method.needs_base:
             method = get_method("full")
         return method.load_standalone(
-            Path(artifact["path"]), dtype=getattr(torch, self.dtype), device=self.device,
+            path, dtype=getattr(torch, self.dtype), device=self.device,
             trust_remote_code=self.spec.get("trust_remote_code", False))
 
     def adapters(self, artifacts: list[dict[str, Any]], seed: int | None = None) -> Any:
@@ -122,16 +130,24 @@ class ModelLoader:
         An adapter of a PEFT type peftlab has no method for loads with PEFT's own loader (the
         default `Method.load`)."""
         from peftlab.methods import Method
+        from peftlab.sentence_embedding import is_portable, load_portable_adapter
 
         first = artifacts[0]
         base = self._base_for(first, seed)
         method = _method(first.get("method_type")) or Method()
         names = [a["name"] for a in artifacts]
+        model = None
         try:
-            model = method.load(base, Path(first["path"]), adapter_name=first["name"])
-            for a in artifacts[1:]:
-                (_method(a.get("method_type")) or method).load_more(
-                    model, Path(a["path"]), adapter_name=a["name"])
+            for a in artifacts:
+                path = Path(a["path"])
+                if is_portable(path):  # an adapter of the bare encoder + head.safetensors
+                    model = load_portable_adapter(model if model is not None else base, path,
+                                                  adapter_name=a["name"])
+                elif model is None:
+                    model = method.load(base, path, adapter_name=a["name"])
+                else:
+                    (_method(a.get("method_type")) or method).load_more(
+                        model, path, adapter_name=a["name"])
         except KeyError as err:  # PEFT looks up a tensor the file does not hold
             raise ModelError(f"cannot load adapter(s) {names} onto {self.resolved.describe()}: "
                              f"tensor {err} is missing from {ADAPTER_WEIGHTS} (saved without its "

@@ -4,19 +4,15 @@
 
 transformers' `BertForSequenceClassification` reads the [CLS] token of the two texts of a pair
 encoded jointly, through the pooler. A sentence-transformers bi-encoder was trained for none of
-that: its pooler is untrained (all-MiniLM-L6-v2: bias 0, weight std 0.009) and it never saw two
-texts in one sequence. Measured on frozen all-MiniLM-L6-v2 with logistic regression (512 training
-pairs, the whole dev sets): the jointly encoded pair's [CLS]/pooler features give RTE 0.48-0.50
-and MRPC 0.70 (majority 0.527 and 0.684), the cosine of the two texts' mean-pooled embeddings,
-each encoded on its own, RTE 0.621 and MRPC 0.743. This head reads what the encoder was trained
-to produce, as Sentence-BERT does (Reimers & Gurevych, 2019):
+that: its pooler is left untrained and it never saw two texts in one sequence. This head reads
+what the encoder was trained to produce, as Sentence-BERT does (Reimers & Gurevych, 2019):
 
 - every text is encoded on its own and mean-pooled over its tokens, [CLS] and [SEP] included
   (sentence-transformers' `Pooling(mode="mean")`);
 - one text (SST-2): its embedding -> `classifier`, a linear layer (hidden -> labels);
 - a pair (MRPC, RTE): the cosine of the two embeddings -> `pair_classifier`, a linear layer
   (1 -> labels): the similarity the bi-encoder was trained to rank by, and no other feature, so
-  128 training pairs fit it without over-fitting.
+  a small training set fits it without over-fitting.
 
 The input is what every other path in peftlab feeds a classifier: one sequence per example, the
 tokenizer's own pair encoding ([CLS] a [SEP] b [SEP], token_type_ids 1 on b). The forward pass
@@ -32,6 +28,20 @@ the extra [CLS] of b left out), so a pooling over the attention mask pools both 
 Written here because transformers has no classifier for a bi-encoder and sentence-transformers'
 `SoftmaxLoss` head is a loss wrapper over its own `SentenceTransformer` model, not a
 `PreTrainedModel` that Trainer, PEFT, `save_pretrained` and the bench take.
+
+Saved artifacts hold the encoder in the form plain libraries load (`save_portable`), since no
+transformers class has this head and a `SEQ_CLS` adapter would rebuild the [CLS]-pooler one:
+
+    artifact/  model.safetensors + config.json (a `BertModel`, full fine-tuning)
+               or adapter_config.json + adapter_model.safetensors (a FEATURE_EXTRACTION adapter
+               of that `BertModel`), the tokenizer, modules.json + 1_Pooling/ (mean pooling:
+               `SentenceTransformer(folder)` embeds),
+               head.safetensors (classifier.{weight,bias} [labels, hidden], [labels];
+               pair_classifier.{weight,bias} [labels, 1], [labels]) and head.json (what each
+               layer reads; format HEAD_FORMAT).
+
+`load_portable_full` and `load_portable_adapter` rebuild this classifier from them for peftlab's
+own stages, with the same weights, so a reloaded run gives the logits it was evaluated with.
 """
 
 from __future__ import annotations
@@ -112,7 +122,7 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         elif not self._pads_little(n, ids_a.shape[1], ids_b.shape[1]):
             out_a = self._encode(ids_a, valid_a, output_hidden_states)
             out_b = self._encode(ids_b, valid_b1, output_hidden_states)
-        else:  # both sides in one call of 2n rows (b1 on CPU: 17 ms instead of 35 ms)
+        else:  # both sides in one call of 2n rows (fewer calls, little extra padding)
             width = max(ids_a.shape[1], ids_b.shape[1])
             both = self._encode(
                 torch.cat([F.pad(ids_a, (0, width - ids_a.shape[1]), value=pad),
@@ -143,9 +153,9 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
     @staticmethod
     def _pads_little(rows: int, width_a: int, width_b: int) -> bool:
         """Whether one call of both sides (each padded to the wider) is the cheaper way: always
-        for one row, where the per-call overhead dominates on CPU (b1 MRPC: 17 ms in one call,
-        35 ms in two), else when it pads at most 30% more tokens than two calls. RTE's long
-        premises and short hypotheses would nearly double the tokens of a training batch."""
+        for one row, where the per-call overhead dominates on CPU, else when it pads at most 30%
+        more tokens than two calls (long premises with short hypotheses, as in RTE, would nearly
+        double the tokens of a training batch)."""
         return rows == 1 or 2 * max(width_a, width_b) <= 1.3 * (width_a + width_b)
 
     def _routed_per_row(self) -> bool:
@@ -218,12 +228,15 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
 
 def saved_head(folders: list[str]) -> str:
     """The model.head that saved adapter or full-model `folders` were trained with:
-    "sentence-embedding" when any of them holds this head (a full model's config names the
-    class; an adapter saves `pair_classifier` among its modules_to_save), else the default."""
+    "sentence-embedding" when any of them holds this head (head.json beside the encoder; in
+    artifacts saved before that layout, a full model's config names the class and an adapter
+    saves `pair_classifier` among its modules_to_save), else the default."""
     import json
     from pathlib import Path
 
     for folder in folders:
+        if is_portable(folder):
+            return "sentence-embedding"
         for name, key in (("config.json", "architectures"),
                           ("adapter_config.json", "modules_to_save")):
             path = Path(folder) / name
@@ -234,6 +247,229 @@ def saved_head(folders: list[str]) -> str:
             if ARCHITECTURE in values or "pair_classifier" in values:
                 return "sentence-embedding"
     return "sequence-classification"
+
+
+# ------------------------------------------------------------------ the artifact plain libraries load
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+HEAD_FORMAT = "peftlab/sentence-embedding-head/v1"
+HEAD_MODULES = ("classifier", "pair_classifier")
+ENCODER_WEIGHTS = "model.safetensors"
+_ADAPTER_CONFIG, _ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_PEFT = "base_model.model."  # PEFT's prefix of every saved tensor name
+_BERT = "bert."  # where the classifier keeps its encoder (BertPreTrainedModel.base_model_prefix)
+_ENCODER_CHILDREN = ("embeddings", "encoder", "pooler")  # top-level modules of a BertModel
+# PEFT config fields that name modules of the model they were made for
+_MODULE_LISTS = ("target_modules", "feedforward_modules", "exclude_modules")
+_MODULE_DICTS = ("rank_pattern", "alpha_pattern")
+
+
+def is_portable(folder: Any) -> bool:
+    """Whether `folder` holds this head in the layout `save_portable` writes (head.json)."""
+    from pathlib import Path
+
+    return (Path(folder) / HEAD_CONFIG).is_file()
+
+
+def _is_head(name: str) -> bool:
+    return name.split(".")[0] in HEAD_MODULES
+
+
+def _to_encoder_path(name: str) -> str:
+    """A module path of the classifier as the bare `BertModel` names it ("bert.encoder.x" ->
+    "encoder.x"); suffix patterns ("query") are the same in both."""
+    for prefix in (_PEFT + _BERT, _BERT):
+        if name.startswith(prefix):
+            return prefix[: -len(_BERT)] + name[len(prefix):]
+    return name
+
+
+def _to_classifier_path(name: str) -> str:
+    """The inverse of `_to_encoder_path` (AdaLoRA's rank_pattern needs exact paths)."""
+    for prefix in (_PEFT, ""):
+        rest = name[len(prefix):] if name.startswith(prefix) else None
+        if rest is not None and rest.split(".")[0] in _ENCODER_CHILDREN:
+            return prefix + _BERT + rest
+    return name
+
+
+def _rename_modules(config: dict[str, Any], rename: Any) -> dict[str, Any]:
+    """`config` (an adapter_config.json dict) with every module path renamed, head modules
+    dropped (the head is stored in head.safetensors, not as an adapted or saved module)."""
+    out = dict(config)
+    for key in _MODULE_LISTS:
+        if isinstance(out.get(key), (list, set)):
+            out[key] = type(out[key])(rename(m) for m in out[key] if not _is_head(m))
+    for key in _MODULE_DICTS:
+        if isinstance(out.get(key), dict):
+            out[key] = {rename(m): v for m, v in out[key].items() if not _is_head(m)}
+    return out
+
+
+def save_portable(folder: Any, *, max_length: int) -> None:
+    """Rewrite an artifact of this classifier, as `save_pretrained` (full model) or PEFT
+    (adapter with both heads in modules_to_save) wrote it into `folder`, into the layout plain
+    libraries load (see the module docstring); a folder already in that layout is left alone.
+    Tensors are moved, not recomputed: the encoder, adapter and head weights are bitwise those
+    of the trained model.
+
+    max_length: the tokens each text was truncated to (sentence-transformers' max_seq_length).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    if is_portable(folder):
+        return
+    if (folder / _ADAPTER_CONFIG).is_file():
+        tensors = load_file(folder / _ADAPTER_WEIGHTS)
+        head = {k[len(_PEFT):]: t for k, t in tensors.items() if _is_head(k[len(_PEFT):])}
+        adapter = {_to_encoder_path(k): t for k, t in tensors.items()
+                   if not _is_head(k[len(_PEFT):])}
+        save_file(adapter, folder / _ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        config = _rename_modules(json.loads((folder / _ADAPTER_CONFIG).read_text("utf-8")),
+                                 _to_encoder_path)
+        # an adapter of the bare encoder: AutoPeftModel builds AutoModel (BertModel) for it
+        config.update(task_type="FEATURE_EXTRACTION", modules_to_save=None)
+        _write_json(folder / _ADAPTER_CONFIG, config)
+        hidden = int(head["classifier.weight"].shape[1])
+    else:
+        files = sorted(folder.glob("model*.safetensors"))
+        tensors = {k: t for f in files for k, t in load_file(f).items()}
+        head = {k: t for k, t in tensors.items() if _is_head(k)}
+        encoder = {k[len(_BERT):]: t for k, t in tensors.items() if k.startswith(_BERT)}
+        if len(head) + len(encoder) != len(tensors):
+            raise ValueError(f"{folder}: tensors of neither the encoder nor the head: "
+                             f"{sorted(set(tensors) - set(head) - {_BERT + k for k in encoder})}")
+        for f in files:
+            f.unlink()
+        (folder / "model.safetensors.index.json").unlink(missing_ok=True)
+        save_file(encoder, folder / ENCODER_WEIGHTS, metadata={"format": "pt"})
+        config = json.loads((folder / "config.json").read_text("utf-8"))
+        config["architectures"] = ["BertModel"]
+        _write_json(folder / "config.json", config)
+        hidden = int(config["hidden_size"])
+    save_file(head, folder / HEAD_WEIGHTS, metadata={"format": "pt"})
+    labels = int(head["classifier.weight"].shape[0])
+    _write_json(folder / HEAD_CONFIG, {
+        "format": HEAD_FORMAT,
+        "embedding": "each text encoded alone ([CLS] text [SEP]), the encoder's last hidden "
+                     "states averaged over the attention mask (special tokens included)",
+        "single_text": {"reads": f"the text's embedding [{hidden}]",
+                        "logits": "classifier.weight @ embedding + classifier.bias",
+                        "shapes": {"classifier.weight": [labels, hidden],
+                                   "classifier.bias": [labels]}},
+        "text_pair": {"reads": "the cosine similarity of the two texts' embeddings [1]",
+                      "logits": "pair_classifier.weight @ [cosine] + pair_classifier.bias",
+                      "shapes": {"pair_classifier.weight": [labels, 1],
+                                 "pair_classifier.bias": [labels]}},
+        "max_length": max_length,
+        "truncation": "a pair is tokenised as one sequence ([CLS] a [SEP] b [SEP], "
+                      "truncation longest_first to max_length) and then split into its texts: "
+                      "a = the tokens of type 0, b = [CLS] + the tokens of type 1",
+    })
+    # sentence-transformers' description of the same encoder: mean pooling, no normalisation
+    _write_json(folder / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"}])
+    _write_json(folder / "sentence_bert_config.json",
+                {"max_seq_length": max_length, "do_lower_case": False})
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    _write_json(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False})
+
+
+def _write_json(path: Any, data: Any) -> None:
+    import json
+
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _head_tensors(folder: Any) -> dict[str, torch.Tensor]:
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    return load_file(Path(folder) / HEAD_WEIGHTS)
+
+
+def portable_adapter_shapes(folder: Any, adapter: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Tensor name -> shape of a `save_portable` adapter (`adapter`: its adapter_model
+    shapes) and head, named as in an adapter of the classifier ("base_model.model.bert.encoder.
+    ...", "base_model.model.classifier.weight"): what a check against the classifier reads."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    out = {_PEFT + _BERT + k[len(_PEFT):] if k.startswith(_PEFT) else k: v
+           for k, v in adapter.items()}
+    with safe_open(str(Path(folder) / HEAD_WEIGHTS), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118
+            out[_PEFT + key] = list(f.get_slice(key).get_shape())
+    return out
+
+
+def load_portable_full(folder: Any, *, dtype: torch.dtype, device: Any
+                       ) -> BertForSentenceEmbeddingClassification:
+    """The fully fine-tuned classifier from a `save_portable` folder, in eval mode on `device`."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.architectures = [ARCHITECTURE]
+    model = BertForSentenceEmbeddingClassification._from_config(config, dtype=dtype)
+    state = {_BERT + k: t for k, t in load_file(folder / ENCODER_WEIGHTS).items()}
+    state.update(_head_tensors(folder))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_portable_adapter(model: Any, folder: Any, *, adapter_name: str) -> Any:
+    """A `save_portable` adapter loaded onto `model` (this classifier, or a PeftModel on it that
+    gets one more adapter) as peftlab trained it: the adapter on `model.bert`, both heads in
+    `modules_to_save` (so mixed-adapter batches read each adapter's own head). Returns the
+    PeftModel; the new adapter is frozen and not made active."""
+    from pathlib import Path
+
+    from peft import PeftConfig, PeftModel, load_peft_weights, set_peft_model_state_dict
+
+    folder = Path(folder)
+    config = PeftConfig.from_pretrained(str(folder))
+    renamed = _rename_modules(config.to_dict(), _to_classifier_path)
+    for key in (*_MODULE_LISTS, *_MODULE_DICTS):
+        if hasattr(config, key):
+            setattr(config, key, renamed.get(key))
+    config.task_type = "SEQ_CLS"
+    config.modules_to_save = list(HEAD_MODULES)
+    config.inference_mode = True
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter_name, config)
+    else:
+        from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+
+        model = MODEL_TYPE_TO_PEFT_MODEL_MAPPING["SEQ_CLS"](model, config, adapter_name)
+    # PEFT maps each tensor name without its "base_model.model." prefix: encoder -> bert.encoder
+    state = load_peft_weights(str(folder), device="cpu", key_mapping={"^": _BERT})
+    state.update({_PEFT + k: t for k, t in _head_tensors(folder).items()})
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    # every trained tensor of this adapter (the tuner's own, e.g. lora_*, and the heads) must
+    # have been loaded; buffers PEFT does not save (AdaLoRA's ranknum) are not among them
+    trained = (getattr(model.base_model, "prefix", None) or "lora_", "modules_to_save")
+    missing = [k for k in result.missing_keys
+               if f".{adapter_name}." in f"{k}." and any(t in k for t in trained)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder}: the adapter does not fit the model: missing "
+                         f"{sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]}")
+    return model
 
 
 # ------------------------------------------------------------------ the head fitted on frozen features

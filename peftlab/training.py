@@ -7,9 +7,10 @@ Every method goes through the same path: load the base classifier (seeded head) 
 method loads it, let the method prepare it, train with the Hugging Face Trainer (so accelerate,
 bf16/fp16, gradient accumulation, gradient checkpointing and the Trainer's tracker callbacks
 (`peftlab.tracking`) work as usual), evaluate with bootstrap intervals and, when `out_dir` is
-given, save the artifact in the library's own format there. No store access: the finetune stage
-turns the result into a `runs` record, the search stage into a trial, and a remote worker (Ray)
-can return it to the process that writes the store.
+given, save the artifact there in a form plain transformers / PEFT load, with its model card
+(`peftlab.model_card`). No store access: the finetune stage turns the result into a `runs`
+record, the search stage into a trial, and a remote worker (Ray) can return it to the process
+that writes the store.
 
 A NaN/inf loss, a divergence past `training.divergence_loss` after warm-up, or CUDA running out of
 memory ends the run with `status == "failed"` and the reason; a user mistake (bad target module,
@@ -257,13 +258,15 @@ def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
                        eval_df: pd.DataFrame, *, device: str, out_dir: Path | None = None,
                        callbacks: Sequence[Any] = (), eval_during_training: int | None = None,
                        where: str | None = None,
-                       on_start: Callable[[Prepared], None] | None = None) -> TrainResult:
+                       on_start: Callable[[Prepared], None] | None = None,
+                       study: str | None = None) -> TrainResult:
     """Train `rc` on `train_df`, evaluate on `eval_df`, save the artifact into `out_dir` if given.
 
     callbacks: extra Trainer callbacks (progress, pruning); with `eval_during_training` = N the
     Trainer evaluates `eval_df` every N steps and callbacks see `on_evaluate(metrics=...)` with
     `eval_<metric>` values (an exception raised there, e.g. optuna.TrialPruned, ends training
     and propagates). on_start: called once the model and data are ready, before training.
+    study: the study's name, for the artifact's model card.
     A user mistake raises PeftlabError; a run-level failure returns status "failed".
     """
     import torch
@@ -272,6 +275,7 @@ def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
     from peftlab.artifacts import ModelLoader
     from peftlab.encode import make_collator, predict
     from peftlab.methods import get_method
+    from peftlab.model_card import finish_artifact
     from peftlab.models import count_parameters, portable_name
 
     method = get_method(rc.method_type)
@@ -326,9 +330,13 @@ def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
 
                 save_file({"logits": logits}, work / "eval_logits.safetensors")
                 artifact = work / "artifact"
-                method.save(model, artifact, base_name=portable_name(
-                    ModelLoader(rc.model, device).resolved))
+                base = ModelLoader(rc.model, device).resolved
+                method.save(model, artifact, base_name=portable_name(base))
                 prep.tokenizer.save_pretrained(artifact)
+                # loadable without peftlab, with a model card (peftlab.model_card)
+                finish_artifact(artifact, rc, task, metrics=metrics, study=study,
+                                tokenizer=prep.tokenizer, base=base,
+                                train_examples=len(prep.train), eval_examples=len(prep.eval))
             shutil.rmtree(work / "trainer", ignore_errors=True)
     except RunFailed as e:
         return TrainResult(status="failed", main_metric=task.metrics[0], failure_reason=str(e),

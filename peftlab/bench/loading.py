@@ -163,9 +163,13 @@ def check_artifact(artifact: dict[str, Any], base: dict[str, Any]) -> None:
     cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
     trained_on = cfg.get("base_model_name_or_path")
     shapes = safetensors_shapes(weights)
+    from peftlab.sentence_embedding import is_portable, portable_adapter_shapes
+
+    if is_portable(path):  # an adapter of the bare encoder, the head in its own file
+        shapes = portable_adapter_shapes(path, shapes)
     where = (f"adapter {name!r} ({path}) does not fit the base model {base['describe']} "
              f"({base['architecture']}, hidden size {base['hidden_size']}); it was trained on "
-             f"{trained_on!r}")
+             + (repr(trained_on) if trained_on else "a local model (its card names it)"))
     head_found: dict[str, list[int]] = {}
     for key, shape in shapes.items():
         rel = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
@@ -242,9 +246,11 @@ def artifact_head(artifact: dict[str, Any], head_names: list[str]) -> dict[str, 
     """Head tensors stored in the artifact, keyed like the base model ("score.weight"): numpy."""
     from safetensors import safe_open
 
+    from peftlab.sentence_embedding import HEAD_WEIGHTS
+
     path = Path(artifact["path"])
-    files = [path / ADAPTER_WEIGHTS] if artifact["kind"] == "peft" else sorted(
-        path.glob("*.safetensors"))
+    files = [path / ADAPTER_WEIGHTS, path / HEAD_WEIGHTS] if artifact["kind"] == "peft" else (
+        sorted(path.glob("*.safetensors")))
     out = {}
     for file in files:
         if not file.is_file():

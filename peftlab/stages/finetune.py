@@ -149,7 +149,8 @@ def run_unit(ctx: Context, rc: RunConfig):
         device=ctx.study.spec.device, final=str(artifact_dir(ctx, rc.run_id)),
         root=str(ctx.store.root), base_record=base_record,
         checksums={s: ctx.data.checksum(rc.task, s) for s in ("train", "eval")},
-        where=ctx.study.where(f"methods.{rc.method}"), tracking=tracking_target(ctx.study))
+        where=ctx.study.where(f"methods.{rc.method}"), tracking=tracking_target(ctx.study),
+        study=ctx.study.spec.name)
     if ctx.executor.in_process:  # progress records need the store, i.e. this process
         kwargs["callbacks"] = [_progress(ctx, base_record)]
     return Unit(rc.run_id, train_unit, (rc, ctx.data.task(rc.task), train_df, eval_df), kwargs,
@@ -159,12 +160,13 @@ def run_unit(ctx: Context, rc: RunConfig):
 def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device: str,
                final: str, root: str, base_record: dict[str, Any], checksums: dict[str, str],
                where: str, callbacks: list[Any] | None = None,
-               tracking: Target | None = None) -> dict[str, Any]:
+               tracking: Target | None = None, study: str | None = None) -> dict[str, Any]:
     """Train, evaluate and save one run into `final` (atomically); return its `runs` record,
     done or failed. No store and no Context: it runs in the driver or in a Ray worker.
 
     device: the spec's device ("auto" resolves where the unit runs, e.g. to a worker's GPU).
     tracking: the study's trackers (`peftlab.tracking`), started where the training runs.
+    study: the study's name (for the artifact's model card).
     A user mistake raises PeftlabError; a run-level failure returns a `failed` record.
     """
     import shutil
@@ -185,7 +187,7 @@ def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device:
             result = train_and_evaluate(rc, task, train_df, eval_df,
                                         device=resolve_device(device), out_dir=tmp,
                                         callbacks=[*(callbacks or []), *trackers.callbacks],
-                                        where=where)
+                                        where=where, study=study)
             trackers.finish(result)
             if result.status != "done":
                 raise _Discard
