@@ -39,6 +39,7 @@ from peftlab.bench.flops import linear_flops
 from peftlab.bench.gate import compare_head, compare_logits, gate_result
 from peftlab.bench.loading import (
     drop_page_cache,
+    for_serving,
     head_names_of,
     param_bytes,
     release_memory,
@@ -179,17 +180,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     env = WorkerEnv(job)
     device = env.device
     sync = synchronizer(device)
-    environment = {
-        "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
-        _cpu_name(),
-        "dtype": env.dtype,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "variant": job.get("variant", "eager"),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__},
-    }
+    environment = environment_of(env, job.get("variant", "eager"))
     base = {"process": process, "environment": environment}
 
     # 1. load: cold (page cache dropped), then repeated
@@ -245,10 +236,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {**base, "status": "done", "points": points}
 
 
+def environment_of(env: WorkerEnv, variant: str) -> dict[str, Any]:
+    """Where a unit ran: device, dtype, threads, variant and library versions."""
+    device = env.device
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
+        _cpu_name(),
+        "dtype": env.dtype,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "variant": variant,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+    }
+
+
 def _load(mode: Mode, env: WorkerEnv, job: dict[str, Any]) -> Any:
     """The mode's model; for the "fast" variant rewritten onto the fused fast path (the fusing
     is part of the load time). The FLOPs of the adapter path are counted before fusing."""
-    model = mode.load(env)
+    model = for_serving(mode.load(env))
     if job.get("variant") == "fast":
         from peftlab.bench.fastpath import fused_lora
 
@@ -416,6 +423,10 @@ def safe_run(job: dict[str, Any]) -> dict[str, Any]:
             from peftlab.bench.serving_job import run_serving_job
 
             return run_serving_job(job)
+        if job.get("kind") == "paired":  # a block of the paired design (`bench.paired_job`)
+            from peftlab.bench.paired_job import run_paired_job
+
+            return run_paired_job(job)
         return run_job(job)
     except PeftlabError as err:
         return {"status": "error", "error_type": type(err).__name__, "message": str(err),
