@@ -25,8 +25,10 @@ with random non-zero A, B and head (so the merge really changes every matrix), l
        merged-owned     `merged` likewise (`peftlab.bench.loading.own_parameters`)
 3. Across processes, as the bench measured (`--processes`, 0 skips): the bench's own worker runs
    the `full` and `merged` units alternately, each in a fresh forked process with its gate, and
-   the batch-1 median of each is paired with its neighbour; then the same with the bench's
-   paired design (`peftlab.bench.paired`), both models in one process per block.
+   the batch-1 median of each is paired with its neighbour; then the bench's paired design
+   (`peftlab.bench.paired_job`), both models in one process per block, with the weights copied
+   into memory of the process's own (as the bench serves them) and, in alternate blocks, left
+   where loading put them.
 
 The machine is shared and noisy: only ratios within a round (or a neighbouring pair of
 processes) are read, and medians over them are quoted.
@@ -188,12 +190,50 @@ def across_processes(art_full: dict, art_lora: dict, data_dir: Path, threads: in
     print(f"\nacross processes: the bench's units, one process each, {processes} pairs "
           "(order alternated)")
     print_ratios({"merged": p50["merged"], "full": p50["full"]}, "full")
+    paired_blocks(art_full, art_lora, settings, tasks, processes)
+
+
+def paired_blocks(art_full: dict, art_lora: dict, settings: dict, tasks: dict,
+                  blocks: int) -> None:
+    """The bench's paired design on full vs merged: both models in one fresh process per
+    block, ABBA rounds; with the weights in memory of the process's own (as the bench serves
+    them) and, alternately, left where loading put them."""
+    from peftlab.bench.paired import Condition, Group, PairedComparison
+    from peftlab.bench.paired_job import paired_job, paired_timeout
+    from peftlab.bench.runner import run_isolated
+    from peftlab.latency_design import analyse_pairs, log_latency
+
+    group = Group("sst2/lora", "sst2",
+                  [Condition("full/full", "full", "full", {None: art_full}),
+                   Condition("lora/merged", "merged", "lora", {None: art_lora})],
+                  [PairedComparison("merged_vs_full", "lora/merged", "full/full", True)],
+                  seeds=[None])
+    obs: dict[bool, list[list[float]]] = {True: [], False: []}
+    for i in range(2 * blocks):
+        own = i % 2 == 0
+        job = paired_job(group, block=i, rounds=8, model=MODEL, device="cpu",
+                         settings=settings, tasks=tasks, batch_size=1, seq_len="data",
+                         requests=8)
+        job["own_memory"] = own
+        result = run_isolated(job, isolation="forkserver", timeout_s=paired_timeout(job))
+        if result.get("status") != "done":
+            raise SystemExit(f"paired block: {result.get('failure_reason')}")
+        obs[own].append([log_latency(r["ns"]["lora/merged"]) - log_latency(r["ns"]["full/full"])
+                         for r in result["rounds"]])
+        print(f"  (paired block {i + 1}/{2 * blocks})", file=sys.stderr, flush=True)
+    print(f"\npaired design (both models in one process, 8 ABBA rounds x 8 requests per block, "
+          f"{blocks} blocks each): merged / full")
+    for own in (True, False):
+        res = analyse_pairs(obs[own])
+        where = "weights in the process's own memory" if own else "weights where loading put them"
+        print(f"  {where:38s} {res['ratio']:.3f} [{res['ci_low']:.3f}-{res['ci_high']:.3f}] "
+              f"(block medians {', '.join(f'{np.exp(np.mean(b)):.3f}' for b in obs[own])})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=12, help="in-process rounds (0: skip)")
     ap.add_argument("--requests", type=int, default=24, help="batch-1 requests per variant per "
                     "round")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -249,12 +289,17 @@ def main() -> None:
             if not check["passed"]:
                 raise SystemExit(f"{name} does not give merged's logits: {check}")
 
+    if args.rounds:
+        in_process(models, requests, args)
+    if args.processes:
+        across_processes(art_full, art_lora, args.data_dir, args.threads, args.processes)
+
+
+def in_process(models: dict, requests: list, args: argparse.Namespace) -> None:
     print(f"\none process, {args.clock} clock, {args.rounds} rounds x {args.requests} batch-1 "
           "requests per variant (order mirrored each round): median p50 and ratio to full in "
           "the same round (median [min-max])")
     print_ratios(time_rounds(models, requests, args.rounds, args.requests, args.clock), "full")
-    if args.processes:
-        across_processes(art_full, art_lora, args.data_dir, args.threads, args.processes)
 
 
 if __name__ == "__main__":

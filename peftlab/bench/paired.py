@@ -23,6 +23,14 @@ while the budget lasts. A block's records are written when its process has finis
 transaction: a block killed mid-way leaves nothing and is rerun whole. Blocks stored by an
 earlier run under the same settings and artifacts are reused; the plan is made from the stored
 pilot, so a resumed design is the same design.
+
+Reading the results (what the stats stage and the report do with them): for each (group,
+comparison, a, b) of `bench_pairs` (status done), the blocks' `log_ratios` in block order go to
+`latency_design.analyse_pairs`; the A/A control's blocks (comparison "aa", every group pooled)
+give the noise floor (`latency_design.noise_floor`), passed as `floor` to every other
+comparison, with the margin of the comparisons a mode declares `equivalence` for. The unit is
+the block, n = its blocks; `bench_design` holds each comparison's design and its minimum
+detectable difference in %.
 """
 
 from __future__ import annotations

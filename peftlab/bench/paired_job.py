@@ -84,6 +84,10 @@ def run_paired_job(job: dict[str, Any]) -> dict[str, Any]:
     process = {"pid": os.getpid(), "parent_pid": os.getppid(),
                "isolation": job.get("isolation", "in-process")}
     gc.freeze()
+    if job.get("isolation") in ("forkserver", "subprocess") and not job.get("log"):
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # as `worker.run_job`: no log, no reports
     settings = job["settings"]
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
@@ -102,7 +106,9 @@ def run_paired_job(job: dict[str, Any]) -> dict[str, Any]:
         c = next(x for x in conds if x["label"] == label)
         mode = get_mode(c["mode"])
         env.artifacts = [c["artifact"]]
-        models[label] = own_parameters(for_serving(mode.load(env)))
+        models[label] = for_serving(mode.load(env))
+        if job.get("own_memory", True):  # off only to measure what it changes (benchmarks/)
+            own_parameters(models[label])
         calls[label] = mode.make_call(env, models[label], models[label])
     load_s = time.perf_counter() - t_start
     environment = environment_of(env, "eager")

@@ -8,7 +8,14 @@ task, bench.multi_k adapters when set). They run in blocks (`schedule`): the bas
 one block per seed in which the modes compared with each other run interleaved (a seeded order
 per task, mirrored from task to task: ABBA), each unit's place recorded in its records (`order`);
 a block ends with its first unit run again, and the `bench_blocks` table holds the order and that
-drift reference (the reference's median latency at the block's start and end).
+drift reference (the reference's median latency at the block's start and end). A block whose
+record does not close it (a stage killed mid-block) is measured again whole, so its reference
+covers every unit; the record names the process that measured each unit.
+bench.paired: then the primary latency comparisons (stats.primary.deployment) measured paired
+(`peftlab.bench.paired`): both models in one process, alternately on the same requests, in
+fresh-process blocks sized from a pilot, with an A/A control, into the `bench_pairs` table (one
+record per comparison and block, every round's observation) and `bench_design` (per
+comparison: the pilot's noise, the design chosen, its minimum detectable difference).
 bench.runs: "all" seeds, or "first_seed" only. bench.compile adds a "+compile" variant of each.
 bench.serving: afterwards, serving under load (`peftlab.bench.serving_job`, one isolated job)
 into the `serving` table: one record per configuration, popularity pattern and offered rate.
@@ -376,7 +383,12 @@ def run_paired(ctx: Context, tasks: dict[str, dict[str, Any]], candidates: list[
     settings = {**bench_settings(bench), "paired": bench.paired.model_dump(mode="json"),
                 "alpha": spec.stats.alpha, "power": spec.stats.power,
                 "batch_size": primary.batch_size, "seq_len": primary.seq_len}
-    digests = {g.name: settings_hash({**settings, "group": _group_identity(g)}, model,
+    # What a block's measurement depends on: not the budget, target or error rates, which only
+    # decide how many blocks run (a larger budget reuses the blocks already measured).
+    measured = {**bench_settings(bench), "requests": bench.paired.requests,
+                "pilot_rounds": bench.paired.pilot_rounds, "batch_size": primary.batch_size,
+                "seq_len": primary.seq_len}
+    digests = {g.name: settings_hash({**measured, "group": _group_identity(g)}, model,
                                      ctx.device) for g in groups}
     stored: dict[tuple[str, int], Block] = {}
     stale = []
