@@ -1073,3 +1073,76 @@ def test_the_design_runs_a_pilot_sizes_the_rest_and_resumes_the_same_design():
     out = run_design(groups, paired=small, alpha=0.05, power=0.8, stored={},
                      run_block=run_block, say=lines.append)
     assert len(ran) == 4 and out["plan"]["blocks"] == 2
+
+
+def test_a_paired_block_whose_merge_differs_from_its_adapter_is_not_timed(benched, monkeypatch):
+    import torch
+
+    import peftlab.artifacts as artifacts
+    from peftlab.bench.paired import plan_groups
+    from peftlab.bench.paired_job import paired_job
+    from peftlab.bench.runner import run_isolated
+    from peftlab.bench.units import bench_settings
+    from peftlab.stages.bench import study_units
+    from peftlab.store import Store
+    from peftlab.study import Context
+
+    study, _, _ = benched
+    store = Store(study.output_dir, create=False)
+    try:
+        _, tasks, candidates = study_units(Context(study=study, store=store),
+                                           with_candidates=True)
+    finally:
+        store.close()
+    groups, _ = plan_groups(candidates, comparisons=["unmerged_vs_merged"],
+                            modes=["unmerged", "merged"], tasks=["sst2"], seeds=[1],
+                            control=False)
+    (group,) = groups
+    job = paired_job(group, block=0, rounds=2, model=study.spec.model.model_dump(mode="json"),
+                     device="cpu", settings=bench_settings(study.spec.bench), tasks=tasks,
+                     batch_size=1, seq_len="data", requests=2)
+    good = run_isolated(job, isolation="in-process")
+    assert good["status"] == "done" and [r["round"] for r in good["rounds"]] == [0, 1]
+    assert sorted(good["load_order"]) == ["lora/merged", "lora/unmerged"]
+
+    real_merge = artifacts.merge
+
+    def corrupted(peft_model):
+        model = real_merge(peft_model)
+        with torch.no_grad():
+            w = model.model.layers[0].self_attn.q_proj.weight
+            w.add_(0.05 * torch.randn_like(w, generator=torch.Generator().manual_seed(0)))
+        return model
+
+    monkeypatch.setattr(artifacts, "merge", corrupted)
+    bad = run_isolated(job, isolation="in-process")
+    assert bad["status"] == "failed" and bad["rounds"] == []
+    assert bad["failure_reason"].startswith("the same artifact served under two modes gave "
+                                            "other logits (not timed)")
+    assert [c["passed"] for c in bad["check"]] == [False]
+
+
+def test_served_models_own_aligned_memory_and_build_no_cache():
+    import torch
+    from transformers import LlamaConfig
+
+    from peftlab.bench.loading import for_serving, own_parameters
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[1].weight = model[0].weight  # tied
+    raw = bytearray(8 + 16 * 4)
+    view = torch.frombuffer(raw, dtype=torch.float32, offset=8, count=16).view(4, 4)
+    view.copy_(torch.arange(16.0).view(4, 4))
+    model[0].weight.data = view  # a view into someone else's buffer, 8 bytes past alignment
+    assert model[0].weight.data_ptr() % 64 != 0
+    own_parameters(model)
+    assert model[0].weight.data_ptr() % 64 == 0
+    assert model[1].weight is model[0].weight  # still tied
+    assert torch.equal(model[0].weight, torch.arange(16.0).view(4, 4))
+    raw[8:12] = b"\x00\x00\x80\x7f"  # the old buffer changes: the model no longer reads it
+    assert model[0].weight[0, 0] == 0.0
+
+    holder = torch.nn.Module()
+    holder.config = LlamaConfig(use_cache=True)
+    assert for_serving(holder).config.use_cache is False
+    assert for_serving(torch.nn.Linear(2, 2)) is not None  # no config: nothing to set
