@@ -110,6 +110,7 @@ def structure(model) -> dict:
         "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
         "training": any(m.training for m in model.modules()),
         "attention": getattr(model.config, "_attn_implementation", None),
+        "use_cache": getattr(model.config, "use_cache", None),
         "dtypes": sorted({str(p.dtype).replace("torch.", "") for _, p in params}),
         "non-contiguous": sum(not p.is_contiguous() for _, p in params),
         "transposed": sum(p.dim() == 2 and p.stride() != (p.shape[1], 1) for _, p in params),
