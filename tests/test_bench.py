@@ -832,8 +832,13 @@ def test_plan_work_reruns_a_block_whole_unless_its_record_closes_it():
     seed1 = [(k, u.name, p) for k, b, u, p in work if b == "seed-1"]
     assert seed1 == [("unit", units[1].name, pts), ("unit", units[2].name, pts),
                      ("repeat", units[1].name, pts)]
-    # a block its record closes resumes unit by unit (here: nothing left to do)
+    # a block its record closes has nothing to do
     assert not [w for w in work if w[1] == "seed-2"]
+    # ... unless a unit of it is missing: then it is measured whole again
+    work = plan_work(units, lambda u: pts if u.name == units[4].name else [],
+                     done_blocks={"seed-1", "seed-2"}, points=pts)
+    assert [(k, u.name) for k, _, u, _ in work] == [
+        ("unit", units[3].name), ("unit", units[4].name), ("repeat", units[3].name)]
     # the base block has no reference: its units resume one by one
     work = plan_work(units, lambda u: [] if u.mode == "base" else pts, done_blocks=set(),
                      points=pts)

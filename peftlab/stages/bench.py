@@ -90,10 +90,11 @@ def plan_work(units: list[Unit], pending: Callable[[Unit], list[tuple[int, Any]]
     earlier run of the stage would span more than the block).
 
     done_blocks: the compared blocks whose `bench_blocks` record closes them (`_closed_blocks`).
-    Any other compared block with a servable unit is rerun whole, every unit on every one of
-    `points`: a block killed mid-way left units measured by a process its drift reference never
-    ran beside, and a reference that covers part of a block says nothing about the rest. None:
-    units resume one by one (the base block always does: it has no reference).
+    A compared block with a servable unit that is not closed, or has anything left to measure,
+    is measured whole, every unit on every one of `points`: a block killed mid-way left units
+    measured by a process its drift reference never ran beside, and a reference that covers
+    part of a block says nothing about the rest. None: units resume one by one (the base block
+    always does: it has no reference).
     """
     blocks: dict[str, list[Unit]] = {}
     for u in units:
@@ -101,8 +102,9 @@ def plan_work(units: list[Unit], pending: Callable[[Unit], list[tuple[int, Any]]
     work: list[Work] = []
     for block, members in blocks.items():
         todo = [(u, pending(u)) for u in members]
-        whole = (done_blocks is not None and block != BASE_BLOCK and block not in done_blocks
-                 and any(not u.unsupported for u in members))
+        whole = (done_blocks is not None and block != BASE_BLOCK
+                 and any(not u.unsupported for u in members)
+                 and (block not in done_blocks or any(pts for _, pts in todo)))
         if whole:
             todo = [(u, list(points if points is not None else pts)) for u, pts in todo]
         todo = [(u, pts) for u, pts in todo if pts]
