@@ -267,8 +267,9 @@ def run_design(groups: list[Group], *, paired: Any, alpha: float, power: float,
     failed: set[str] = set()
     spent = 0.0
 
-    def wave(index: int, rounds: int, phase: str) -> bool:
-        """One block of every group still going; False when the budget ran out first."""
+    def wave(index: int, rounds: int, phase: str, predicted: float = 0.0) -> bool:
+        """One block of every group still going; False when the budget ran out first (a main
+        block is started only when `predicted` more seconds fit; the pilot always runs)."""
         nonlocal spent
         for g in groups:
             if g.name in failed:
@@ -286,7 +287,6 @@ def run_design(groups: list[Group], *, paired: Any, alpha: float, power: float,
                 say(f"bench pairs {g.name} block {index + 1} failed: {b.reason}")
         return True
 
-    predicted = 0.0
     for i in range(PILOT_BLOCKS):
         wave(i, paired.pilot_rounds, "pilot")
     plan = make_plan([b for (_, i), b in done.items() if i < PILOT_BLOCKS], groups, paired,
@@ -299,7 +299,7 @@ def run_design(groups: list[Group], *, paired: Any, alpha: float, power: float,
     for i in range(PILOT_BLOCKS, plan["blocks"]):
         if len(failed) == len(groups):
             break
-        if not wave(i, plan["rounds"], "main"):
+        if not wave(i, plan["rounds"], "main", predicted):
             stopped_by = "budget"
             say(f"bench pairs: the time budget ({paired.budget_s:.0f} s) ends the design after "
                 f"{i} blocks of the {plan['blocks']} planned")
