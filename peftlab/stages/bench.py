@@ -414,6 +414,11 @@ def run_paired(ctx: Context, tasks: dict[str, dict[str, Any]], candidates: list[
                         say=ctx.console.print)
     results = analyse_design(groups, design["blocks"], alpha=spec.stats.alpha,
                              power=spec.stats.power)
+    used = {(b.group, b.block) for b in design["blocks"]}
+    for (group, block), recs in by_block.items():  # stored beyond this design (a larger budget)
+        if (group, block) not in used:
+            for rec in recs:
+                ctx.store.delete("bench_pairs", rec["key"])
     records = []
     for g in groups:
         for c in g.comparisons:
