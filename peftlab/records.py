@@ -391,6 +391,97 @@ class BenchBlockRecord(Record):
     started: str | None = None
     finished: str | None = None
     settings_hash: str
+    # "<mode>/<unit>" -> {pid, parent_pid} of the process that measured it, for every unit of
+    # `order` measured in the stage run that wrote this record; the reference's repeat too
+    processes: dict[str, dict[str, Any]] | None = None
+    reference_process: dict[str, Any] | None = None
+    # the units the drift reference spans (measured between its two runs, in one stage run): a
+    # block interrupted by a kill is rerun whole, so this is every unit of `order`
+    covers: list[str] | None = None
+
+
+class BenchPairRecord(Record):
+    """One block of one paired latency comparison (`peftlab.bench.paired`): A and B served by
+    one fresh process, alternately, on the same requests, in rounds (ABBA).
+
+    key "<comparison>/<task>/<a> vs <b>/b<batch size>/s<seq len>/block-<NN>". comparison:
+    "<mode a>_vs_<mode b>" as the modes declare it, or "aa" for the A/A control (one artifact
+    under two labels). a, b: "<method>/<mode>" labels (the control's a: "... (again)").
+    log_ratios: the observations, one per round: log latency of a minus log latency of b
+    (`latency_design.round_log_ratios`); rounds: per round {round, order (labels as served),
+    a_ms / b_ms (each segment's median, ms), a_ns / b_ns (every timed request, ns, per
+    segment), log_ratio}. Analyse with `latency_design.analyse_pairs` over a comparison's
+    blocks (the block is the unit).
+    """
+
+    TABLE: ClassVar[str] = "bench_pairs"
+    KEY: ClassVar[str] = "{comparison}/{task}/{a} vs {b}/b{batch_size}/s{seq_len}/block-{block:02d}"
+    comparison: str
+    control: bool  # the A/A control
+    primary: bool  # one of stats.primary.deployment's comparisons
+    group: str  # "<task>/<method>": the comparisons measured in the same processes
+    task: str
+    a: str
+    b: str
+    mode_a: str
+    mode_b: str
+    method_a: str | None
+    method_b: str | None
+    run_id_a: str | None
+    run_id_b: str | None
+    seed: int | None  # the training seed of the block's artifacts
+    block: int  # 0-based; blocks 0 and 1 are the pilot
+    phase: Literal["pilot", "main"]
+    batch_size: int
+    seq_len: int | str
+    status: Literal["done", "failed"]
+    failure_reason: str | None = None
+    log_ratios: list[float] = []
+    rounds: list[dict[str, Any]] = []
+    requests: int  # timed requests per segment
+    process: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    check: list[dict[str, Any]] | None = None  # logits of one artifact under two modes agree
+    timing: dict[str, Any] | None = None  # seconds: load, check, warm-up, rounds, wall
+    settings: dict[str, Any]
+    settings_hash: str
+    started: str | None = None
+    finished: str | None = None
+
+
+class BenchDesignRecord(Record):
+    """How the paired design of one comparison was sized and what it can detect (key as the
+    comparison's `bench_pairs` keys without the block).
+
+    pilot: the variance components and costs measured on the pilot blocks (sigma_round,
+    sigma_block on the log scale, pooled over groups; round_s, block_s); plan: blocks and
+    rounds chosen, predicted minimum detectable difference (%), whether it meets `detect`;
+    result: `latency_design.analyse_pairs` over the blocks measured (no margin, no floor: the
+    stats stage applies those), whose mdd_pct is the achieved minimum detectable difference.
+    stopped_by: "plan" (the planned blocks ran), "budget" (the time budget ran out first),
+    "failed" (a block failed).
+    """
+
+    TABLE: ClassVar[str] = "bench_design"
+    KEY: ClassVar[str] = "{comparison}/{task}/{a} vs {b}/b{batch_size}/s{seq_len}"
+    comparison: str
+    control: bool
+    primary: bool
+    group: str
+    task: str
+    a: str
+    b: str
+    batch_size: int
+    seq_len: int | str
+    detect: float
+    budget_s: float
+    spent_s: float
+    pilot: dict[str, Any]
+    plan: dict[str, Any]
+    result: dict[str, Any]
+    mdd_pct: float | None  # achieved, at stats.alpha and stats.power
+    stopped_by: str
+    settings_hash: str
 
 
 class ServingRecord(Record):
@@ -530,7 +621,7 @@ def finished_searches(store: Store) -> dict[str, dict[str, Any]]:
 # Every table with a schema, by name (the CLI and the store tests use it).
 SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
     DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord,
-    BenchBlockRecord, ServingRecord)}
+    BenchBlockRecord, BenchPairRecord, BenchDesignRecord, ServingRecord)}
 
 
 # ---------------------------------------------------------------------------------------------

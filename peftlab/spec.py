@@ -239,6 +239,22 @@ class ServingSpec(_Strict):
         return v
 
 
+
+class PairedSpec(_Strict):
+    """The primary latency comparisons (stats.primary.deployment) measured paired: both models
+    in one process, alternately on the same requests (ABBA rounds), repeated in fresh processes
+    (blocks), with an A/A control; sized from a pilot to detect `detect` within `budget_s`
+    (`peftlab.bench.paired`, `peftlab.latency_design`). Results: the `bench_pairs` table."""
+
+    budget_s: float = Field(120.0, gt=0)  # wall time for every block of every comparison
+    detect: float = Field(0.05, gt=0, lt=1)  # the relative difference the design aims to detect
+    requests: int = Field(8, ge=1)  # timed requests per condition per segment (2 per round)
+    pilot_rounds: int = Field(6, ge=2)  # rounds of each of the 2 pilot blocks
+    min_blocks: int = Field(3, ge=2)
+    max_blocks: int = Field(12, ge=2)
+    max_rounds: int = Field(40, ge=2)
+    control: bool = True  # the A/A control: one condition measured under a second label too
+
 # The bench sweep's axes: field -> (an item it refuses, the rule that item breaks, what an empty
 # list lacks); both axes must be non-empty, every point of the sweep is timed.
 _SWEEP_AXES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
@@ -286,6 +302,8 @@ class BenchSpec(_Strict):
     isolation: Literal["forkserver", "subprocess", "in-process"] = "forkserver"
     # Serving under load after the units (a `serving` table); None: not measured.
     serving: ServingSpec | None = None
+    # The primary latency comparisons, paired and repeated (a `bench_pairs` table); None: not.
+    paired: PairedSpec | None = Field(default_factory=PairedSpec)
 
     @field_validator("batch_sizes", "seq_lengths")
     @classmethod

@@ -22,6 +22,8 @@ from peftlab.errors import ModelError, PeftlabError, SpecError
 BENCH = {"batch_sizes": [1, 4], "seq_lengths": ["data", 16], "warmup": 1, "min_iterations": 3,
          "min_seconds": 0.0, "threads": 1, "interleave": "round_robin", "gate_examples": 8,
          "load_repeats": 1,
+         "paired": {"budget_s": 600.0, "pilot_rounds": 2, "requests": 2, "min_blocks": 3,
+                    "max_blocks": 3, "max_rounds": 3},
          "serving": {"rates": [100.0, 400.0], "max_requests": 40, "max_seconds": 0.4,
                      "patterns": ["uniform", "identical"], "max_batch_size": 4,
                      "max_wait_ms": 2.0}}
@@ -824,3 +826,343 @@ def test_plan_work_closes_each_block_with_its_first_unit_run_in_this_stage_run()
     assert seed2[-1] == ("repeat", "seed-2", seed2[0][2]) and len(seed2) == 3
     # nothing to measure: no work, no repeat
     assert plan_work(units, lambda u: []) == []
+
+
+def test_plan_work_reruns_a_block_whole_unless_its_record_closes_it():
+    from peftlab.bench.plan import PlanSettings
+    from peftlab.bench.units import Unit
+    from peftlab.stages.bench import plan_work, schedule
+
+    units = [Unit("base", "a", [], ["a"])]
+    units += [Unit(m, f"a-{m}-{s}", [], ["a"], "lora", None, s)
+              for s in (1, 2) for m in ("unmerged", "merged")]
+    units = schedule(units, PlanSettings(tasks=["a"], seeds=[1, 2], multi_k=None,
+                                         variants=[""]), seed=0)
+    pts = [(1, "data"), (8, "data")]
+    # seed 1's first unit was measured by a process that was then killed: no block record;
+    # seed 2's block was measured and closed
+    done_before = {units[1].name, units[3].name, units[4].name}
+    work = plan_work(units, lambda u: [] if u.name in done_before else pts,
+                     done_blocks={"seed-2"}, points=pts)
+    seed1 = [(k, u.name, p) for k, b, u, p in work if b == "seed-1"]
+    assert seed1 == [("unit", units[1].name, pts), ("unit", units[2].name, pts),
+                     ("repeat", units[1].name, pts)]
+    # a block its record closes has nothing to do
+    assert not [w for w in work if w[1] == "seed-2"]
+    # ... unless a unit of it is missing: then it is measured whole again
+    work = plan_work(units, lambda u: pts if u.name == units[4].name else [],
+                     done_blocks={"seed-1", "seed-2"}, points=pts)
+    assert [(k, u.name) for k, _, u, _ in work] == [
+        ("unit", units[3].name), ("unit", units[4].name), ("repeat", units[3].name)]
+    # the base block has no reference: its units resume one by one
+    work = plan_work(units, lambda u: [] if u.mode == "base" else pts, done_blocks=set(),
+                     points=pts)
+    assert not [w for w in work if w[1] == "base"]
+
+
+def test_a_bench_block_killed_mid_way_is_rerun_whole(tmp_path, tiny_llama_dir, glue_dir):
+    """SIGKILL the bench stage (its process group) once the seed block's first unit is stored;
+    the rerun measures that block again whole, so its drift reference covers every unit, and
+    its record says which process measured each unit."""
+    import signal
+    import subprocess
+    import sys
+
+    from peftlab.context import Context
+    from peftlab.pipeline import open_study_store
+    from peftlab.stages.bench import run as bench_stage
+    from peftlab.testing import tiny_study, wait_for_records
+
+    bench = {"modes": ["full", "unmerged", "merged"], "batch_sizes": [1],
+             "seq_lengths": ["data"], "warmup": 1, "min_iterations": 3, "min_seconds": 0.0,
+             "threads": 1, "load_repeats": 1, "gate_examples": 4, "paired": None}
+    study = tiny_study(tmp_path, model_dir=tiny_llama_dir, glue_dir=glue_dir, seeds=(1,),
+                       tasks=("sst2",), methods=("full", "lora"), bench=bench)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "bench", str(study.path),
+                             "--data-dir", str(glue_dir)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = wait_for_records(
+            study.output_dir / "results.sqlite", proc, "bench",
+            lambda recs: next((r for r in recs.values()
+                               if (r.get("order") or {}).get("block") == "seed-1"), None),
+            what="the seed block's first unit")
+        os.killpg(proc.pid, signal.SIGKILL)  # the stage, its fork server and any unit process
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert _table(study, "bench_blocks") == {}  # the block never closed
+    killed_server = first["process"]["parent_pid"]
+
+    store = open_study_store(study)
+    try:
+        bench_stage(Context(study=study, store=store))
+    finally:
+        store.close()
+    block = _table(study, "bench_blocks")["seed-1"]
+    records = _table(study, "bench")
+    assert len(block["order"]) == 3 and block["covers"] == block["order"]
+    assert set(block["processes"]) == set(block["order"])
+    server = block["reference_process"]["parent_pid"]
+    assert server != killed_server
+    for unit in block["order"]:
+        rec = records[f"{unit}/b1/sdata"]
+        # measured again, by the rerun's fork server, beside the reference
+        assert rec["process"]["parent_pid"] == server == block["processes"][unit]["parent_pid"]
+        assert rec["process"]["pid"] == block["processes"][unit]["pid"]
+    again = records[f"{first['mode_key']}/{first['unit']}/b1/sdata"]
+    assert again["process"]["pid"] != first["process"]["pid"]
+
+
+# -- the paired design ---------------------------------------------------------------------------
+
+
+def test_primary_comparisons_run_paired_in_blocks_with_an_a_a_control(benched):
+    from peftlab.latency_design import analyse_pairs, log_latency
+
+    study, _, runs = benched
+    pairs = _table(study, "bench_pairs")
+    design = _table(study, "bench_design")
+    comps = {(r["group"], r["comparison"], r["a"], r["b"], r["primary"], r["control"])
+             for r in pairs.values()}
+    for t in ("sst2", "rte"):
+        g = f"{t}/lora"
+        assert {(g, "unmerged_vs_merged", "lora/unmerged", "lora/merged", True, False),
+                (g, "merged_vs_full", "lora/merged", "full/full", True, False),
+                (g, "unmerged_vs_full", "lora/unmerged", "full/full", False, False),
+                (g, "aa", "lora/merged (again)", "lora/merged", False, True)} <= comps
+    assert len(comps) == 8
+    by_block = defaultdict(list)
+    for r in pairs.values():
+        assert r["status"] == "done", r.get("failure_reason")
+        assert r["batch_size"] == 1 and r["seq_len"] == "data"  # the primary sweep point
+        lora, full = _run_id(runs, r["task"], "lora"), _run_id(runs, r["task"], "full")
+        assert r["run_id_a"] == lora and r["run_id_b"] == (full if r["b"] == "full/full"
+                                                           else lora)
+        by_block[(r["group"], r["block"])].append(r)
+    for (_, b), recs in by_block.items():
+        # one process holds every model of the block: the comparisons share its rounds
+        assert len(recs) == 4 and len({r["process"]["pid"] for r in recs}) == 1
+        assert {r["phase"] for r in recs} == {"pilot" if b < 2 else "main"}
+        assert recs[0]["environment"]["torch_threads"] == 1
+        checks = {(c["name"], c["reference"]): c["passed"] for c in recs[0]["check"]}
+        assert checks == {("lora/unmerged", "lora/merged"): True,
+                          ("lora/unmerged", "lora/merged (again)"): True,
+                          ("lora/merged", "lora/merged (again)"): True}
+    assert len({recs[0]["process"]["pid"] for recs in by_block.values()}) == len(by_block)
+    for r in pairs.values():
+        assert len(r["rounds"]) == len(r["log_ratios"]) >= 2
+        for rd in r["rounds"]:
+            order = rd["order"]  # a drawn order, then mirrored: ABBA
+            assert len(order) == 8 and order[4:] == order[:4][::-1] and len(set(order)) == 4
+            assert len(rd["a_ns"]) == len(rd["b_ns"]) == 2
+            assert all(len(seg) == r["requests"] == 2 for seg in rd["a_ns"] + rd["b_ns"])
+            assert rd["log_ratio"] == pytest.approx(log_latency(rd["a_ns"])
+                                                    - log_latency(rd["b_ns"]))
+            assert rd["a_ms"] == pytest.approx([np.median(s) / 1e6 for s in rd["a_ns"]])
+        assert r["log_ratios"] == [rd["log_ratio"] for rd in r["rounds"]]
+    # the design: one record per comparison, its plan honoured, its detectable difference
+    assert set(design) == {k.rsplit("/block-", 1)[0] for k in pairs}
+    for key, d in design.items():
+        mine = sorted((r for k, r in pairs.items() if k.startswith(key + "/block-")),
+                      key=lambda r: r["block"])
+        assert d["stopped_by"] in ("plan", "budget")
+        assert [r["block"] for r in mine] == list(range(len(mine)))
+        if d["stopped_by"] == "plan":
+            assert len(mine) == d["plan"]["blocks"] == 3
+        assert [len(r["log_ratios"]) for r in mine[:2]] == [2, 2]  # the pilot
+        assert all(len(r["log_ratios"]) == d["plan"]["rounds"] for r in mine[2:])
+        res = analyse_pairs([r["log_ratios"] for r in mine], alpha=0.05, power=0.8)
+        assert d["mdd_pct"] == pytest.approx(res["mdd_pct"]) and d["result"] == res
+        assert d["pilot"]["blocks"] == 2 and d["pilot"]["round_s"] > 0
+        assert d["pilot"]["components"][d["comparison"]]["sigma_round"] >= 0
+
+
+def _candidates(tasks, seeds, methods):
+    from peftlab.bench.mode import Candidate
+    from peftlab.methods import get_method
+
+    out = []
+    for t in tasks:
+        for m in methods:
+            for s in seeds:
+                kind = "full" if m == "full" else "peft"
+                art = {"name": f"{t}-{m}-{s}", "path": f"/x/{t}-{m}-{s}", "kind": kind,
+                       "task": t, "run_id": f"{t}-{m}-{s}", "method_type": m}
+                out.append(Candidate(art, m, s, get_method(m)))
+    return out
+
+
+def test_paired_groups_hold_each_task_and_method_with_its_references_and_the_control():
+    from peftlab.bench.paired import plan_groups
+
+    cands = _candidates(["a", "b"], [1, 2], ["full", "lora", "ia3"])
+    groups, notes = plan_groups(cands, comparisons=["unmerged_vs_merged", "merged_vs_full"],
+                                modes=["base", "full", "unmerged", "merged"], tasks=["a", "b"],
+                                seeds=[1, 2], control=True)
+    assert [g.name for g in groups] == ["a/lora", "a/ia3", "b/lora", "b/ia3"]
+    g = groups[0]
+    assert [c.label for c in g.conditions] == ["lora/unmerged", "lora/merged", "full/full",
+                                               "lora/merged (again)"]
+    assert [(c.name, c.a, c.b, c.primary, c.control) for c in g.comparisons] == [
+        ("unmerged_vs_merged", "lora/unmerged", "lora/merged", True, False),
+        ("merged_vs_full", "lora/merged", "full/full", True, False),
+        ("unmerged_vs_full", "lora/unmerged", "full/full", False, False),
+        ("aa", "lora/merged (again)", "lora/merged", False, True)]
+    assert g.condition("lora/merged (again)").artifacts == g.condition("lora/merged").artifacts
+    assert [g.seed_of(i) for i in range(5)] == [1, 2, 1, 2, 1]
+    assert g.condition("full/full").artifacts[2]["run_id"] == "a-full-2"
+    assert not notes
+    # a mode the spec does not bench: its comparisons are left out, saying so
+    groups, notes = plan_groups(cands, comparisons=["unmerged_vs_merged", "merged_vs_full"],
+                                modes=["full", "unmerged"], tasks=["a"], seeds=[1, 2],
+                                control=False)
+    assert groups == [] and any("merged" in n and "bench.modes" in n for n in notes)
+    # a seed missing a condition's run is not served; no seed at all: the group is left out
+    partial = [c for c in cands if not (c.method == "full" and c.seed == 1)]
+    groups, _ = plan_groups(partial, comparisons=["merged_vs_full"], modes=["full", "merged"],
+                            tasks=["a"], seeds=[1, 2], control=False)
+    assert [g.seeds for g in groups] == [[2], [2]]
+    groups, notes = plan_groups([c for c in cands if c.seed == 1 or c.method != "full"],
+                                comparisons=["merged_vs_full"], modes=["full", "merged"],
+                                tasks=["a"], seeds=[2], control=False)
+    assert groups == []
+
+
+def test_the_design_runs_a_pilot_sizes_the_rest_and_resumes_the_same_design():
+    """With a fake block runner (no models): waves of one block per group, the pilot's
+    variances size the main blocks, the budget stops the design, stored blocks are reused."""
+    from types import SimpleNamespace
+
+    from peftlab.bench.paired import Block, comparison_key, plan_groups, run_design
+
+    groups, _ = plan_groups(_candidates(["a", "b"], [1], ["full", "lora"]),
+                            comparisons=["unmerged_vs_merged", "merged_vs_full"],
+                            modes=["full", "unmerged", "merged"], tasks=["a", "b"], seeds=[1],
+                            control=True)
+    rng = np.random.default_rng(0)
+    ran = []
+
+    def run_block(g, index, rounds, phase):
+        ran.append((g.name, index, rounds, phase))
+        ratios = {comparison_key(c): list(rng.normal(0.0, 0.05, rounds)) for c in g.comparisons}
+        return Block(g.name, index, rounds, True, wall_s=2.0 + 0.5 * rounds,
+                     rounds_s=0.5 * rounds, log_ratios=ratios)
+
+    paired = SimpleNamespace(budget_s=60.0, detect=0.05, pilot_rounds=4, min_blocks=3,
+                             max_blocks=10, max_rounds=20)
+    lines = []
+    out = run_design(groups, paired=paired, alpha=0.05, power=0.8, stored={},
+                     run_block=run_block, say=lines.append)
+    plan = out["plan"]
+    # the pilot: two waves, one block per group in each, in group order
+    assert ran[:4] == [("a/lora", 0, 4, "pilot"), ("b/lora", 0, 4, "pilot"),
+                       ("a/lora", 1, 4, "pilot"), ("b/lora", 1, 4, "pilot")]
+    assert plan["pilot"]["round_s"] == pytest.approx(0.5)
+    assert plan["pilot"]["block_s"] == pytest.approx(2.0)
+    assert set(plan["pilot"]["components"]) == {"unmerged_vs_merged", "merged_vs_full",
+                                                "unmerged_vs_full", "aa"}
+    main = ran[4:]
+    assert all(r[2] == plan["rounds"] and r[3] == "main" for r in main)
+    # blocks alternate between groups; the design stays within its budget
+    assert [r[0] for r in main] == ["a/lora", "b/lora"] * (len(main) // 2) + (
+        ["a/lora"] if len(main) % 2 else [])
+    assert out["spent_s"] <= paired.budget_s
+    assert any("design:" in line for line in lines)
+    if out["stopped_by"] == "plan":
+        assert len(main) == 2 * (plan["blocks"] - 2)
+    # resumed from what was stored: nothing runs again, the same plan
+    stored = {(b.group, b.block): b for b in out["blocks"]}
+    ran.clear()
+    again = run_design(groups, paired=paired, alpha=0.05, power=0.8, stored=stored,
+                       run_block=run_block, say=lines.append)
+    assert ran == [] and again["stopped_by"] == out["stopped_by"]
+    assert {k: again["plan"][k] for k in ("blocks", "rounds")} == {
+        k: plan[k] for k in ("blocks", "rounds")}
+    # a block killed mid-way left nothing: only it runs again
+    del stored[("b/lora", 1)]
+    ran.clear()
+    run_design(groups, paired=paired, alpha=0.05, power=0.8, stored=stored,
+               run_block=run_block, say=lines.append)
+    assert ran[0] == ("b/lora", 1, 4, "pilot")
+    # a tiny budget: the pilot only, and the design says the budget stopped it
+    ran.clear()
+    small = SimpleNamespace(**{**vars(paired), "budget_s": 1.0})
+    out = run_design(groups, paired=small, alpha=0.05, power=0.8, stored={},
+                     run_block=run_block, say=lines.append)
+    assert len(ran) == 4 and out["plan"]["blocks"] == 2
+
+
+def test_a_paired_block_whose_merge_differs_from_its_adapter_is_not_timed(benched, monkeypatch):
+    import torch
+
+    import peftlab.artifacts as artifacts
+    from peftlab.bench.paired import plan_groups
+    from peftlab.bench.paired_job import paired_job
+    from peftlab.bench.runner import run_isolated
+    from peftlab.bench.units import bench_settings
+    from peftlab.context import Context
+    from peftlab.stages.bench import study_units
+    from peftlab.store import Store
+
+    study, _, _ = benched
+    store = Store(study.output_dir, create=False)
+    try:
+        _, tasks, candidates = study_units(Context(study=study, store=store),
+                                           with_candidates=True)
+    finally:
+        store.close()
+    groups, _ = plan_groups(candidates, comparisons=["unmerged_vs_merged"],
+                            modes=["unmerged", "merged"], tasks=["sst2"], seeds=[1],
+                            control=False)
+    (group,) = groups
+    job = paired_job(group, block=0, rounds=2, model=study.spec.model.model_dump(mode="json"),
+                     device="cpu", settings=bench_settings(study.spec.bench), tasks=tasks,
+                     batch_size=1, seq_len="data", requests=2)
+    good = run_isolated(job, isolation="in-process")
+    assert good["status"] == "done" and [r["round"] for r in good["rounds"]] == [0, 1]
+    assert sorted(good["load_order"]) == ["lora/merged", "lora/unmerged"]
+
+    real_merge = artifacts.merge
+
+    def corrupted(peft_model):
+        model = real_merge(peft_model)
+        with torch.no_grad():
+            w = model.model.layers[0].self_attn.q_proj.weight
+            w.add_(0.05 * torch.randn_like(w, generator=torch.Generator().manual_seed(0)))
+        return model
+
+    monkeypatch.setattr(artifacts, "merge", corrupted)
+    bad = run_isolated(job, isolation="in-process")
+    assert bad["status"] == "failed" and bad["rounds"] == []
+    assert bad["failure_reason"].startswith("the same artifact served under two modes gave "
+                                            "other logits (not timed)")
+    assert [c["passed"] for c in bad["check"]] == [False]
+
+
+def test_served_models_own_aligned_memory_and_build_no_cache():
+    import torch
+    from transformers import LlamaConfig
+
+    from peftlab.bench.loading import for_serving, own_parameters
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[1].weight = model[0].weight  # tied
+    raw = bytearray(8 + 16 * 4)
+    view = torch.frombuffer(raw, dtype=torch.float32, offset=8, count=16).view(4, 4)
+    view.copy_(torch.arange(16.0).view(4, 4))
+    model[0].weight.data = view  # a view into someone else's buffer, 8 bytes past alignment
+    assert model[0].weight.data_ptr() % 64 != 0
+    own_parameters(model)
+    assert model[0].weight.data_ptr() % 64 == 0
+    assert model[1].weight is model[0].weight  # still tied
+    assert torch.equal(model[0].weight, torch.arange(16.0).view(4, 4))
+    raw[8:12] = b"\x00\x00\x80\x7f"  # the old buffer changes: the model no longer reads it
+    assert model[0].weight[0, 0] == 0.0
+
+    holder = torch.nn.Module()
+    holder.config = LlamaConfig(use_cache=True)
+    assert for_serving(holder).config.use_cache is False
+    assert for_serving(torch.nn.Linear(2, 2)) is not None  # no config: nothing to set

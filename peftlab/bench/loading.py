@@ -293,6 +293,52 @@ def head_names_of(model: Any) -> list[str]:
     return head_module_names(inner)
 
 
+def for_serving(model: Any) -> Any:
+    """`model` set up the same way whatever it was loaded from, returned for chaining: its
+    config's `use_cache` off (on the text config too, for composite configs).
+
+    A classifier never reuses a key/value cache, but a decoder whose config says use_cache
+    builds one on every forward. A fully fine-tuned model is saved from training, where the
+    cache is off, while the base an adapter loads onto (unmerged, merged) keeps the pretrained
+    config's `use_cache: true`: served as loaded, the merged and unmerged models of a decoder
+    pay for a cache the full model does not, a difference of configuration, not of serving
+    strategy. Encoders (BERT) ignore the flag."""
+    configs = [getattr(model, "config", None)]
+    if configs[0] is not None and hasattr(configs[0], "get_text_config"):
+        configs.append(configs[0].get_text_config())
+    for cfg in configs:
+        if cfg is not None and getattr(cfg, "use_cache", False):
+            cfg.use_cache = False
+    return model
+
+
+def own_parameters(model: Any) -> Any:
+    """`model` with every CPU parameter and buffer copied into memory of the process's own
+    (torch's allocator: 64-byte aligned, anonymous), returned for chaining.
+
+    transformers leaves weights loaded from safetensors as views into the memory-mapped file, at
+    whatever address the file's header length puts them (all-MiniLM-L6-v2's own file: 24 bytes
+    past a 64-byte boundary; a file saved by a run: 32), while an adapter merged into the base
+    writes into those views. Two models of one architecture then read their weights from
+    differently aligned, differently backed memory, and time differently for that alone
+    (`benchmarks/merged_vs_full.py`). The latency comparisons serve every model from its own
+    copy, so they compare architectures, not file headers. Device tensors are left as they are
+    (copied to the device already). Shared tensors (tied embeddings) stay shared.
+    """
+    import torch
+
+    copies: dict[tuple[Any, ...], Any] = {}
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.device.type != "cpu":
+                continue
+            key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+            if key not in copies:
+                copies[key] = t.data.clone(memory_format=torch.contiguous_format)
+            t.data = copies[key]
+    return model
+
+
 def release_memory(device: str) -> None:
     """Give freed model memory back (Python objects, CUDA cache, glibc heap) between loads, so
     the next measurement does not start from the previous model's leftovers."""

@@ -13,6 +13,9 @@ compiled graphs and caches cannot leak into the next, and collects the JSON resu
    under `PeakMemory`), then the timing loop (`timing.time_requests`) with the garbage collector
    paused (as `timeit` does) and no sampling thread running.
 
+A block of the paired latency design (a job of kind "paired", `bench.paired_job`) runs here
+too (`run_paired_job`): several models in one process, timed alternately.
+
 torch, transformers and peft are imported at module level on purpose: the forkserver imports this
 module once and every unit process forked from it starts with them loaded.
 """
@@ -25,6 +28,7 @@ import os
 import sys
 import time
 import traceback
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,8 @@ from peftlab.bench.flops import linear_flops
 from peftlab.bench.gate import compare_logits, gate_result
 from peftlab.bench.loading import (
     drop_page_cache,
+    for_serving,
+    own_parameters,
     release_memory,
 )
 from peftlab.bench.mode import Mode
@@ -77,17 +83,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     env = WorkerEnv(job)
     device = env.device
     sync = synchronizer(device)
-    environment = {
-        "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
-        _cpu_name(),
-        "dtype": env.dtype,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "variant": job.get("variant", "eager"),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__},
-    }
+    environment = environment_of(env, job.get("variant", "eager"))
     base = {"process": process, "environment": environment}
 
     # 1. load: cold (page cache dropped), then repeated
@@ -143,10 +139,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {**base, "status": "done", "points": points}
 
 
+def environment_of(env: WorkerEnv, variant: str) -> dict[str, Any]:
+    """Where a unit ran: device, dtype, threads, variant and library versions."""
+    device = env.device
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else
+        _cpu_name(),
+        "dtype": env.dtype,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "variant": variant,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+    }
+
+
 def _load(mode: Mode, env: WorkerEnv, job: dict[str, Any]) -> Any:
     """The mode's model; for the "fast" variant rewritten onto the fused fast path (the fusing
     is part of the load time). The FLOPs of the adapter path are counted before fusing."""
-    model = mode.load(env)
+    model = for_serving(mode.load(env))
     if job.get("variant") == "fast":
         from peftlab.bench.fastpath import fused_lora
 
@@ -291,6 +303,113 @@ def _storage(env: WorkerEnv, model: Any, files: list[Path]) -> dict[str, Any]:
     }
 
 
+# A block of the paired design (`run_paired_job`)
+SEGMENT_WARMUP = 1  # untimed requests when a model's segment starts
+CHECK_REQUESTS = 8  # requests whose logits the same-artifact check compares
+
+
+def run_paired_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One block of the paired latency design (`bench.paired_job` says what it does and why):
+    load every condition's model, check the ones serving one artifact agree, warm up, then the
+    ABBA rounds; JSON-ready result with every timed latency per round and condition."""
+    t_start = time.perf_counter()
+    process = {"pid": os.getpid(), "parent_pid": os.getppid(),
+               "isolation": job.get("isolation", "in-process")}
+    gc.freeze()
+    if job.get("isolation") in ("forkserver", "subprocess") and not job.get("log"):
+        transformers.logging.set_verbosity_error()  # as `run_job`: no log, no reports
+    settings = job["settings"]
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings["threads"]))
+    torch.manual_seed(int(settings["seed"]))
+    env = WorkerEnv(job)
+    rng = np.random.default_rng([int(settings["seed"]), int(job["block"]),
+                                 zlib.crc32(job["group"].encode())])
+    conds = job["conditions"]
+    labels = [c["label"] for c in conds]
+
+    # 1. load, in a drawn order, each model into memory of its own
+    calls: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    load_order = [labels[i] for i in rng.permutation(len(labels))]
+    for label in load_order:
+        c = next(x for x in conds if x["label"] == label)
+        mode = get_mode(c["mode"])
+        env.artifacts = [c["artifact"]]
+        models[label] = for_serving(mode.load(env))
+        if job.get("own_memory", True):  # off only to measure what it changes (benchmarks/)
+            own_parameters(models[label])
+        calls[label] = mode.make_call(env, models[label], models[label])
+    load_s = time.perf_counter() - t_start
+    environment = environment_of(env, "eager")
+    base = {"process": process, "environment": environment, "load_order": load_order}
+
+    # 2. the same artifact under two modes (or twice) must serve the same logits
+    seed = int(settings["seed"]) * 1_000_003 + int(job["block"])
+    reqs = env.batches(job["task"], int(job["batch_size"]), job["seq_len"], seed)
+    t0 = time.perf_counter()
+    probe = reqs[:CHECK_REQUESTS]
+    logits = {lab: env.logits(calls[lab], probe) for lab in labels}
+    checks = []
+    for i, a in enumerate(conds):
+        for b in conds[i + 1:]:
+            if a["artifact"]["path"] == b["artifact"]["path"]:
+                checks.append(env.compare(a["label"], logits[a["label"]], b["label"],
+                                          logits[b["label"]]))
+    check_s = time.perf_counter() - t0
+    failed = [c for c in checks if not c["passed"]]
+    if failed:
+        return {**base, "status": "failed", "check": checks, "rounds": [],
+                "failure_reason": "the same artifact served under two modes gave other logits "
+                                  "(not timed): " + "; ".join(
+                                      f"{c['name']} vs {c['reference']}: relative difference "
+                                      f"{c['rel_diff']:.2e}" for c in failed)}
+
+    # 3. warm-up
+    sync = synchronizer(env.device)
+    t0 = time.perf_counter()
+    longest = max(reqs, key=lambda r: r.padded_tokens)
+    with torch.inference_mode():
+        for label in load_order:
+            for r in [longest] + reqs[: int(settings["warmup"])]:
+                calls[label](r)
+        sync()
+    warm_s = time.perf_counter() - t0
+
+    # 4. rounds
+    n = int(job["requests"])
+    out_rounds = []
+    round_s = []
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            for r in range(int(job["rounds"])):
+                t0 = time.perf_counter()
+                chosen = [reqs[(r * n + i) % len(reqs)] for i in range(n)]
+                order = [labels[i] for i in rng.permutation(len(labels))]
+                order = order + order[::-1]
+                ns: dict[str, list[list[int]]] = {lab: [] for lab in labels}
+                for label in order:
+                    for w in chosen[:SEGMENT_WARMUP]:
+                        calls[label](w)
+                    sync()
+                    it = iter(chosen)
+                    timing = time_requests(calls[label], lambda it=it: next(it), warmup=0,
+                                           min_iterations=n, min_seconds=0.0,
+                                           max_seconds=float(settings["max_seconds"]),
+                                           device=env.device)
+                    ns[label].append([int(x) for x in timing.latencies_ns])
+                out_rounds.append({"round": r, "order": order, "ns": ns})
+                round_s.append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return {**base, "status": "done", "check": checks, "rounds": out_rounds,
+            "timing": {"load_s": load_s, "check_s": check_s, "warm_s": warm_s,
+                       "rounds_s": float(sum(round_s)), "round_s": round_s,
+                       "worker_s": time.perf_counter() - t_start}}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -314,6 +433,8 @@ def safe_run(job: dict[str, Any]) -> dict[str, Any]:
             from peftlab.bench.serving_job import run_serving_job
 
             return run_serving_job(job)
+        if job.get("kind") == "paired":  # a block of the paired design (`bench.paired_job`)
+            return run_paired_job(job)
         return run_job(job)
     except PeftlabError as err:
         return {"status": "error", "error_type": type(err).__name__, "message": str(err),

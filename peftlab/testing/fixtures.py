@@ -44,7 +44,15 @@ def tiny_spec(output_dir: Path, *, model_dir: Path, tasks: tuple[str, ...] = ("s
                   "min_iterations": 3, "min_seconds": 0.0, "threads": 1},
     }
     spec.update(sections)
+    if isinstance(spec.get("bench"), dict) and "paired" not in spec["bench"]:
+        spec["bench"] = {**spec["bench"], "paired": dict(TINY_PAIRED)}
     return spec
+
+
+# The paired latency design of a tiny study (unless its bench section says otherwise): the two
+# pilot blocks per task and method, of 2 short rounds, and no more.
+TINY_PAIRED = {"budget_s": 60.0, "pilot_rounds": 2, "requests": 2, "min_blocks": 2,
+               "max_blocks": 2}
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:
