@@ -1166,3 +1166,53 @@ def test_served_models_own_aligned_memory_and_build_no_cache():
     holder.config = LlamaConfig(use_cache=True)
     assert for_serving(holder).config.use_cache is False
     assert for_serving(torch.nn.Linear(2, 2)) is not None  # no config: nothing to set
+
+
+def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched):
+    """The stats stage reads bench_pairs: each primary latency comparison is one record whose
+    unit is the block, its ratio is analyse_pairs' over the stored rounds, and the A/A control's
+    pooled interval is stored as the noise floor."""
+    import math
+
+    from peftlab.context import Context
+    from peftlab.latency_design import analyse_pairs
+    from peftlab.pipeline import open_study_store
+    from peftlab.stages.stats import run as stats_stage
+
+    study, _, _ = benched
+    store = open_study_store(study)
+    try:
+        stats_stage(Context(study=study, store=store))
+    finally:
+        store.close()
+    stats = _table(study, "stats")
+    pairs = _table(study, "bench_pairs")
+    paired = {k: r for k, r in stats.items() if r.get("design") == "paired"}
+    assert paired, "no comparison read from bench_pairs"
+    for r in paired.values():
+        assert r["unit_of_analysis"].startswith("block")
+        blocks = sorted((p for p in pairs.values() if p["comparison"] == r["pair"]
+                         and p["task"] == r["task"] and p["a"] == r["a"] and p["b"] == r["b"]),
+                        key=lambda p: p["block"])
+        assert r["n"] == len(blocks) >= 2
+        want = analyse_pairs([p["log_ratios"] for p in blocks], alpha=study.spec.stats.alpha,
+                             margin=r["paired_analysis"]["margin"],
+                             floor=math.log1p(r["noise_floor_pct"] / 100))
+        assert r["paired_analysis"]["ratio"] == pytest.approx(want["ratio"])
+        # the per-block pair is the geometric mean of the segment medians: its ratio is the
+        # block's mean round log ratio
+        block_ratios = [a / b for a, b in zip(r["values_a"], r["values_b"], strict=True)]
+        assert block_ratios == pytest.approx(
+            [math.exp(sum(p["log_ratios"]) / len(p["log_ratios"])) for p in blocks])
+    keys = {(r["pair"], r["task"]) for r in paired.values()}
+    assert {("unmerged_vs_merged", "sst2"), ("merged_vs_full", "rte")} <= keys
+    # one record per key: the per-seed comparison of the same key was replaced, not kept beside
+    prefix = "comparison/latency/unmerged_vs_merged/sst2/b1/data/"
+    assert len([k for k in stats if k.startswith(prefix)]) == 1
+    control = stats["summary/latency_control"]
+    ordered = sorted(pairs.values(), key=lambda p: (p["group"], p["block"]))
+    aa = analyse_pairs([p["log_ratios"] for p in ordered if p["control"]],
+                       alpha=study.spec.stats.alpha)
+    assert control["ratio"] == pytest.approx(aa["ratio"])
+    widest = max(abs(math.log(aa["ci_low"])), abs(math.log(aa["ci_high"])))
+    assert control["floor_pct"] == pytest.approx(100 * math.expm1(widest))

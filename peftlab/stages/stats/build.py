@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from peftlab.families import FAMILIES, PRIMARY, endpoint_texts, planned_families
 from peftlab.results import run_view
-from peftlab.stages.stats import forgetting, intruder, latency, metric, readout, variance
+from peftlab.stages.stats import (
+    forgetting,
+    intruder,
+    latency,
+    metric,
+    paired_latency,
+    readout,
+    variance,
+)
 from peftlab.stages.stats.common import Inputs, Pending, Record, correct
 from peftlab.stages.stats.verdicts import run_verdicts
 
@@ -21,7 +29,7 @@ TABLE = "stats"
 # comparisons before correction and its other records (summaries, variance, correlations). All
 # comparisons are corrected together, each within its family; the other records follow the run
 # verdicts in this order. A new area is one module here and one entry below.
-AREAS = (metric, variance, readout, latency, forgetting, intruder)
+AREAS = (metric, variance, readout, latency, paired_latency, forgetting, intruder)
 
 
 def build_stats(ctx: Context) -> list[Record]:
@@ -34,9 +42,12 @@ def build_stats(ctx: Context) -> list[Record]:
     records: list[Record] = list(run_summaries)
     for area in AREAS:
         area_pending, area_records = area.build(inputs)
+        if area is paired_latency:  # measured in paired blocks: replaces the per-seed record
+            keys = {p.key for p in area_pending}
+            pending = [p for p in pending if p.key not in keys]
         pending += area_pending
         records += area_records
-    comparisons = correct(pending, cfg)
+    comparisons = [(key, _floored(rec)) for key, rec in correct(pending, cfg)]
     planned = planned_families(ctx.study)
     families: dict[str, dict[str, Any]] = {
         f: {"role": "primary" if f == PRIMARY else "exploratory", "planned": n, "tested": 0,
@@ -69,6 +80,17 @@ def build_stats(ctx: Context) -> list[Record]:
     # Keys sort alphabetically in the store; `order` keeps the study's order (tasks as in the
     # spec, bands early to late) for the report.
     return [(key, {**rec, "order": i}) for i, (key, rec) in enumerate(items)]
+
+
+def _floored(rec: dict[str, Any]) -> dict[str, Any]:
+    """A paired latency difference inside the A/A control's noise floor is not called real: its
+    outcome becomes inconclusive, with the reason."""
+    if rec.get("design") == "paired" and rec.get("outcome") == "different" and \
+            paired_latency.inside_floor(rec):
+        return {**rec, "outcome": "inconclusive",
+                "outcome_note": f"significant, but inside the A/A noise floor "
+                                f"(+/-{rec['noise_floor_pct']:.1f}%)"}
+    return rec
 
 
 def run(ctx: Context) -> None:
