@@ -153,8 +153,8 @@ def _start_verdict(ctx: Context, task: str, rec: dict[str, Any], base: BaselineR
     from peftlab.baseline_records import read_start_logits
 
     if base is None or base.start_logits is None:
-        why = (base.probe_error if base is not None and base.probe_error
-               else "the baselines record keeps no logits of the probe-fitted head")
+        why = ("no baselines record for the task" if base is None else base.probe_error
+               or "the baselines record keeps no logits of the probe-fitted head")
         return no_start(f"not judged against its start: {why}")
     if task not in starts:
         try:
