@@ -21,6 +21,13 @@ metric is not accuracy (the kind's `learned_fallback`), when accuracy's lower bo
 accuracy's (`judge`). The base model with an untrained head is kept beside them as context (what
 the pretrained features give with no training at all).
 
+A run that starts from more than nothing (a head fitted on the frozen base, `training.head_init:
+probe`) is also judged against that start (`judge_start`): its main metric minus the start's, on
+the same evaluation examples, with a paired bootstrap interval over them. It improved when the
+interval's lower bound is above 0, ended worse when the upper bound is below 0, else shows no
+detectable change. A run can clear every trivial baseline and still be worse than where it began,
+so `learned` and `improved` are separate verdicts.
+
 Pure functions (labels in, numbers out); the `baselines` stage computes them on the study's
 evaluation subset and the stats stage judges every run with `judge`.
 """
@@ -32,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from peftlab.metrics import METRICS, compute_metrics
+from peftlab.metrics import METRICS, compute_metrics, paired_difference
 
 CHANCE_SIMULATIONS = 2000
 RULE = ("learned = the lower bound of the main metric's bootstrap interval over evaluation "
@@ -228,3 +235,58 @@ def _judge_metric(run_metrics: dict[str, dict[str, Any]], main_metric: str,
                   f"it{also}")
     return {**out, "learned": bool(learned), "floor": float(floor),
             "margin": float(bound - floor), "reason": reason, "context": context}
+
+
+START_RULE = ("improved = the lower bound of the paired bootstrap interval of the main metric's "
+              "difference, run minus its start, over the same evaluation examples, is above 0; "
+              "worse = the upper bound is below 0; else no detectable change")
+
+
+def no_start(reason: str) -> dict[str, Any]:
+    """The start fields of a verdict for a run that cannot be judged against a start (none
+    that is non-trivial, or its predictions are missing): `improved` None with the reason."""
+    return {"improved": None, "change": None, "start": None, "start_value": None,
+            "improvement": None, "improvement_reason": reason}
+
+
+def judge_start(main_metric: str, labels: Any, run_pred: Any, start_pred: Any, *,
+                start: str, n_bootstrap: int = 1000, confidence: float = 0.95,
+                seed: int = 0) -> dict[str, Any]:
+    """Did fine-tuning improve on the model it started from? The run's and its start's
+    predictions on the same evaluation examples, compared on the main metric by a paired
+    bootstrap over the examples (`metrics.paired_difference`, run minus start).
+
+    labels, run_pred, start_pred: (n,) label ids (or scores), in the same example order.
+    start: what the start was, for the reason (e.g. "the probe-fitted head").
+    Returns {improved (bool; None without an interval), change ("improved", "no detectable
+    change" or "worse", on the side the metric is better on: a lower-is-better metric improves
+    when the difference's interval is below 0), start, start_value (the start's metric),
+    improvement {estimate, ci_low, ci_high} (run minus start, metric units),
+    improvement_reason (one sentence with the numbers), start_rule}.
+    """
+    metric = METRICS.get(main_metric)
+    start_value = float(metric(np.asarray(labels), np.asarray(start_pred)))
+    diff = paired_difference(main_metric, labels, run_pred, start_pred,
+                             n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    est, lo, hi = diff["estimate"], diff["ci_low"], diff["ci_high"]
+    out = {"start": start, "start_value": start_value, "improvement": diff,
+           "start_rule": START_RULE}
+    shown = (f"{main_metric} {_num(start_value + est)} against {_num(start_value)} for "
+             f"{start}: difference {est:+.4f}")
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return {**out, "improved": None, "change": None,
+                "improvement_reason": f"{shown}, with no interval to judge it by "
+                                      "(training.bootstrap_samples is 0, or it is undefined)"}
+    sign = 1.0 if metric.higher_is_better else -1.0
+    better, worse = (lo, hi) if sign > 0 else (-hi, -lo)
+    position = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+    if better > 0:
+        change, verdict = "improved", "the run improved on its start"
+    elif worse < 0:
+        change, verdict = "worse", "the run ended below its start"
+    else:
+        change, verdict = "no detectable change", "no detectable change from its start"
+    return {**out, "improved": change == "improved", "change": change,
+            "improvement_reason": f"{shown} [{lo:+.4f}, {hi:+.4f}] "
+                                  f"({round(100 * confidence)}% paired bootstrap over the same "
+                                  f"{np.asarray(labels).size} examples), {position}: {verdict}"}

@@ -405,3 +405,41 @@ def compute_metrics(
             low, high = np.nanpercentile(reps, [tail, 100 - tail])
         out[name] = {"value": values[name], "ci_low": float(low), "ci_high": float(high)}
     return out
+
+
+def paired_difference(name: str, y_true: Any, pred_a: Any, pred_b: Any,
+                      n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
+                      ) -> dict[str, float | None]:
+    """Metric `name` of predictions `pred_a` minus that of `pred_b`, both on the same evaluation
+    examples, with a paired percentile bootstrap interval over those examples: each replicate
+    resamples the n examples once and scores both predictions on that same resample, so what
+    the two share (the examples both get right or wrong) cancels out of the interval.
+
+    y_true, pred_a, pred_b: (n,) class ids or scores, one entry per example, in the same order.
+    Returns {"estimate", "ci_low", "ci_high"} in the metric's units (a minus b); the interval is
+    None when n_bootstrap is 0. Replicates where either side is undefined (NaN) are dropped.
+    """
+    _check_names([name])
+    y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    if y_true.ndim != 1 or y_true.size == 0 or pred_a.shape != y_true.shape \
+            or pred_b.shape != y_true.shape:
+        raise ValueError(f"y_true, pred_a and pred_b must be non-empty 1-D arrays of equal "
+                         f"length, got shapes {y_true.shape}, {pred_a.shape}, {pred_b.shape}")
+    metric = METRICS.get(name)
+    estimate = metric(y_true, pred_a) - metric(y_true, pred_b)
+    if n_bootstrap <= 0:
+        return {"estimate": float(estimate), "ci_low": None, "ci_high": None}
+    n = y_true.size
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // n)
+    diffs = []
+    for start in range(0, n_bootstrap, block):
+        counts = counts_from_indices(
+            rng.integers(0, n, size=(min(block, n_bootstrap - start), n)), n)
+        diffs.append(replicate_metrics([name], y_true, pred_a, counts)[name]
+                     - replicate_metrics([name], y_true, pred_b, counts)[name])
+    tail = 100 * (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice: interval stays NaN
+        low, high = np.nanpercentile(np.concatenate(diffs), [tail, 100 - tail])
+    return {"estimate": float(estimate), "ci_low": float(low), "ci_high": float(high)}

@@ -657,6 +657,9 @@ class BaselineRecord(Record):
     # task's runs start from it (training.head_init: probe); same form as untrained_head
     probe_head: dict[str, Any] | None = None
     probe_error: str | None = None
+    # that head's evaluation logits and labels (safetensors "logits" [n, num_labels] float32,
+    # "labels" [n]), relative to the study directory: the start each run is judged against
+    start_logits: str | None = None
     n_bootstrap: int
     confidence: float
     seed: int

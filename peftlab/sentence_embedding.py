@@ -477,13 +477,19 @@ def load_portable_adapter(model: Any, folder: Any, *, adapter_name: str) -> Any:
 
 def _fit_linear(x: np.ndarray, y: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """(weight [num_labels, d], bias [num_labels]) of a linear layer fitted to (x, y): logistic
-    regression (classes) or ridge regression (num_labels 1), both sklearn's, on standardised
-    features (so the penalty does not depend on the features' scale: a cosine that moves by 0.1
-    needs a weight near 20), folded back into the raw features' weight and bias."""
+    regression (classes) or ridge regression (num_labels 1), both sklearn's, on centred features
+    divided by one scale, their root-mean-square over every dimension (so the penalty does not
+    depend on the features' overall scale: a cosine that moves by 0.1 needs a weight near 20),
+    folded back into the raw features' weight and bias.
+
+    One scale for all dimensions, not one per dimension: a dimension that barely varies over the
+    training rows (all-MiniLM-L6-v2's mean-pooled embeddings have one with standard deviation 0)
+    would, standardised on its own, carry a raw weight of hundreds (coefficient / its tiny sd),
+    harmless on the frozen features and ruinous once fine-tuning moves that dimension at all."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     mu = x.mean(axis=0)
-    sd = np.maximum(x.std(axis=0), 1e-6)
+    sd = max(float(np.sqrt(np.mean((x - mu) ** 2))), 1e-6)
     z = (x - mu) / sd
     if num_labels == 1:
         reg = Ridge(alpha=1.0).fit(z, y.astype(float))

@@ -106,8 +106,42 @@ def test_every_run_is_judged_against_its_baselines(sample):
     assert mrpc["value"] == pytest.approx(0.8) and mrpc["majority"] == pytest.approx(0.8)
     assert "equals the majority-class rate 0.8000 (always 'equivalent')" in mrpc["reason"]
     assert mrpc["source"] == "baselines table"
+    # the sample's runs start from an untrained head: no start to judge them against
     assert _settings(records)["runs"] == {"judged": 17, "learned": 10, "degenerate": 7,
-                                          "not_judged": 0}
+                                          "not_judged": 0, "start_judged": 0, "improved": 0,
+                                          "no_detectable_change": 0, "worse": 0}
+    assert all(v["improved"] is None and v["change"] is None and "head_init: random" in
+               v["improvement_reason"] for v in verdicts.values())
+
+
+def test_runs_that_cannot_be_judged_are_never_counted_as_learned(tmp_path, monkeypatch):
+    """A task with no baselines record whose baselines cannot be computed either (the sample's
+    data source is not here): its runs are "not judged", with the reason, and left out of the
+    comparisons that need learned runs, which are void, not tested on unjudged runs."""
+    monkeypatch.delenv("PEFTLAB_DATA_DIR", raising=False)  # CI points it at real GLUE data
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    study = write_sample(tmp_path, degenerate=False)
+    store = Store(study.output_dir)
+    try:
+        store.delete("baselines", "sst2")
+    finally:
+        store.close()
+    records = _stats(study)
+    runs = {(r["task"], r["method"], r["seed"]): r for r in records
+            if r["kind"] == "summary" and r["area"] == "runs"}
+    for (task, _, _), v in runs.items():
+        assert (v["learned"] is None) is (task == "sst2")
+    v = runs[("sst2", "lora", 1)]
+    assert v["source"] == "none" and "the baselines of sst2 could not be computed" in v["reason"]
+    assert _settings(records)["runs"]["not_judged"] == 6
+    c = _one(records, area="drift", task="sst2", measure="linear_cka_debiased", band="mean",
+             method_a="lora")
+    assert c["outcome"] == "void" and c["seeds"] == []
+    assert "a run that could not be judged" in c["reason"]
+    assert all("not judged (" in why for why in c["missing"].values())
+    # the accuracy comparison keeps its runs (it does not need them to have learned)
+    acc = _one(records, area="metric", task="sst2", quantity="accuracy")
+    assert acc["status"] == "ok"
 
 
 def test_degenerate_runs_are_left_out_of_drift_and_deployment_verdicts(sample):
@@ -148,7 +182,9 @@ def test_degenerate_runs_are_left_out_of_drift_and_deployment_verdicts(sample):
     assert sm["seeds"] == [1, 3] and list(sm["degenerate_values"]) == [str(seed)]
 
 
-def test_studies_without_the_baselines_table_use_the_run_records(tmp_path):
+def test_studies_without_the_baselines_table_use_the_run_records(tmp_path, monkeypatch):
+    monkeypatch.delenv("PEFTLAB_DATA_DIR", raising=False)  # no data: baselines cannot be computed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     study = write_sample(tmp_path, degenerate=False)
     store = Store(study.output_dir)
     try:

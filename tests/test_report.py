@@ -462,3 +462,46 @@ def test_the_compute_floor_and_served_labels_follow_the_modes_declarations():
     assert served({"method": "lora", "mode": "merged"}) == "lora merged"
     with MODES.temporarily(FullAgain):
         assert served({"method": "ft", "mode": "full"}) == "ft full"
+
+
+def test_runs_that_did_not_improve_on_their_start_are_counted_and_flagged():
+    """The trust panel's count of runs that improved on their start, and the clause the answers
+    add to a comparison between methods whose runs did not all improve."""
+    from types import SimpleNamespace
+
+    from peftlab.stages.report.answers import _start_note
+    from peftlab.stages.report.trust import start_clause, start_line
+
+    changes = {("sst2", "full"): ["worse", "worse", "no detectable change"],
+               ("sst2", "lora"): ["no detectable change"] * 3,
+               ("mrpc", "full"): ["improved"] * 3, ("mrpc", "lora"): ["improved"] * 3,
+               ("rte", "full"): ["improved", "worse", "no detectable change"],
+               ("rte", "lora"): ["improved"] * 3}
+    verdicts = {(t, m, s): {"task": t, "method": m, "seed": s, "change": c}
+                for (t, m), cs in changes.items() for s, c in enumerate(cs)}
+    flat = [c for cs in changes.values() for c in cs]
+    res = SimpleNamespace(
+        verdicts=verdicts, view=SimpleNamespace(tasks=["sst2", "mrpc", "rte"],
+                                                methods={"full": "full", "lora": "lora"}),
+        settings={"runs": {"start_judged": 18, "improved": flat.count("improved"),
+                           "worse": flat.count("worse"),
+                           "no_detectable_change": flat.count("no detectable change")}},
+        spec=SimpleNamespace(stats=SimpleNamespace(alpha=0.05)))
+    assert start_clause(res, "sst2", ["lora", "full"]) == (
+        "on sst2 neither method improved on its probe-fitted start")
+    assert start_clause(res, "rte", ["lora", "full"]) == (
+        "on rte full improved on its probe-fitted start in 1 of 3 runs")
+    assert start_clause(res, "mrpc", ["lora", "full"]) is None
+    line = "".join(start_line(res).spans)
+    assert "10 of 18 improved on their start; 3 ended below it (5 no detectable change)" in line
+    assert "sst2 full 0 of 3, lora 0 of 3; mrpc full 3 of 3, lora 3 of 3; rte full 1 of 3" in line
+    assert "No run improved on its start on sst2; only some did on rte" in line
+    across = {"kind": "across_tasks", "method_a": "lora", "method_b": "full",
+              "tasks": ["sst2", "mrpc", "rte"]}
+    assert _start_note(res, across) == (
+        "on sst2 neither method improved on its probe-fitted start; on rte full improved on "
+        "its probe-fitted start in 1 of 3 runs")
+    assert _start_note(res, {"task": "mrpc", "method_a": "lora", "method_b": "full"}) is None
+    # no run with a judged start: no line at all
+    res.settings = {"runs": {"start_judged": 0}}
+    assert start_line(res) is None

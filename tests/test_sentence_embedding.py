@@ -111,6 +111,28 @@ def test_fit_heads_fits_each_head_on_its_rows(tiny_bert_dir):
     assert float(w[1] - w[0]) > 0  # a higher cosine means label 1 here
 
 
+def test_a_dimension_that_barely_varies_gets_no_large_weight():
+    """The fitted head's raw weights: a feature constant over the training rows but for
+    rounding noise (all-MiniLM-L6-v2's mean-pooled embeddings have one) must not get a weight
+    of coefficient / its tiny spread, which fine-tuning would turn into large logit swings as
+    soon as it moved that dimension."""
+    from peftlab.sentence_embedding import _fit_linear
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    signal = 0.3 * (2 * y - 1) + 0.3 * rng.standard_normal(200)
+    flat = 0.5 + 1e-7 * rng.standard_normal(200)
+    x = np.stack([signal, flat, 0.3 * rng.standard_normal(200)], axis=1)
+    weight, bias = _fit_linear(x, y, 2)
+    assert weight.shape == (2, 3) and bias.shape == (2,)
+    assert np.abs(weight[:, 1]).max() < 1.0  # per-dimension scaling gave ~4e4 here
+    accuracy = float(((x @ weight.T + bias).argmax(1) == y).mean())
+    assert accuracy > 0.8 and weight[1, 0] > weight[0, 0]  # the signal is read, with its sign
+    moved = x.copy()
+    moved[:, 1] += 0.01  # fine-tuning moves the flat dimension a little: logits barely change
+    assert np.abs((moved - x) @ weight.T).max() < 0.01
+
+
 def test_fit_heads_refuses_another_head(tiny_bert_dir):
     resolved = resolve_model(str(tiny_bert_dir))
     model = load_classifier(resolved, num_labels=2)

@@ -15,6 +15,7 @@ from peftlab.stages.report import format as f
 from peftlab.stages.report import readout
 from peftlab.stages.report.document import Answer, Figure, Outcome, Paragraph, Section, Strong
 from peftlab.stages.report.stored import Results, conf_label, not_measured
+from peftlab.stages.report.trust import start_clause
 
 
 def _outcome_words(comps: list[dict[str, Any]]) -> list[str]:
@@ -67,6 +68,9 @@ def rq1_answer(res: Results) -> Answer:
             spans += [("; " if i else "") + f"{c['task']}{diff} ", Outcome(c["outcome"])]
             if c["outcome"] == "inconclusive" and c.get("mde_dz") is not None:
                 spans.append(f" ({fnd.power_short(c)})")
+            note = start_clause(res, c["task"], [c["method_a"], c["method_b"]])
+            if note:
+                spans.append(f" ({note})")
         paras.append(Paragraph.of(*spans, "."))
     rows, across = [], []
     for task in res.view.tasks:
@@ -129,7 +133,22 @@ def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
     power = fnd.power_short(c)
     if c["outcome"] == "inconclusive" and power:
         text += f" {power[0].upper()}{power[1:]}."
+    note = _start_note(res, c)
+    if note:
+        text += f" ({note[0].upper()}{note[1:]}.)"
     return Paragraph.of(f"{lead}: ", Outcome(c["outcome"]), text)
+
+
+def _start_note(res: Results, c: dict[str, Any]) -> str | None:
+    """Where the compared runs did not all improve on their start (per task of the
+    comparison), the clause that says so; None otherwise."""
+    if c.get("method_a") is None or c.get("method_b") is None:
+        return None
+    tasks = (list(c.get("tasks") or res.view.tasks) if c.get("kind") == "across_tasks"
+             else [c.get("task")])
+    notes = [n for t in tasks if t in res.view.tasks
+             and (n := start_clause(res, t, [c["method_a"], c["method_b"]]))]
+    return "; ".join(notes) or None
 
 
 def _ratio_rows(res: Results, pairs: list[str], seq: str) -> list[dict[str, Any]]:

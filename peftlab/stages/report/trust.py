@@ -10,7 +10,7 @@ from typing import Any
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Bullets, Paragraph, Section, Strong, Table
-from peftlab.stages.report.stored import Results, not_measured
+from peftlab.stages.report.stored import Results, conf_label, not_measured
 
 
 def trust(res: Results) -> Section:
@@ -50,6 +50,9 @@ def trust(res: Results) -> Section:
         spans.append(f" Degenerate runs are left out of the drift and deployment comparisons; "
                      f"e.g. {example['run_id']}: {example['reason']}.")
     items.append(Paragraph.of(*spans))
+    start = start_line(res)
+    if start is not None:
+        items.append(start)
     primary = [c for c in res.comparisons if c.get("role") == "primary"]
     tested = [c for c in primary if c["status"] == "ok"]
     fam = (res.settings.get("families") or {}).get("primary", {})
@@ -114,3 +117,70 @@ def trust(res: Results) -> Section:
                     "seeds that would detect the observed effect.",
                     numeric=[False, False, False, True, True, True, True, True, True, False]))
     return s
+
+
+def start_counts(res: Results, task: str, method: str) -> tuple[int, int, int]:
+    """(improved, worse, judged) runs of `task` x `method` against their start (the
+    verdicts' `change`; judged: those with a non-trivial start that could be judged)."""
+    vs = [v for v in res.verdicts.values() if v["task"] == task and v["method"] == method
+          and v.get("change") is not None]
+    return (sum(v["change"] == "improved" for v in vs), sum(v["change"] == "worse" for v in vs),
+            len(vs))
+
+
+def start_clause(res: Results, task: str, methods: list[str]) -> str | None:
+    """A short clause for a comparison of `methods` on `task` whose runs did not all improve on
+    their start, e.g. "on sst2 neither method improved on its probe-fitted start"; None when
+    every judged run improved or none was judged."""
+    counts = {m: start_counts(res, task, m) for m in methods}
+    judged = {m: c for m, c in counts.items() if c[2]}
+    short = {m: c for m, c in judged.items() if c[0] < c[2]}
+    if not short:
+        return None
+    if all(c[0] == 0 for c in judged.values()) and len(judged) == len(methods):
+        who = "neither method" if len(methods) == 2 else "no method"
+        return f"on {task} {who} improved on its probe-fitted start"
+    return f"on {task} " + ", ".join(
+        f"{m} improved on its probe-fitted start in {c[0]} of {c[2]} runs"
+        for m, c in short.items())
+
+
+def start_line(res: Results) -> Paragraph | None:
+    """The trust panel's line on fine-tuning against its start: how many runs improved on it
+    and how many ended below it, per task and method, and in plain words where fine-tuning did
+    not improve on its start; None when no run has a non-trivial start."""
+    runs = res.settings.get("runs") or {}
+    judged = runs.get("start_judged") or 0
+    if not judged:
+        return None
+    per, none, some = [], [], []
+    for task in res.view.tasks:
+        cells, up_all, n_all = [], 0, 0
+        for method in res.view.methods:
+            up, _, n = start_counts(res, task, method)
+            if n:
+                cells.append(f"{method} {up} of {n}")
+                up_all, n_all = up_all + up, n_all + n
+        if cells:
+            per.append(f"{task} {', '.join(cells)}")
+            if up_all == 0:
+                none.append(task)
+            elif up_all < n_all:
+                some.append(task)
+    spans: list[str] = [Strong("Improved on their start:"),
+                        f" {runs.get('improved', 0)} of {judged} improved on their start; "
+                        f"{runs.get('worse', 0)} ended below it "
+                        f"({runs.get('no_detectable_change', 0)} no detectable change). "
+                        "Each run's main metric minus that of the probe-fitted head it started "
+                        f"from, paired over the same evaluation examples ({conf_label(res)} "
+                        f"bootstrap interval; improved: above 0): {'; '.join(per)}."]
+    said = []
+    if none:
+        said.append(f"no run improved on its start on {', '.join(none)}")
+    if some:
+        said.append(f"only some did on {', '.join(some)}")
+    if said:
+        text = "; ".join(said)
+        spans.append(f" {text[0].upper()}{text[1:]}: comparisons between methods there "
+                     "compare runs that did not beat the fitted head they started from.")
+    return Paragraph.of(*spans)

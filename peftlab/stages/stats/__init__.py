@@ -20,6 +20,13 @@ of the drift and deployment comparisons (its seed is listed as "degenerate run (
 comparison that loses pairs to degenerate runs and is left with fewer than `stats.min_runs` (or
 with none) is "void", not "insufficient runs". The main-metric comparison keeps every run (a
 method that failed to learn is worse), and is void only when every run of the task is degenerate.
+A task with runs and no baselines record gets one computed here (`baseline_records.compute`); a
+run that still cannot be judged is "not judged" and left out like a degenerate run, never counted
+as learned. A run that started from the probe-fitted head (training.head_init: probe) is also
+judged against that start (`baseline_scores.judge_start`: improved / no detectable change /
+worse, by the paired bootstrap interval of its main metric minus the start's over the same
+evaluation examples). Each run's verdicts also go to the `verdicts` table (key: the run id), the
+one `peftlab results DIR --table verdicts` shows.
 
 Primary endpoints and families. `stats.primary` declares one primary endpoint per research
 question; those comparisons form ONE family, "primary", corrected together across the whole

@@ -70,7 +70,15 @@ def build_stats(ctx: Context) -> list[Record]:
         "runs": {"judged": sum(x is not None for x in learned),
                  "learned": sum(x is True for x in learned),
                  "degenerate": sum(x is False for x in learned),
-                 "not_judged": sum(x is None for x in learned)},
+                 "not_judged": sum(x is None for x in learned),
+                 # against the start (training.head_init: probe): judged, and by outcome
+                 "start_judged": sum(v.get("change") is not None
+                                     for v in verdicts.by_run.values()),
+                 "improved": sum(v.get("change") == "improved"
+                                 for v in verdicts.by_run.values()),
+                 "no_detectable_change": sum(v.get("change") == "no detectable change"
+                                             for v in verdicts.by_run.values()),
+                 "worse": sum(v.get("change") == "worse" for v in verdicts.by_run.values())},
         "bands": "transformer layers (index >= 1) split into three contiguous thirds "
                  "(numpy.array_split) + mean of all of them; layer 0 (embeddings) on its own",
         "floor": "the permutation null's 95% quantile (null_q95), mean over runs",
@@ -93,10 +101,25 @@ def _floored(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+# The per-run verdicts, one row per judged run (key: the run id), the fields a user queries with
+# `peftlab results DIR --table verdicts` (the full verdicts are the stats table's summary/run/...)
+VERDICTS_TABLE = "verdicts"
+VERDICT_FIELDS = ("learned", "criterion", "reason", "improved", "change", "start_value",
+                  "improvement", "improvement_reason", "value")
+
+
+def verdict_rows(items: list[Record]) -> list[Record]:
+    """The `verdicts` table's rows from the stats table's run summaries."""
+    return [(rec["run_id"], {k: rec.get(k) for k in VERDICT_FIELDS}) for _, rec in items
+            if rec.get("kind") == "summary" and rec.get("area") == "runs"]
+
+
 def run(ctx: Context) -> None:
-    """Build every comparison the study implies and replace the `stats` table with them."""
+    """Build every comparison the study implies and replace the `stats` table with them, and
+    the `verdicts` table with each run's verdicts."""
     items = build_stats(ctx)
     ctx.store.replace_where(TABLE, "", items)
+    ctx.store.replace_where(VERDICTS_TABLE, "", verdict_rows(items))
     outcomes: dict[str, int] = defaultdict(int)
     for _, rec in items:
         if rec["kind"] in ("comparison", "across_tasks"):
@@ -105,4 +128,8 @@ def run(ctx: Context) -> None:
     runs = items[0][1]["runs"]
     ctx.console.print(f"stats: {len(items)} records ({told}); runs that learned: "
                       f"{runs['learned']} of {runs['judged']}"
-                      + (f", {runs['degenerate']} degenerate" if runs["degenerate"] else ""))
+                      + (f", {runs['degenerate']} degenerate" if runs["degenerate"] else "")
+                      + (f", {runs['not_judged']} not judged" if runs["not_judged"] else "")
+                      + (f"; improved on their start: {runs['improved']} of "
+                         f"{runs['start_judged']}, {runs['worse']} ended below it"
+                         if runs["start_judged"] else ""))

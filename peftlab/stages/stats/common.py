@@ -64,12 +64,18 @@ def merge_missing(*sides: dict[int, str]) -> dict[int, str]:
 
 def void_reason(where: str, before: list[int], excluded: dict[int, str], after: int,
                 needed: int) -> str:
-    """One plain sentence: why a comparison that lost pairs to degenerate runs is void."""
+    """One plain sentence: why a comparison that lost pairs to degenerate (or unjudged) runs is
+    void."""
     lost = [s for s in before if s in excluded]
+    unjudged = [s for s in lost if "not judged (" in excluded[s]]
+    run = ("a degenerate run" if not unjudged else "a run that could not be judged"
+           if len(unjudged) == len(lost) else "a degenerate or unjudged run")
     if len(lost) == len(before):
-        return (f"every complete pair on {where} involves a degenerate run (not above the "
-                "majority-class or chance rate of its task), so there is nothing to compare")
-    return (f"{len(lost)} of the {len(before)} complete pairs on {where} involve a degenerate run "
+        why = (" (not above the majority-class or chance rate of its task)" if not unjudged
+               else " (no baselines to judge it by: the run's verdict says why)")
+        return (f"every complete pair on {where} involves {run}{why}, so there is nothing to "
+                "compare")
+    return (f"{len(lost)} of the {len(before)} complete pairs on {where} involve {run} "
             f"(seed {', '.join(str(s) for s in lost)}), leaving {after}, fewer than the "
             f"{needed} needed")
 

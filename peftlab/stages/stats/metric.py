@@ -105,6 +105,10 @@ def _metric_summary(view: RunView, cfg: StatsSpec, task: str, method: str, metri
         "interval": "t-interval of the mean over seeds",
         "learned": {str(s): (verdicts.by_run.get((task, method, s)) or {}).get("learned")
                     for s in seeds},
+        # against the run's start (None: no fitted start): improved / no detectable change /
+        # worse
+        "change": {str(s): (verdicts.by_run.get((task, method, s)) or {}).get("change")
+                   for s in seeds},
         "missing": {str(s): r for s, r in missing.items()},
     })
 
