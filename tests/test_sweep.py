@@ -78,3 +78,14 @@ def test_a_grid_that_cannot_expand_is_one_error_naming_the_key(tmp_path, tiny_ll
         _load(tmp_path, tiny_llama_dir, sweep=sweep)
     msg = str(err.value)
     assert len(msg.splitlines()) == 1 and f"{key}" in msg, msg
+
+
+def test_the_shipped_rank_by_targets_spec_expands_into_its_six_cells(tmp_path):
+    study = load_study("lora-rank-targets", output_dir=str(tmp_path / "o"))
+    assert list(study.spec.methods) == ["full", "lora-r2-qv", "lora-r2-all", "lora-r8-qv",
+                                        "lora-r8-all", "lora-r32-qv", "lora-r32-all"]
+    runs = study.runs()
+    assert len(runs) == 3 * 7 * 3 and len({rc.run_id for rc in runs}) == len(runs)
+    mrpc = {rc.method: rc for rc in runs if rc.task == "mrpc" and rc.seed == 42}
+    assert {mrpc[m].training.learning_rate for m in mrpc if m != "full"} == {9.4e-4}
+    assert mrpc["lora-r32-qv"].params["target_modules"] == ["query", "value"]
