@@ -117,3 +117,37 @@ def test_a_bad_peft_config_is_one_error_line_naming_the_key(tmp_path, tiny_llama
     assert len([line for line in lines if line.startswith("error:")]) == 1, lines
     error = next(line for line in lines if line.startswith("error:"))
     assert f"{key}:" in error and "Traceback" not in out.stderr
+
+
+def test_a_prompt_based_method_on_the_sentence_embedding_head_is_refused(tmp_path, tiny_bert_dir):
+    """That head reads the token ids (it splits each pair into its texts); PEFT feeds prompt
+    tuning's model inputs_embeds, which failed mid-study before this check."""
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=("lora",), seeds=(1,))
+    spec["model"]["head"] = "sentence-embedding"
+    spec["methods"]["prompt"] = PROMPT
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    out = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "methods.prompt:" in errors[0] and "inputs_embeds" in errors[0]
+    del spec["methods"]["prompt"]  # the same study without it validates
+    ok = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate",
+                         str(write_spec(tmp_path / "ok.yaml", spec))], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_the_shipped_zoo_has_ten_peft_methods_and_initialisations(tmp_path):
+    study = load_study("methods-zoo", output_dir=str(tmp_path / "o"))
+    kinds = set()
+    for name, entry in study.spec.methods.items():
+        rc = study.resolve(study.spec.tasks[0].name, name, study.spec.seeds[0])
+        if entry["type"] == "full":
+            continue
+        kinds.add((entry["type"], rc.params.get("config"), str(rc.params.get("init", True))))
+    assert len(kinds) >= 10
+    configs = {c for _, c, _ in kinds}
+    assert {"VeraConfig", "LoHaConfig", "LoKrConfig", "OFTConfig"} <= configs
+    assert {t for t, _, _ in kinds} >= {"lora", "dora", "ia3", "adalora", "peft"}
+    assert ("lora", None, "pissa") in kinds

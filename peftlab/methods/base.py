@@ -53,6 +53,9 @@ class Method:
     # `bench.fastpath.fused_lora` can serve its adapters (plain LoRA factors on linear layers):
     # the bench's "+fast" variant applies.
     fast_path: ClassVar[bool] = False
+    # The model is fed inputs_embeds (virtual tokens prepended: prompt tuning, prefix, p-tuning),
+    # not input_ids: heads that read the token ids (the sentence-embedding head) cannot train it.
+    feeds_embeddings: ClassVar[bool] = False
 
     def for_params(self, params: dict[str, Any] | None) -> Method:
         """This method as configured by `params` (a run's validated parameters; None: unknown),

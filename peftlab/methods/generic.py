@@ -84,7 +84,7 @@ def capabilities(config: str) -> dict[str, Any]:
 
     cls = config_classes()[config]
     if _is_prompt_learning(cls):
-        return {"supports_merge": False, "supports_mixed_batch": False,
+        return {"supports_merge": False, "supports_mixed_batch": False, "feeds_embeddings": True,
                 "merge_refusal": f"{config} is prompt-based (virtual tokens): it has no weight "
                                  "update to merge"}
     layers = _layer_classes(cls)
