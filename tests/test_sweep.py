@@ -89,3 +89,22 @@ def test_the_shipped_rank_by_targets_spec_expands_into_its_six_cells(tmp_path):
     mrpc = {rc.method: rc for rc in runs if rc.task == "mrpc" and rc.seed == 42}
     assert {mrpc[m].training.learning_rate for m in mrpc if m != "full"} == {9.4e-4}
     assert mrpc["lora-r32-qv"].params["target_modules"] == ["query", "value"]
+
+
+def test_a_dotted_key_sweeps_a_peft_keyword_and_leaves_the_template_alone(tmp_path,
+                                                                           tiny_llama_dir):
+    loha = {"type": "peft", "config": "LoHaConfig",
+            "params": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"learning_rate": 5.0e-3}}
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, methods=(), seeds=(1,))
+    spec["methods"] = {"loha": loha}
+    spec["sweep"] = {"loha": {"params.r": [2, 16]}}
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec))
+    assert list(study.spec.methods) == ["loha-r2", "loha-r16"]
+    got = {rc.method: rc.params for rc in study.runs() if rc.task == "sst2"}
+    assert got["loha-r16"] == {"config": "LoHaConfig", "params": {**loha["params"], "r": 16}}
+    assert got["loha-r2"]["params"]["r"] == 2 and got["loha-r2"]["params"]["alpha"] == 8
+    spec["sweep"] = {"loha": {"params.rank": [2]}}  # PEFT's config names the bad keyword
+    with pytest.raises(SpecError, match=r"sweep\.loha \(cell loha-rank2\)\.params\.rank: not a "
+                                        "keyword of PEFT's LoHaConfig"):
+        load_study(write_spec(tmp_path / "bad.yaml", spec))
