@@ -165,6 +165,8 @@ class ModelLoader:
         """The adapter folded into the base weights (W <- W + scale * B A; the adapter's head
         replaces the base's), as a plain transformers model; refused where the method cannot."""
         method = _method(artifact.get("method_type"))
+        if method is not None:
+            method = method.for_params(artifact.get("params"))
         if method is not None and not method.supports_merge:
             raise ModelError(f"adapter {artifact['name']!r}: method {method.name!r} cannot be "
                              f"served merged: {method.merge_refusal or 'merge not supported'}")

@@ -26,6 +26,7 @@ from peftlab.plan import Study
 from peftlab.records import finished_searches
 from peftlab.spec import find_spec, parse_spec, read_spec
 from peftlab.store import DB_NAME, Store, atomic_write_text, provenance
+from peftlab.sweep import expand_sweep
 from peftlab.validate import check_names, check_study
 
 # Pipeline order. Each name is a module `peftlab.stages.<name>` with a `run(ctx)` function.
@@ -45,7 +46,8 @@ def load_study(path: str | os.PathLike[str], *, data_dir: str | None = None,
     """
     p = find_spec(path)
     raw = read_spec(p, output_dir=output_dir)
-    spec = check_names(parse_spec(raw, p), raw, str(p))
+    # sweeps expand into method entries before anything reads `methods` (`peftlab.sweep`)
+    spec = check_names(expand_sweep(parse_spec(raw, p), str(p)), raw, str(p))
     env_dir = os.environ.get("PEFTLAB_DATA_DIR")
     study = Study(spec=spec, path=p, data_dir=Path(data_dir) if data_dir else
                   (Path(env_dir) if env_dir else None),

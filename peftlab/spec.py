@@ -621,6 +621,9 @@ class StudySpec(_Strict):
     bench: BenchSpec = Field(default_factory=BenchSpec)
     stats: StatsSpec = Field(default_factory=StatsSpec)
     search: SearchSpec | None = None  # hyperparameter search before the final runs
+    # Grids of method entries: {method: {key: [values] or {label: value}}}; each cell of a
+    # method's grid replaces it by its own entry (`peftlab.sweep`, expanded at study load)
+    sweep: dict[str, dict[str, Any]] = Field(default_factory=dict)  # values: list or mapping
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)  # see training.report_to
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
 

@@ -197,7 +197,7 @@ def model_linear_names(study: Study) -> list[str] | None:
 def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
     """Raise SpecError/DataError for what cannot work; return notes on what was not checked."""
     from peftlab.data import StudyData
-    from peftlab.methods import get_method
+    from peftlab.methods import get_method, method_for
     from peftlab.models import resolve_device
 
     notes: list[str] = []
@@ -210,6 +210,13 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
         rc = study.resolve(spec.tasks[0].name, name, spec.seeds[0])
         get_method(entry["type"]).check(
             rc.params, linear_names=linear, device=device, where=study.where(f"methods.{name}"))
+        if method_for(entry["type"], rc.params).feeds_embeddings and (
+                spec.model.head == "sentence-embedding"):
+            raise SpecError(
+                f"{study.where(f'methods.{name}')}: a prompt-based method feeds the model "
+                "inputs_embeds (virtual tokens prepended), but model.head sentence-embedding "
+                "needs the input_ids to split each pair into its texts; use model.head: "
+                "sequence-classification for it")
     if check_data:
         local = study.data_source()[0] != "hub"
         if not local and not all(t.files for t in spec.tasks):

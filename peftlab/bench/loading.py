@@ -33,6 +33,18 @@ from peftlab.errors import ModelError
 __all__ = ["adapter_name", "artifact_weight_files"]  # re-exported for the modes
 
 PEFT_PREFIX = "base_model.model."
+# Prompt-based adapters (prompt tuning, prefix, p-tuning) wrap the model itself: their trained
+# head is stored as base_model.<head>.
+PROMPT_PREFIX = "base_model."
+
+
+def relative_key(key: str) -> str:
+    """A stored adapter tensor's name inside the base model (PEFT's prefix removed)."""
+    for prefix in (PEFT_PREFIX, PROMPT_PREFIX):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
 # Leaf segments of adapter-internal tensors: whatever precedes them is the adapted base module.
 _ADAPTER_SEGMENTS = ("lora_", "ia3_", "ranknum", "vera_", "boft_", "oft_", "hra_")
 
@@ -172,7 +184,7 @@ def check_artifact(artifact: dict[str, Any], base: dict[str, Any]) -> None:
              + (repr(trained_on) if trained_on else "a local model (its card names it)"))
     head_found: dict[str, list[int]] = {}
     for key, shape in shapes.items():
-        rel = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        rel = relative_key(key)
         parts = rel.split(".")
         if parts[0] in base["head_names"]:
             head_found[rel] = shape
@@ -257,7 +269,7 @@ def artifact_head(artifact: dict[str, Any], head_names: list[str]) -> dict[str, 
             continue
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118
-                rel = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+                rel = relative_key(key)
                 if rel.split(".")[0] in head_names:
                     out[rel] = f.get_tensor(key).float().numpy()
     return out

@@ -82,7 +82,10 @@ class Capability:
     reason: str | None = None
 
     def refuse(self, mode: str, artifact: dict[str, Any], method: Any) -> None:
-        """Raise UnsupportedMode when `method` (None: unknown to peftlab) lacks the capability."""
+        """Raise UnsupportedMode when `method` (None: unknown to peftlab) lacks the capability
+        (asked of the method as the artifact's parameters configure it)."""
+        if method is not None:
+            method = method.for_params(artifact.get("params"))
         if self.unknown_serves if method is None else getattr(method, self.flag):
             return
         why = getattr(method, self.reason) if method is not None and self.reason else None

@@ -53,6 +53,16 @@ class Method:
     # `bench.fastpath.fused_lora` can serve its adapters (plain LoRA factors on linear layers):
     # the bench's "+fast" variant applies.
     fast_path: ClassVar[bool] = False
+    # The model is fed inputs_embeds (virtual tokens prepended: prompt tuning, prefix, p-tuning),
+    # not input_ids: heads that read the token ids (the sentence-embedding head) cannot train it.
+    feeds_embeddings: ClassVar[bool] = False
+
+    def for_params(self, params: dict[str, Any] | None) -> Method:
+        """This method as configured by `params` (a run's validated parameters; None: unknown),
+        whose capability attributes (`supports_merge`, `supports_mixed_batch`, ...) answer for
+        that configuration. Default: the method itself (its capabilities are its class's); the
+        generic PEFT method asks PEFT about the configured config class."""
+        return self
 
     def validate_params(self, params: dict[str, Any], *, where: str) -> dict[str, Any]:
         try:
@@ -149,6 +159,12 @@ def register(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str | None, *, where: str = "method") -> Method:
     return METHODS.get(name, where=where)
+
+
+def method_for(name: str, params: dict[str, Any] | None) -> Method:
+    """The registered method `name` configured by a run's `params` (`Method.for_params`): ask
+    capabilities of this, not of `get_method`, where the run's parameters are known."""
+    return get_method(name).for_params(params)
 
 
 def method_names() -> list[str]:

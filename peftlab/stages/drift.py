@@ -369,7 +369,7 @@ def weight_drift(ctx: Context) -> None:
     """update_stats of every adapted matrix of every finished run, to the `weights` table."""
     from peftlab import logs
     from peftlab.artifacts import ModelLoader, load_run
-    from peftlab.methods import get_method, methods_with
+    from peftlab.methods import method_for, methods_with
     from peftlab.weights import base_left_singular_vectors, lora_delta, update_stats
 
     cfg = ctx.study.spec.drift
@@ -407,7 +407,12 @@ def weight_drift(ctx: Context) -> None:
         # track: progress with an ETA, and each run's load is labelled with it in log.txt
         for rc, stamp in logs.track(ctx.console, f"weights {task}", todo,
                                     label=lambda t: f"weights/{t[0].run_id}"):
-            method = get_method(rc.method_type)
+            method = method_for(rc.method_type, rc.params)
+            if method.is_peft and not method.supports_merge and not method.exact_low_rank:
+                # no weight update to read (a prompt-based method) or none PEFT can fold in
+                ctx.console.print(f"weights {task}: run {rc.run_id}: not measured: "
+                                  f"{method.merge_refusal or 'the adapter cannot be merged'}")
+                continue
             # A quantised base (QLoRA's 4-bit, CUDA only) is read where its loading placed it;
             # everything else is analysed on the CPU.
             _, tuned = load_run(ctx, rc.run_id,

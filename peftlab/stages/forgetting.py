@@ -526,10 +526,10 @@ def _load(ctx: Context, rc: RunConfig | None) -> tuple[Any, Any]:
 
     if rc is not None:
         from peftlab.artifacts import merge
-        from peftlab.methods import get_method
+        from peftlab.methods import method_for
 
         tokenizer, model = load_run(ctx, rc.run_id)
-        method = get_method(rc.method_type)
+        method = method_for(rc.method_type, rc.params)
         if method.is_peft and method.supports_merge:
             # The adapter folded into the weights computes the same function (to float
             # rounding) faster: unmerged LoRA on every linear layer of MiniLM extracted about

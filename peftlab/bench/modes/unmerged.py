@@ -35,15 +35,31 @@ class Unmerged(Mode):
         # on a differently drawn fresh head and disagree.
         reloaded = env.loader.adapters([art], env.seed + 1)
         ref_reloaded = env.logits(env.plain_call(reloaded), requests)
-        merged = merge(reloaded)
-        ref_merged = env.logits(env.plain_call(merged), requests)
-        del reloaded, merged
+        checks = [env.compare("unmerged", served, "unmerged reloaded from disk (other seed)",
+                              ref_reloaded)]
+        if _mergeable(art):  # a prompt-based adapter has no weight update to merge
+            merged = merge(reloaded)
+            ref_merged = env.logits(env.plain_call(merged), requests)
+            checks.append(env.compare("unmerged", served, "merged (merge_and_unload)",
+                                      ref_merged))
+            del merged
+        del reloaded
         env.release()
         head_names = env.head_names(model)
         return [
-            env.compare("unmerged", served, "unmerged reloaded from disk (other seed)",
-                        ref_reloaded),
-            env.compare("unmerged", served, "merged (merge_and_unload)", ref_merged),
+            *checks,
             env.compare_head("unmerged head", served_head(model, art["name"]),
                              artifact_head(art, head_names)),
         ]
+
+
+def _mergeable(artifact: dict[str, Any]) -> bool:
+    """Whether the artifact's method, as its parameters configure it, can be merged; a PEFT
+    type peftlab has no method for is left to PEFT's merge_and_unload."""
+    from peftlab.errors import PeftlabError
+    from peftlab.methods import method_for
+
+    try:
+        return method_for(artifact.get("method_type"), artifact.get("params")).supports_merge
+    except PeftlabError:
+        return True

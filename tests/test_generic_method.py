@@ -1,0 +1,153 @@
+"""Any PEFT method from its own config (`type: peft`): PEFT's config class validates the spec,
+and a method type peftlab has no file for (LoHa, prompt tuning) trains, reloads, drifts and
+serves, with what it can do asked of PEFT.
+
+    .venv/bin/python -m pytest tests/test_generic_method.py -q
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+
+from peftlab.context import Context
+from peftlab.methods import get_method, method_for, method_names
+from peftlab.pipeline import load_study, run_stages
+from peftlab.store import Store
+from peftlab.testing import tiny_spec, write_spec
+
+LOHA = {"type": "peft", "config": "LoHaConfig",
+        "params": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"learning_rate": 5.0e-3}}
+PROMPT = {"type": "peft", "config": "PromptTuningConfig", "params": {"num_virtual_tokens": 4},
+          "training": {"learning_rate": 5.0e-2}}
+BENCH = {"modes": ["unmerged", "merged", "mixed"], "batch_sizes": [1], "seq_lengths": ["data"],
+         "warmup": 1, "min_iterations": 3, "min_seconds": 0.0, "threads": 1, "gate_examples": 8,
+         "load_repeats": 1}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_llama_dir, glue_dir):
+    """LoHa and prompt tuning (no peftlab file for either) through finetune ... bench."""
+    assert {"loha", "prompttuning"}.isdisjoint(method_names())  # nothing registered for them
+    tmp = tmp_path_factory.mktemp("generic")
+    spec = tiny_spec(tmp / "study", model_dir=tiny_llama_dir, methods=(), seeds=(1,),
+                     training={"max_steps": 3, "batch_size": 8, "bootstrap_samples": 10},
+                     bench=BENCH)
+    spec["methods"] = {"loha": LOHA, "prompt": PROMPT}
+    study = load_study(write_spec(tmp / "spec.yaml", spec), data_dir=str(glue_dir))
+    run_stages(study, ["data", "finetune", "represent", "drift", "bench"],
+               console=Console(quiet=True))
+    return study
+
+
+def _table(study, name):
+    store = Store(study.output_dir, create=False)
+    try:
+        return list(store.records(name))
+    finally:
+        store.close()
+
+
+def test_capabilities_are_asked_of_peft_per_config():
+    loha = method_for("peft", {"config": "LoHaConfig", "params": {}})
+    prompt = method_for("peft", {"config": "PromptTuningConfig", "params": {}})
+    lora = method_for("peft", {"config": "LoraConfig", "params": {}})
+    assert loha.supports_merge and not loha.supports_mixed_batch
+    assert not prompt.supports_merge and "prompt-based" in prompt.merge_refusal
+    assert lora.supports_merge and lora.supports_mixed_batch
+    # the registered methods keep their declared capabilities
+    assert get_method("lora").for_params({"r": 8}) is get_method("lora")
+    assert not get_method("dora").for_params({}).supports_mixed_batch
+
+
+def test_methods_peftlab_has_no_file_for_train_and_reload(study):
+    from peftlab.artifacts import load_run
+
+    runs = {r["method"]: r for r in _table(study, "runs")}
+    assert set(runs) == {"loha", "prompt"}
+    for method, rec in runs.items():
+        assert rec["status"] == "done", (method, rec.get("failure_reason"))
+        assert 0 < rec["params"]["trainable_non_head"] < rec["params"]["base_total"] / 10
+    store = Store(study.output_dir, create=False)
+    try:
+        _, model = load_run(Context(study=study, store=store), runs["loha"]["run_id"],
+                            device="cpu")
+    finally:
+        store.close()
+    assert {type(c).__name__ for c in model.peft_config.values()} == {"LoHaConfig"}
+
+
+def test_drift_reads_the_merged_update_and_skips_what_cannot_merge(study):
+    weights = _table(study, "weights")
+    loha = [w for w in weights if w["method"] == "loha"]
+    assert loha and {w["update"] for w in loha} == {"merged - base"}
+    assert {w["matrix"] for w in loha} == {"q_proj", "v_proj"}
+    assert not [w for w in weights if w["method"] == "prompt"]  # no weight update to read
+    drift = _table(study, "drift")
+    assert {r.get("method") for r in drift} >= {"loha", "prompt"}
+
+
+def test_bench_serves_what_peft_supports_and_records_why_not(study):
+    recs = {(r["mode"], r["method"]): r for r in _table(study, "bench")}
+    assert recs[("unmerged", "loha")]["status"] == "done"
+    assert recs[("unmerged", "prompt")]["status"] == "done"
+    assert recs[("merged", "loha")]["status"] == "done"
+    assert recs[("merged", "prompt")]["status"] == "unsupported"
+    assert "prompt-based" in recs[("merged", "prompt")]["failure_reason"]
+    assert recs[("mixed", "loha")]["status"] == "unsupported"
+    assert "mixed-adapter" in recs[("mixed", "loha")]["failure_reason"]
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    ({"type": "peft", "config": "NoSuchConfig", "params": {}}, "methods.zoo.config"),
+    ({"type": "peft", "config": "VeraConfig", "params": {"rank": 4}}, "methods.zoo.params.rank"),
+])
+def test_a_bad_peft_config_is_one_error_line_naming_the_key(tmp_path, tiny_llama_dir, entry, key):
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, methods=(), seeds=(1,))
+    spec["methods"] = {"zoo": entry}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    out = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len([line for line in lines if line.startswith("error:")]) == 1, lines
+    error = next(line for line in lines if line.startswith("error:"))
+    assert f"{key}:" in error and "Traceback" not in out.stderr
+
+
+def test_a_prompt_based_method_on_the_sentence_embedding_head_is_refused(tmp_path, tiny_bert_dir):
+    """That head reads the token ids (it splits each pair into its texts); PEFT feeds prompt
+    tuning's model inputs_embeds, which failed mid-study before this check."""
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=("lora",), seeds=(1,))
+    spec["model"]["head"] = "sentence-embedding"
+    spec["methods"]["prompt"] = PROMPT
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    out = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "methods.prompt:" in errors[0] and "inputs_embeds" in errors[0]
+    del spec["methods"]["prompt"]  # the same study without it validates
+    ok = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate",
+                         str(write_spec(tmp_path / "ok.yaml", spec))], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_the_shipped_zoo_has_ten_peft_methods_and_initialisations(tmp_path):
+    study = load_study("methods-zoo", output_dir=str(tmp_path / "o"))
+    kinds = set()
+    for name, entry in study.spec.methods.items():
+        rc = study.resolve(study.spec.tasks[0].name, name, study.spec.seeds[0])
+        if entry["type"] == "full":
+            continue
+        kinds.add((entry["type"], rc.params.get("config"), str(rc.params.get("init", True))))
+    assert len(kinds) >= 10
+    configs = {c for _, c, _ in kinds}
+    assert {"VeraConfig", "LoHaConfig", "LoKrConfig", "OFTConfig"} <= configs
+    assert {t for t, _, _ in kinds} >= {"lora", "dora", "ia3", "adalora", "peft"}
+    assert ("lora", None, "pissa") in kinds
