@@ -1168,7 +1168,7 @@ def test_served_models_own_aligned_memory_and_build_no_cache():
     assert for_serving(torch.nn.Linear(2, 2)) is not None  # no config: nothing to set
 
 
-def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched):
+def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched, monkeypatch):
     """The stats stage reads bench_pairs: each primary latency comparison is one record whose
     unit is the block, its ratio is analyse_pairs' over the stored rounds, and the A/A control's
     pooled interval is stored as the noise floor."""
@@ -1178,8 +1178,14 @@ def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched)
     from peftlab.latency_design import analyse_pairs
     from peftlab.pipeline import open_study_store
     from peftlab.stages.stats import run as stats_stage
+    from peftlab.store import Store
 
     study, _, _ = benched
+    # the tiny runs learn nothing: judged, every comparison on them would be void (tested in
+    # test_analysis); here every run counts, so the blocks' values reach the tests
+    from peftlab.stages.stats.verdicts import Verdicts
+
+    monkeypatch.setattr(Verdicts, "degenerate", lambda self, task, method, seed: None)
     store = open_study_store(study)
     try:
         stats_stage(Context(study=study, store=store))
@@ -1216,3 +1222,16 @@ def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched)
     assert control["ratio"] == pytest.approx(aa["ratio"])
     widest = max(abs(math.log(aa["ci_low"])), abs(math.log(aa["ci_high"])))
     assert control["floor_pct"] == pytest.approx(100 * math.expm1(widest))
+    # the trust panel states the control's interval and the floor from the same record
+    from peftlab.results import run_view
+    from peftlab.stages.report.stored import Results
+    from peftlab.stages.report.trust import latency_floor_line
+
+    store = Store(study.output_dir, create=False)
+    try:
+        line = "".join(latency_floor_line(Results(Context(study=study, store=store),
+                                                  run_view(study, store))).spans)
+    finally:
+        store.close()
+    assert f"[{100 * (aa['ci_low'] - 1):+.2f}%, {100 * (aa['ci_high'] - 1):+.2f}%]" in line
+    assert f"\u00b1{control['floor_pct']:.2f}% is called real" in line

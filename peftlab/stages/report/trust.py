@@ -64,13 +64,18 @@ def trust(res: Results) -> Section:
             if c.get("mde_dz") is None or key in seen:
                 continue
             seen.add(key)
-            what = ("across tasks" if c.get("kind") == "across_tasks" else f"n = {c['n']} seeds")
+            what = ("across tasks" if c.get("kind") == "across_tasks" else
+                    f"n = {c['n']} blocks" if c.get("design") == "paired" else
+                    f"n = {c['n']} seeds")
             detect.append(f"|d_z| \u2265 {f.stat(c['mde_dz'])} ({what})")
         text = (f"primary family of {fam.get('tested', len(tested))} tested of "
                 f"{fam.get('planned', len(primary))} planned, {fnd.correction_name(primary[0])} "
                 f"at alpha {res.spec.stats.alpha}; with {round(100 * res.spec.stats.power)}% "
                 f"power the tests detect {', '.join(detect) or 'nothing (none was tested)'}.")
         items.append(Paragraph.of(Strong("What the study could detect:"), " " + text))
+    floor = latency_floor_line(res)
+    if floor is not None:
+        items.append(floor)
     void = [c for c in res.comparisons if c["outcome"] == "void"]
     if void:
         items.append(Paragraph.of(Strong("Voided:"), f" {len(void)} comparison(s) rest on "
@@ -184,3 +189,30 @@ def start_line(res: Results) -> Paragraph | None:
         spans.append(f" {text[0].upper()}{text[1:]}: comparisons between methods there "
                      "compare runs that did not beat the fitted head they started from.")
     return Paragraph.of(*spans)
+
+
+def latency_floor_line(res: Results) -> Paragraph | None:
+    """The bench's A/A control (one artifact timed under two labels in the paired design): its
+    ratio and interval, the noise floor no latency difference inside of is called real, and the
+    smallest difference the paired latency tests could detect, in %."""
+    aa = next((r for r in res.summaries if r.get("area") == "latency"
+               and r.get("quantity") == "A/A latency ratio"), None)
+    if aa is None:
+        return None
+    if aa.get("ci_low") is None:
+        return Paragraph.of(Strong("Latency noise floor (A/A control):"),
+                            f" {aa.get('n_blocks', 0)} block(s), too few for an interval.")
+    lo, hi = 100 * (aa["ci_low"] - 1), 100 * (aa["ci_high"] - 1)
+    paired = [c for c in res.comparisons if c.get("design") == "paired"
+              and c.get("role") == "primary"]
+    mdd = [c["paired_analysis"]["mdd_pct"] for c in paired
+           if (c.get("paired_analysis") or {}).get("mdd_pct") is not None]
+    text = (f" the same model timed under two labels: {100 * (aa['ratio'] - 1):+.2f}% "
+            f"[{lo:+.2f}%, {hi:+.2f}%] over {aa['n_blocks']} blocks (fresh processes) of "
+            f"{sum(aa['rounds_per_block'])} ABBA rounds in all; no latency difference within "
+            f"\u00b1{aa['floor_pct']:.2f}% is called real.")
+    if mdd:
+        power = paired[0]["paired_analysis"].get("power")
+        text += (f" The paired latency tests could detect differences of {min(mdd):.1f}% to "
+                 f"{max(mdd):.1f}% ({round(100 * power)}% power, unadjusted alpha).")
+    return Paragraph.of(Strong("Latency noise floor (A/A control):"), text)
