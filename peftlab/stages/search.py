@@ -20,10 +20,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from peftlab.spec import SearchConfig
+    from peftlab.spec import SearchConfig, Study
     from peftlab.study import Context
 
 STORAGE_DIR = "search"
+
+
+def unconfigured(study: Study) -> str | None:
+    """Why the spec gives this stage nothing to do (None: it does). `peftlab search SPEC` then
+    refuses to run; the pipeline skips the stage."""
+    if study.spec.search is None:
+        return (f"{study.where('search')}: not configured (the spec has no `search:` block; "
+                "add one to tune hyperparameters before the final runs)")
+    return None
 
 
 def run(ctx: Context) -> None:
