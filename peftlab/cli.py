@@ -65,8 +65,65 @@ def _main(
 def _load(spec: Path, data_dir: Path | None = None, output_dir: Path | None = None):
     from peftlab.pipeline import load_study
 
+    _check_data_dir(data_dir)
     return load_study(spec, data_dir=str(data_dir) if data_dir else None,
                      output_dir=str(output_dir) if output_dir else None)
+
+
+# -- arguments are checked before any data or model is loaded --------------------------------
+
+
+def _check_data_dir(data_dir: Path | None, where: str = "--data-dir") -> None:
+    """A data folder named on the command line (or in PEFTLAB_DATA_DIR) exists and is a folder."""
+    if data_dir is None:
+        return
+    from peftlab.errors import SpecError
+
+    if not data_dir.exists():
+        raise SpecError(f"{where} {data_dir}: no such folder; expected a local GLUE folder "
+                        "(<dir>/SST-2/train.tsv, ...)")
+    if not data_dir.is_dir():
+        raise SpecError(f"{where} {data_dir}: is a file; expected a local GLUE folder "
+                        "(<dir>/SST-2/train.tsv, ...)")
+
+
+def _check_output_dir(study) -> None:
+    """The study directory is a folder that exists or can be created, and is writable by us.
+
+    The store checks this again when it opens (by writing); this check comes before a command
+    loads data or models, so a bad output_dir or --output-dir costs no loading time.
+    """
+    from peftlab.errors import StoreError
+
+    root = Path(study.output_dir).absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        why = "it is a file" if existing == root else f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"permission denied on {existing}"
+    else:
+        return
+    raise StoreError(f"{study.output_dir}: the study directory is not writable ({why}); choose "
+                     "another output_dir or --output-dir")
+
+
+def _check_stages(study, names: list[str], command: str) -> None:
+    """Each stage named is known and configured by the spec: a stage the spec turns off or
+    leaves out (`unconfigured` of its module, e.g. no `search:` block) is refused, where the
+    pipeline without --stages skips it."""
+    import importlib
+
+    from peftlab.errors import SpecError
+    from peftlab.pipeline import stage_function
+
+    for name in names:
+        stage_function(name)  # an unknown name fails here
+    for name in names:
+        check = getattr(importlib.import_module(f"peftlab.stages.{name}"), "unconfigured", None)
+        reason = check(study) if check is not None else None
+        if reason:
+            raise SpecError(f"{reason}; `{command}` has nothing to do (the pipeline, `peftlab "
+                            f"run` without --stages, skips the {name} stage)")
 
 
 @app.command()
@@ -153,12 +210,19 @@ def run(
     Library warnings and load reports go to <study dir>/log.txt.
     """
     from peftlab.errors import SpecError
+    from peftlab.execution import check_executor
     from peftlab.pipeline import run_stages
 
     if executor is not None and executor not in ("local", "ray"):
         raise SpecError(f"--executor: expected local or ray, got {executor!r}")
     study = _load(spec, data_dir, output_dir)
     names = [s.strip() for s in stages.split(",")] if stages else None
+    if names is not None:  # asked for by name: each must be one the spec configures
+        _check_stages(study, names, f"peftlab run --stages {stages}")
+    _check_output_dir(study)
+    # an unreachable Ray cluster fails here, within execution.connect_timeout_s, before the
+    # study directory is written
+    check_executor(study.spec.execution, backend=executor, address=address)
     run_stages(study, names, console=err, executor=executor, address=address)
     report = study.output_dir / "report.html"
     out.print(f"study directory: {study.output_dir}")
@@ -257,7 +321,10 @@ def _stage_command(stage: str, doc: str) -> None:
     def command(spec: SpecArg, data_dir: DataDir = None, output_dir: OutputDir = None) -> None:
         from peftlab.pipeline import run_stages
 
-        run_stages(_load(spec, data_dir, output_dir), [stage], console=err)
+        study = _load(spec, data_dir, output_dir)
+        _check_stages(study, [stage], f"peftlab {stage}")  # before the study directory is written
+        _check_output_dir(study)
+        run_stages(study, [stage], console=err)
 
     command.__doc__ = doc
     app.command(name=stage)(command)
@@ -330,10 +397,21 @@ def bench(
             raise SpecError("peftlab bench: give a SPEC or --model/--adapter, not both")
         from peftlab.pipeline import run_stages
 
-        run_stages(_load(spec, data_dir, output_dir), ["bench"], console=err)
+        study = _load(spec, data_dir, output_dir)
+        _check_stages(study, ["bench"], "peftlab bench")
+        _check_output_dir(study)
+        run_stages(study, ["bench"], console=err)
         return
     if not model:
         raise SpecError("peftlab bench: give a SPEC, or --model M (and --adapter A, repeatable)")
+    if output_dir is not None:
+        raise SpecError("--output-dir: a one-off bench (--model) writes no study directory; "
+                        "it prints its results (--json for all of them)")
+    if data_dir is not None:
+        _check_data_dir(data_dir)
+    elif os.environ.get("PEFTLAB_DATA_DIR"):  # as the study commands read it
+        data_dir = Path(os.environ["PEFTLAB_DATA_DIR"])
+        _check_data_dir(data_dir, "PEFTLAB_DATA_DIR")
     from peftlab.bench import bench_oneoff
     from peftlab.spec import BenchSpec, ModelSpec, build_section
 

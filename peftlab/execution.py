@@ -29,6 +29,11 @@ Failures:
   folder or file, which the next start sweeps away, and a `running` record of the driver's pid,
   which reads as `interrupted` once the driver has exited, so the unit runs again.
 
+Joining a cluster is bounded: `check_ray_address` resolves the address as ray.init would and
+opens a TCP connection to its GCS (or Ray Client) port, so a typo in an address or a cluster that
+is down ends in one error within `execution.connect_timeout_s` (default 30 s) instead of Ray's
+minutes of retries; ray.init itself then makes one bounded attempt.
+
 Benchmarks are not units: the bench stage runs on the driver's node, after every fan-out stage
 has finished (it comes after finetune and represent in `study.STAGES`), with nothing of the
 study's scheduled beside it. Two reasons. A latency measured while other work shares the
@@ -42,11 +47,16 @@ seconds of CPU next to minutes of training.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,32 +195,39 @@ class RayExecutor(Executor):
     address: None starts a Ray runtime on this machine (unless one is already initialised in
     this process, e.g. a test's `ray.init(num_cpus=2)`, which is used and left running); "auto"
     joins the cluster this machine is part of; anything else is passed to `ray.init(address=)`.
+    A cluster that cannot be reached is refused (SpecError naming `where`, the address and what
+    was tried) within about `connect_timeout_s` (`check_ray_address`, `_bounded_gcs_connect`).
     """
 
     backend = "ray"
     in_process = False
 
     def __init__(self, *, address: str | None = None, cpu: float = 1.0, gpu: float = 0.0,
-                 max_retries: int = 1):
-        try:
-            import ray
-        except ImportError:
-            raise SpecError("execution.backend 'ray' needs Ray, which is not installed: "
-                            "pip install -e \".[ray]\" (on every node)") from None
+                 max_retries: int = 1, connect_timeout_s: float = 30.0,
+                 where: str = "execution.address"):
+        ray = _import_ray(connect_timeout_s)
         self._ray = ray
         self._owns_runtime = False
         if not ray.is_initialized():
+            # a cluster that cannot be reached fails here, within connect_timeout_s, instead of
+            # inside ray.init (which retries an unreachable GCS for minutes)
+            target = check_ray_address(address, connect_timeout_s, where=where)
             env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "HF_HOME", "OMP_NUM_THREADS")
                    if k in os.environ}
             try:
-                # log_to_driver=False: worker output (library warnings, Trainer chatter) stays in
-                # Ray's session logs instead of scrolling over the driver's progress display.
-                ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                         runtime_env={"env_vars": env} if env else None)
+                with _bounded_gcs_connect(connect_timeout_s if target else None):
+                    # log_to_driver=False: worker output (library warnings, Trainer chatter)
+                    # stays in Ray's session logs instead of scrolling over the driver's
+                    # progress display.
+                    ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                             runtime_env={"env_vars": env} if env else None)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise SpecError(f"execution.address {address!r}: cannot start or join a Ray "
-                                f"cluster ({e}); start one with `ray start --head`, or leave "
-                                "address empty to run Ray on this machine") from None
+                tried = (f" (tried the {target.describe()}, execution.connect_timeout_s "
+                         f"{connect_timeout_s:g})" if target else "")
+                raise SpecError(f"{where} {address!r}: cannot start or join a Ray cluster"
+                                f"{tried}: {_first_line(e)}; start one with `ray start "
+                                "--head`, or leave address empty to run Ray on this machine"
+                                ) from None
             self._owns_runtime = True
         self.max_retries = max_retries
         self._task = ray.remote(_call)
@@ -368,8 +385,205 @@ def make_executor(spec: ExecutionSpec, *, backend: str | None = None,
     if name == "ray":
         return RayExecutor(address=address if address is not None else spec.address,
                            cpu=spec.resources.cpu, gpu=spec.resources.gpu,
-                           max_retries=spec.max_retries)
+                           max_retries=spec.max_retries,
+                           connect_timeout_s=spec.connect_timeout_s,
+                           where="--address" if address is not None else "execution.address")
     raise SpecError(f"--executor: expected local or ray, got {name!r}")
+
+
+def check_executor(spec: ExecutionSpec, *, backend: str | None = None,
+                   address: str | None = None) -> None:
+    """What `make_executor` would refuse before it starts anything: an unknown backend, an
+    address without Ray, Ray not installed, a Ray cluster that cannot be reached within
+    `spec.connect_timeout_s` (SpecError). Nothing is started, so a command can check this before
+    it opens the study directory."""
+    name = backend or spec.backend
+    if name not in ("local", "ray"):
+        raise SpecError(f"--executor: expected local or ray, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise SpecError(f"--address {address!r} is a Ray cluster's: add --executor ray "
+                            "(or set execution.backend: ray in the spec)")
+        return
+    ray = _import_ray(spec.connect_timeout_s)
+    if not ray.is_initialized():
+        check_ray_address(address if address is not None else spec.address,
+                          spec.connect_timeout_s,
+                          where="--address" if address is not None else "execution.address")
+
+
+# -- reaching a Ray cluster -------------------------------------------------------------------
+
+
+# Ray's settings (read from the environment) that bound ray.init's connection to a GCS
+_RAY_GCS_ATTEMPT_S = "RAY_py_gcs_connect_timeout_s"  # one attempt, s; read when ray is imported
+_RAY_GCS_ATTEMPTS = "RAY_gcs_server_port_wait_time_s"  # attempts, ~1 s apart; read per ray.init
+
+
+def _import_ray(connect_timeout_s: float | None = None) -> Any:
+    """`import ray`; the first import in this process also bounds one attempt of a GCS
+    connection to `connect_timeout_s` (Ray's RAY_py_gcs_connect_timeout_s, default 30 s, which
+    Ray reads once, when it is imported; a value the user set wins)."""
+    if connect_timeout_s is not None and "ray" not in sys.modules:
+        os.environ.setdefault(_RAY_GCS_ATTEMPT_S, str(max(1, math.ceil(connect_timeout_s))))
+    try:
+        import ray
+    except ImportError:
+        raise SpecError("execution.backend 'ray' needs Ray, which is not installed: "
+                        "pip install -e \".[ray]\" (on every node)") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayTarget:
+    """The endpoint `ray.init(address=...)` will connect to: the GCS of a cluster (host:port,
+    what `ray start --head` prints) or a Ray Client server (ray://host:port)."""
+
+    host: str
+    port: int
+    via: str  # how the address was found: "given", "RAY_ADDRESS", "ray start"
+    client: bool = False
+
+    def describe(self) -> str:
+        what = "Ray Client server" if self.client else "GCS"
+        via = {"RAY_ADDRESS": ", from RAY_ADDRESS",
+               "ray start": ", the cluster `ray start` recorded on this machine"}.get(self.via, "")
+        return f"{what} at {self.host}:{self.port}{via}"
+
+
+RAY_CLIENT_PORT = 10001  # Ray Client's default port, when ray://host names none
+
+
+def ray_target(address: str | None, *, where: str = "execution.address") -> RayTarget | None:
+    """Where Ray will connect for `address` (None: ray.init starts a runtime of its own).
+
+    Ray's own reading of the address decides (`ray._private.services.
+    canonicalize_bootstrap_address`: RAY_ADDRESS over the argument; "auto" and no address fall
+    back to the cluster recorded by `ray start` on this machine; localhost becomes this node's
+    IP), so the check below tries what ray.init would try. SpecError for "auto" with no cluster
+    to join, or an address that is not host:port.
+    """
+    given = address
+    # as ray.init reads it: RAY_ADDRESS stands in for no address or "auto" only
+    env = (os.environ.get("RAY_ADDRESS") or None) if address in (None, "auto") else None
+    address = env or address
+    if address is not None and "://" in address:
+        if not address.startswith("ray://"):
+            return None  # another scheme's client (e.g. a hosted service): Ray's own handling
+        host, _, port = address[len("ray://"):].partition("/")[0].rpartition(":")
+        if not host:
+            host, port = port, str(RAY_CLIENT_PORT)
+        return RayTarget(_host(host), _port(port, given, where), "RAY_ADDRESS" if env else "given",
+                         client=True)
+    if address == "local":
+        return None
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # a Ray without this helper: read host:port ourselves, no fallbacks
+        canonicalize_bootstrap_address = None
+    if canonicalize_bootstrap_address is None:
+        if address in (None, "auto"):
+            return None
+        bootstrap = address
+    else:
+        try:
+            bootstrap = canonicalize_bootstrap_address(address)
+        except ConnectionError:  # "auto": no cluster recorded or running on this machine
+            raise SpecError(f"{where} {given!r}: no running Ray cluster found on this machine "
+                            "(none recorded by `ray start`, no GCS process, RAY_ADDRESS unset); "
+                            "start one with `ray start --head`, give a cluster's address as "
+                            "host:port, or leave address empty to run Ray on this machine"
+                            ) from None
+        except ValueError:
+            bootstrap = None if address in (None, "auto") else address
+        if bootstrap is None:
+            return None
+    host, _, port = bootstrap.rpartition(":")
+    if not host:
+        raise SpecError(f"{where} {given!r}: expected auto, host:port (the GCS address `ray "
+                        "start --head` prints) or ray://host:port")
+    via = "RAY_ADDRESS" if env else ("ray start" if address in (None, "auto") else "given")
+    return RayTarget(_host(host), _port(port, given, where), via)
+
+
+def _host(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [IPv6]
+
+
+def _port(port: str, given: str | None, where: str) -> int:
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SpecError(f"{where} {given!r}: the port {port!r} is not a number from 1 to "
+                        "65535; expected auto, host:port or ray://host:port")
+    return int(port)
+
+
+def check_ray_address(address: str | None, timeout_s: float, *,
+                      where: str = "execution.address") -> RayTarget | None:
+    """Refuse (SpecError, within about `timeout_s` seconds) a Ray address that cannot be
+    reached: the host name does not resolve, or nothing accepts a TCP connection on the port.
+    Returns the target (None: Ray will start a runtime of its own, nothing to reach).
+
+    ray.init itself retries an unreachable GCS for many minutes, printing warnings; this check
+    is what a user with a typo in a cluster address meets instead.
+    """
+    target = ray_target(address, where=where)
+    if target is None:
+        return None
+    deadline = time.monotonic() + timeout_s
+    within = f"within execution.connect_timeout_s {timeout_s:g} s"
+    head = f"{where} {address!r}: cannot reach a Ray cluster"
+    hint = ("start the cluster (`ray start --head` prints its address), fix the address, or "
+            "leave it empty to run Ray on this machine")
+    # getaddrinfo has no timeout of its own; a thread bounds it (left behind if it hangs)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="peftlab-resolve")
+    job = pool.submit(socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM)
+    pool.shutdown(wait=False)
+    try:
+        infos = job.result(timeout=max(deadline - time.monotonic(), 0.0))
+    except FuturesTimeout:
+        raise SpecError(f"{head}: looking up the host {target.host!r} did not end {within}; "
+                        f"{hint}") from None
+    except OSError as e:
+        raise SpecError(f"{head}: the host {target.host!r} does not resolve "
+                        f"({e.strerror or e}); {hint}") from None
+    failures = []
+    for family, kind, proto, _, sockaddr in infos:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            failures.append(f"{sockaddr[0]}: no answer {within}")
+            break
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(left)
+            try:
+                sock.connect(sockaddr)
+                return target
+            except TimeoutError:
+                failures.append(f"{sockaddr[0]}: no answer {within}")
+            except OSError as e:
+                failures.append(f"{sockaddr[0]}: {e.strerror or e}")
+    raise SpecError(f"{head}: a TCP connection to the {target.describe()} failed "
+                    f"({'; '.join(dict.fromkeys(failures))}); {hint}")
+
+
+@contextlib.contextmanager
+def _bounded_gcs_connect(timeout_s: float | None) -> Iterator[None]:
+    """ray.init joining a cluster makes one attempt to reach its GCS (None: Ray's default, 20).
+
+    A GCS port that accepts TCP connections but does not answer (another service on the port,
+    a GCS still starting) passes `check_ray_address`; ray.init would then try 20 times, each
+    attempt bounded by RAY_py_gcs_connect_timeout_s (`_import_ray`). Ray reads the number of
+    attempts, RAY_gcs_server_port_wait_time_s, when it connects, so it is set for the call only;
+    a value the user set wins. Ray's fixed 5 s waits for the GCS and its pubsub channel come on
+    top: such a failure takes about connect_timeout_s + 10 s.
+    """
+    if timeout_s is None or _RAY_GCS_ATTEMPTS in os.environ:
+        yield
+        return
+    os.environ[_RAY_GCS_ATTEMPTS] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_RAY_GCS_ATTEMPTS, None)
 
 
 def run_units(console: Any, description: str, executor: Executor, units: list[Unit]

@@ -577,6 +577,9 @@ class ExecutionSpec(_Strict):
     # ray only: null starts a Ray runtime on this machine; "auto" joins the cluster this machine
     # belongs to (`ray start --head` / `ray start --address ...`); or "host:port", "ray://..."
     address: str | None = None
+    # ray only: seconds to reach a cluster at `address` (name lookup, TCP connect to its GCS
+    # port, then ray.init's own connection to it) before the run stops with an error
+    connect_timeout_s: float = Field(30.0, gt=0)
     resources: ExecutionResources = Field(default_factory=ExecutionResources)
     max_retries: int = Field(1, ge=0)  # times a unit whose worker died is run again
     parallel_trials: int = Field(1, gt=0)  # search trials in flight at once, per search

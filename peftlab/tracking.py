@@ -17,8 +17,8 @@ training, or wherever the current directory is):
                  parent run for the study and one nested run per trained run, both found again by
                  tag (`peftlab.study`, `peftlab.run_id`) before any is created; default store an
                  SQLite database in <output_dir>/mlflow/
-    wandb        one run per trained run, id derived from study name and run id (a rerun resumes
-                 it), grouped by study; offline when no login is configured
+    wandb        one run per training attempt, id derived from study name, run id and attempt
+                 (`WandbAttempts`), grouped by study; offline when no login is configured
 
 Every tracker run carries the run id, task, method, seed and the resolved config (MLflow: tags
 `peftlab.*` and params `peftlab.<key>`, config.json artifact; TensorBoard: text; W&B: config).
@@ -28,6 +28,15 @@ entries are stale: the attempt's TensorBoard folder is emptied, and an MLflow ru
 deleted (not reused: its curve and its params, among them the attempt's scratch folder, belong
 to a model that was never saved) before the new attempt creates its own. A done run is never
 trained again and its tracker run is only updated.
+
+A killed process closes nothing, so its tracker runs would claim forever to be training. Before
+an attempt replaces them they are closed: the MLflow run is set KILLED (with the reason as the
+`peftlab.failure_reason` tag), then deleted; the W&B run is resumed and finished with exit code
+1 (W&B state "failed", `peftlab/status` "killed" in its summary), and the new attempt logs into
+a W&B run of its own (W&B refuses to reuse a run id, and resuming the killed run would mix two
+attempts' curves in one history). Which W&B run holds which attempt of a run id is kept in
+<output_dir>/wandb/peftlab/<run_id>.json (`WandbAttempts`), so the study-level results reach the
+attempt that made the saved model.
 
 `log_study` (called by the report stage) adds the study-level results: per run the final
 metrics with their intervals, the mean drift per layer band (`stats` table summaries) and the
@@ -274,11 +283,26 @@ class _MLflow:
             self.client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
 
-    def find(self, **tags: str) -> list[Any]:
-        """Active runs of the experiment carrying every tag given, oldest first."""
+    def find(self, *, deleted: bool = False, **tags: str) -> list[Any]:
+        """Runs of the experiment carrying every tag given, oldest first: active ones (with
+        `deleted`, deleted ones too)."""
+        from mlflow.entities import ViewType
+
         filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return self.client.search_runs([self.experiment_id], filter_string=filt,
+                                       run_view_type=ViewType.ALL if deleted
+                                       else ViewType.ACTIVE_ONLY,
                                        max_results=1000, order_by=["attributes.start_time ASC"])
+
+    def close_killed(self, run: Any, reason: str) -> bool:
+        """Set a run that is still RUNNING (or SCHEDULED) to KILLED, with `reason` as its
+        peftlab.failure_reason tag; True when it was open. A run whose process was killed is
+        left RUNNING by MLflow: nothing in that process could end it."""
+        if run.info.status not in ("RUNNING", "SCHEDULED"):
+            return False
+        self.client.set_tag(run.info.run_id, f"{TAG}.failure_reason", reason)
+        self.client.set_terminated(run.info.run_id, "KILLED")
+        return True
 
     def study_run(self) -> str:
         """The study's parent run (found by tag, else created)."""
@@ -367,14 +391,67 @@ def wandb_id(t: Target, key: str) -> str:
     return hashlib.sha256(f"{t.name}/{key}".encode()).hexdigest()[:24]
 
 
-def _wandb_init(t: Target, key: str, name: str, job_type: str, **kwargs: Any) -> Any:
+def _wandb_init(t: Target, key: str, name: str, job_type: str, *, run_id: str | None = None,
+                resume: str = "allow", **kwargs: Any) -> Any:
+    """wandb.init for the W&B run `run_id` (default: the one derived from `key`)."""
     import wandb
 
     if wandb.run is not None:  # the Trainer's WandbCallback logs into the global run
         wandb.finish()
     return wandb.init(project=t.tracking.wandb_project or t.name, entity=t.tracking.wandb_entity,
-                      group=t.name, job_type=job_type, name=name, id=wandb_id(t, key),
-                      resume="allow", dir=str(t.output_dir), mode=wandb_mode(t), **kwargs)
+                      group=t.name, job_type=job_type, name=name,
+                      id=run_id or wandb_id(t, key), resume=resume, dir=str(t.output_dir),
+                      mode=wandb_mode(t), **kwargs)
+
+
+# exit code a killed attempt's W&B run is finished with (non-zero: W&B shows it "failed")
+KILLED_EXIT_CODE = 1
+
+
+class WandbAttempts:
+    """The W&B runs of one run id's training attempts, oldest first, each with whether its
+    process closed it: <output_dir>/wandb/peftlab/<run_id>.json, [{"id": ..., "closed": bool}].
+
+    The first attempt's W&B id is `wandb_id(study, run_id)`; attempt n > 1 gets
+    `wandb_id(study, "<run_id>/attempt-<n>")`. Only the process training a run id writes its
+    file (one attempt at a time), so a Ray worker may write it on the shared study directory.
+    """
+
+    def __init__(self, t: Target, run_id: str):
+        self.t, self.run_id = t, run_id
+        self.path = t.output_dir / "wandb" / "peftlab" / f"{run_id}.json"
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [e for e in entries if isinstance(e, dict) and e.get("id")]
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        from peftlab.store import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(entries, indent=1))
+
+    def current(self) -> str | None:
+        """The W&B id of the latest attempt (None: no attempt recorded)."""
+        entries = self.read()
+        return entries[-1]["id"] if entries else None
+
+    def start(self) -> tuple[str, list[str]]:
+        """Record a new attempt; returns its W&B id and the ids of earlier attempts whose
+        process never closed them (killed)."""
+        entries = self.read()
+        open_ = [e["id"] for e in entries if not e.get("closed")]
+        key = self.run_id if not entries else f"{self.run_id}/attempt-{len(entries) + 1}"
+        new = wandb_id(self.t, key)
+        self._write([*({**e, "closed": True} for e in entries), {"id": new, "closed": False}])
+        return new, open_
+
+    def close(self, wandb_run_id: str) -> None:
+        self._write([{**e, "closed": True} if e["id"] == wandb_run_id else e
+                     for e in self.read()])
 
 
 # ----------------------------------------------------------------------------- one training run
@@ -401,6 +478,8 @@ class RunTrackers:
         self._mlflow: _MLflow | None = None
         self._mlflow_run: str | None = None
         self._wandb: Any = None
+        self._wandb_attempts: WandbAttempts | None = None
+        self._wandb_run: str | None = None
         self._finished = False
 
     def __enter__(self) -> RunTrackers:
@@ -430,7 +509,17 @@ class RunTrackers:
 
         ml = self._mlflow = _MLflow(self.t)
         parent = ml.study_run()
-        for stale in ml.find(**{f"{TAG}.run_id": self.rc.run_id}):
+        # An earlier attempt's run (deleted ones included, which older versions left RUNNING):
+        # its process was killed mid-training, or it stopped before training (then it is KILLED
+        # already). Closed first, so no run of this id claims to be training, then deleted.
+        for stale in ml.find(deleted=True, **{f"{TAG}.run_id": self.rc.run_id}):
+            deleted = stale.info.lifecycle_stage == "deleted"
+            if deleted and stale.info.status not in ("RUNNING", "SCHEDULED"):
+                continue
+            if deleted:  # MLflow changes the status of active runs only
+                ml.client.restore_run(stale.info.run_id)
+            ml.close_killed(stale, "killed: its process ended during training without closing "
+                                   "this run; the run was trained again from scratch")
             ml.client.delete_run(stale.info.run_id)
         self._mlflow_run = ml.create_run(self.rc, parent)
         # MLflowCallback logs into the fluent active run when there is one (it then neither
@@ -445,10 +534,21 @@ class RunTrackers:
         from transformers.integrations import WandbCallback
 
         rc = self.rc
-        self._wandb = _wandb_init(self.t, rc.run_id, rc.run_id, "train", config={
-            "peftlab": rc.as_dict(), **run_identity(self.t, rc)},
-            tags=[rc.task, rc.method, rc.method_type, f"seed-{rc.seed}"])
+        attempts = self._wandb_attempts = WandbAttempts(self.t, rc.run_id)
+        wandb_run, killed = attempts.start()
+        for stale in killed:  # end what the killed process left open, before replacing it
+            run = _wandb_init(self.t, rc.run_id, rc.run_id, "train", run_id=stale)
+            run.summary.update({"peftlab/status": "killed", "peftlab/replaced_by": wandb_run})
+            run.finish(exit_code=KILLED_EXIT_CODE)
+        self._wandb = _wandb_init(self.t, rc.run_id, rc.run_id, "train", run_id=wandb_run,
+                                  config={"peftlab": rc.as_dict(), **run_identity(self.t, rc)},
+                                  tags=[rc.task, rc.method, rc.method_type, f"seed-{rc.seed}"])
+        self._wandb_run = wandb_run
         self.callbacks.append(WandbCallback())
+
+    def _close_wandb(self, exit_code: int) -> None:
+        self._wandb.finish(exit_code=exit_code)
+        self._wandb_attempts.close(self._wandb_run)
 
     def finish(self, result: TrainResult) -> None:
         """Log the final metrics of the attempt's training result and close its tracker runs
@@ -473,7 +573,7 @@ class RunTrackers:
             ml.mlflow.end_run("FINISHED" if done else "FAILED")
         if self._wandb is not None:
             self._wandb.summary.update(values)
-            self._wandb.finish(exit_code=0 if done else 1)
+            self._close_wandb(0 if done else 1)
         self._finished = True
 
     def _close_tensorboard(self) -> None:
@@ -495,7 +595,7 @@ class RunTrackers:
                 if nothing_ran:
                     self._mlflow.client.delete_run(self._mlflow_run)
             if self._wandb is not None:
-                self._wandb.finish(exit_code=1)
+                self._close_wandb(1)
             if nothing_ran and "tensorboard" in self.names:
                 shutil.rmtree(tensorboard_dir(self.t, self.rc.run_id), ignore_errors=True)
 
@@ -599,7 +699,8 @@ def _wandb_study(ctx: Context, runs: dict[str, RunConfig],
     for rid, rc in runs.items():
         if "wandb" not in rc.training.report_to:
             continue
-        run = _wandb_init(t, rid, rid, "train")
+        # the latest attempt's run: the one that trained the saved model
+        run = _wandb_init(t, rid, rid, "train", run_id=WandbAttempts(t, rid).current())
         run.summary.update(results[rid])  # a summary is a set of values: rerunning replaces
         run.finish()
     run = _wandb_init(t, "study", t.name, "study",

@@ -745,3 +745,95 @@ def test_verbose_shows_library_output_live_and_still_logs_it(tmp_path: Path, glu
     log = (tmp_path / "study" / "log.txt").read_text().splitlines()
     for line in shown:  # every line shown live is in the log, under the same label
         assert any(squash(entry).endswith(squash(line)) for entry in log), line  # rich: tabs
+
+
+# -- a stage the spec does not configure ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, edit, expected", [
+    (["search"], None, ["search: not configured", "no `search:` block", "`peftlab search`"]),
+    (["forgetting"], {"forgetting": {"enabled": False}},
+     ["forgetting.enabled: false", "`peftlab forgetting`"]),
+    (["run", "--stages", "data,search"], None, ["search: not configured",
+                                                "`peftlab run --stages data,search`"]),
+])
+def test_a_stage_the_spec_does_not_configure_is_an_error_and_writes_nothing(
+        tmp_path: Path, tiny_llama_dir: Path, glue_dir: Path, command: list[str],
+        edit: dict[str, Any] | None, expected: list[str]) -> None:
+    """Asked by name for a stage the spec leaves out (no `search:` block) or turns off
+    (forgetting.enabled: false): one error naming the spec key, exit 2, no study directory.
+    (On main: "nothing to search", exit 0, and results.sqlite and spec.yaml written.)"""
+    spec = spec_for(tmp_path, tiny_llama_dir)
+    spec.update(edit or {})
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    failed(cli(*command, path, "--data-dir", glue_dir), str(path), *expected)
+    assert not (tmp_path / "study").exists()
+
+
+def test_the_pipeline_still_skips_stages_the_spec_does_not_configure(
+        tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`peftlab run` without --stages runs every stage; those the spec leaves out skip quietly
+    (the stages' own `run` does that; here: the command hands them all to run_stages)."""
+    ran: list[Any] = []
+    monkeypatch.setattr("peftlab.pipeline.run_stages",
+                        lambda study, stages=None, **kw: ran.append(stages))
+    spec = spec_for(tmp_path, tiny_llama_dir)
+    spec["forgetting"] = {"enabled": False}
+    res = cli("run", write_spec(tmp_path / "spec.yaml", spec))
+    assert res.code == 0, res.err
+    assert ran == [None]
+
+
+# -- arguments are checked before any data or model is loaded ------------------------------------
+
+
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the evaluation data of a one-off bench, or checking a study's data and model
+    (`deep_check`, the first thing every stage does), fails the test: an argument error must
+    come before either."""
+    def loaded(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("data or a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("peftlab.bench.oneoff._task_info", loaded)
+    monkeypatch.setattr("peftlab.validate.deep_check", loaded)
+    monkeypatch.delenv("PEFTLAB_DATA_DIR", raising=False)
+
+
+def test_one_off_bench_checks_its_arguments_before_loading_anything(
+        tmp_path: Path, tiny_llama_dir: Path, no_loading: None) -> None:
+    """`peftlab bench --model M --adapter A` without --data-dir (the data would come from the
+    hub): a missing adapter, a file given as an adapter, an unknown model or task, a missing
+    --data-dir and an --output-dir (a one-off writes no study) are each named in one error.
+    (On main the first three failed on loading sst2 from the hub, naming the hub dataset.)"""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not an adapter")
+    missing = tmp_path / "nowhere"
+    failed(cli("bench", "--model", tiny_llama_dir, "--adapter", missing),
+           "adapter 'nowhere'", str(missing), "does not exist")
+    failed(cli("bench", "--model", "minilm", "--adapter", missing), "adapter 'nowhere'")
+    failed(cli("bench", "--model", tiny_llama_dir, "--adapter", afile), str(afile), "is a file")
+    failed(cli("bench", "--model", "no-such-model"), "unknown model 'no-such-model'")
+    failed(cli("bench", "--model", tiny_llama_dir, "--task", "no-such-task"),
+           "unknown task 'no-such-task'")
+    failed(cli("bench", "--model", tiny_llama_dir, "--data-dir", missing),
+           f"--data-dir {missing}: no such folder")
+    failed(cli("bench", "--model", tiny_llama_dir, "--output-dir", tmp_path / "out"),
+           "--output-dir", "one-off")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "data", "run", "baselines", "finetune", "bench"])
+def test_study_commands_check_data_and_output_folders_before_loading_anything(
+        tmp_path: Path, tiny_llama_dir: Path, no_loading: None, command: str) -> None:
+    """--data-dir that is not a folder, and (commands that write the study) an output folder
+    under a file: one error naming it, before data or the model is read."""
+    path = write_spec(tmp_path / "spec.yaml", spec_for(tmp_path, tiny_llama_dir))
+    missing = tmp_path / "no-glue"
+    failed(cli(command, path, "--data-dir", missing), f"--data-dir {missing}: no such folder")
+    failed(cli(command, path, "--data-dir", path), f"--data-dir {path}: is a file")
+    if command not in ("validate", "data"):
+        blocker = tmp_path / "afile"
+        blocker.write_text("a regular file")
+        failed(cli(command, path, "--output-dir", blocker / "study", "--data-dir", tmp_path),
+               str(blocker / "study"), "not writable", f"{blocker} is a file")

@@ -75,6 +75,88 @@ def test_the_execution_block_is_validated_with_its_key(tmp_path, tiny_llama_dir,
         load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
 
 
+# -- a Ray cluster that cannot be reached -----------------------------------------------------
+
+
+def _free_port() -> int:
+    """A TCP port nothing listens on (bound and released; nothing here listens on it again)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """`peftlab ARGS` in this process: (exit code, stderr)."""
+    import sys
+
+    from peftlab import cli
+
+    monkeypatch.setattr(sys, "argv", ["peftlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("127.0.0.1:{port}", ["cannot reach a Ray cluster", "TCP connection to the GCS at",
+                          ":{port}"]),
+    ("not-a-host.invalid:6379", ["cannot reach a Ray cluster", "'not-a-host.invalid'"]),
+    ("ray://127.0.0.1:{port}", ["TCP connection to the Ray Client server at 127.0.0.1:{port}"]),
+    ("auto", ["no running Ray cluster found on this machine"]),
+])
+def test_a_ray_address_nothing_answers_at_fails_at_once_with_one_error(
+        tmp_path, tiny_llama_dir, glue_dir, monkeypatch, capsys, address, expected):
+    """`peftlab run SPEC --executor ray --address A` where nothing listens, a host that does not
+    resolve, or `auto` with no cluster on this machine: one `error:` line naming the address and
+    what was tried, exit 2, and the study directory is not created. (On main it hung for
+    minutes inside ray.init, retrying.)"""
+    ray = pytest.importorskip("ray")
+    from ray._private import services
+
+    # what ray.init reads for "auto": no cluster recorded by `ray start`, no GCS process running
+    # (other test sessions on this machine may run one)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: set())
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever ran before in this process
+    port = _free_port()
+    address = address.format(port=port)
+    study = _study(tmp_path, tiny_llama_dir, glue_dir, execution={"connect_timeout_s": 5})
+    code, err = _cli(monkeypatch, capsys, "run", study.path, "--executor", "ray",
+                     "--address", address, "--stages", "data")
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --address {address!r}: "), err
+    for piece in expected:
+        assert piece.format(port=port) in lines[0], (piece, err)
+    assert not study.output_dir.exists()  # refused before the study directory is written
+
+
+def test_ray_addresses_are_read_as_ray_reads_them_and_bad_ones_refused(monkeypatch):
+    pytest.importorskip("ray")
+    from peftlab.execution import RAY_CLIENT_PORT, check_ray_address, ray_target
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_target("local") is None
+    client = ray_target("ray://head.example:10002")
+    assert (client.host, client.port, client.client) == ("head.example", 10002, True)
+    assert ray_target("ray://head.example").port == RAY_CLIENT_PORT
+    # RAY_ADDRESS stands in for no address and "auto", never for a given one (as in ray.init)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://elsewhere.example:1")
+    assert ray_target(None).host == ray_target("auto").host == "elsewhere.example"
+    assert ray_target(None).via == "RAY_ADDRESS"
+    assert ray_target("ray://head.example:3").host == "head.example"
+    monkeypatch.delenv("RAY_ADDRESS")
+    for bad, says in (("head.example:99999", "not a number from 1 to 65535"),
+                      ("head.example", "expected auto, host:port"),
+                      ("head.example:http", "the port 'http' is not a number")):
+        with pytest.raises(SpecError, match=says) as e:
+            check_ray_address(bad, 1.0, where="execution.address")
+        assert str(e.value).startswith(f"execution.address {bad!r}: ")
+
+
 # -- on a local Ray runtime -------------------------------------------------------------------
 
 

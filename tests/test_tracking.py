@@ -133,6 +133,16 @@ def test_killed_and_resumed_study_keeps_one_tracker_run_per_trained_run(
     stale = before[lora.run_id].info.run_id
     assert trained[lora.run_id].info.run_id != stale
     assert client.get_run(stale).info.lifecycle_stage == "deleted"
+    # the killed attempt's run was closed before it was deleted: listed with the deleted runs,
+    # no run claims to be still training
+    from mlflow.entities import ViewType
+
+    every = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL,
+                               max_results=1000)
+    assert len(every) == 5 and not [r for r in every if r.info.status == "RUNNING"]
+    killed = client.get_run(stale)
+    assert killed.info.status == "KILLED" and killed.info.end_time is not None
+    assert killed.data.tags["peftlab.failure_reason"].startswith("killed")
     for rc in (full, lora):
         run, rec = trained[rc.run_id], recs[rc.run_id]
         assert run.info.status == "FINISHED"
@@ -262,3 +272,124 @@ def test_a_tracker_that_is_not_installed_is_refused_at_validation(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.strip()] == [f"error: {msg}"]
+
+
+# -- a killed attempt's tracker runs are closed before they are replaced ------------------------
+
+
+def _one_run(tmp_path, model_dir, report_to):
+    spec = tiny_spec(tmp_path / "study", model_dir=model_dir, tasks=("sst2",), seeds=(1,),
+                     methods=("lora",))
+    spec["training"]["report_to"] = report_to
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec))
+    (rc,) = study.runs()
+    return study, rc
+
+
+def _done(rc):
+    from peftlab.training import TrainResult
+
+    return TrainResult(status="done", main_metric="accuracy", steps=3,
+                       metrics={"accuracy": {"value": 0.75, "ci_low": 0.5, "ci_high": 0.9}})
+
+
+def test_an_mlflow_run_left_running_is_killed_before_it_is_replaced(tmp_path, tiny_llama_dir):
+    """A run's MLflow run left RUNNING by a killed process, active or already deleted (as
+    earlier versions left them): a new attempt sets it KILLED, with the reason, then deletes it;
+    listing every run, deleted ones included, shows none RUNNING."""
+    from mlflow.entities import ViewType
+
+    from peftlab.tracking import _MLflow, run_trackers
+
+    study, rc = _one_run(tmp_path, tiny_llama_dir, ["mlflow"])
+    t = target(study)
+    ml = _MLflow(t)
+    parent = ml.study_run()
+    legacy = ml.create_run(rc, parent)  # a killed attempt an earlier version deleted RUNNING
+    ml.client.delete_run(legacy)
+    killed = ml.create_run(rc, parent)  # the killed attempt of the last start, still active
+    assert {ml.client.get_run(r).info.status for r in (legacy, killed)} == {"RUNNING"}
+
+    with run_trackers(t, rc) as trackers:
+        trackers.finish(_done(rc))
+    every = ml.client.search_runs([ml.experiment_id], run_view_type=ViewType.ALL)
+    by_id = {r.info.run_id: r for r in every}
+    assert len(every) == 4 and not [r for r in every if r.info.status == "RUNNING"]
+    for rid in (legacy, killed):
+        assert by_id[rid].info.status == "KILLED"
+        assert by_id[rid].info.lifecycle_stage == "deleted"
+        assert by_id[rid].data.tags["peftlab.failure_reason"].startswith("killed")
+    (current,) = ml.find(**{"peftlab.run_id": rc.run_id})
+    assert current.info.status == "FINISHED" and current.info.run_id not in (legacy, killed)
+
+
+class _FakeWandb:
+    """The part of the wandb API peftlab calls (init, finish, run, summary), recording calls."""
+
+    def __init__(self):
+        import importlib.machinery
+        import types
+
+        self.calls: list[tuple] = []
+        self.module = types.ModuleType("wandb")
+        # transformers' is_wandb_available: find_spec("wandb") and a `run` attribute
+        self.module.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+        self.module.run = None
+        self.module.init = self.init
+        self.module.finish = lambda exit_code=None: self.module.run and self.module.run.finish(
+            exit_code=exit_code)
+
+    def init(self, *, id, resume, **kwargs):
+        fake = self
+
+        class Run:
+
+            def __init__(self):
+                self.id, self.summary = id, {}
+
+            def finish(self, exit_code=None):
+                fake.calls.append(("finish", self.id, exit_code, dict(self.summary)))
+                fake.module.run = None
+
+        self.calls.append(("init", id, resume))
+        self.module.run = Run()
+        return self.module.run
+
+
+def test_a_wandb_run_left_open_by_a_killed_attempt_is_finished_before_it_is_replaced(
+        tmp_path, tiny_llama_dir, monkeypatch):
+    """W&B through a stand-in module (wandb is not installed here): the first attempt's W&B run
+    is never closed (its process is killed); the second attempt first resumes it and finishes it
+    with a non-zero exit code (W&B: failed) and `peftlab/status` killed, then trains into a W&B
+    run of its own, finished with exit code 0; the study results go to that run."""
+    from peftlab.tracking import KILLED_EXIT_CODE, WandbAttempts, run_trackers, wandb_id
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake.module)
+    study, rc = _one_run(tmp_path, tiny_llama_dir, ["wandb"])
+    t = target(study)
+    first = run_trackers(t, rc).__enter__()  # training starts ...
+    assert fake.calls == [("init", wandb_id(t, rc.run_id), "allow")]
+    assert first.callbacks and type(first.callbacks[0]).__name__ == "WandbCallback"
+    fake.module.run = None  # ... and its process is killed: nothing closes the W&B run
+    fake.calls.clear()
+
+    with run_trackers(t, rc) as second:
+        second.finish(_done(rc))
+    old, new = wandb_id(t, rc.run_id), wandb_id(t, f"{rc.run_id}/attempt-2")
+    assert fake.calls == [
+        ("init", old, "allow"),
+        ("finish", old, KILLED_EXIT_CODE, {"peftlab/status": "killed", "peftlab/replaced_by": new}),
+        ("init", new, "allow"),
+        ("finish", new, 0, {"eval/accuracy": 0.75, "eval/accuracy_ci_low": 0.5,
+                            "eval/accuracy_ci_high": 0.9})]
+    assert KILLED_EXIT_CODE != 0 and new != old
+    attempts = WandbAttempts(t, rc.run_id)
+    assert attempts.read() == [{"id": old, "closed": True}, {"id": new, "closed": True}]
+    assert attempts.current() == new  # where log_study puts the study-level results
+
+    fake.calls.clear()  # a third attempt (the run failed before training): nothing left open
+    with pytest.raises(SpecError), run_trackers(t, rc):
+        raise SpecError("a user mistake before training")
+    third = wandb_id(t, f"{rc.run_id}/attempt-3")
+    assert fake.calls == [("init", third, "allow"), ("finish", third, 1, {})]

@@ -55,15 +55,30 @@ def bench_oneoff(model: ModelSpec, bench: BenchSpec, adapters: Sequence[str], *,
     from peftlab.methods import get_method
     from peftlab.models import model_revision, resolve_device, resolve_model
     from peftlab.store import provenance
+    from peftlab.tasks import get_task
 
     adapters = [str(a) for a in adapters]
     if adapter_tasks is not None and len(adapter_tasks) != len(adapters):
         raise SpecError(f"adapter_tasks: {len(adapter_tasks)} task(s) given for {len(adapters)} "
                         "adapter(s); give one task per adapter")
+    # Every argument is checked before any data or model is read (the evaluation data may come
+    # from the hub): mode, model and task names, and that each adapter is a saved folder.
     requested = [get_mode(m).name for m in modes or []]  # unknown names fail here
+    resolved = resolve_model(model.name, gguf_file=model.gguf_file, revision=model.revision)
+    task_names = list(adapter_tasks) if adapter_tasks is not None else [task] * len(adapters)
+    for t in dict.fromkeys(task_names or [task]):
+        get_task(t)
+    given, seen = [], set()
+    for i, path in enumerate(adapters):
+        p = Path(path).expanduser().resolve()
+        label = p.parent.name if p.name == "artifact" else p.name
+        name = adapter_name(label)
+        if name in seen:
+            name = adapter_name(f"{label}_{i}")
+        seen.add(name)
+        given.append((p, name, artifact_kind(p, name)))  # a missing folder fails here
     device = resolve_device(device)
     model_d = model.model_dump(mode="json")
-    task_names = list(adapter_tasks) if adapter_tasks is not None else [task] * len(adapters)
     tasks = {t: _task_info(t, data_dir, eval_samples, bench.seed)
              for t in dict.fromkeys(task_names or [task])}
 
@@ -74,15 +89,8 @@ def bench_oneoff(model: ModelSpec, bench: BenchSpec, adapters: Sequence[str], *,
             bases[n_labels] = base_structure(model_d, n_labels)
         return bases[n_labels]
 
-    candidates, seen = [], set()
-    for i, (path, t) in enumerate(zip(adapters, task_names, strict=True)):
-        p = Path(path).expanduser().resolve()
-        label = p.parent.name if p.name == "artifact" else p.name
-        name = adapter_name(label)
-        if name in seen:
-            name = adapter_name(f"{label}_{i}")
-        seen.add(name)
-        kind = artifact_kind(p, name)
+    candidates = []
+    for (p, name, kind), t in zip(given, task_names, strict=True):
         mtype = method_type_of(p)
         try:
             method = get_method(mtype)
@@ -114,7 +122,6 @@ def bench_oneoff(model: ModelSpec, bench: BenchSpec, adapters: Sequence[str], *,
     else:  # nobody asked for a mode that cannot serve these adapters: leave it out
         units = [u for u in units if not u.unsupported]
     points = sweep_points(bench.batch_sizes, bench.seq_lengths)
-    resolved = resolve_model(model.name, gguf_file=model.gguf_file, revision=model.revision)
     extra = {"provenance": provenance(model_revision=model_revision(resolved))}
     records: list[dict[str, Any]] = []
 

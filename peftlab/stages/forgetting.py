@@ -100,6 +100,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from peftlab.context import Context
+    from peftlab.plan import Study
     from peftlab.runs import RunConfig
     from peftlab.spec import TaskSpec
     from peftlab.tasks import TaskDef
@@ -438,6 +439,14 @@ def make_plan(ctx: Context) -> _Plan:
     for pt in tasks:
         load_probe_examples(ctx, pt)
     return plan
+
+
+def unconfigured(study: Study) -> str | None:
+    """Why the spec gives this stage nothing to do (None: it does). `peftlab forgetting SPEC`
+    then refuses to run; the pipeline skips the stage."""
+    if not study.spec.forgetting.enabled:
+        return f"{study.where('forgetting.enabled')}: false (the stage is turned off)"
+    return None
 
 
 def run(ctx: Context) -> None:

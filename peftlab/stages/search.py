@@ -21,9 +21,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from peftlab.context import Context
+    from peftlab.plan import Study
     from peftlab.search_space import SearchConfig
 
 STORAGE_DIR = "search"
+
+
+def unconfigured(study: Study) -> str | None:
+    """Why the spec gives this stage nothing to do (None: it does). `peftlab search SPEC` then
+    refuses to run; the pipeline skips the stage."""
+    if study.spec.search is None:
+        return (f"{study.where('search')}: not configured (the spec has no `search:` block; "
+                "add one to tune hyperparameters before the final runs)")
+    return None
 
 
 def run(ctx: Context) -> None:
