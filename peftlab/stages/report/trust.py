@@ -195,8 +195,7 @@ def latency_floor_line(res: Results) -> Paragraph | None:
     """The bench's A/A control (one artifact timed under two labels in the paired design): its
     ratio and interval, the noise floor no latency difference inside of is called real, and the
     smallest difference the paired latency tests could detect, in %."""
-    aa = next((r for r in res.summaries if r.get("area") == "latency"
-               and r.get("quantity") == "A/A latency ratio"), None)
+    aa = next(iter(res.summaries_of("latency_control")), None)
     if aa is None:
         return None
     if aa.get("ci_low") is None:

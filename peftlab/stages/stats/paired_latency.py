@@ -58,7 +58,7 @@ def build(inp: Inputs) -> tuple[list[Pending], list[Record]]:
     records: list[Record] = []
     if aa is not None:
         records.append((CONTROL_KEY, {
-            **aa, "kind": "summary", "area": "latency", "quantity": "A/A latency ratio",
+            **aa, "kind": "summary", "area": "latency_control", "quantity": "A/A latency ratio",
             "what": "one artifact measured under two labels in the paired design: the bench's "
                     "noise floor (no latency difference inside it is called real)",
             "floor_pct": None if floor is None else 100 * math.expm1(floor)}))
