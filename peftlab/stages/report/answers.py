@@ -207,7 +207,7 @@ def rq2_answer(res: Results) -> Answer:
                 spans.append(", ".join(
                     f"{c['task']} ({f.pct(c.get('rel_diff'))} "
                     f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)})"
-                    for c in cs) + f", n = {cs[0]['n']} seeds")
+                    for c in cs) + f", n = {cs[0]['n']} {_units(cs[0])}")
             elif outcome in fnd.TESTED:  # many tasks: the range, the intervals are in the plot
                 rel = sorted(c["rel_diff"] for c in cs if c.get("rel_diff") is not None)
                 lows = [c["rel_diff_ci_low"] for c in cs if c.get("rel_diff_ci_low") is not None]
@@ -216,7 +216,7 @@ def rq2_answer(res: Results) -> Answer:
                 spans.append(", ".join(c["task"] for c in cs) + (
                     f": {f.pct(rel[0])} to {f.pct(rel[-1])} (intervals within "
                     f"[{f.pct(min(lows))}, {f.pct(max(highs))}])" if rel and lows and highs
-                    else "") + f", n = {cs[0]['n']} seeds each")
+                    else "") + f", n = {cs[0]['n']} {_units(cs[0])} each")
             else:
                 why = ("degenerate runs" if outcome == "void" else
                        f"{cs[0]['n']} complete pair(s), {res.min_runs} needed")
@@ -248,3 +248,9 @@ def answers(res: Results) -> Section:
     if not res.stats:
         return s.add(not_measured("statistics", "stats"))
     return s.add(rq1_answer(res), rq2_answer(res))
+
+
+def _units(c: dict[str, Any]) -> str:
+    """What a comparison's n counts: blocks (fresh processes) in the paired latency design,
+    seeds otherwise."""
+    return "blocks (fresh processes)" if c.get("design") == "paired" else "seeds"
