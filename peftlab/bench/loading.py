@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ _ADAPTER_SEGMENTS = ("lora_", "ia3_", "ranknum", "vera_", "boft_", "oft_", "hra_
 
 # ---------------------------------------------------------------------------------------------
 # The base model's structure (meta device: no weights read)
+
+
+def structures(model_spec: dict[str, Any]) -> Callable[[int], dict[str, Any]]:
+    """`base_structure` of one model spec per number of labels, each loaded once (a study's
+    tasks share a label count)."""
+    bases: dict[int, dict[str, Any]] = {}
+
+    def structure(num_labels: int) -> dict[str, Any]:
+        if num_labels not in bases:
+            bases[num_labels] = base_structure(model_spec, num_labels)
+        return bases[num_labels]
+
+    return structure
 
 
 def base_structure(model_spec: dict[str, Any], num_labels: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftlab.artifacts import adapter_name
-from peftlab.bench.loading import artifact_kind, base_structure, check_artifact, method_type_of
+from peftlab.bench.loading import artifact_kind, check_artifact, method_type_of, structures
 from peftlab.bench.modes import UnsupportedMode, get_mode, mode_names
 from peftlab.bench.plan import Candidate, PlanSettings, plan_units, run_units
 from peftlab.bench.units import check_lengths, sweep_points
@@ -82,12 +82,7 @@ def bench_oneoff(model: ModelSpec, bench: BenchSpec, adapters: Sequence[str], *,
     tasks = {t: _task_info(t, data_dir, eval_samples, bench.seed)
              for t in dict.fromkeys(task_names or [task])}
 
-    bases: dict[int, dict[str, Any]] = {}
-
-    def structure(n_labels: int) -> dict[str, Any]:
-        if n_labels not in bases:
-            bases[n_labels] = base_structure(model_d, n_labels)
-        return bases[n_labels]
+    structure = structures(model_d)
 
     candidates = []
     for (p, name, kind), t in zip(given, task_names, strict=True):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from peftlab import logs
-from peftlab.bench.loading import base_structure, check_artifact
+from peftlab.bench.loading import check_artifact, structures
 from peftlab.bench.plan import Candidate, PlanSettings, plan_units, run_units
 from peftlab.bench.units import Unit, bench_settings, check_lengths, settings_hash, sweep_points
 from peftlab.logs import track
@@ -256,12 +256,7 @@ def study_units(ctx: Context, *, with_candidates: bool = False) -> tuple[Any, ..
     seeds = list(spec.seeds) if bench.runs == "all" else list(spec.seeds[:1])
     tasks = {t.name: ctx.data.task_info(t.name) for t in spec.tasks}
     model = spec.model.model_dump(mode="json")
-    bases: dict[int, dict[str, Any]] = {}
-
-    def structure(n_labels: int) -> dict[str, Any]:
-        if n_labels not in bases:
-            bases[n_labels] = base_structure(model, n_labels)
-        return bases[n_labels]
+    structure = structures(model)
 
     candidates = []
     for rc in ctx.finished_runs():

@@ -51,12 +51,7 @@ def deployment(res: Results) -> Section:
 
     gate = s.sub("Correctness gate")
     grows = []
-    seen = set()
-    for r in rows:
-        key = (r["mode"], tasks_of(r), r["method"], r["seed"])
-        if key in seen or not r["gate"]:
-            continue
-        seen.add(key)
+    for r in _first_per_unit(rows, "gate"):
         checks = r["gate"].get("checks") or []
         worst = max((c.get("rel_diff") for c in checks if c.get("rel_diff") is not None),
                     default=None)
@@ -161,12 +156,7 @@ def deployment(res: Results) -> Section:
 
     load = s.sub("Load times")
     lrows = []
-    seen = set()
-    for r in rows:
-        key = (r["mode"], tasks_of(r), r["method"], r["seed"])
-        if key in seen or not r["load"]:
-            continue
-        seen.add(key)
+    for r in _first_per_unit(rows, "load"):
         ld = r["load"]
         cache = ld.get("page_cache") or {}
         lrows.append([r["mode"], tasks_of(r), f.text(r["method"]), f.text(r["seed"]),
@@ -239,3 +229,17 @@ def storage(res: Results, s: Section) -> None:
                     numeric=[False, False, False, True, True, True, True, True]))
     if not s.blocks:
         s.add(not_measured("artifact sizes", "finetune"))
+
+
+def _first_per_unit(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """The first row of each bench unit (mode, tasks, method, seed) that has `field`: the gate
+    and the loads are measured once per unit, not per sweep point."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for r in rows:
+        key = (r["mode"], tasks_of(r), r["method"], r["seed"])
+        if key in seen or not r[field]:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
