@@ -14,7 +14,13 @@ from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report import readout
 from peftlab.stages.report.document import Answer, Figure, Outcome, Paragraph, Section, Strong
-from peftlab.stages.report.stored import Results, conf_label, not_measured
+from peftlab.stages.report.stored import (
+    Results,
+    conf_label,
+    learning_rates,
+    learning_rates_text,
+    not_measured,
+)
 
 
 def _outcome_words(comps: list[dict[str, Any]]) -> list[str]:
@@ -68,6 +74,9 @@ def rq1_answer(res: Results) -> Answer:
             if c["outcome"] == "inconclusive" and c.get("mde_dz") is not None:
                 spans.append(f" ({fnd.power_short(c)})")
         paras.append(Paragraph.of(*spans, "."))
+    scope = rq1_scope(res, comps)
+    if scope is not None:
+        paras.append(scope)
     rows, across = [], []
     for task in res.view.tasks:
         for c in [c for c in per_task if c["task"] == task]:
@@ -111,6 +120,27 @@ def rq1_answer(res: Results) -> Answer:
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq1")
 
 
+def rq1_scope(res: Results, comps: list[dict[str, Any]]) -> Paragraph | None:
+    """What the RQ1 answer covers: the tasks of this study only (task is a fixed effect of the
+    mixed model), and the learning rates each method trained at (from the run configs): a
+    difference between methods is also a difference between their rates and how they were
+    chosen."""
+    parts = []
+    if any(c.get("kind") == "across_tasks" for c in comps):
+        parts.append(f"task is a fixed effect of the mixed model, so 'across tasks' covers "
+                     f"these {len(res.view.tasks)} tasks only ({', '.join(res.view.tasks)}), "
+                     "not tasks in general")
+    rates = learning_rates(res)
+    if len({r for by in rates.values() for r in by}) > 1:
+        parts.append(f"the methods trained at different learning rates ({learning_rates_text(res)}"
+                     "; see Hyperparameter search), so the comparison is of each method at its "
+                     "own rate")
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    return Paragraph.of(Strong("Scope:"), f" {text[0].upper()}{text[1:]}.")
+
+
 def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
     """One primary comparison in a sentence or two: estimate, interval, corrected p, n, power
     (what it could have detected, when inconclusive), or why it was not tested."""
@@ -120,12 +150,16 @@ def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
     fmt = fnd.value_format(c)
     est = (f"{fmt(c.get('diff'))} {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}"
            f" ({round(100 * c['confidence'])}% CI)")
-    if c.get("rel_diff") is not None:
-        est += f", relative {f.pct(c['rel_diff'])}"
+    rel = fnd.relative_text(c, with_interval=False)
+    if rel is not None:
+        est += f", relative {rel}"
     text = (f" {est}; {fnd.correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} in "
             f"the primary family of {c.get('family_size')}; {fnd.n_text(c)}.")
     if c["outcome"] == "different":
         text = f" ({fnd.direction(c)});" + text
+    note = fnd.unadjusted_note(c)
+    if note:
+        text += f" ({note[0].upper()}{note[1:]}.)"
     power = fnd.power_short(c)
     if c["outcome"] == "inconclusive" and power:
         text += f" {power[0].upper()}{power[1:]}."
@@ -178,7 +212,8 @@ def rq2_answer(res: Results) -> Answer:
             continue
         first = group[0]
         spans: list[str] = [Strong(f"{fnd.name(first, 'a')} vs {fnd.name(first, 'b')}"),
-                            f" ({first.get('claim') or pair}): "]
+                            f" (tests the claim: {first['claim']}): " if first.get("claim")
+                            else f" ({pair}): "]
         by_outcome: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for c in group:
             by_outcome[c["outcome"]].append(c)
@@ -186,8 +221,7 @@ def rq2_answer(res: Results) -> Answer:
             spans += ["; " if i else "", Outcome(outcome), " on "]
             if outcome in fnd.TESTED and len(cs) <= 2:
                 spans.append(", ".join(
-                    f"{c['task']} ({f.pct(c.get('rel_diff'))} "
-                    f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)})"
+                    f"{c['task']} ({fnd.relative_text(c) or fnd.estimate_cell(c)})"
                     for c in cs) + f", n = {cs[0]['n']} seeds")
             elif outcome in fnd.TESTED:  # many tasks: the range, the intervals are in the plot
                 rel = sorted(c["rel_diff"] for c in cs if c.get("rel_diff") is not None)
@@ -210,7 +244,7 @@ def rq2_answer(res: Results) -> Answer:
                          + " of the FLOPs")
         inconclusive = [c for c in group if c["outcome"] == "inconclusive"]
         if inconclusive:
-            spans.append(f"; {fnd.power_short(inconclusive[0])}")
+            spans.append(f"; {_power_by_task(inconclusive)}")
         paras.append(Paragraph.of(*spans, "."))
     rows = _ratio_rows(res, list(d.comparisons), str(d.seq_len))
     figure = None
@@ -222,6 +256,20 @@ def rq2_answer(res: Results) -> Answer:
                         f"(length {d.seq_len}; {conf_label(res)} interval; hollow: not tested); "
                         "black tick: the compute-only floor; shaded: the equivalence margin.")
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq2")
+
+
+def _power_by_task(comps: list[dict[str, Any]]) -> str:
+    """What the inconclusive tests of a group could detect, each figure with the tasks it holds
+    for: 'could detect |d_z| >= 6.55 (about 0.330 ms)' when one figure fits every task, else
+    one per task ('on sst2 could detect ...; on rte could detect ...')."""
+    by_text: dict[str, list[str]] = defaultdict(list)
+    for c in comps:
+        text = fnd.power_short(c)
+        if text:
+            by_text[text].append(c["task"])
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"on {', '.join(tasks)} {text}" for text, tasks in by_text.items())
 
 
 def answers(res: Results) -> Section:
