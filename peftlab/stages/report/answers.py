@@ -114,9 +114,10 @@ def rq1_answer(res: Results) -> Answer:
         figure = Figure(figs.forest_figure(rows, across, list(res.view.methods), unit),
                         "RQ1 forest plot",
                         f"RQ1: {unit} to the base over {band} transformer layers per task "
-                        f"(left: each method, {conf_label(res)} t-interval over seeds; dotted: null "
-                        "floor q95; shaded: seed-to-seed) and PEFT minus full (right; diamond: "
-                        "across tasks).")
+                        f"(left: each method, {conf_label(res)} t-interval over seeds, the axis "
+                        "zoomed to the estimates; dotted: null floor q95, or its value at the "
+                        "panel's edge when it lies far off the axis; shaded: seed-to-seed) and "
+                        "PEFT minus full (right; diamond: across tasks).")
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq1")
 
 
@@ -153,7 +154,7 @@ def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
     rel = fnd.relative_text(c, with_interval=False)
     if rel is not None:
         est += f", relative {rel}"
-    text = (f" {est}; {fnd.correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} in "
+    text = (f" {est}; {fnd.correction_name(c)}-corrected p {f.p_eq(c.get('p_adjusted'))} in "
             f"the primary family of {c.get('family_size')}; {fnd.n_text(c)}.")
     if c["outcome"] == "different":
         text = f" ({fnd.direction(c)});" + text
@@ -212,7 +213,7 @@ def rq2_answer(res: Results) -> Answer:
             continue
         first = group[0]
         spans: list[str] = [Strong(f"{fnd.name(first, 'a')} vs {fnd.name(first, 'b')}"),
-                            f" (tests the claim: {first['claim']}): " if first.get("claim")
+                            f" (checks: {first['claim']}): " if first.get("claim")
                             else f" ({pair}): "]
         by_outcome: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for c in group:

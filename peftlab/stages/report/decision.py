@@ -47,8 +47,8 @@ def supported(c: dict[str, Any]) -> str:
     a, b = fnd.name(c, "a"), fnd.name(c, "b")
     if c["outcome"] == "different":
         rel = fnd.relative_text(c)
-        return (f"{fnd.direction(c)} ({rel or fnd.estimate_cell(c)}; tested, corrected p = "
-                f"{f.pvalue(c.get('p_adjusted'))})")
+        return (f"{fnd.direction(c)} ({rel or fnd.estimate_cell(c)}; tested, corrected p "
+                f"{f.p_eq(c.get('p_adjusted'))})")
     if c["outcome"] in ("equivalent", "negligible"):
         return f"{a} and {b} {c['outcome']} within {fnd.margin_text(c)} (tested)"
     if c["outcome"] == "inconclusive":

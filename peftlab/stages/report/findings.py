@@ -166,11 +166,11 @@ def family_text(c: dict[str, Any]) -> str:
 def test_text(c: dict[str, Any]) -> str:
     """'paired t-test t(2) = -4.21, Holm-corrected p = 0.0412 (primary family of 10)'; with
     zero spread the exact Wilcoxon test that decided instead."""
-    corrected = (f"{correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} "
+    corrected = (f"{correction_name(c)}-corrected p {f.p_eq(c.get('p_adjusted'))} "
                  f"({family_text(c)})")
     if c.get("t_undefined_reason"):
         return (f"t undefined (zero spread of the paired differences): {c.get('decision_test')} "
-                f"p = {f.pvalue(c.get('decision_p'))} decides, {corrected}")
+                f"p {f.p_eq(c.get('decision_p'))} decides, {corrected}")
     return f"{c.get('test')} t({f.dof(c.get('df'))}) = {f.stat(c.get('statistic'))}, {corrected}"
 
 
@@ -287,16 +287,16 @@ def phrase(c: dict[str, Any]) -> Paragraph:
     if outcome == "negligible":
         return Paragraph.of(
             head, f"{direction(c)} on {quantity(c)}, but by less than {margin_text(c)}: ",
-            Outcome("negligible"), f" (different, TOST {correction_name(c)}-corrected p = "
-            f"{f.pvalue(c.get('tost_p_adjusted'))} places it inside the margin). {tail}"
+            Outcome("negligible"), f" (different, TOST {correction_name(c)}-corrected p "
+            f"{f.p_eq(c.get('tost_p_adjusted'))} places it inside the margin). {tail}"
             f"{like_for_like_text(c)}.")
     if outcome == "equivalent":
         return Paragraph.of(
             head, f"{name(c, 'a')} and {name(c, 'b')} are ", Outcome("equivalent"),
             f" on {quantity(c)} within {margin_text(c)}: TOST {correction_name(c)}-corrected "
-            f"p = {f.pvalue(c.get('tost_p_adjusted'))}. {tail}{like_for_like_text(c)}.")
+            f"p {f.p_eq(c.get('tost_p_adjusted'))}. {tail}{like_for_like_text(c)}.")
     why = (f"equivalence within {margin_text(c)} not shown either (TOST "
-           f"{correction_name(c)}-corrected p = {f.pvalue(c.get('tost_p_adjusted'))})"
+           f"{correction_name(c)}-corrected p {f.p_eq(c.get('tost_p_adjusted'))})"
            if c.get("equivalence_margin") is not None else "no equivalence margin declared")
     note = unadjusted_note(c)
     return Paragraph.of(head, f"{subject(c)}: ", Outcome("inconclusive"),
@@ -383,7 +383,7 @@ def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
             p, f.pvalue(c.get("p_adjusted")) if tested else f.MISSING,
             f.pvalue(c.get("rank_p")) if tested and c.get("rank_p") is not None else f.MISSING,
             effect_text(c) if tested else f.MISSING,
-            (f"{margin_text(c)}: p = {f.pvalue(c.get('tost_p_adjusted'))}"
+            (f"{margin_text(c)}: p {f.p_eq(c.get('tost_p_adjusted'))}"
              if tested and c.get("equivalence_margin") is not None else f.MISSING),
             (f"{f.stat(c.get('mde_dz'))}" + (f" / {c['runs_needed']}" if c.get("runs_needed")
                                               else "")) if tested else f.MISSING,

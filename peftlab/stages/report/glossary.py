@@ -209,6 +209,8 @@ def _link_paragraph(p: Paragraph, pending: dict[str, Term]) -> None:
             if not hits:
                 break
             start, end, term = min(hits, key=lambda h: (h[0], -h[1]))
+            while end < len(rest) and (rest[end].isalnum() or rest[end] == "_"):
+                end += 1  # the whole word: "Intruder dimensions", not "Intruder dim"
             if start:
                 spans.append(rest[:start])
             spans.append(Link.to(rest[start:end], term.anchor))

@@ -367,4 +367,4 @@ def deployment_parts(res: Any, s: Section) -> None:
         "sustained."))
     line = serving_decision(res, rows)
     if line:
-        load.add(Paragraph.of("Decision: ", line))
+        load.add(Paragraph.of("What the load runs show: ", line))

@@ -98,11 +98,18 @@ def learning_rates(res: Results) -> dict[str, dict[float, list[str]]]:
     return out
 
 
+def rate_text(rate: float) -> str:
+    """A learning rate as the spec writes one: 9.4e-05, 0.001 -> 1e-03."""
+    import numpy as np
+
+    return np.format_float_scientific(rate, trim="-", exp_digits=2)
+
+
 def learning_rates_text(res: Results) -> str:
     """'full 9.4e-05 on every task; lora 3.4e-04 on sst2, rte and 9.4e-04 on mrpc'."""
     parts = []
     for method, by_rate in learning_rates(res).items():
-        rates = [f"{rate:.2g}" + (" on every task" if len(by_rate) == 1
+        rates = [rate_text(rate) + (" on every task" if len(by_rate) == 1
                                   and len(tasks) == len(res.view.tasks)
                                   else f" on {', '.join(tasks)}")
                  for rate, tasks in by_rate.items()]

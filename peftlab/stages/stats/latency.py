@@ -181,7 +181,7 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                     "unit": "ms", "higher_is_better": False, "batch_size": batch,
                     "seq_len": seq, "mode_a": mode, "mode_b": single_mode,
                     "method_a": method, "method_b": method,
-                    "a": f"{method}/{mode}-{k} ({task} requests)",
+                    "a": f"{method}/{mode}-{k} ({task} calls)",  # a call is one batch
                     # which of the single adapter's calls: one label, one number
                     "b": f"{method}/single adapter ({task}, "
                          + ("same batches)" if like else "all its batches)"),
@@ -207,7 +207,7 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                     f"comparison/serving/{mode}_vs_single/{served}/{task}/b{batch}/{seq}/"
                     f"{method}", context, va, vb, view.seeds, cfg,
                     f"{task} in {served}, batch {batch}, length {seq}: {method} {mode}-{k} vs "
-                    f"single adapter (median latency of {task}'s requests)", miss,
+                    f"single adapter (median latency of {task}'s calls)", miss,
                     margin=cfg.latency_margin if comp.equivalence else None, excluded=excluded))
     return pending, summaries
 
