@@ -424,6 +424,9 @@ def test_mixed_batches_are_marked_not_like_for_like_everywhere(review):
     # a per-task median resting on a handful of calls is flagged
     decision = _section(plain, "Deployment decision")
     assert "4 per seed (few: < 10)" in decision
+    findings = _section(plain, "Findings")
+    assert "3 seeds (paired); 4 calls per seed (few)" in findings
+    assert "each seed's median of sst2's calls rests on 4 timed calls (few: < 10)" in findings
 
 
 def test_decisions_name_only_what_a_test_supports(review):

@@ -30,16 +30,13 @@ def served(x: dict[str, Any]) -> str:
     return x["method"] if alone else f"{x['method']} {x['mode']}"
 
 
-FEW_CALLS = 10  # fewer timed calls per seed than this: a per-seed median worth flagging
-
-
 def _calls(counts: dict[str, int] | None) -> str:
     """'3-5 per seed (few)' from {seed: timed calls}; flags fewer than FEW_CALLS."""
     if not counts:
         return f.MISSING
     lo, hi = min(counts.values()), max(counts.values())
     span = str(lo) if lo == hi else f"{lo}-{hi}"
-    return f"{span} per seed" + (f" (few: < {FEW_CALLS})" if lo < FEW_CALLS else "")
+    return f"{span} per seed" + (f" (few: < {fnd.FEW_CALLS})" if lo < fnd.FEW_CALLS else "")
 
 
 def supported(c: dict[str, Any]) -> str:
@@ -115,7 +112,8 @@ def decision(res: Results) -> Section:
                     "that task's calls in the shared stream against its single adapter (means "
                     "over seeds of per-run medians). Like for like only where the single "
                     "adapter's calls are the same prebuilt batches; a mixed batch holds rows of "
-                    f"every served task, so it is not. Medians resting on fewer than {FEW_CALLS} "
+                    f"every served task, so it is not. Medians resting on fewer than "
+                    f"{fnd.FEW_CALLS} "
                     "timed calls per seed are flagged.",
                     numeric=[False, True, False, False, True, True, False, False, True, True,
                              False]))

@@ -305,11 +305,28 @@ def phrase(c: dict[str, Any]) -> Paragraph:
                         f"{tail}{like_for_like_text(c)}.")
 
 
-def like_for_like_text(c: dict[str, Any]) -> str:
-    """'; not like for like: <why>' for a comparison its stats record marks so, else ''."""
-    if not not_like_for_like(c):
+FEW_CALLS = 10  # a per-seed median of fewer timed calls than this is flagged
+
+
+def calls_text(c: dict[str, Any]) -> str:
+    """'; each seed's median of sst2's calls rests on 4 timed calls (few: < 10)' for a
+    multi-adapter comparison whose per-task medians rest on few calls (`calls_a` in its stats
+    record), else ''."""
+    calls = c.get("calls_a") or {}
+    if not calls or min(calls.values()) >= FEW_CALLS:
         return ""
-    return f"; not like for like: {c.get('like_for_like_reason') or 'see its stats record'}"
+    lo, hi = min(calls.values()), max(calls.values())
+    return (f"; each seed's median of {c['task']}'s calls rests on "
+            f"{lo if lo == hi else f'{lo}-{hi}'} timed calls (few: < {FEW_CALLS})")
+
+
+def like_for_like_text(c: dict[str, Any]) -> str:
+    """'; not like for like: <why>' for a comparison its stats record marks so, and the few
+    calls its medians rest on (`calls_text`); '' when neither applies."""
+    if not not_like_for_like(c):
+        return calls_text(c)
+    return (f"; not like for like: {c.get('like_for_like_reason') or 'see its stats record'}"
+            + calls_text(c))
 
 
 def counts_text(comparisons: list[dict[str, Any]]) -> str:
@@ -387,7 +404,7 @@ def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
              if tested and c.get("equivalence_margin") is not None else f.MISSING),
             (f"{f.stat(c.get('mde_dz'))}" + (f" / {c['runs_needed']}" if c.get("runs_needed")
                                               else "")) if tested else f.MISSING,
-            outcome_cell(c),
+            outcome_cell(c) + ("; unadjusted CI excludes 0" if unadjusted_note(c) else ""),
         ])
     return Table(["Where", "Comparison (a vs b)", "Family (m tested)", "n",
                   "Mean a / b", "Difference a - b [CI, unadjusted]", "Relative [CI]", "p (test)",
@@ -415,10 +432,15 @@ def estimate_cell(c: dict[str, Any]) -> str:
 
 
 def n_cell(c: dict[str, Any]) -> str:
-    """'3 seeds (paired)' or '4 pairs over 2 tasks'."""
+    """'3 seeds (paired)' or '4 pairs over 2 tasks'; a multi-adapter comparison adds the
+    timed calls each seed's median rests on when they are few."""
     if c.get("kind") == "across_tasks":
         return f"{c['n']} pairs over {c.get('n_tasks')} tasks"
-    return f"{c['n']} seeds (paired)"
+    calls = list((c.get("calls_a") or {}).values())
+    if not calls or min(calls) >= FEW_CALLS:
+        return f"{c['n']} seeds (paired)"
+    span = str(min(calls)) if min(calls) == max(calls) else f"{min(calls)}-{max(calls)}"
+    return f"{c['n']} seeds (paired); {span} calls per seed (few)"
 
 
 def family_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
