@@ -206,7 +206,8 @@ def rq2_answer(res: Results) -> Answer:
         return Answer(question, ["not measured"], [not_measured(
             f"latency comparisons at batch size {d.batch_size}, length {d.seq_len}", "bench",
             "stats")], anchor="rq2")
-    paras = [Paragraph.of(f"Primary endpoints: {res.settings.get('endpoints', {}).get('RQ2')}.")]
+    paras = [Paragraph.of(f"Primary endpoints: {res.settings.get('endpoints', {}).get('RQ2')}."
+                          + _interval_note(res, comps))]
     for pair in d.comparisons:
         group = [c for c in comps if c.get("pair") == pair]
         if not group:
@@ -259,18 +260,37 @@ def rq2_answer(res: Results) -> Answer:
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq2")
 
 
+def _interval_note(res: Results, comps: list[dict[str, Any]]) -> str:
+    """' Intervals: 95%, unadjusted; outcomes: Holm-corrected p in the primary family of 10.'
+    where a tested comparison's interval excludes 0 without its outcome being 'different' (the
+    two would otherwise read as a contradiction); '' otherwise."""
+    odd = [c for c in comps if fnd.unadjusted_note(c)]
+    if not odd:
+        return ""
+    return (f" Intervals: {conf_label(res)}, unadjusted; outcomes: "
+            f"{fnd.correction_name(odd[0])}-corrected p in the {fnd.family_text(odd[0])}, so "
+            "an interval can exclude 0 where the outcome is not 'different'.")
+
+
 def _power_by_task(comps: list[dict[str, Any]]) -> str:
-    """What the inconclusive tests of a group could detect, each figure with the tasks it holds
-    for: 'could detect |d_z| >= 6.55 (about 0.330 ms)' when one figure fits every task, else
-    one per task ('on sst2 could detect ...; on rte could detect ...')."""
-    by_text: dict[str, list[str]] = defaultdict(list)
+    """What the inconclusive tests of a group could detect, each task with its own figure:
+    `power_short` for one test; for several, 'could detect |d_z| >= 10.36 (about 16.251 ms on
+    sst2, 10.528 ms on rte)' (the unit figures differ with each task's spread), one clause per
+    distinct d_z."""
+    comps = [c for c in comps if c.get("mde_dz") is not None]
+    if len(comps) == 1:
+        return fnd.power_short(comps[0])
+    by_dz: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in comps:
-        text = fnd.power_short(c)
-        if text:
-            by_text[text].append(c["task"])
-    if len(by_text) == 1:
-        return next(iter(by_text))
-    return "; ".join(f"on {', '.join(tasks)} {text}" for text, tasks in by_text.items())
+        by_dz[f.stat(c["mde_dz"])].append(c)
+    parts = []
+    for dz, cs in by_dz.items():
+        units = [f"{fnd.value_format(c)(c['mde_diff'])} {c.get('unit', '')}".rstrip()
+                 + f" on {c['task']}" for c in cs if c.get("mde_diff") is not None]
+        parts.append(f"could detect |d_z| \u2265 {dz}"
+                     + (f" (about {', '.join(units)})" if units else
+                        f" on {', '.join(c['task'] for c in cs)}"))
+    return "; ".join(parts)
 
 
 def answers(res: Results) -> Section:
