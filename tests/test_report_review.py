@@ -443,6 +443,13 @@ def test_decisions_name_only_what_a_test_supports(review):
              for c in review["stats"] if c.get("area") == "latency"
              and c["kind"] == "comparison"}
     for task, batch, _, means, verdict in table[1:]:
+        # each way of serving: the mean over seeds of each run's median, from the bench table
+        for way in means.split("; "):
+            name, value, n = re.fullmatch(r"(.+) (\d+\.\d+) \(n = (\d+)\)", way).groups()
+            method, _, mode = name.partition(" ")  # "lora unmerged"; "full" is its own mode
+            mode = mode or name
+            p50 = _p50(review, mode, task, method, int(batch))
+            assert value == f.ms(np.mean(list(p50.values()))) and int(n) == len(p50), way
         for claim in re.findall(r"lora (\w+) is (?:slower|faster) than (lora \w+|full)",
                                 verdict):
             mode_b = claim[1].split()[-1]
