@@ -463,8 +463,17 @@ def test_the_search_section_states_why_there_are_no_importances(searched):
     rows = _importance_rows([few])
     assert rows == [[few.method, "fanova",
                      "none: needs at least 2 complete trials, the search has 1"]]
-    # a spec without a search block: one sentence saying the rates were set by hand
-    bare = SimpleNamespace(spec=study.spec.model_copy(update={"search": None}))
+    # a spec without a search block: one sentence saying the rates are fixed in the spec (as
+    # the runs trained at them) and that where they came from is not checked
+    records = {("toy", "full", 1): {"config": {"training": {"learning_rate": 2e-5}}},
+               ("toy", "lora", 1): {"config": {"training": {"learning_rate": 3.4e-4}}},
+               ("toy2", "lora", 1): {"config": {"training": {"learning_rate": 9.4e-4}}}}
+    view = SimpleNamespace(tasks=["toy", "toy2"], methods={"full": "full", "lora": "lora"},
+                           records=records)
+    bare = SimpleNamespace(spec=study.spec.model_copy(update={"search": None}), view=view)
     sec = search_section(bare)
     assert not sec.subsections
-    assert "no search block" in " ".join(sec.blocks[0].spans)
+    text = " ".join(sec.blocks[0].spans)
+    assert text.startswith("No search ran in this study")
+    assert "(learning rates: full 2e-05 on toy; lora 3.4e-04 on toy and 9.4e-04 on toy2)" in text
+    assert "is not recorded in the study directory, so peftlab does not check it" in text

@@ -45,13 +45,19 @@ FILE_FORMATS = {
 }
 CANONICAL_COLUMNS = ("text_a", "text_b", "label")
 
-NORMALISATION_RULE = (
+# The rule, and why it matters for a readout of one token (the report leaves the second out for
+# a study whose head reads no single token, e.g. mean pooling).
+NORMALISATION_RULE_TEXT = (
     "Every text field is normalised to Unicode NFC and stripped of leading and trailing "
     "whitespace (spaces, tabs, newlines and other Unicode whitespace); inner whitespace and "
-    "letter case are kept. Stripping matters because every SST-2 sentence ends with a space, "
-    "which a byte-level BPE tokenizer encodes as a content-free final token: the position a "
-    "Llama classification head and last-token pooling read."
+    "letter case are kept."
 )
+STRIP_RATIONALE = (
+    "Stripping matters because every SST-2 sentence ends with a space, which a byte-level BPE "
+    "tokenizer encodes as a content-free final token: the position a Llama classification head "
+    "and last-token pooling read."
+)
+NORMALISATION_RULE = f"{NORMALISATION_RULE_TEXT} {STRIP_RATIONALE}"
 
 
 KEPT_WHITESPACE_RULE = (

@@ -1,6 +1,7 @@
 """A small, fixed study directory with results in the shapes the stages write, without training.
 
     python -m peftlab.testing.sample_study /tmp/sample-study      # then open /tmp/sample-study/report.html
+    python -m peftlab.testing.sample_study /tmp/qs-sample --quickstart   # the quickstart's shape
 
 For tests of the stats stage and the report, and to preview a report in seconds. The study: SST-2,
 MRPC and RTE x {full, lora} x seeds 1, 2, 3, where RTE's full run of seed 3 failed (so RTE has 2
@@ -20,6 +21,15 @@ The record layouts follow the stages' code: `runs` (finetune._record_done), `dat
 records are made by the bench stage's own `bench.units.unit_records` from worker results shaped
 like `bench.worker.run_job`'s.
 When a stage changes its records, update the builder here.
+
+`write_sample(root, quickstart=True)` writes the sample shaped like the shipped quickstart
+instead: a MiniLM encoder read by the sentence-embedding head (mean pooling, no LM head, so the
+held-out LM loss is skipped with the reason), LoRA on every linear layer at other learning rates
+than full fine-tuning (one task overridden), every run finished, drift that stays close to 1 for
+both methods, weight-space records of the query and value matrices only, off-task probes on SST-2
+only, batch sizes 1 and 8 with 12 timed calls per point (too few for p95 and p99), multi-adapter
+calls matched batch by batch and mixed ones not, and serving-under-load records (merged, mixed,
+switch x uniform, skewed) where mixed batching sustains no rate.
 """
 
 from __future__ import annotations
@@ -92,23 +102,61 @@ def sample_spec(output_dir: Path) -> dict[str, Any]:
     }
 
 
+# The quickstart shape: learning rates as the shipped quickstart sets them, drift close to 1 for
+# both methods (slope per layer), latency per mode at batch 1 (MiniLM-sized: tens of ms).
+QS_RATES = {"full": 9.4e-5, "lora": 3.4e-4, ("mrpc", "lora"): 9.4e-4}
+QS_SLOPE = {"full": 0.004, "lora": 0.0015}
+QS_MODE_MS = {"base": 14.0, "full": 14.2, "unmerged": 18.5, "merged": 14.4, "multi": 19.0,
+              "mixed": 24.0}
+QS_CALLS = 12  # timed calls per sweep point: p95 needs 20, p99 100
+QS_BATCHES = (1, 8)
+QS_LM_SKIP = ("minilm is an encoder (bert) with no causal LM head: the held-out LM loss "
+              "applies to decoder models only")
+
+
+def quickstart_spec(output_dir: Path) -> dict[str, Any]:
+    """The sample spec in the shipped quickstart's shape (see the module docstring)."""
+    spec = sample_spec(output_dir)
+    spec.update({
+        "model": {"name": "minilm", "max_length": 64, "head": "sentence-embedding"},
+        "methods": {"full": {"type": "full", "training": {"learning_rate": QS_RATES["full"]}},
+                    "lora": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
+                             "target_modules": "all-linear",
+                             "training": {"learning_rate": QS_RATES["lora"]}}},
+        "overrides": [{"tasks": ["mrpc"], "methods": ["lora"],
+                       "training": {"learning_rate": QS_RATES[("mrpc", "lora")]}}],
+        "represent": {"pooling": "auto"},
+        "forgetting": {"tasks": ["sst2"]},
+        "drift": {"weight_modules": ["query", "value"]},
+        "bench": {"modes": ["base", "full", "unmerged", "merged", "multi", "mixed"],
+                  "batch_sizes": list(QS_BATCHES), "seq_lengths": ["data"],
+                  "serving": {"configs": ["merged", "mixed", "switch"],
+                              "patterns": ["uniform", "skewed"], "rates": [25, 50, 100, 200],
+                              "max_requests": 100, "max_seconds": 0.8, "max_batch_size": 8,
+                              "max_wait_ms": 5}},
+        "stats": {"correction": "holm", "latency_margin": 0.03},
+    })
+    return spec
+
+
 def eval_labels(task: str) -> np.ndarray:
     """The sample's evaluation labels of a task (label ids, in a fixed order)."""
     neg, pos = EVAL_LABELS[task]
     return np.array([0] * neg + [1] * pos)
 
 
-def write_sample(root: Path, degenerate: bool = True) -> Study:
+def write_sample(root: Path, degenerate: bool = True, quickstart: bool = False) -> Study:
     """Write the sample spec (root/spec.yaml) and its study directory (root/study); return it.
-    degenerate: MRPC's runs and one RTE run learned nothing (see the module docstring)."""
+    degenerate: MRPC's runs and one RTE run learned nothing (see the module docstring);
+    quickstart: the quickstart's shape (encoder, sentence-embedding head, serving records)."""
     import yaml
 
     from peftlab.store import Store
 
     root.mkdir(parents=True, exist_ok=True)
     spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(sample_spec(root / "study"), sort_keys=False),
-                         encoding="utf-8")
+    spec = (quickstart_spec if quickstart else sample_spec)(root / "study")
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     study = load_study(spec_path)
     store = Store(study.output_dir)
     try:
@@ -118,15 +166,23 @@ def write_sample(root: Path, degenerate: bool = True) -> Study:
         rng = np.random.default_rng(0)
         # Built through the same record types the stages write (peftlab.records), so the
         # sample cannot drift from what a real study holds.
-        runs = run_records(study, rng, degenerate)
+        runs = run_records(study, rng, degenerate, fail=not quickstart)
         write(store, runs)
         write(store, data_records())
         write(store, baseline_records(study))
         done = [r.dump() for r in runs if r.status == "done"]
-        write(store, drift_records(done, rng))
-        write(store, weight_records(done, rng))
-        write(store, forgetting_records(done, np.random.default_rng(7)))
-        store.put_many("bench", bench_records(done, rng))
+        if quickstart:
+            write(store, drift_records(done, rng, slopes=QS_SLOPE, pooling="mean"))
+            write(store, weight_records(done, rng, leaves=("query", "value"), encoder=True))
+            write(store, qs_forgetting_records(done, np.random.default_rng(7)))
+            store.put_many("bench", bench_records(done, rng, mode_ms=QS_MODE_MS,
+                                                  batches=QS_BATCHES, calls=QS_CALLS))
+            write(store, serving_records(done))
+        else:
+            write(store, drift_records(done, rng))
+            write(store, weight_records(done, rng))
+            write(store, forgetting_records(done, np.random.default_rng(7)))
+            store.put_many("bench", bench_records(done, rng))
     finally:
         store.close()
     return study
@@ -165,14 +221,15 @@ def baseline_records(study: Study) -> list[BaselineRecord]:
     return out
 
 
-def run_records(study: Study, rng: np.random.Generator, degenerate: bool = True
-                ) -> list[RunRecord]:
+def run_records(study: Study, rng: np.random.Generator, degenerate: bool = True,
+                fail: bool = True) -> list[RunRecord]:
+    """One run record per planned run; fail: RTE's full run of seed 3 failed (FAILED)."""
     out = []
     for rc in study.runs():
         metric = "f1" if rc.task == "mrpc" else "accuracy"
         base = {"run_id": rc.run_id, "task": rc.task, "method": rc.method,
                 "method_type": rc.method_type, "seed": rc.seed, "config": rc.as_dict()}
-        if (rc.task, rc.method, rc.seed) == FAILED:
+        if fail and (rc.task, rc.method, rc.seed) == FAILED:
             out.append(RunRecord(**base, status="failed",
                                  failure_reason="loss became nan at step 3",
                                  loss_curve=[0.7, 0.69]))
@@ -231,8 +288,8 @@ def data_records() -> list[DataRecord]:
 
 
 def _layer_record(task: str, kind: str, method: str, run_a: str, run_b: str, seed_a: Any,
-                  seed_b: int, layer: int, similarity: float, rng: np.random.Generator
-                  ) -> DriftRecord:
+                  seed_b: int, layer: int, similarity: float, rng: np.random.Generator,
+                  pooling: str = "last") -> DriftRecord:
     """One drift record as drift._compare_runs writes it, with every default measure; layer 0's
     debiased CKA is undefined (every pooled vector identical), as the embedding layer can be."""
     values: dict[str, float | None] = {
@@ -264,43 +321,59 @@ def _layer_record(task: str, kind: str, method: str, run_a: str, run_b: str, see
         task=task, method=method, method_type=method, kind=kind, run_a=run_a, run_b=run_b,
         seed_a=seed_a, seed_b=seed_b, layer=layer,
         layer_name="embeddings" if layer == 0 else f"block {layer - 1}", n_layers=N_LAYERS,
-        n=24, d_a=32, d_b=32, pooling="last", probe_hash="c" * 64, values=values,
+        n=24, d_a=32, d_b=32, pooling=pooling, probe_hash="c" * 64, values=values,
         undefined=undefined, null=null, bootstrap=boot, knn_k=10, settings={}, stamp={},
         provenance=PROVENANCE)
 
 
-def drift_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list[DriftRecord]:
+def drift_records(done: list[dict[str, Any]], rng: np.random.Generator,
+                  slopes: dict[str, float] | None = None, pooling: str = "last"
+                  ) -> list[DriftRecord]:
+    """Base-vs-run and seed-to-seed records per layer; slopes: the similarity lost per layer
+    per method (default: full 0.08, lora 0.03, full drifting more with depth; seed to seed
+    0.02). Given slopes (the quickstart's, near 1), seed to seed loses a quarter of each
+    method's slope and the noise shrinks with them."""
+    s2s = ({m: x / 4 for m, x in slopes.items()} if slopes
+           else {"full": 0.02, "lora": 0.02})
+    noise = 0.001 if slopes else 0.005
+    slopes = slopes or {"full": 0.08, "lora": 0.03}
     out = []
     for task in DRIFT_TASKS:
         runs = [r for r in done if r["task"] == task]
         for r in runs:
-            # Full fine-tuning drifts more with depth than LoRA does.
-            slope = 0.08 if r["method"] == "full" else 0.03
+            slope = slopes[r["method"]]
             for layer in range(N_LAYERS):
-                sim = 1.0 - slope * layer + 0.005 * rng.standard_normal()
+                sim = 1.0 - slope * layer + noise * rng.standard_normal()
                 out.append(_layer_record(task, "base_vs_run", r["method"], "base", r["run_id"],
-                                         None, r["seed"], layer, float(min(sim, 1.0)), rng))
+                                         None, r["seed"], layer, float(min(sim, 1.0)), rng,
+                                         pooling))
         for method in ("full", "lora"):
             group = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
             for a, b in itertools.combinations(group, 2):
                 for layer in range(N_LAYERS):
-                    sim = 1.0 - 0.02 * layer + 0.005 * rng.standard_normal()
+                    sim = 1.0 - s2s[method] * layer + noise * rng.standard_normal()
                     out.append(_layer_record(task, "seed_to_seed", method, a["run_id"],
                                              b["run_id"], a["seed"], b["seed"], layer,
-                                             float(min(sim, 1.0)), rng))
+                                             float(min(sim, 1.0)), rng, pooling))
     return out
 
 
-def weight_records(done: list[dict[str, Any]], rng: np.random.Generator) -> list[WeightRecord]:
+def weight_records(done: list[dict[str, Any]], rng: np.random.Generator,
+                   leaves: tuple[str, ...] | None = None, encoder: bool = False
+                   ) -> list[WeightRecord]:
+    """Per run, two blocks of matrices: by default LoRA's q_proj/v_proj and full's also down_proj
+    (Llama names); `leaves` gives every method the same ones (drift.weight_modules), under BERT's
+    module names when `encoder`."""
     out = []
     for r in done:
         if r["task"] not in DRIFT_TASKS:
             continue
         peft = r["method_type"] != "full"
-        leaves = ("q_proj", "v_proj") if peft else ("q_proj", "v_proj", "down_proj")
-        for block, leaf in itertools.product(range(2), leaves):
+        mine = leaves or (("q_proj", "v_proj") if peft else ("q_proj", "v_proj", "down_proj"))
+        for block, leaf in itertools.product(range(2), mine):
             part = "mlp" if leaf == "down_proj" else "self_attn"
-            module = f"model.layers.{block}.{part}.{leaf}"
+            module = (f"encoder.layer.{block}.attention.self.{leaf}" if encoder
+                      else f"model.layers.{block}.{part}.{leaf}")
             upd = float((0.02 if peft else 0.2) * (1 + 0.1 * rng.random()))
             stats = {"update_fro": upd, "base_fro": 4.0, "relative_update": upd / 4.0,
                      "effective_rank": float(3.6 if peft else 20 + rng.random()),
@@ -408,17 +481,25 @@ def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
     return out
 
 
-def _point(mode: str, batch: int, rng: np.random.Generator, k: int = 1) -> dict[str, Any]:
-    """One timed sweep point as `bench.worker.run_point` returns it."""
+def _point(mode: str, batch: int, rng: np.random.Generator, k: int = 1,
+           mode_ms: dict[str, float] | None = None, calls: int = 40,
+           matched: bool = False) -> dict[str, Any]:
+    """One timed sweep point as `bench.worker.run_point` returns it: `calls` timed calls;
+    matched: record each call's prebuilt batch index (single adapters and multi), so multi's
+    calls can be matched batch by batch with the single adapter's; mixed batches are padded to
+    rows of every task (more tokens per call)."""
     from peftlab.bench.timing import latency_stats, throughput
 
-    median = MODE_MS[mode] * (1 + 0.4 * (batch - 1)) * (1 + 0.02 * rng.standard_normal())
-    raw = [int(x * 1e6) for x in median * rng.lognormal(0.0, 0.08, size=40)]
+    median = ((mode_ms or MODE_MS)[mode] * (1 + 0.4 * (batch - 1))
+              * (1 + 0.02 * rng.standard_normal()))
+    raw = [int(x * 1e6) for x in median * rng.lognormal(0.0, 0.08, size=calls)]
     tokens = [batch * 12] * len(raw)
+    padded = [batch * (30 if mode == "mixed" and batch > 1 else 16)] * len(raw)
     point: dict[str, Any] = {
         "batch_size": batch, "seq_len": "data", "latencies_ns": raw,
         "latency_ms": latency_stats(raw), "device_latencies_ns": [], "device_latency_ms": None,
-        "throughput": throughput(raw, [batch] * len(raw), tokens, tokens),
+        "throughput": throughput(raw, [batch] * len(raw), tokens,
+                                 padded if mode_ms is not None else tokens),
         "iterations": len(raw), "stopped_by": "min_reached", "timer": "perf_counter_ns",
         "memory": {"rss_peak_bytes": 1_000_000_000 + 1_000_000 * batch,
                    "rss_start_bytes": 990_000_000, "cuda_peak_allocated_bytes": None,
@@ -432,6 +513,10 @@ def _point(mode: str, batch: int, rng: np.random.Generator, k: int = 1) -> dict[
                                p50_ms_with_switch=float(np.median(lat[flags])),
                                p50_ms_without_switch=float(np.median(lat[~flags])),
                                request_adapters=[i % k for i in range(len(raw))])
+        if matched:  # the i-th call of an adapter is its i-th prebuilt batch
+            point["extras"]["request_batches"] = [i // k for i in range(len(raw))]
+    elif matched and mode == "unmerged":
+        point["extras"] = {"request_batches": list(range(len(raw)))}
     if mode == "mixed":
         point["extras"] = dict(k=k, request_row_adapters=[
             [(i * batch + j) % k for j in range(batch)] for i in range(len(raw))])
@@ -467,9 +552,12 @@ def _unit_result(mode: str, n_artifacts: int, rng: np.random.Generator) -> dict[
     }
 
 
-def bench_records(done: list[dict[str, Any]], rng: np.random.Generator
-                  ) -> list[tuple[str, dict[str, Any]]]:
-    """Bench records built by the bench stage's own `unit_records`, from sample worker results."""
+def bench_records(done: list[dict[str, Any]], rng: np.random.Generator,
+                  mode_ms: dict[str, float] | None = None, batches: tuple[int, ...] = (1, 4),
+                  calls: int = 40) -> list[tuple[str, dict[str, Any]]]:
+    """Bench records built by the bench stage's own `unit_records`, from sample worker results;
+    mode_ms, batches, calls: the quickstart shape's latencies, batch sizes and timed calls per
+    point (given mode_ms, multi's calls are matched batch by batch with the single adapters')."""
     from peftlab.bench.units import Unit, unit_records
 
     def artifact(r: dict[str, Any]) -> dict[str, Any]:
@@ -490,13 +578,120 @@ def bench_records(done: list[dict[str, Any]], rng: np.random.Generator
         units.append(Unit(mode, "+".join(r["run_id"] for r in group),
                           [artifact(r) for r in group], [r["task"] for r in group], "lora",
                           "lora", seed))
-    points = [(1, "data"), (4, "data")]
+    points = [(b, "data") for b in batches]
     out = []
     for unit in units:
         result = {**_unit_result(unit.mode, len(unit.artifacts), rng),
-                  "points": [_point(unit.mode, b, rng, len(unit.artifacts)) for b, _ in points]}
+                  "points": [_point(unit.mode, b, rng, len(unit.artifacts), mode_ms, calls,
+                                    matched=mode_ms is not None) for b, _ in points]}
         out += unit_records(unit, result, points, settings={"warmup": 3}, digest="sample",
                             extra={"provenance": PROVENANCE})
+    return out
+
+
+def qs_forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
+                          ) -> list[ForgettingRecord]:
+    """The quickstart's forgetting records: every model probed on SST-2 alone (at two layers,
+    mean pooling; SST-2's own runs get none, with the reason), and the held-out LM loss skipped
+    for the base and every run (an encoder has no LM head)."""
+    from peftlab.forgetting_measures import paired_accuracy_difference
+
+    common = {"settings": {"layers": list(FORGETTING_LAYERS)}, "base_source": "base:sample",
+              "provenance": PROVENANCE}
+    base_id = {"model_key": "base", "run_id": None, "task": None, "method": None,
+               "method_type": None, "seed": None, "source": "base:sample"}
+    out = [ForgettingRecord(**base_id, **common, measure="lm_loss", status="skipped",
+                            reason=QS_LM_SKIP)]
+    base_correct = {}
+    for layer in FORGETTING_LAYERS:
+        correct = (rng.random(PROBE_TEST) < 0.8).astype(int)
+        base_correct[layer] = correct
+        out.append(ForgettingRecord(
+            **base_id, **common, measure="probe", status="done", probe_task="sst2",
+            probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
+            n_layers=N_LAYERS, pooling="mean", n_train=64, n_test=PROBE_TEST, n_classes=2,
+            majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
+            accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
+            cv_folds=5, converged=True, correct=correct.tolist(),
+            train_rows=list(range(64)), test_rows=list(range(PROBE_TEST))))
+    for r in done:
+        run_id = {"model_key": r["run_id"], "run_id": r["run_id"], "task": r["task"],
+                  "method": r["method"], "method_type": r["method_type"], "seed": r["seed"],
+                  "source": f"run:runs/{r['run_id']}/artifact"}
+        out.append(ForgettingRecord(**run_id, **common, measure="lm_loss", status="skipped",
+                                    reason=QS_LM_SKIP))
+        if r["task"] == "sst2":
+            out.append(ForgettingRecord(
+                **run_id, **common, measure="probe", status="skipped", probe_task=None,
+                reason="no off-task probe task: the run was tuned on sst2, the only probe "
+                       "task"))
+            continue
+        for layer in FORGETTING_LAYERS:
+            base = base_correct[layer]
+            # tiny changes: a mean near 0, so a relative change would explode
+            flip = rng.random(PROBE_TEST) < 0.03
+            correct = np.where(flip, 1 - base, base)
+            iv = paired_accuracy_difference(correct, base, n_resamples=200, seed=0)
+            out.append(ForgettingRecord(
+                **run_id, **common, measure="probe", status="done", probe_task="sst2",
+                probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
+                n_layers=N_LAYERS, pooling="mean", n_train=64, n_test=PROBE_TEST,
+                n_classes=2, majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
+                accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
+                cv_folds=5, converged=True, correct=correct.astype(int).tolist(),
+                base_accuracy=float(base.mean()), base_c=0.1, base_result="f" * 64,
+                difference=iv.estimate, ci_low=iv.ci_low, ci_high=iv.ci_high,
+                confidence=0.95, ci_method=iv.method, bootstrap_samples=200))
+    return out
+
+
+# Serving under load (quickstart shape): per configuration, (offered rate, achieved throughput,
+# realised arrival rate, p50 ms) of each load run until the first unsustained one; merged keeps up
+# to 50 req/s, switch to 25 (achieving 16.5 against a realised 17.5: sustained), mixed at none.
+QS_SERVING = {
+    "merged": [(25.0, 24.0, 25.0, 38.0), (50.0, 46.0, 48.0, 44.0), (100.0, 41.0, 96.0, 900.0)],
+    "switch": [(25.0, 16.5, 17.5, 70.0), (50.0, 17.0, 45.0, 1200.0)],
+    "mixed": [(25.0, 9.0, 24.0, 300.0)],
+}
+QS_SERVING_BYTES = {"merged": 3 * 90_900_000, "switch": 95_200_000, "mixed": 95_200_000}
+
+
+def serving_records(done: list[dict[str, Any]]) -> list[Any]:
+    """The serving table of the quickstart shape (`records.ServingRecord`), from QS_SERVING:
+    rows shaped like `bench.serving.serve_at_rate`'s, the sweep's verdicts and saturation."""
+    from peftlab.bench.timing import latency_stats
+    from peftlab.records import ServingRecord
+
+    adapters = [r["run_id"] for r in done if r["method"] == "lora" and r["seed"] == SEEDS[0]]
+    settings = {"max_batch_size": 8, "max_wait_ms": 5.0, "max_requests": 100,
+                "max_seconds": 0.8}
+    out = []
+    index = 0
+    for pattern in ("uniform", "skewed"):
+        for config, runs in QS_SERVING.items():
+            sustained = [rate for rate, thr, real, _ in runs if thr >= 0.9 * real]
+            sat = max(sustained) if sustained else None
+            sat_thr = next((thr for rate, thr, _, _ in runs if rate == sat), None)
+            for rate, thr, real, p50 in runs:
+                n = int(min(100, rate * 0.8))
+                lat = latency_stats([int(p50 * 1e6 * (0.9 + 0.2 * i / n)) for i in range(n)])
+                row = {"offered_rate": rate, "pattern": pattern, "k": len(adapters),
+                       "realised_arrival_rate": real, "arrival_window_s": n / real,
+                       "requests": {"scheduled": n, "offered": n,
+                                    "done": n if thr >= 0.9 * real else n - 3,
+                                    "unserved": 0 if thr >= 0.9 * real else 3, "error": 0},
+                       "latency_ms": lat, "throughput_rps": thr,
+                       "keeps_up": thr >= 0.9 * real,
+                       "batches": {"count": n // 2, "size_mean": 2.0,
+                                   "adapters_per_batch_mean": 1.5},
+                       "memory": {"served_weight_bytes": QS_SERVING_BYTES[config]}}
+                out.append(ServingRecord(
+                    config=config, pattern=pattern, offered_rate=rate, k=len(adapters),
+                    adapters=adapters, seed=SEEDS[0], run_index=index,
+                    sustained=thr >= 0.9 * real, saturation_rate=sat,
+                    saturation_throughput=sat_thr, row=row, settings=settings,
+                    settings_hash="sample"))
+                index += 1
     return out
 
 
@@ -510,7 +705,10 @@ if __name__ == "__main__":
     from peftlab.stages import stats as stats_stage
     from peftlab.store import Store
 
-    study = write_sample(Path(sys.argv[1] if len(sys.argv) > 1 else "sample-study"))
+    args = [a for a in sys.argv[1:] if a != "--quickstart"]
+    study = write_sample(Path(args[0] if args else "sample-study"),
+                         degenerate="--quickstart" not in sys.argv,
+                         quickstart="--quickstart" in sys.argv)
     store = Store(study.output_dir)
     try:
         ctx = Context(study=study, store=store, console=Console(stderr=True))

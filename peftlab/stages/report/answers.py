@@ -14,7 +14,13 @@ from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
 from peftlab.stages.report import readout
 from peftlab.stages.report.document import Answer, Figure, Outcome, Paragraph, Section, Strong
-from peftlab.stages.report.stored import Results, conf_label, not_measured
+from peftlab.stages.report.stored import (
+    Results,
+    conf_label,
+    learning_rates,
+    learning_rates_text,
+    not_measured,
+)
 from peftlab.stages.report.trust import start_clause
 
 
@@ -72,6 +78,9 @@ def rq1_answer(res: Results) -> Answer:
             if note:
                 spans.append(f" ({note})")
         paras.append(Paragraph.of(*spans, "."))
+    scope = rq1_scope(res, comps)
+    if scope is not None:
+        paras.append(scope)
     rows, across = [], []
     for task in res.view.tasks:
         for c in [c for c in per_task if c["task"] == task]:
@@ -109,10 +118,32 @@ def rq1_answer(res: Results) -> Answer:
         figure = Figure(figs.forest_figure(rows, across, list(res.view.methods), unit),
                         "RQ1 forest plot",
                         f"RQ1: {unit} to the base over {band} transformer layers per task "
-                        f"(left: each method, {conf_label(res)} t-interval over seeds; dotted: null "
-                        "floor q95; shaded: seed-to-seed) and PEFT minus full (right; diamond: "
-                        "across tasks).")
+                        f"(left: each method, {conf_label(res)} t-interval over seeds, the axis "
+                        "zoomed to the estimates; dotted: null floor q95, or its value at the "
+                        "panel's edge when it lies far off the axis; shaded: seed-to-seed) and "
+                        "PEFT minus full (right; diamond: across tasks).")
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq1")
+
+
+def rq1_scope(res: Results, comps: list[dict[str, Any]]) -> Paragraph | None:
+    """What the RQ1 answer covers: the tasks of this study only (task is a fixed effect of the
+    mixed model), and the learning rates each method trained at (from the run configs): a
+    difference between methods is also a difference between their rates and how they were
+    chosen."""
+    parts = []
+    if any(c.get("kind") == "across_tasks" for c in comps):
+        parts.append(f"task is a fixed effect of the mixed model, so 'across tasks' covers "
+                     f"these {len(res.view.tasks)} tasks only ({', '.join(res.view.tasks)}), "
+                     "not tasks in general")
+    rates = learning_rates(res)
+    if len({r for by in rates.values() for r in by}) > 1:
+        parts.append(f"the methods trained at different learning rates ({learning_rates_text(res)}"
+                     "; see Hyperparameter search), so the comparison is of each method at its "
+                     "own rate")
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    return Paragraph.of(Strong("Scope:"), f" {text[0].upper()}{text[1:]}.")
 
 
 def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
@@ -124,12 +155,16 @@ def _primary_sentence(c: dict[str, Any], res: Results) -> Paragraph:
     fmt = fnd.value_format(c)
     est = (f"{fmt(c.get('diff'))} {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}"
            f" ({round(100 * c['confidence'])}% CI)")
-    if c.get("rel_diff") is not None:
-        est += f", relative {f.pct(c['rel_diff'])}"
-    text = (f" {est}; {fnd.correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} in "
+    rel = fnd.relative_text(c, with_interval=False)
+    if rel is not None:
+        est += f", relative {rel}"
+    text = (f" {est}; {fnd.correction_name(c)}-corrected p {f.p_eq(c.get('p_adjusted'))} in "
             f"the primary family of {c.get('family_size')}; {fnd.n_text(c)}.")
     if c["outcome"] == "different":
         text = f" ({fnd.direction(c)});" + text
+    note = fnd.unadjusted_note(c)
+    if note:
+        text += f" ({note[0].upper()}{note[1:]}.)"
     power = fnd.power_short(c)
     if c["outcome"] == "inconclusive" and power:
         text += f" {power[0].upper()}{power[1:]}."
@@ -190,14 +225,16 @@ def rq2_answer(res: Results) -> Answer:
         return Answer(question, ["not measured"], [not_measured(
             f"latency comparisons at batch size {d.batch_size}, length {d.seq_len}", "bench",
             "stats")], anchor="rq2")
-    paras = [Paragraph.of(f"Primary endpoints: {res.settings.get('endpoints', {}).get('RQ2')}.")]
+    paras = [Paragraph.of(f"Primary endpoints: {res.settings.get('endpoints', {}).get('RQ2')}."
+                          + _interval_note(res, comps))]
     for pair in d.comparisons:
         group = [c for c in comps if c.get("pair") == pair]
         if not group:
             continue
         first = group[0]
         spans: list[str] = [Strong(f"{fnd.name(first, 'a')} vs {fnd.name(first, 'b')}"),
-                            f" ({first.get('claim') or pair}): "]
+                            f" (checks: {first['claim']}): " if first.get("claim")
+                            else f" ({pair}): "]
         by_outcome: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for c in group:
             by_outcome[c["outcome"]].append(c)
@@ -205,8 +242,7 @@ def rq2_answer(res: Results) -> Answer:
             spans += ["; " if i else "", Outcome(outcome), " on "]
             if outcome in fnd.TESTED and len(cs) <= 2:
                 spans.append(", ".join(
-                    f"{c['task']} ({f.pct(c.get('rel_diff'))} "
-                    f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)})"
+                    f"{c['task']} ({fnd.relative_text(c) or fnd.estimate_cell(c)})"
                     for c in cs) + f", n = {cs[0]['n']} {_units(cs[0])}")
             elif outcome in fnd.TESTED:  # many tasks: the range, the intervals are in the plot
                 rel = sorted(c["rel_diff"] for c in cs if c.get("rel_diff") is not None)
@@ -229,7 +265,7 @@ def rq2_answer(res: Results) -> Answer:
                          + " of the FLOPs")
         inconclusive = [c for c in group if c["outcome"] == "inconclusive"]
         if inconclusive:
-            spans.append(f"; {fnd.power_short(inconclusive[0])}")
+            spans.append(f"; {_power_by_task(inconclusive)}")
         paras.append(Paragraph.of(*spans, "."))
     rows = _ratio_rows(res, list(d.comparisons), str(d.seq_len))
     figure = None
@@ -241,6 +277,39 @@ def rq2_answer(res: Results) -> Answer:
                         f"(length {d.seq_len}; {conf_label(res)} interval; hollow: not tested); "
                         "black tick: the compute-only floor; shaded: the equivalence margin.")
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq2")
+
+
+def _interval_note(res: Results, comps: list[dict[str, Any]]) -> str:
+    """' Intervals: 95%, unadjusted; outcomes: Holm-corrected p in the primary family of 10.'
+    where a tested comparison's interval excludes 0 without its outcome being 'different' (the
+    two would otherwise read as a contradiction); '' otherwise."""
+    odd = [c for c in comps if fnd.unadjusted_note(c)]
+    if not odd:
+        return ""
+    return (f" Intervals: {conf_label(res)}, unadjusted; outcomes: "
+            f"{fnd.correction_name(odd[0])}-corrected p in the {fnd.family_text(odd[0])}, so "
+            "an interval can exclude 0 where the outcome is not 'different'.")
+
+
+def _power_by_task(comps: list[dict[str, Any]]) -> str:
+    """What the inconclusive tests of a group could detect, each task with its own figure:
+    `power_short` for one test; for several, 'could detect |d_z| >= 10.36 (about 16.251 ms on
+    sst2, 10.528 ms on rte)' (the unit figures differ with each task's spread), one clause per
+    distinct d_z."""
+    comps = [c for c in comps if c.get("mde_dz") is not None]
+    if len(comps) == 1:
+        return fnd.power_short(comps[0])
+    by_dz: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in comps:
+        by_dz[f.stat(c["mde_dz"])].append(c)
+    parts = []
+    for dz, cs in by_dz.items():
+        units = [f"{fnd.value_format(c)(c['mde_diff'])} {c.get('unit', '')}".rstrip()
+                 + f" on {c['task']}" for c in cs if c.get("mde_diff") is not None]
+        parts.append(f"could detect |d_z| \u2265 {dz}"
+                     + (f" (about {', '.join(units)})" if units else
+                        f" on {', '.join(c['task'] for c in cs)}"))
+    return "; ".join(parts)
 
 
 def answers(res: Results) -> Section:

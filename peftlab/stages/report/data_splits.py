@@ -9,9 +9,22 @@ from peftlab.stages.report.document import Paragraph, Section, Table
 from peftlab.stages.report.stored import Results, not_measured
 
 
+def normalisation_text(res: Results) -> str:
+    """The study's text normalisation rule; why stripping matters (a single-token readout of a
+    byte-level BPE tokenizer) only where the study reads a single token."""
+    from peftlab.stages.report.readout import SINGLE_TOKEN, poolings
+    from peftlab.tasks.sources import NORMALISATION_RULE, NORMALISATION_RULE_TEXT
+
+    rule = res.ctx.data.normalisation()["rule"]
+    names = poolings(res).get("poolings") or []
+    if rule == NORMALISATION_RULE and names and not any(p in SINGLE_TOKEN for p in names):
+        return NORMALISATION_RULE_TEXT
+    return rule
+
+
 def data(res: Results) -> Section:
     s = Section("Data", "data")
-    s.add(Paragraph.of("Text normalisation: ", res.ctx.data.normalisation()["rule"]))
+    s.add(Paragraph.of("Text normalisation: ", normalisation_text(res)))
     if not res.data:
         return s.add(not_measured("data records", "data"))
     rows = []

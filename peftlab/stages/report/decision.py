@@ -1,6 +1,7 @@
-"""The Deployment decision section: the fastest way to serve each task's trained model at each sweep
-point and whether its lead is supported, the cost of several adapters on one base, adapter
-switching, serving under load, and the storage every task takes.
+"""The Deployment decision section: each way of serving each task's trained model at each sweep
+point with what the tested comparisons between them support (no ranking from untested
+differences), the cost of several adapters on one base (marked where it is not like for like),
+adapter switching, serving under load, and the storage every task takes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,29 @@ def served(x: dict[str, Any]) -> str:
     return x["method"] if alone else f"{x['method']} {x['mode']}"
 
 
+def _calls(counts: dict[str, int] | None) -> str:
+    """'3-5 per seed (few)' from {seed: timed calls}; flags fewer than FEW_CALLS."""
+    if not counts:
+        return f.MISSING
+    lo, hi = min(counts.values()), max(counts.values())
+    span = str(lo) if lo == hi else f"{lo}-{hi}"
+    return f"{span} per seed" + (f" (few: < {fnd.FEW_CALLS})" if lo < fnd.FEW_CALLS else "")
+
+
+def supported(c: dict[str, Any]) -> str:
+    """What one stored comparison supports, in words that claim only what it tested."""
+    a, b = fnd.name(c, "a"), fnd.name(c, "b")
+    if c["outcome"] == "different":
+        rel = fnd.relative_text(c)
+        return (f"{fnd.direction(c)} ({rel or fnd.estimate_cell(c)}; tested, corrected p "
+                f"{f.p_eq(c.get('p_adjusted'))})")
+    if c["outcome"] in ("equivalent", "negligible"):
+        return f"{a} and {b} {c['outcome']} within {fnd.margin_text(c)} (tested)"
+    if c["outcome"] == "inconclusive":
+        return f"{a} vs {b}: no difference shown either way (tested, inconclusive)"
+    return f"{a} vs {b}: not tested ({c['outcome']})"
+
+
 def decision(res: Results) -> Section:
     s = Section("Deployment decision", "decision")
     # trained models served one at a time (modes with an artifact, one per unit)
@@ -40,52 +64,62 @@ def decision(res: Results) -> Section:
     for x in lat:
         groups[(x["task"], x["batch_size"], str(x["seq_len"]))].append(x)
     order = {t: i for i, t in enumerate(res.view.tasks)}
+    modes = mode_names()
     rows = []
     for (task, batch, seq), xs in sorted(groups.items(), key=lambda kv: (
             order.get(kv[0][0], 99), kv[0][1], seq_sort_key(kv[0][2]))):
-        xs = sorted(xs, key=lambda x: x["median"])
-        best = xs[0]
-        row = [task, str(batch), seq, served(best), f.ms(best["median"]),
-               str(best["n"])]
-        if len(xs) > 1:
-            nxt = xs[1]
-            c = (res.find(area="latency", task=task, batch_size=batch, seq_len=seq,
-                          mode_a=best["mode"], method_a=best["method"], mode_b=nxt["mode"],
-                          method_b=nxt["method"])
-                 or res.find(area="latency", task=task, batch_size=batch, seq_len=seq,
-                             mode_a=nxt["mode"], method_a=nxt["method"], mode_b=best["mode"],
-                             method_b=best["method"]))
-            row += [served(nxt), f.ms(nxt["median"]),
-                    f.pct(nxt["median"] / best["median"] - 1) if best["median"] else f.MISSING,
-                    fnd.outcome_cell(c) if c else "not compared"]
-        else:
-            row += [f.MISSING] * 4
-        rows.append(row)
-    s.add(Paragraph.of("Fastest way to serve each task's trained model at each sweep point "
-                       "(lowest median over runs of the per-run median latency), the runner-up, "
-                       "and whether the stored paired comparison between the two supports the "
-                       "ranking ('inconclusive' or 'equivalent': either choice is defensible on "
-                       "latency)."),
-          Table(["Task", "Batch", "Length", "Fastest", "Median (ms)", "Runs", "Runner-up",
-                 "Median (ms)", "Runner-up slower by", "Stats outcome (pair)"], rows,
-                numeric=[False, True, False, False, True, True, False, True, True, False]))
+        # in the modes' declared order: the table ranks nothing the tests did not
+        xs = sorted(xs, key=lambda x: (modes.index(x["mode"]) if x["mode"] in modes
+                                       else len(modes), str(x["method"])))
+        comps = [c for c in res.comparisons_of("latency") if c["task"] == task
+                 and c["batch_size"] == batch and str(c["seq_len"]) == seq]
+        tested = [c for c in comps if c["outcome"] in fnd.TESTED]
+        differ = [c for c in tested if c["outcome"] == "different"]
+        verdict = ("; ".join(supported(c) for c in tested) if tested else
+                   "no comparison tested")
+        if not differ:
+            verdict += ("; no tested difference between these ways of serving: the means are "
+                        "numbers, not a ranking")
+        rows.append([task, str(batch), seq,
+                     "; ".join(f"{served(x)} {f.ms(x['mean'])} (n = {x['n']})" for x in xs),
+                     verdict])
+    s.add(Paragraph.of(
+        "Each task's trained model, served each way the bench ran, at each sweep point: the "
+        "mean over seeds of each run's median latency (the value the paired tests use), in the "
+        "modes' own order, and what the stored paired comparisons between them support. A "
+        "difference no comparison tested is a number here, not a reason to prefer one way; "
+        "'inconclusive' or 'equivalent': either choice is defensible on latency."),
+          Table(["Task", "Batch", "Length", "Mean of run medians (ms), per way of serving",
+                 "What the tested comparisons support"], rows,
+                numeric=[False, True, False, False, False]))
     serving = res.comparisons_of("serving")
     if serving:
         s.add(Table(["Task (served group)", "Batch", "Length", "Mode",
-                     "Mean of run medians (ms)", "Single adapter (ms)", "Cost", "CI", "Outcome"],
+                     "Mean of run medians (ms)", "Single adapter (ms)", "Like for like",
+                     "Timed calls of the task", "Cost", "CI", "Outcome"],
                     [[f"{c['task']} ({c.get('served', c['task'])})", str(c["batch_size"]),
                       str(c["seq_len"]),
                       f"{c['mode_a']}-{c['k']} ({c['method_a']})", f.ms(c.get("mean_a")),
-                      f.ms(c.get("mean_b")), f.pct(c.get("rel_diff")),
-                      f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct),
+                      f"{f.ms(c.get('mean_b'))} ({fnd.name(c, 'b')})",
+                      "yes: the same batches" if c.get("like_for_like", c.get("length_matched"))
+                      else f"no: {c.get('like_for_like_reason') or 'not the same batches'}",
+                      _calls(c.get("calls_a")),
+                      fnd.relative_text(c, with_interval=False) or f.MISSING,
+                      f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct)
+                      if fnd.relative_shown(c) else f.MISSING,
                       fnd.outcome_cell(c)] for c in serving],
-                    "What serving several adapters on one base costs per request, per task: "
-                    "that task's requests in the shared stream against its single adapter on "
-                    "the same batches (means over seeds of per-run medians).",
-                    numeric=[False, True, False, False, True, True, True, True, False]))
+                    "What serving several adapters on one base costs per timed call, per task: "
+                    "that task's calls in the shared stream against its single adapter (means "
+                    "over seeds of per-run medians). Like for like only where the single "
+                    "adapter's calls are the same prebuilt batches; a mixed batch holds rows of "
+                    f"every served task, so it is not. Medians resting on fewer than "
+                    f"{fnd.FEW_CALLS} "
+                    "timed calls per seed are flagged.",
+                    numeric=[False, True, False, False, True, True, False, False, True, True,
+                             False]))
     switching = [r for r in res.bench if r["ok"] and "switches" in r["extras"]]
     if switching:
-        s.add(Table(["Served tasks", "Method", "Seed", "Batch", "Length", "Requests",
+        s.add(Table(["Served tasks", "Method", "Seed", "Batch", "Length", "Timed calls",
                      "Switched", "Median with switch (ms)", "Median without switch (ms)"],
                     [[tasks_of(r), f.text(r["method"]), f.text(r["seed"]), str(r["batch_size"]),
                       str(r["seq_len"]), f.integer(r["latency"].get("count")),
@@ -93,9 +127,9 @@ def decision(res: Results) -> Section:
                       f.ms(r["extras"].get("p50_ms_with_switch")),
                       f.ms(r["extras"].get("p50_ms_without_switch"))]
                      for r in sorted(switching, key=lambda r: bench_sort(r, res.view.tasks))],
-                    "Adapter switching inside the timed request stream (multi): requests that "
-                    "had to switch the active adapter against those that did not (descriptive, "
-                    "requests of one run are not independent).",
+                    "Adapter switching inside the timed stream (multi): calls that had to "
+                    "switch the active adapter against those that did not (descriptive, not "
+                    "tested: the calls of one run are not independent).",
                     numeric=[False, False, True, True, False, True, True, True, True]))
     line = serving_report.serving_decision(res)
     if line:

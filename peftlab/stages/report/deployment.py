@@ -1,5 +1,5 @@
 """The Deployment section: the correctness gate, latency distributions, percentiles, the sweep over
-batch size and sequence length, a live adapter's overhead against its compute floor, memory, load
+batch size and sequence length (its heading names only what varied), a live adapter's overhead against its compute floor, memory, load
 times and storage (`bench` records), then the parts of `serving` (fast path, run order, serving
 under load) and the deployment comparisons. Modes are ordered and told apart by what their
 registered `Mode` declares.
@@ -85,34 +85,45 @@ def deployment(res: Results) -> Section:
         seqs = sorted({str(r["seq_len"]) for r in sel}, key=seq_sort_key)
         sel = [r for r in sel if str(r["seq_len"]) == seqs[0]]
         dist.add(Figure(figs.ecdf_figure(who, sel, modes), f"Latency ECDF on {who}",
-                        f"{who}, sequence length {seqs[0]}: distribution of every timed request "
-                        "per mode (all runs pooled)."))
+                        f"{who}, sequence length {seqs[0]}: distribution of every timed call "
+                        "(one batch of batch-size examples) per mode (all runs pooled)."))
     if not dist.blocks:
         dist.add(not_measured("raw latencies", "bench"))
 
     pct = s.sub("Percentiles and throughput")
-    pct.add(Table(["Task(s)", "Mode", "Method", "Seed", "Batch", "Length", "Requests",
-                   "Mean (ms)", "p50", "p90", "p95", "p99", "Requests/s at concurrency 1",
-                   "Tokens/s at concurrency 1"],
+    pct.add(Table(["Task(s)", "Mode", "Method", "Seed", "Batch", "Length",
+                   "Timed calls (batches)", "Mean (ms)", "p50", "p90", "p95", "p99",
+                   "Examples/s at concurrency 1", "Tokens/s at concurrency 1"],
                   [[tasks_of(r), r["mode"], f.text(r["method"]), f.text(r["seed"]),
                     str(r["batch_size"]), str(r["seq_len"]), f.integer(r["latency"].get("count")),
                     f.ms(r["latency"].get("mean")), f.ms(r["latency"].get("p50")),
-                    f.ms(r["latency"].get("p90")), f.ms(r["latency"].get("p95")),
-                    serving_report.p99_cell(r["latency"]),
+                    serving_report.percentile_cell(r["latency"], 90),
+                    serving_report.percentile_cell(r["latency"], 95),
+                    serving_report.percentile_cell(r["latency"], 99),
                     f.rate(r["throughput"].get("requests_per_s")),
                     f.rate(r["throughput"].get("tokens_per_s"))] for r in ok],
-                  "Per benchmarked model and sweep point, from its raw latencies (ms). p99 only "
-                  "where it rests on at least 100 requests. Throughput at concurrency 1: one "
-                  "request at a time, 1 / latency (serving under load is measured below).",
+                  "Per benchmarked model and sweep point, from its raw latencies (ms); one timed "
+                  "call is one batch of batch-size examples. A percentile q is shown only where "
+                  "at least 1 / (1 - q) calls back it (p90: 10, p95: 20, p99: 100). Throughput "
+                  "at concurrency 1: one call at a time, batch size / latency examples per "
+                  "second (serving under load is measured below).",
                   numeric=[False, False, False, True, True, False] + [True] * 8))
 
-    sweep = s.sub("Sweep over batch size and sequence length")
     points = _sweep_points(ok)
     seqs = sorted({p["seq_len"] for p in points}, key=seq_sort_key)
+    batches = sorted({p["batch_size"] for p in points})
+    # the heading names what was swept, and only that
+    swept = [x for x, n in (("batch size", len(batches)), ("sequence length", len(seqs)))
+             if n > 1]
+    sweep = s.sub(f"Sweep over {' and '.join(swept)}" if swept else "Latency at one point")
+    if len(seqs) == 1:
+        sweep.add(Paragraph.of(f"One sequence length ran ({seqs[0]}"
+                               + (": the examples' own lengths" if seqs[0] == "data" else "")
+                               + "); bench.seq_lengths lists more to sweep it."))
     sweep.add(Figure(figs.sweep_figure(points, modes, seqs), "Latency sweep",
-                     "Median latency per request against batch size, per mode (median over "
-                     "runs and tasks of each run's median)."))
-    sweep.add(Table(["Mode", "Batch", "Length", "Models", "Median latency (ms)",
+                     "Median latency per timed call (one batch) against batch size, per mode "
+                     "(median over runs and tasks of each run's median)."))
+    sweep.add(Table(["Mode", "Batch", "Length", "Models", "Median latency per batch (ms)",
                      "ms per example"],
                     [[p["mode"], str(p["batch_size"]), p["seq_len"], str(p["n"]),
                       f.ms(p["median_ms"]), f.ms(p["median_ms"] / p["batch_size"])]
@@ -124,15 +135,17 @@ def deployment(res: Results) -> Section:
     for c in [c for c in res.comparisons_of("latency") if fnd.folds_adapter(c.get("mode_b"))
               and not fnd.folds_adapter(c.get("mode_a"))]:
         orows.append([c["task"], str(c["batch_size"]), str(c["seq_len"]), c["method_a"],
-                      str(c["n"]), f.pct(c.get("rel_diff")),
-                      f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct),
+                      str(c["n"]), fnd.relative_text(c, with_interval=False) or f.MISSING,
+                      f.interval(c.get("rel_diff_ci_low"), c.get("rel_diff_ci_high"), f.pct)
+                      if fnd.relative_shown(c) else f.MISSING,
                       f.share(c.get("flops_share")), fnd.outcome_cell(c)])
     if orows:
         over.add(Paragraph.of(
             "Measured latency of the unmerged adapter relative to the same adapter merged, "
             "beside the share of FLOPs the adapter path adds (linear layers only): the floor "
-            "below which the overhead cannot be compute. Overhead above it is framework cost "
-            "(extra kernel launches, memory traffic)."),
+            "below which the overhead cannot be compute. What the overhead above it is made of "
+            "(kernel launches, memory traffic, framework code) is not measured here, so it is "
+            "not attributed."),
                  Table(["Task", "Batch", "Length", "Method", "n", "Measured overhead",
                         "CI", "FLOPs floor", "Outcome"], orows,
                        numeric=[False, True, False, False, True, True, True, True, False]))
@@ -181,7 +194,8 @@ def deployment(res: Results) -> Section:
         s.sub("Deployment comparisons").add(fnd.comparison_table(
             comps, "Median latency per run, paired by seed (primary at the declared sweep "
                    "point, exploratory elsewhere; serving: several adapters on one base vs "
-                   "each served alone)."))
+                   "each served alone; '(not like for like)' marks a comparison whose two "
+                   "sides are not the same batches, with its reason in the Findings)."))
     return s
 
 

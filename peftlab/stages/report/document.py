@@ -10,7 +10,12 @@ Layout: the document's `front` sections (the answers and the trust panel) come f
 table of contents, so the first screen answers the research questions; an `Answer` block puts
 its text beside its figure (a two-column grid in HTML). Tables longer than `FOLD_ROWS` rows fold
 into a <details> element in HTML (report.md always holds every row), and the CSS lets every cell
-wrap, so nothing is wider than the page at 1280 px.
+wrap, so nothing is wider than the page at 1280 px. A `Details` block folds what a reader needs
+only on demand (per-layer values, every finding's sentence) in both renderings: a <details>
+element, which Markdown viewers such as GitHub's show folded too. A table's `notes` (one
+paragraph per row, e.g. a finding in full) fold under each row in HTML and into one <details>
+list after the table in Markdown. A `Link` span points at an anchor of the report (the glossary's
+terms, `peftlab.stages.report.glossary`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,18 @@ class Strong(str):
 
 class Outcome(str):
     """An outcome word (different, equivalent, ...) shown as a badge; bold in Markdown."""
+
+
+class Link(str):
+    """A span of a paragraph that links to an anchor of the report (`target`, without '#')."""
+
+    target: str
+
+    @classmethod
+    def to(cls, text: str, target: str) -> Link:
+        link = cls(text)
+        link.target = target
+        return link
 
 
 @dataclass
@@ -53,6 +70,10 @@ class Table:
     caption: str = ""
     numeric: list[bool] | None = None  # right-align these columns
     fold: bool | None = None  # HTML: fold into <details>; None: when longer than FOLD_ROWS
+    # one paragraph per row (or None), folded: under its row in HTML, in a list after the
+    # table in Markdown (e.g. each finding's full sentence)
+    notes: list[Paragraph | None] | None = None
+    notes_title: str = "In full"
 
 
 @dataclass
@@ -69,6 +90,21 @@ class Code:
 
 
 @dataclass
+class Definitions:
+    """Terms and their definitions, each term with its own anchor (the glossary)."""
+
+    items: list[tuple[str, str, Paragraph]]  # (term, anchor, definition)
+
+
+@dataclass
+class Details:
+    """Blocks folded behind a one-line summary, in both renderings."""
+
+    summary: str
+    blocks: list[Block]
+
+
+@dataclass
 class Answer:
     """One research question answered: a heading line, the answer's paragraphs, its figure."""
 
@@ -79,7 +115,7 @@ class Answer:
     anchor: str = ""
 
 
-Block = Paragraph | Bullets | Table | Figure | Code | Answer
+Block = Paragraph | Bullets | Table | Figure | Code | Answer | Definitions | Details
 
 
 @dataclass
@@ -115,13 +151,19 @@ def number_figures(doc: Document) -> list[Figure]:
     """Give every figure its number in reading order; return them."""
     figures: list[Figure] = []
 
+    def visit(blocks: list[Block]) -> None:
+        for b in blocks:
+            if isinstance(b, Details):
+                visit(b.blocks)
+                continue
+            fig = b.figure if isinstance(b, Answer) else b
+            if isinstance(fig, Figure):
+                figures.append(fig)
+                fig.number = len(figures)
+
     def walk(sections: list[Section]) -> None:
         for s in sections:
-            for b in s.blocks:
-                fig = b.figure if isinstance(b, Answer) else b
-                if isinstance(fig, Figure):
-                    figures.append(fig)
-                    fig.number = len(figures)
+            visit(s.blocks)
             walk(s.subsections)
 
     walk(doc.front)
@@ -132,10 +174,16 @@ def number_figures(doc: Document) -> list[Figure]:
 # ----------------------------------------------------------------------------- Markdown
 
 
+def _md_span(s: str) -> str:
+    if isinstance(s, (Strong, Outcome)):
+        return f"**{md_text(s)}**"
+    if isinstance(s, Link):
+        return f"[{md_text(s)}](#{s.target})"
+    return md_text(s)
+
+
 def _md_spans(p: Paragraph) -> str:
-    text = "".join(f"**{md_text(s)}**" if isinstance(s, (Strong, Outcome)) else md_text(s)
-                   for s in p.spans)
-    return md_line(text)
+    return md_line("".join(_md_span(s) for s in p.spans))
 
 
 def _md_block(b: Block) -> str:
@@ -151,6 +199,10 @@ def _md_block(b: Block) -> str:
         lines.append("| " + " | ".join(md_text(h) for h in b.header) + " |")
         lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
         lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in b.rows]
+        notes = [n for n in (b.notes or []) if n is not None]
+        if notes:
+            lines += ["", f"<details><summary>{html_text(b.notes_title)} ({len(notes)})"
+                      "</summary>", "", *[f"- {_md_spans(n)}" for n in notes], "", "</details>"]
         return "\n".join(lines)
     if isinstance(b, Figure):
         # Markdown stays plain text: the figure itself is embedded in report.html only.
@@ -160,6 +212,13 @@ def _md_block(b: Block) -> str:
         # can be entity-escaped like every other text of the report (a fence shows entities
         # literally).
         return f"<pre><code>{html_text(b.text.rstrip())}</code></pre>"
+    if isinstance(b, Definitions):
+        return "\n".join(f'- <a id="{anchor}"></a>**{md_text(term)}**: {_md_spans(d)}'
+                         for term, anchor, d in b.items)
+    if isinstance(b, Details):
+        inner = "\n\n".join(_md_block(x) for x in b.blocks)
+        return (f"<details><summary>{html_text(b.summary)}</summary>\n\n{inner}\n\n"
+                "</details>")
     if isinstance(b, Answer):
         lines = [f"**{md_text(b.question)}** — "
                  + ", ".join(f"**{md_text(o)}**" for o in b.outcome), ""]
@@ -225,6 +284,9 @@ th { background: #f6f8fa; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 details { margin: .4rem 0 1rem; }
 details > summary { cursor: pointer; color: #0969da; }
+td.note details > summary { font-size: .75rem; }
+td.note { max-width: 28rem; }
+dl dt { font-weight: 600; margin-top: .4rem; } dl dd { margin: 0 0 0 1.2rem; }
 figure { margin: 1rem 0 1.6rem; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 figcaption { font-size: .85rem; color: #57606a; }
@@ -247,9 +309,18 @@ def _badge(word: str) -> str:
     return f'<span class="outcome o-{slug(word)}">{html_text(word)}</span>'
 
 
+def _html_span(s: str) -> str:
+    if isinstance(s, Strong):
+        return f"<strong>{html_text(s)}</strong>"
+    if isinstance(s, Outcome):
+        return _badge(s)
+    if isinstance(s, Link):
+        return f'<a href="#{html_text(s.target)}">{html_text(s)}</a>'
+    return html_text(s)
+
+
 def _html_spans(p: Paragraph) -> str:
-    return "".join(f"<strong>{html_text(s)}</strong>" if isinstance(s, Strong)
-                   else _badge(s) if isinstance(s, Outcome) else html_text(s) for s in p.spans)
+    return "".join(_html_span(s) for s in p.spans)
 
 
 def _html_block(b: Block) -> str:
@@ -259,21 +330,28 @@ def _html_block(b: Block) -> str:
         return "<ul>" + "".join(f"<li>{_html_spans(p)}</li>" for p in b.items) + "</ul>"
     if isinstance(b, Table):
         numeric = b.numeric or [False] * len(b.header)
+        notes = b.notes if b.notes and any(n is not None for n in b.notes) else None
         parts = ["<table>"]
         if b.caption:
             parts.append(f"<caption>{html_text(b.caption)}</caption>")
-        parts.append("<thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in b.header)
+        header = [*b.header, b.notes_title] if notes else b.header
+        parts.append("<thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in header)
                      + "</tr></thead><tbody>")
-        for row in b.rows:
-            parts.append("<tr>" + "".join(
-                f"<td{_cell_class(c, n)}>{html_text(c)}</td>"
-                for c, n in zip(row, numeric, strict=True)) + "</tr>")
+        for i, row in enumerate(b.rows):
+            cells = [f"<td{_cell_class(c, n)}>{html_text(c)}</td>"
+                     for c, n in zip(row, numeric, strict=True)]
+            if notes:
+                note = notes[i] if i < len(notes) else None
+                cells.append('<td class="note"><details><summary>read</summary>'
+                             f"{_html_spans(note)}</details></td>" if note is not None
+                             else "<td></td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</tbody></table>")
         html_table = "".join(parts)
         if b.fold or (b.fold is None and len(b.rows) > FOLD_ROWS):
             what = b.caption.split(". ")[0].rstrip(".") if b.caption else "Table"
-            return (f"<details><summary>{html_text(what)} ({len(b.rows)} rows)</summary>"
-                    f"{html_table}</details>")
+            return (f'<details class="table-fold"><summary>{html_text(what)} '
+                    f"({len(b.rows)} rows)</summary>{html_table}</details>")
         return html_table
     if isinstance(b, Figure):
         data = base64.b64encode(b.png).decode("ascii")
@@ -282,6 +360,13 @@ def _html_block(b: Block) -> str:
                 f"{html_text(b.caption)}</figcaption></figure>")
     if isinstance(b, Code):
         return f"<pre><code>{html_text(b.text.rstrip())}</code></pre>"
+    if isinstance(b, Definitions):
+        return "<dl>" + "".join(f'<dt id="{html_text(anchor)}">{html_text(term)}</dt>'
+                                f"<dd>{_html_spans(d)}</dd>" for term, anchor, d in b.items) \
+            + "</dl>"
+    if isinstance(b, Details):
+        return (f"<details><summary>{html_text(b.summary)}</summary>"
+                + "".join(_html_block(x) for x in b.blocks) + "</details>")
     if isinstance(b, Answer):
         anchor = f' id="{b.anchor}"' if b.anchor else ""
         text = [f'<p class="q">{html_text(b.question)} '

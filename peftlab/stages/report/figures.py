@@ -117,6 +117,7 @@ def forest_figure(rows: list[dict[str, Any]], across: list[dict[str, Any]], meth
             ax.axhline(len(across) - 0.5, color="#d0d7de", lw=0.8)
     left.set_yticks(ys, labels)
     left.set_ylim(-0.6, len(labels) - 0.4)
+    _zoom_to_data(left, rows, ys)
     for m in methods:
         left.plot([], [], "o", color=color(methods, m), label=m)
     left.plot([], [], ls=":", color="#57606a", label="null floor (q95)")
@@ -128,6 +129,32 @@ def forest_figure(rows: list[dict[str, Any]], across: list[dict[str, Any]], meth
         ax.tick_params(labelsize=7.5)
         ax.grid(axis="x", alpha=0.3)
     return to_png(fig)
+
+
+def _zoom_to_data(ax, rows: list[dict[str, Any]], ys: list[int]) -> None:
+    """Zoom the forest plot's left panel to the methods' estimates, intervals and seed-to-seed
+    bands, so a difference of 0.01 between two values near 1 is not hidden by an axis from 0
+    to 1. A null floor far below the data is not drawn at its place but marked at the panel's
+    edge with its value (an arrow and the number); one close to the data stays on the axis."""
+    keys = ("a_mean", "a_lo", "a_hi", "b_mean", "b_lo", "b_hi", "s2s_lo", "s2s_hi")
+    vals = [r[k] for r in rows for k in keys if r.get(k) is not None]
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    pad = max(0.12 * (hi - lo), 1e-3)
+    floors = [(r["floor"], y) for r, y in zip(rows, ys, strict=False)
+              if r.get("floor") is not None]
+    near = [x for x, _ in floors if lo - 2 * (hi - lo) - pad <= x <= hi + pad]
+    lo_all = min([lo, *near])
+    hi_all = max([hi, *near])
+    ax.set_xlim(lo_all - pad, hi_all + pad)
+    for x, y in floors:
+        if x < lo_all - pad:
+            ax.annotate(f"\u25c2 null floor {x:.3f}", (0.01, y - 0.3),
+                        xycoords=("axes fraction", "data"), fontsize=6.5, color="#57606a")
+        elif x > hi_all + pad:
+            ax.annotate(f"null floor {x:.3f} \u25b8", (0.99, y - 0.3), ha="right",
+                        xycoords=("axes fraction", "data"), fontsize=6.5, color="#57606a")
 
 
 def ratio_figure(rows: list[dict[str, Any]], margin: float | None) -> bytes:
@@ -294,8 +321,9 @@ def drift_figure(task: str, layers: list[dict[str, Any]], measures: list[str],
 
 
 def ecdf_figure(title: str, rows: list[dict[str, Any]], modes: list[str]) -> bytes:
-    """ECDF of every raw request latency per mode, one panel per batch size (pooled over runs:
-    a picture of the distributions; the tests use one median per run)."""
+    """ECDF of every timed call's latency per mode (one call = one batch), one panel per batch
+    size (pooled over runs: a picture of the distributions; the tests use one median per
+    run)."""
     batches = sorted({r["batch_size"] for r in rows})
     fig = new_figure(max(4.2, 3.8 * len(batches)), 3.4)
     for ax, batch in zip(_panels(fig, len(batches)), batches, strict=True):
@@ -311,12 +339,14 @@ def ecdf_figure(title: str, rows: list[dict[str, Any]], modes: list[str]) -> byt
                     color=color(modes, mode), label=mode)
         if spread and min(spread) > 0 and max(spread) / min(spread) > 20:
             ax.set_xscale("log")
-        style_axes(ax, f"{title}, batch {batch}", "latency per request (ms)", "share of requests")
+        style_axes(ax, f"{title}, batch {batch}", "latency per call of one batch (ms)",
+                   "share of timed calls")
     return to_png(fig)
 
 
 def sweep_figure(points: list[dict[str, Any]], modes: list[str], seq_lens: list[str]) -> bytes:
-    """Median latency per request against batch size, one line per mode, one panel per length.
+    """Median latency per call (one batch of batch-size examples) against batch size, one line
+    per mode, one panel per length.
 
     points: {mode, batch_size, seq_len (str), median_ms}, one per mode and sweep point.
     """
@@ -337,5 +367,6 @@ def sweep_figure(points: list[dict[str, Any]], modes: list[str], seq_lens: list[
         batches = sorted({p["batch_size"] for p in points if p["seq_len"] == seq})
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.xaxis.set_minor_locator(NullLocator())
-        style_axes(ax, f"sequence length: {seq}", "batch size", "median latency (ms)")
+        style_axes(ax, f"sequence length: {seq}", "batch size",
+                   "median latency per batch (ms)")
     return to_png(fig)

@@ -4,8 +4,12 @@ Nothing here decides anything: the outcome (different / negligible / equivalent 
 insufficient runs / void, `peftlab.stats.OUTCOMES`) comes from `peftlab.stats.apply_correction`
 as stored by the stats stage, and every number is a stored value formatted with
 `peftlab.stages.report.format`. Comparisons that were not tested are not phrased one by one:
-`untested_lines` collapses them to one line per reason. The Findings section (`findings`) lists
-them by family; the other sections phrase their own comparisons with the same functions.
+`untested_lines` collapses them to one line per reason. The Findings section (`findings`) shows
+each family as one scannable table (`family_table`: estimate, relative change, corrected p, effect
+size, n, outcome), each row's full sentence (`phrase`) folded under it; the other sections phrase
+their own comparisons with the same functions. Relative changes over a reference near 0 are not
+printed (`relative_shown`), and an unadjusted interval that excludes 0 beside a corrected
+"no significant difference" says which is which (`unadjusted_note`).
 """
 
 from __future__ import annotations
@@ -50,20 +54,75 @@ def where(c: dict[str, Any]) -> str:
 
 
 def subject(c: dict[str, Any]) -> str:
-    """'lora vs full on accuracy', with modes spelled out for deployment."""
-    return f"{name(c, 'a')} vs {name(c, 'b')} on {quantity(c)}"
+    """'lora vs full on accuracy', with modes spelled out for deployment; a comparison that is
+    not like for like (`like_for_like` False in its stats record) says so."""
+    text = f"{name(c, 'a')} vs {name(c, 'b')} on {quantity(c)}"
+    return text + (" (not like for like)" if not_like_for_like(c) else "")
+
+
+def not_like_for_like(c: dict[str, Any]) -> bool:
+    """The stats record says the two sides are not like for like (e.g. mixed batches hold
+    every served task's rows, the single adapter's only one task's)."""
+    return c.get("like_for_like") is False
 
 
 def name(c: dict[str, Any], side: str) -> str:
-    """A side of a comparison: 'lora', 'lora unmerged', 'full' (not 'full full')."""
+    """A side of a comparison: 'lora', 'lora unmerged', 'full' (not 'full full'); for the
+    seed-noise control 'run-to-base' or 'seed-to-seed' (`where` names the method)."""
+    if c.get("area") == "seed_noise":
+        return {"a": "run-to-base", "b": "seed-to-seed"}[side]
     parts = list(dict.fromkeys(str(c[side]).split("/")))
     return " ".join(parts)
 
 
 def quantity(c: dict[str, Any]) -> str:
-    if c["area"] in ("drift", "seed_noise"):
+    if c["area"] == "drift":
         return f"{c['unit']} to the base"
+    if c["area"] == "seed_noise":
+        return f"{c['unit']} (mean over transformer layers)"
     return str(c.get("quantity") or c.get("unit"))
+
+
+def relative_shown(c: dict[str, Any]) -> bool:
+    """Whether a comparison's relative change means something: it is stored, and b's mean (its
+    denominator) is larger than the width of the difference's interval. Near a zero reference
+    (a forgetting change of 0.01 with an interval 0.2 wide) a percentage explodes and its
+    interval spans orders of magnitude; the absolute difference says it instead."""
+    rel, mb = c.get("rel_diff"), c.get("mean_b")
+    if not (f._finite(rel) and f._finite(mb)) or mb == 0:
+        return False
+    lo, hi = c.get("diff_ci_low"), c.get("diff_ci_high")
+    width = hi - lo if f._finite(lo) and f._finite(hi) else abs(c.get("diff") or 0.0)
+    return abs(mb) > width
+
+
+def relative_text(c: dict[str, Any], with_interval: bool = True) -> str | None:
+    """'+39.0% [+19.7%, +58.3%]' (relative change and its interval), or None where a relative
+    change is not shown (`relative_shown`)."""
+    if not relative_shown(c):
+        return None
+    text = f.pct(c["rel_diff"])
+    if with_interval and c.get("rel_diff_ci_low") is not None:
+        text += f" {f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)}"
+    return text
+
+
+def excludes_zero(c: dict[str, Any]) -> bool:
+    """The (unadjusted) interval of the difference lies wholly on one side of 0."""
+    lo, hi = c.get("diff_ci_low"), c.get("diff_ci_high")
+    return f._finite(lo) and f._finite(hi) and (lo > 0 or hi < 0)
+
+
+def unadjusted_note(c: dict[str, Any]) -> str:
+    """Why an interval that excludes 0 sits beside 'no significant difference': the interval is
+    unadjusted, p is corrected for its family. '' where there is nothing to explain."""
+    if c.get("outcome") == "different" or c.get("status") != "ok" or not excludes_zero(c):
+        return ""
+    corr = correction_name(c)
+    if corr == "uncorrected":
+        return ""
+    return (f"its {round(100 * c['confidence'])}% interval excludes 0 but is unadjusted, while "
+            f"p is {corr}-corrected for the {family_text(c)}")
 
 
 def direction(c: dict[str, Any]) -> str:
@@ -107,11 +166,11 @@ def family_text(c: dict[str, Any]) -> str:
 def test_text(c: dict[str, Any]) -> str:
     """'paired t-test t(2) = -4.21, Holm-corrected p = 0.0412 (primary family of 10)'; with
     zero spread the exact Wilcoxon test that decided instead."""
-    corrected = (f"{correction_name(c)}-corrected p = {f.pvalue(c.get('p_adjusted'))} "
+    corrected = (f"{correction_name(c)}-corrected p {f.p_eq(c.get('p_adjusted'))} "
                  f"({family_text(c)})")
     if c.get("t_undefined_reason"):
         return (f"t undefined (zero spread of the paired differences): {c.get('decision_test')} "
-                f"p = {f.pvalue(c.get('decision_p'))} decides, {corrected}")
+                f"p {f.p_eq(c.get('decision_p'))} decides, {corrected}")
     return f"{c.get('test')} t({f.dof(c.get('df'))}) = {f.stat(c.get('statistic'))}, {corrected}"
 
 
@@ -130,13 +189,16 @@ def difference_text(c: dict[str, Any]) -> str:
     conf = f"{round(100 * c['confidence'])}% CI"
     if c.get("kind") == "across_tasks":
         return (f"estimate {fmt(c.get('diff'))} "
-                f"{f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)} ({conf})")
+                f"{f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)} ({conf}, "
+                "unadjusted)")
     text = (f"{fmt(c.get('mean_a'))} vs {fmt(c.get('mean_b'))}; difference {fmt(c.get('diff'))}"
             f" {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}")
-    if c.get("rel_diff") is not None:
-        text += (f", relative {f.pct(c['rel_diff'])} "
-                 f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)}")
-    return f"{text} ({conf})"
+    rel = relative_text(c)
+    if rel is not None:
+        text += f", relative {rel}"
+    elif c.get("rel_diff") is not None:
+        text += f" (no relative change: {name(c, 'b')}'s mean {fmt(c.get('mean_b'))} is near 0)"
+    return f"{text} ({conf}, unadjusted)"
 
 
 def n_text(c: dict[str, Any]) -> str:
@@ -221,23 +283,50 @@ def phrase(c: dict[str, Any]) -> Paragraph:
         beyond = (f", and TOST does not place it within {margin_text(c)}"
                   if c.get("equivalence_margin") is not None else "")
         return Paragraph.of(head, f"{direction(c)} on {quantity(c)}: ", Outcome("different"),
-                            f"{beyond}. {tail}.")
+                            f"{beyond}. {tail}{like_for_like_text(c)}.")
     if outcome == "negligible":
         return Paragraph.of(
             head, f"{direction(c)} on {quantity(c)}, but by less than {margin_text(c)}: ",
-            Outcome("negligible"), f" (different, TOST {correction_name(c)}-corrected p = "
-            f"{f.pvalue(c.get('tost_p_adjusted'))} places it inside the margin). {tail}.")
+            Outcome("negligible"), f" (different, TOST {correction_name(c)}-corrected p "
+            f"{f.p_eq(c.get('tost_p_adjusted'))} places it inside the margin). {tail}"
+            f"{like_for_like_text(c)}.")
     if outcome == "equivalent":
         return Paragraph.of(
             head, f"{name(c, 'a')} and {name(c, 'b')} are ", Outcome("equivalent"),
             f" on {quantity(c)} within {margin_text(c)}: TOST {correction_name(c)}-corrected "
-            f"p = {f.pvalue(c.get('tost_p_adjusted'))}. {tail}.")
+            f"p {f.p_eq(c.get('tost_p_adjusted'))}. {tail}{like_for_like_text(c)}.")
     why = (f"equivalence within {margin_text(c)} not shown either (TOST "
-           f"{correction_name(c)}-corrected p = {f.pvalue(c.get('tost_p_adjusted'))})"
+           f"{correction_name(c)}-corrected p {f.p_eq(c.get('tost_p_adjusted'))})"
            if c.get("equivalence_margin") is not None else "no equivalence margin declared")
+    note = unadjusted_note(c)
     return Paragraph.of(head, f"{subject(c)}: ", Outcome("inconclusive"),
-                        f": no significant difference, and {why}; {power or 'no power figure'}. "
-                        f"{tail}.")
+                        f": no significant difference after correction, and {why}"
+                        f"{'; ' + note if note else ''}; {power or 'no power figure'}. "
+                        f"{tail}{like_for_like_text(c)}.")
+
+
+FEW_CALLS = 10  # a per-seed median of fewer timed calls than this is flagged
+
+
+def calls_text(c: dict[str, Any]) -> str:
+    """'; each seed's median of sst2's calls rests on 4 timed calls (few: < 10)' for a
+    multi-adapter comparison whose per-task medians rest on few calls (`calls_a` in its stats
+    record), else ''."""
+    calls = c.get("calls_a") or {}
+    if not calls or min(calls.values()) >= FEW_CALLS:
+        return ""
+    lo, hi = min(calls.values()), max(calls.values())
+    return (f"; each seed's median of {c['task']}'s calls rests on "
+            f"{lo if lo == hi else f'{lo}-{hi}'} timed calls (few: < {FEW_CALLS})")
+
+
+def like_for_like_text(c: dict[str, Any]) -> str:
+    """'; not like for like: <why>' for a comparison its stats record marks so, and the few
+    calls its medians rest on (`calls_text`); '' when neither applies."""
+    if not not_like_for_like(c):
+        return calls_text(c)
+    return (f"; not like for like: {c.get('like_for_like_reason') or 'see its stats record'}"
+            + calls_text(c))
 
 
 def counts_text(comparisons: list[dict[str, Any]]) -> str:
@@ -307,24 +396,69 @@ def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
             f"{fmt(c.get('mean_a'))} / {fmt(c.get('mean_b'))}",
             f"{fmt(c.get('diff'))} {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}"
             if tested else f.MISSING,
-            f"{f.pct(c.get('rel_diff'))} "
-            f"{f.interval(c.get('rel_diff_ci_low'), c.get('rel_diff_ci_high'), f.pct)}"
-            if tested and c.get("rel_diff") is not None else f.MISSING,
+            relative_cell(c) if tested else f.MISSING,
             p, f.pvalue(c.get("p_adjusted")) if tested else f.MISSING,
             f.pvalue(c.get("rank_p")) if tested and c.get("rank_p") is not None else f.MISSING,
             effect_text(c) if tested else f.MISSING,
-            (f"{margin_text(c)}: p = {f.pvalue(c.get('tost_p_adjusted'))}"
+            (f"{margin_text(c)}: p {f.p_eq(c.get('tost_p_adjusted'))}"
              if tested and c.get("equivalence_margin") is not None else f.MISSING),
             (f"{f.stat(c.get('mde_dz'))}" + (f" / {c['runs_needed']}" if c.get("runs_needed")
                                               else "")) if tested else f.MISSING,
-            outcome_cell(c),
+            outcome_cell(c) + ("; unadjusted CI excludes 0" if unadjusted_note(c) else ""),
         ])
     return Table(["Where", "Comparison (a vs b)", "Family (m tested)", "n",
-                  "Mean a / b", "Difference a - b [CI]", "Relative [CI]", "p (test)",
+                  "Mean a / b", "Difference a - b [CI, unadjusted]", "Relative [CI]", "p (test)",
                   "Corrected p", "Wilcoxon p", "Effect [CI]", "Equivalence (TOST, corrected)",
                   "MDE d_z / seeds needed", "Outcome"], rows, caption,
                  numeric=[False, False, False, True, True, True, True, True, True, True, False,
                           False, True, False])
+
+
+def relative_cell(c: dict[str, Any]) -> str:
+    """The relative change with its interval, or why it is not shown."""
+    rel = relative_text(c)
+    if rel is not None:
+        return rel
+    return "not shown (reference near 0)" if c.get("rel_diff") is not None else f.MISSING
+
+
+def estimate_cell(c: dict[str, Any]) -> str:
+    """'+0.331 [+0.170, +0.492] ms': the difference a - b with its (unadjusted) interval, and the
+    unit where it is one (ms, nats per token)."""
+    fmt = value_format(c)
+    unit = c.get("unit") if c.get("unit") in ("ms", "nats per token") else ""
+    return (f"{fmt(c.get('diff'))} {f.interval(c.get('diff_ci_low'), c.get('diff_ci_high'), fmt)}"
+            f"{' ' + unit if unit else ''}")
+
+
+def n_cell(c: dict[str, Any]) -> str:
+    """'3 seeds (paired)' or '4 pairs over 2 tasks'; a multi-adapter comparison adds the
+    timed calls each seed's median rests on when they are few."""
+    if c.get("kind") == "across_tasks":
+        return f"{c['n']} pairs over {c.get('n_tasks')} tasks"
+    calls = list((c.get("calls_a") or {}).values())
+    if not calls or min(calls) >= FEW_CALLS:
+        return f"{c['n']} seeds (paired)"
+    span = str(min(calls)) if min(calls) == max(calls) else f"{min(calls)}-{max(calls)}"
+    return f"{c['n']} seeds (paired); {span} calls per seed (few)"
+
+
+def family_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
+    """The tested comparisons of a family, one scannable row each (comparison, estimate with
+    interval, relative change, corrected p, effect size, n and unit, outcome), each row's full
+    sentence (`phrase`) folded under it."""
+    rows = []
+    for c in comparisons:
+        out = outcome_cell(c)
+        if unadjusted_note(c):
+            out += "; unadjusted CI excludes 0"
+        rows.append([where(c), subject(c), estimate_cell(c), relative_cell(c),
+                     f"{f.pvalue(c.get('p_adjusted'))} ({correction_name(c)}, "
+                     f"m = {c.get('family_size', 1)})", effect_text(c), n_cell(c), out])
+    return Table(["Where", "Comparison (a vs b)", "Estimate a - b [CI]", "Relative change [CI]",
+                  "Corrected p", "Effect size [CI]", "n", "Outcome"], rows, caption,
+                 numeric=[False, False, True, True, True, False, False, False], fold=False,
+                 notes=[phrase(c) for c in comparisons], notes_title="Each finding in full")
 
 
 # ----------------------------------------------------------------------------- the section
@@ -341,11 +475,16 @@ def findings(res: Results) -> Section:
             groups.append((f"Exploratory: {family.split('/', 1)[-1].replace('_', ' ')}",
                            [c for c in [*res.comparisons, *res.readouts]
                             if c.get("family") == family and c.get("role") != "primary"]))
+    conf = f"{round(100 * (1 - res.spec.stats.alpha))}%"
     for title, comps in groups:
         sub = s.sub(title)
         tested = [c for c in comps if c["outcome"] in TESTED]
         if tested:
-            sub.add(Bullets([phrase(c) for c in tested]))
+            sub.add(family_table(tested, (
+                f"{len(tested)} tested comparison(s): the estimate a - b with its {conf} "
+                "interval (unadjusted), the p-value corrected within the family, the paired "
+                "effect size, n and the outcome; each finding's full sentence folds under its "
+                "row.")))
         untested = untested_lines(comps, res.min_runs)
         if untested:
             sub.add(Paragraph.of("Not tested, one line per reason:"), Bullets(untested))

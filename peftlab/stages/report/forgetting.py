@@ -78,12 +78,17 @@ def learning_forgetting_figure(panels: list[dict[str, Any]], methods: list[str],
     for ax in axes[len(panels):]:
         ax.set_axis_off()
     legend_ax = axes[0]
-    for m in methods:
+    # the legend lists only what is drawn: a task whose runs have no point (e.g. SST-2 when
+    # every probe is on SST-2) gets no marker entry
+    drawn = [p for panel in panels for p in panel["points"]]
+    for m in [m for m in methods if any(p["method"] == m for p in drawn)]:
         legend_ax.scatter([], [], color=figs.color(methods, m), marker="o", label=m)
-    for t in tasks:
+    for t in [t for t in tasks if any(p["task"] == t for p in drawn)]:
         legend_ax.scatter([], [], color="#57606a", marker=MARKERS[tasks.index(t) % len(MARKERS)],
                           label=f"tuned on {t}")
-    legend_ax.scatter([], [], facecolors="white", edgecolors="#57606a", label="degenerate run")
+    if any(p["degenerate"] for p in drawn):
+        legend_ax.scatter([], [], facecolors="white", edgecolors="#57606a",
+                          label="degenerate run")
     legend_ax.legend(fontsize=6, frameon=False, loc="best")
     return figs.to_png(fig)
 
@@ -117,6 +122,11 @@ def forgetting(res: Any) -> Section:
             "interval over texts. ")
     spans.append("Degenerate runs are drawn hollow and left out of the tests.")
     s.add(Paragraph.of(*spans))
+    lm_skipped = next((r for r in recs if not r.is_run and r.measure == "lm_loss"
+                       and r.status == "skipped"), None)
+    if lm is None and lm_skipped is not None:
+        s.add(Paragraph.of(Strong("Held-out LM loss: not applicable"),
+                           f" ({lm_skipped.reason}); no LM-loss comparison is made."))
     skipped = _skipped_table(recs)
     if skipped is not None:
         s.add(skipped)

@@ -66,6 +66,12 @@ def pvalue(x: Any) -> str:
     return "< 0.0001" if x < 0.0001 else f"{x:.4f}"
 
 
+def p_eq(x: Any) -> str:
+    """A p-value after 'p': '= 0.0312', or '< 0.0001' (never 'p = < 0.0001', never 'p = 0')."""
+    text = pvalue(x)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def text(x: Any) -> str:
     """A label from the results (a method, a seed); None prints as missing."""
     return MISSING if x is None else str(x)

@@ -19,7 +19,7 @@ def how_to_read(res: Results) -> Section:
                          "planned)" for name, v in fams.items())
     s.add(Bullets([
         Paragraph.of("Unit of analysis: one value per independent run (seed). Benchmarks enter "
-                     "as each run's median latency, never as individual requests."),
+                     "as each run's median latency, never as individual timed calls."),
         Paragraph.of("Runs that learned nothing: each run's main metric is set against the "
                      "majority-class rate, the best constant prediction and chance on the same "
                      "evaluation examples; a run whose bootstrap interval does not clear them "

@@ -12,6 +12,9 @@ reads is primary; the others are exploratory (family exploratory/readout). This 
 - every drift comparison whose direction or outcome word differs between poolings, and, for the
   RQ1 answer (`rq1_paragraphs`), a flag next to the primary verdict when that one does.
 
+A study with one readout that reads no single token (mean pooling, e.g. the sentence-embedding
+head, `head_reads`) gets one line saying the section does not apply.
+
 Everything comes from stored records; `res` is the report's `stored.Results`.
 """
 
@@ -40,17 +43,29 @@ def poolings(res: Any) -> dict[str, Any]:
     """{poolings (primary first), primary, head} as the represent stage recorded them (the first
     task's base manifest), else as the drift and stats records name them; {} when neither
     exists."""
+    head = head_reads(res)
     for task in res.view.tasks:
         man = res.ctx.store.get("represent", f"{task}/base")
         if man is not None:
             names = man.get("poolings") or [man["pooling"]]
-            return {"poolings": names, "primary": names[0], "head": man.get("head_pooling")}
+            return {"poolings": names, "primary": names[0],
+                    "head": head or man.get("head_pooling")}
     # no manifests (a study directory without representation files): the drift records'
     primary = next((r["pooling"] for r in res.drift if r.get("pooling")), None)
     if primary is None:
         return {}
     others = sorted({r["pooling"] for r in res.readouts if r.get("pooling")} - {primary})
-    return {"poolings": [primary, *others], "primary": primary, "head": None}
+    return {"poolings": [primary, *others], "primary": primary, "head": head}
+
+
+def head_reads(res: Any) -> str | None:
+    """The pooling the study's head reads when the spec decides it: "mean" for the
+    sentence-embedding head (each text mean-pooled, `peftlab.sentence_embedding`), whatever the
+    encoder's own classifier would read; None otherwise (the represent manifest says)."""
+    return "mean" if getattr(res.spec.model, "head", None) == "sentence-embedding" else None
+
+
+SINGLE_TOKEN = ("last", "first")  # the readouts that read one token's hidden state
 
 
 def _direction(c: dict[str, Any]) -> int | None:
@@ -164,6 +179,16 @@ def readout_section(res: Any) -> Section:
                                   "drift"))
     names = info.get("poolings") or []
     head = info.get("head")
+    if len(names) == 1 and not diags and names[0] not in SINGLE_TOKEN:
+        # nothing here applies: no single token's state is read, one readout only
+        reads = (f"the head reads {head}-pooled embeddings" if head else
+                 f"the drift records read {names[0]} pooling")
+        model_head = (" (model.head: sentence-embedding)" if head_reads(res) else "")
+        return s.add(Paragraph.of(
+            Strong("Not applicable:"),
+            f" {reads}{model_head}, every token averaged, so no single token's hidden state "
+            f"decides the readout; the pooled-token diagnostic and the comparison of readouts "
+            "concern last or first pooling."))
     if names:
         why = ("what the classification head reads" if head == names[0] else
                f"the first listed; the head reads {head} pooling, which was not extracted"

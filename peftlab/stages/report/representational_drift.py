@@ -10,7 +10,7 @@ from peftlab.measures import label as measure_label
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Figure, Paragraph, Section, Strong, Table
+from peftlab.stages.report.document import Details, Figure, Paragraph, Section, Strong, Table
 from peftlab.stages.report.stored import Results, conf_label, not_measured
 
 
@@ -98,14 +98,18 @@ def drift(res: Results) -> Section:
                       f.similarity(sm.get("null_q95")), f.pvalue(sm.get("p_max")),
                       f.similarity(sm.get("seed_to_seed_mean"))])
     if lrows:
-        s.add(Table(["Task", "Measure", "Layer", "Method", "Runs", "Mean",
-                     f"{conf_label(res)} CI over seeds", "Probe bootstrap CI (mean bounds)",
-                     "Null floor (q95)", "Permutation p (max)", "Seed-to-seed"], lrows,
-                    "Every measure per layer (base vs run, learned runs): the t-interval over "
-                    "seeds, the bootstrap interval over probe examples (primary measure; bounds "
-                    "averaged over runs), the null floor and the largest permutation p.",
-                    numeric=[False, False, False, False, True, True, True, True, True, True,
-                             True]))
+        # hundreds of rows: folded in both renderings, the band table above summarises them
+        layer_table = Table(
+            ["Task", "Measure", "Layer", "Method", "Runs", "Mean",
+             f"{conf_label(res)} CI over seeds", "Probe bootstrap CI (mean bounds)",
+             "Null floor (q95)", "Permutation p (max)", "Seed-to-seed"], lrows,
+            "Every measure per layer (base vs run, learned runs): the t-interval over seeds, "
+            "the bootstrap interval over probe examples (primary measure; bounds averaged over "
+            "runs), the null floor and the largest permutation p.",
+            numeric=[False, False, False, False, True, True, True, True, True, True, True],
+            fold=False)
+        s.add(Details(f"Per-layer values ({len(lrows)} rows; the band table above summarises "
+                      "them)", [layer_table]))
     comps = [c for c in res.comparisons_of("drift")]
     if comps:
         s.add(fnd.comparison_table(comps, "Method vs method on base-vs-run similarity, paired "

@@ -11,7 +11,8 @@ and one figure of the optimisation history (each trial's objective on the valida
 the best so far, per method; a pruned trial at the last value it reported).
 
 A study without a `search:` block says so in one sentence: its methods trained at the rates the
-spec sets by hand, which is itself worth knowing when reading the comparisons.
+spec fixes (listed from the run configs), and where they came from is not checked, which is
+itself worth knowing when reading the comparisons.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from peftlab.records import SearchRecord, SearchTrialRecord, read_search
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Figure, Paragraph, Section, Table
-from peftlab.stages.report.stored import not_measured
+from peftlab.stages.report.stored import learning_rates_text, not_measured
 
 
 def value_text(v: Any) -> str:
@@ -117,9 +118,13 @@ def search_section(res: Any) -> Section:
     """The search section of the report (`res`: `stored.Results`)."""
     s = Section("Hyperparameter search", "search")
     if res.spec.search is None:
+        rates = learning_rates_text(res)
         return s.add(Paragraph.of(
-            "The spec has no search block: every method trained at the hyperparameters the "
-            "spec sets, so a difference between methods may come from those choices."))
+            "No search ran in this study: every method trained at the hyperparameters the spec "
+            "fixes" + (f" (learning rates: {rates})" if rates else "") + ". Where those values "
+            "came from (a search run elsewhere, as a spec's comments may say) is not recorded "
+            "in the study directory, so peftlab does not check it; a difference between methods "
+            "may come from these choices."))
     trials, summaries = read_search(res.ctx.store)
     if not summaries:
         return s.add(not_measured("search results", "search"))

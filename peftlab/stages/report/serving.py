@@ -5,6 +5,7 @@ serving line of the deployment decision.
                                 the deployment section `s`
     decision_line(rows, margin) the sentence the deployment decision gives (or None)
     p99_cell(latency_ms)        p99 with its interval, or "too few requests (n < 100)"
+    percentile_cell(lat, q)     p90 / p95 / p99, or "too few timed calls (n < N)"
 
 Reads the `bench_blocks` table (`records.BenchBlockRecord`: the order each block's units ran in
 and the block's drift reference) and the `serving` table (`records.ServingRecord`: one load run
@@ -24,22 +25,41 @@ from peftlab.bench.load import PATTERNS
 from peftlab.bench.mode import FAST_VARIANT
 from peftlab.bench.modes import MODES
 from peftlab.bench.serving_configs import SERVING_CONFIGS
+from peftlab.bench.timing import MIN_P99_REQUESTS
 from peftlab.records import BenchBlockRecord, ServingRecord, read
 from peftlab.stages.report import figures as figs
 from peftlab.stages.report import format as f
 from peftlab.stages.report.document import Figure, Paragraph, Section, Table
 
-CONCURRENCY_1 = "at concurrency 1"  # how every 1/latency throughput is labelled
+CONCURRENCY_1 = "at concurrency 1"  # how every batch/latency throughput is labelled
 
 
-def p99_cell(lat: dict[str, Any] | None) -> str:
-    """p99 (ms) with its bootstrap interval, only when it rests on >= 100 requests."""
+def p99_cell(lat: dict[str, Any] | None, unit: str = "requests") -> str:
+    """p99 (ms) with its bootstrap interval, only when it rests on >= 100 observations; else
+    'too few <unit> (n < 100)' (unit: "requests" under load, "timed calls" for the latency
+    tables, where one observation is one batch)."""
     if not lat or lat.get("p99") is None:
         return f.MISSING
     if lat.get("p99_reliable") is False or lat.get("p99_note"):
-        return str(lat.get("p99_note") or "too few requests")
+        if unit == "requests":
+            return str(lat.get("p99_note") or "too few requests")
+        return f"too few {unit} (n < {MIN_P99_REQUESTS})"
     ci = lat.get("p99_ci")
     return f.ms(lat["p99"]) + (f" [{f.ms(ci[0])}, {f.ms(ci[1])}]" if ci else "")
+
+
+def percentile_cell(lat: dict[str, Any] | None, q: int, unit: str = "timed calls") -> str:
+    """Percentile q (90, 95 or 99) of a latency summary, or 'too few <unit> (n < N)' where fewer
+    than N = 1 / (1 - q/100) observations back it (10 for p90, 20 for p95, 100 for p99: at least
+    one observation lies beyond the percentile; p99's rule, `bench.timing.MIN_P99_REQUESTS`)."""
+    if q == 99:
+        return p99_cell(lat, unit)
+    if not lat or lat.get(f"p{q}") is None:
+        return f.MISSING
+    need = round(100 / (100 - q))
+    if (lat.get("count") or 0) < need:
+        return f"too few {unit} (n < {need})"
+    return f.ms(lat[f"p{q}"])
 
 
 def config_label(config: str) -> str:
@@ -124,15 +144,39 @@ def latency_load_figure(rows: list[dict[str, Any]]) -> bytes:
     return figs.to_png(fig)
 
 
-def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
-    """At which load and from how many tasks one base with adapters beats k merged models on
-    memory at equal p99 (within `margin`, relative), from the serving rows; None without both.
+def saturation_text(rows: list[dict[str, Any]], config: str) -> str:
+    """'uniform 40.0 req/s, skewed none sustained': the achieved throughput at the highest rate
+    the configuration sustained, per popularity pattern (from the sweep's stored figures)."""
+    parts = []
+    for pattern in [p for p in PATTERNS if any(r["config"] == config and r["pattern"] == p
+                                               for r in rows)]:
+        mine = [r for r in rows if r["config"] == config and r["pattern"] == pattern]
+        rate = next((r.get("saturation_rate") for r in mine
+                     if r.get("saturation_rate") is not None), None)
+        thr = next((r.get("saturation_throughput") for r in mine
+                    if r.get("saturation_throughput") is not None), None)
+        if rate is None and any("saturation_rate" in r for r in mine):
+            parts.append(f"{pattern} no rate sustained")
+        elif rate is None:  # rows without the sweep's figures: the sustained runs themselves
+            ok = [r["offered_rate"] for r in mine if r.get("sustained")]
+            parts.append(f"{pattern} sustained up to {max(ok):g} req/s offered" if ok
+                         else f"{pattern} no rate sustained")
+        else:
+            parts.append(f"{pattern} {f.rate(thr)} req/s achieved at {rate:g} offered")
+    return ", ".join(parts)
 
-    Equal p99: at an offered rate both configurations sustained, the adapters' p99 is at most
-    (1 + margin) x merged's, both resting on >= 100 requests. Memory: the bytes of the weights
-    each holds; per task, merged holds one model (B = merged / k) and the adapters one adapter
-    each (a = (adapters - B) / k), so one base with adapters holds less from the smallest n with
-    B + n a < n B, i.e. n > B / (B - a).
+
+def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
+    """What the serving runs show about one base with adapters against k merged models, in
+    words that decide nothing the runs did not test; None without both.
+
+    Weights: the bytes each configuration holds are counted, not sampled; per task, merged holds
+    one model (B = merged / k) and the adapters one adapter each (a = (adapters - B) / k), so one
+    base with adapters holds fewer bytes from the smallest n with B + n a < n B, i.e.
+    n > B / (B - a). p99: at an offered rate both configurations sustained, the adapters' p99 is
+    at most (1 + margin) x merged's, both resting on >= 100 requests (a rule applied to one load
+    run per rate, not a test). Saturation: per configuration and pattern, as stored (one load run
+    per rate, descriptive); a configuration that sustained no rate says so.
     """
     reference = next((c.name for c in SERVING_CONFIGS.values() if c.reference), None)
     merged = [r for r in rows if r["config"] == reference]
@@ -169,19 +213,25 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
                     break  # equal p99 from the lowest rate up, to the first rate it is not
             equal[pattern] = ok[-1] if ok else None
         if compared:
-            loads = "its p99 is within {:.0f}% of theirs ({})".format(100 * margin, ", ".join(
-                f"{p}: up to {x:g} requests/s" if x is not None else f"{p}: at no rate tried"
-                for p, x in equal.items()))
+            loads = ("its p99 is within {:.0f}% of theirs ({}; one load run per rate, not a "
+                     "test)").format(100 * margin, ", ".join(
+                         f"{p}: up to {x:g} requests/s" if x is not None
+                         else f"{p}: at no rate tried" for p, x in equal.items()))
         else:
             loads = ("p99 not compared: no load run of either rests on the 100 requests a p99 "
                      "needs")
         parts.append(
             f"{config_label(config)} holds {f.nbytes(a_bytes)} of weights against "
-            f"{f.nbytes(m_bytes)} for {k} merged models ({m_bytes / a_bytes:.1f}x less); "
-            f"{loads}; on memory it wins from "
-            + (f"{from_n} tasks on" if from_n is not None else "no number of tasks")
-            + f" (one model {f.nbytes(per_model)}, one adapter {f.nbytes(adapter)})")
-    return "; ".join(parts) + "." if parts else None
+            f"{f.nbytes(m_bytes)} for {k} merged models (byte counts, exact: one base with "
+            "adapters holds fewer weight bytes "
+            + (f"from {from_n} tasks on" if from_n is not None else "at no number of tasks")
+            + f"; one model {f.nbytes(per_model)}, one adapter {f.nbytes(adapter)}); {loads}")
+    if not parts:
+        return None
+    saturation = [f"{c} {saturation_text(rows, c)}" for c in
+                  sorted({r["config"] for r in rows}, key=config_order)]
+    return ("; ".join(parts) + ". Saturation throughput (one load run per rate, descriptive, "
+            "not tested): " + "; ".join(saturation) + ".")
 
 
 def serving_decision(res: Any, rows: list[dict[str, Any]] | None = None) -> str | None:
@@ -269,7 +319,8 @@ def deployment_parts(res: Any, s: Section) -> None:
         f"batching (max batch {cfg['max_batch_size']}, max wait {cfg['max_wait_ms']:g} ms), "
         f"each run at most {cfg['max_requests']} requests within {cfg['max_seconds']:g} s; a "
         "configuration's sweep stops at the first rate it does not sustain (every request "
-        "answered, achieved throughput >= 0.9 x the arrival rate). Latency runs from the "
+        "answered, achieved throughput >= 0.9 x the realised arrival rate, i.e. the requests "
+        "offered over the arrival window, shown beside the nominal rate). Latency runs from the "
         "scheduled arrival to the answer; p99 is shown only where it rests on at least 100 "
         "requests. The configurations run interleaved at each rate."),
              Figure(latency_load_figure(rows), "Latency against offered load",
@@ -278,17 +329,24 @@ def deployment_parts(res: Any, s: Section) -> None:
     table = sorted(rows, key=lambda r: (PATTERNS.index(r["pattern"]) if r["pattern"] in PATTERNS
                                         else 9, config_order(r["config"]), r["offered_rate"]))
     load.add(Table(
-        ["Pattern", "Configuration", "Offered (req/s)", "Requests", "p50 (ms)", "p99 (ms)",
-         "Achieved (req/s)", "Sustained", "Mean batch", "Weights held"],
+        ["Pattern", "Configuration", "Offered (req/s)", "Realised arrival (req/s)",
+         "Requests", "p50 (ms)", "p99 (ms)", "Achieved (req/s)", "Achieved / realised",
+         "Sustained", "Mean batch", "Weights held"],
         [[r["pattern"], r["config"], f.rate(r["offered_rate"]),
+          f.rate(r["row"].get("realised_arrival_rate")),
           f.integer(r["row"]["requests"]["offered"]),
           f.ms((r["row"].get("latency_ms") or {}).get("p50")),
           p99_cell(r["row"].get("latency_ms")), f.rate(r["row"].get("throughput_rps")),
+          f.num(r["row"]["throughput_rps"] / r["row"]["realised_arrival_rate"], 2)
+          if r["row"].get("realised_arrival_rate") and r["row"].get("throughput_rps")
+          is not None else f.MISSING,
           "yes" if r["sustained"] else "no",
           f.num((r["row"].get("batches") or {}).get("size_mean"), 1),
           f.nbytes(r["row"]["memory"]["served_weight_bytes"])] for r in table],
-        "Every load run (the serving table).",
-        numeric=[False, False, True, True, True, True, True, False, True, True]))
+        "Every load run (the serving table). Sustained: every request answered and achieved "
+        ">= 0.9 x the realised arrival rate (the requests offered over the arrival window, "
+        "which a short run's Poisson arrivals put above or below the nominal offered rate).",
+        numeric=[False, False, True, True, True, True, True, True, True, False, True, True]))
     sat: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         sat[(r["config"], r["pattern"])] = r
@@ -299,7 +357,7 @@ def deployment_parts(res: Any, s: Section) -> None:
                     and x["pattern"] == pattern)
         by_config[config].append(
             f"{pattern} " + (f"{f.rate(r.get('saturation_throughput'))} req/s"
-                             if r.get("saturation_rate") is not None else "none sustained")
+                             if r.get("saturation_rate") is not None else "no rate sustained")
             + (f" (sustained every rate up to {tried:g})"
                if r.get("saturation_rate") == tried else ""))
     load.add(Table(
@@ -309,4 +367,4 @@ def deployment_parts(res: Any, s: Section) -> None:
         "sustained."))
     line = serving_decision(res, rows)
     if line:
-        load.add(Paragraph.of("Decision: ", line))
+        load.add(Paragraph.of("What the load runs show: ", line))

@@ -83,6 +83,40 @@ def families(res: Results) -> dict[str, dict[str, Any]]:
         "order", 0), kv[0])))
 
 
+def learning_rates(res: Results) -> dict[str, dict[float, list[str]]]:
+    """method -> learning rate -> the tasks its runs trained at that rate (from the stored run
+    configs, in task order)."""
+    out: dict[str, dict[float, list[str]]] = {}
+    for task in res.view.tasks:
+        for method in res.view.methods:
+            rates = {((rec.get("config") or {}).get("training") or {}).get("learning_rate")
+                     for (t, m, _), rec in res.view.records.items() if (t, m) == (task, method)}
+            for rate in sorted(r for r in rates if r is not None):
+                tasks = out.setdefault(method, {}).setdefault(rate, [])
+                if task not in tasks:
+                    tasks.append(task)
+    return out
+
+
+def rate_text(rate: float) -> str:
+    """A learning rate as the spec writes one: 9.4e-05, 0.001 -> 1e-03."""
+    import numpy as np
+
+    return np.format_float_scientific(rate, trim="-", exp_digits=2)
+
+
+def learning_rates_text(res: Results) -> str:
+    """'full 9.4e-05 on every task; lora 3.4e-04 on sst2, rte and 9.4e-04 on mrpc'."""
+    parts = []
+    for method, by_rate in learning_rates(res).items():
+        rates = [rate_text(rate) + (" on every task" if len(by_rate) == 1
+                                  and len(tasks) == len(res.view.tasks)
+                                  else f" on {', '.join(tasks)}")
+                 for rate, tasks in by_rate.items()]
+        parts.append(f"{method} {' and '.join(rates)}")
+    return "; ".join(parts)
+
+
 def conf_label(res: Results) -> str:
     """The confidence level of the study's intervals, e.g. '95%'."""
     return f"{round(100 * (1 - res.spec.stats.alpha))}%"

@@ -9,8 +9,27 @@ from typing import Any
 
 from peftlab.stages.report import findings as fnd
 from peftlab.stages.report import format as f
-from peftlab.stages.report.document import Bullets, Paragraph, Section, Strong, Table
+from peftlab.stages.report.document import Bullets, Details, Paragraph, Section, Strong, Table
 from peftlab.stages.report.stored import Results, conf_label, not_measured
+
+
+def short_why(v: dict[str, Any]) -> str:
+    """The trust table's Why cell in a few words, from the verdict's stored floor and margin:
+    'clears 0.5000 by 0.3205' (the highest baseline, and by how much the interval's lower bound
+    clears it), 'equals 0.8000 (majority class)', 'short of 0.5000 by 0.0412'; the criterion
+    when it is not the main metric. The full reason is folded below the table."""
+    if v.get("learned") is None:
+        return str(v.get("reason") or "not judged")
+    floor, margin = v.get("floor"), v.get("margin")
+    if floor is None or margin is None:
+        return "no baseline defined" if v.get("learned") else "no finite value"
+    on = (f" on {v['criterion']}" if v.get("criterion") and v.get("criterion")
+          != v.get("main_metric") else "")
+    if v.get("learned"):
+        return f"clears {f.metric(floor)} by {f.metric(margin)}{on}"
+    if abs((v.get("value") or 0.0) - floor) <= 1e-12:
+        return f"equals {f.metric(floor)}, the highest baseline"
+    return f"short of {f.metric(floor)} by {f.metric(-margin)}"
 
 
 def trust(res: Results) -> Section:
@@ -99,13 +118,18 @@ def trust(res: Results) -> Section:
                      f.metric(v.get("majority")), f.metric(v.get("chance")),
                      f.metric(v.get("untrained_head")),
                      {True: "yes", False: "DEGENERATE", None: "not judged"}[v.get("learned")],
-                     v.get("reason") or ""])
+                     short_why(v)])
     if rows:
         s.add(Table(["Run", "Task", "Method", "Seed", "Main metric [CI]", "Majority class",
                      "Chance", "Untrained head", "Learned", "Why"], rows,
                     "Every finished run against its task's baselines (the same evaluation "
-                    "examples; intervals: bootstrap over examples).",
+                    "examples; intervals: bootstrap over examples). Why: the lower bound of the "
+                    "interval against the highest baseline; each run's reason in full is folded "
+                    "below the table.",
                     numeric=[False, False, False, True, False, True, True, True, False, False]))
+        s.add(Details(f"Why, in full ({len(rows)} runs)", [Bullets([
+            Paragraph.of(Strong(f"{v['run_id']}:"), f" {v.get('reason') or f.MISSING}.")
+            for v in sorted(res.verdicts.values(), key=lambda v: v["run_id"])])]))
     if tested:
         s.add(Table(["Question", "Where", "Comparison", "n", "Corrected alpha (first step)",
                      "MDE d_z", "MDE in units", "Observed d_z", "Seeds needed", "Outcome"],

@@ -48,8 +48,9 @@ def weights(res: Results) -> Section:
                      str(len(recs) - len(ok))])
     first = next((r for r in res.weights if r.get("top_k")), {})
     s.add(Paragraph.of(
-        "Update of each adapted weight matrix, averaged over the matrices of each kind and over "
-        "learned runs: 'B A (exact)' is LoRA's update formed from its factors (rank at most r, "
+        f"{analysed_text(res)} Each matrix's update is averaged over the matrices of its kind "
+        "and over learned runs: 'B A (exact)' is LoRA's update formed from its factors (rank at "
+        "most r, "
         "no rounding); 'merged - base' the merged adapter minus the base (DoRA, AdaLoRA, IA3); "
         "'tuned - base' full fine-tuning. Ranks count singular values above a cut-off set by "
         "the precision the weights are stored in (shown with its dtype). Intruder dimensions: "
@@ -63,3 +64,29 @@ def weights(res: Results) -> Section:
                 "Weight-space statistics per matrix kind.",
                 numeric=[False, False, False, False] + [True] * 11))
     return s
+
+
+def analysed_text(res: Results) -> str:
+    """Which weight matrices were analysed, per method, and where that is fewer than a method
+    adapts (drift.weight_modules, or the PEFT method's target_modules): 'Matrices analysed:
+    full: query, value; lora: query, value (drift.weight_modules: query, value; lora adapts
+    all-linear: matrices outside the list are not analysed).'"""
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for r in res.weights:
+        kinds[r["method"]].add(r.get("matrix") or r["module"].split(".")[-1])
+    shown = "; ".join(f"{m}: {', '.join(sorted(kinds[m]))}" for m in res.view.methods
+                      if m in kinds)
+    chosen = res.spec.drift.weight_modules
+    notes = [f"drift.weight_modules: {', '.join(chosen)}" if chosen
+             else "drift.weight_modules unset: every matrix each method changed"]
+    for m in res.view.peft():
+        params = res.spec.methods[m]
+        targets = getattr(params, "target_modules", None)
+        if targets is None and isinstance(params, dict):
+            targets = params.get("target_modules")
+        if targets is None:
+            continue
+        listed = targets if isinstance(targets, str) else ", ".join(targets)
+        if chosen and (isinstance(targets, str) or set(targets) - set(chosen)):
+            notes.append(f"{m} adapts {listed}: its other adapted matrices are not analysed")
+    return f"Matrices analysed: {shown} ({'; '.join(notes)})."

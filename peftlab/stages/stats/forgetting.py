@@ -50,7 +50,9 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
     exploratory/forgetting), and per task x unit x method summaries (mean over learned runs with
     its t-interval). A run's value is its record's `difference` (probe: run minus base accuracy;
     LM loss: after minus before); degenerate runs are left out as in drift. lm_tasks: the
-    tasks with held-out text (`planned_forgetting`), the only ones with an LM-loss test."""
+    tasks with held-out text (`planned_forgetting`), the only ones with an LM-loss test. A unit
+    the base was skipped on (the LM loss of an encoder without an LM head) does not apply to
+    the study: no comparison and no summary."""
     by_run = {(r.run_id, r.unit): r for r in records if r.is_run}
     pending: list[Pending] = []
     summaries: list[tuple[str, dict[str, Any]]] = []
@@ -60,6 +62,10 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
                 continue  # a run is never probed on its own task
             if unit.measure == "lm_loss" and task not in lm_tasks:
                 continue  # no held-out text for this task's runs (a one-task study)
+            if unit.status != "done":
+                # not applicable to this model (an encoder has no LM head): nothing to test,
+                # and not "insufficient runs"; the report says why from the skipped record
+                continue
             context = forgetting_context(unit)
             values: dict[str, dict[int, float]] = {}
             missing: dict[str, dict[int, str]] = {}

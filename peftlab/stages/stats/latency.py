@@ -5,7 +5,10 @@ latency: every comparison a bench mode declares (`peftlab.families.declared_comp
 default unmerged vs merged, merged vs full), per task, batch size and sequence length; those at the
 declared sweep point are the primary RQ2 endpoint. serving: several adapters on one base vs the
 same adapters served one at a time, per served task (that task's requests in the stream against
-its single adapter on the same batches).
+its single adapter on the same batches). Where no batch can be matched (a mixed batch holds rows
+of every served task) the record says so: `like_for_like` False and `like_for_like_reason`, which
+the report shows wherever the comparison appears; `calls_a` / `calls_b` count the timed calls
+each seed's median rests on.
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                 vb: dict[int, float] = {}
                 miss = dict(miss_unit)
                 matched = []
+                calls_a: dict[str, int] = {}  # timed calls each side's median rests on
+                calls_b: dict[str, int] = {}
                 for s in view.seeds:
                     mine = per_seed.get(s, {}).get(task)
                     single_row = by_seed_row.get((single_mode, task, method, batch, seq),
@@ -162,7 +167,13 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                         continue
                     ref, ok = matched_latencies(single_row, mine.batches)
                     va[s], vb[s] = median(mine.ms), median(ref)
+                    calls_a[str(s)], calls_b[str(s)] = len(mine.ms), len(ref)
                     matched.append(ok)
+                like = bool(matched) and all(matched)
+                single_rows = [r for r in by_seed_row.get((single_mode, task, method, batch,
+                                                           seq), {}).values()]
+                tokens_a = _padded_tokens_per_call(units_rows.get(key, []))
+                tokens_b = _padded_tokens_per_call(single_rows)
                 context = {
                     "area": "serving", "role": "exploratory", "family": FAMILY["serving"],
                     "question": None, "pair": f"{mode}_vs_single", "task": task,
@@ -170,14 +181,22 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                     "unit": "ms", "higher_is_better": False, "batch_size": batch,
                     "seq_len": seq, "mode_a": mode, "mode_b": single_mode,
                     "method_a": method, "method_b": method,
-                    "a": f"{method}/{mode}-{k} ({task} requests)",
-                    "b": f"{method}/single adapter ({task})",
+                    "a": f"{method}/{mode}-{k} ({task} calls)",  # a call is one batch
+                    # which of the single adapter's calls: one label, one number
+                    "b": f"{method}/single adapter ({task}, "
+                         + ("same batches)" if like else "all its batches)"),
                     "reference": f"the {single_mode} single-adapter median latency of the same "
                                  f"seed on {task}"
                                  + (", on the same prebuilt batches (same examples and lengths)"
-                                    if matched and all(matched) else
+                                    if like else
                                     ", on all its requests (the stream's batches mix tasks)"),
-                    "length_matched": bool(matched) and all(matched),
+                    "length_matched": like,
+                    "like_for_like": like,
+                    "like_for_like_reason": None if like else _unmatched_reason(
+                        mode, task, tasks, batch, tokens_a, tokens_b),
+                    "calls_a": calls_a, "calls_b": calls_b,
+                    "padded_tokens_per_call_a": tokens_a,
+                    "padded_tokens_per_call_b": tokens_b,
                     "k": k, "claim": comp.claim,
                     "where_text": f"{task} in {served}, batch {batch}, length {seq}",
                 }
@@ -188,7 +207,7 @@ def latency_records(rows: list[dict[str, Any]], view: RunView, cfg: StatsSpec,
                     f"comparison/serving/{mode}_vs_single/{served}/{task}/b{batch}/{seq}/"
                     f"{method}", context, va, vb, view.seeds, cfg,
                     f"{task} in {served}, batch {batch}, length {seq}: {method} {mode}-{k} vs "
-                    f"single adapter (median latency of {task}'s requests)", miss,
+                    f"single adapter (median latency of {task}'s calls)", miss,
                     margin=cfg.latency_margin if comp.equivalence else None, excluded=excluded))
     return pending, summaries
 
@@ -197,6 +216,33 @@ def _point_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
     """(mode, task, method, batch, seq) keys in a readable order: numbers as numbers."""
     mode, task, method, batch, seq = key
     return (str(task), str(mode), str(method), batch, seq_sort_key(seq))
+
+
+def _padded_tokens_per_call(rows: list[dict[str, Any]]) -> float | None:
+    """Mean padded tokens per timed call of bench rows (padded tokens/s over examples/s, times
+    the batch size), averaged over the rows (seeds); None when not recorded."""
+    per = []
+    for r in rows:
+        tp = r.get("throughput") or {}
+        if defined(tp.get("padded_tokens_per_s")) and tp.get("requests_per_s"):
+            per.append(tp["padded_tokens_per_s"] / tp["requests_per_s"] * (r["batch_size"] or 1))
+    return mean_or_none(per)
+
+
+def _unmatched_reason(mode: str, task: str, tasks: list[str], batch: int,
+                      tokens_a: float | None, tokens_b: float | None) -> str:
+    """Why a multi-adapter comparison is not like for like (no batch of the stream can be
+    matched with a batch of the single adapter's own stream)."""
+    if mode == "mixed" and batch > 1:
+        why = (f"every {mode} batch holds rows of the {len(tasks)} served tasks "
+               f"({', '.join(tasks)}), padded to its longest row, against {task}'s own batches "
+               "alone")
+    else:
+        why = (f"the {mode} stream's calls for {task} are not the same examples as {task}'s "
+               "own calls")
+    if tokens_a is not None and tokens_b is not None:
+        why += (f" ({tokens_a:.1f} padded tokens per call against {tokens_b:.1f})")
+    return why + ": the difference mixes the cost of serving several adapters with the lengths"
 
 
 def _flops_share(rows: list[dict[str, Any]]) -> float | None:
