@@ -411,7 +411,7 @@ def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
     """The forgetting stage's records: every task probes the others (the stage's default), at
     two layers, and the held-out LM loss (the other tasks' evaluation sentences); run minus
     base intervals from `peftlab.forgetting_measures`'s own paired bootstraps."""
-    from peftlab.forgetting_measures import LMLosses, lm_loss_difference, paired_accuracy_difference
+    from peftlab.forgetting_measures import LMLosses, lm_loss_difference
 
     common = {"settings": {"layers": list(FORGETTING_LAYERS)}, "base_source": "base:sample",
               "provenance": PROVENANCE}
@@ -422,14 +422,7 @@ def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
     for task, layer in itertools.product(TASKS, FORGETTING_LAYERS):
         correct = (rng.random(PROBE_TEST) < 0.85 - 0.02 * layer).astype(int)
         base_correct[(task, layer)] = correct
-        out.append(ForgettingRecord(
-            **base_id, **common, measure="probe", status="done", probe_task=task,
-            probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
-            n_layers=N_LAYERS, pooling="last", n_train=64, n_test=PROBE_TEST, n_classes=2,
-            majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
-            accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
-            cv_folds=5, converged=True, correct=correct.tolist(),
-            train_rows=list(range(64)), test_rows=list(range(PROBE_TEST))))
+        out.append(_base_probe_record({**base_id, **common}, task, layer, "last", correct))
     texts = 30
     tokens = rng.integers(8, 20, size=texts)
     base_sums = tokens * (2.5 + 0.2 * rng.standard_normal(texts))
@@ -453,17 +446,8 @@ def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
             base = base_correct[(probe_task, layer)]
             lose = PROBE_FORGET[r["method"]] * (layer / FORGETTING_LAYERS[-1])
             correct = np.where(rng.random(PROBE_TEST) < lose, 0, base)
-            iv = paired_accuracy_difference(correct, base, n_resamples=200, seed=0)
-            out.append(ForgettingRecord(
-                **run_id, **common, measure="probe", status="done", probe_task=probe_task,
-                probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
-                n_layers=N_LAYERS, pooling="last", n_train=64, n_test=PROBE_TEST,
-                n_classes=2, majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
-                accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
-                cv_folds=5, converged=True, correct=correct.astype(int).tolist(),
-                base_accuracy=float(base.mean()), base_c=0.1, base_result="f" * 64,
-                difference=iv.estimate, ci_low=iv.ci_low, ci_high=iv.ci_high,
-                confidence=0.95, ci_method=iv.method, bootstrap_samples=200))
+            out.append(_probe_record({**run_id, **common}, probe_task, layer, "last",
+                                     correct, base))
         n = texts * len(sources[r["task"]])
         before = LMLosses(np.tile(base_sums, len(sources[r["task"]])),
                           np.tile(tokens, len(sources[r["task"]])))
@@ -594,7 +578,6 @@ def qs_forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
     """The quickstart's forgetting records: every model probed on SST-2 alone (at two layers,
     mean pooling; SST-2's own runs get none, with the reason), and the held-out LM loss skipped
     for the base and every run (an encoder has no LM head)."""
-    from peftlab.forgetting_measures import paired_accuracy_difference
 
     common = {"settings": {"layers": list(FORGETTING_LAYERS)}, "base_source": "base:sample",
               "provenance": PROVENANCE}
@@ -606,14 +589,7 @@ def qs_forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
     for layer in FORGETTING_LAYERS:
         correct = (rng.random(PROBE_TEST) < 0.8).astype(int)
         base_correct[layer] = correct
-        out.append(ForgettingRecord(
-            **base_id, **common, measure="probe", status="done", probe_task="sst2",
-            probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
-            n_layers=N_LAYERS, pooling="mean", n_train=64, n_test=PROBE_TEST, n_classes=2,
-            majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
-            accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
-            cv_folds=5, converged=True, correct=correct.tolist(),
-            train_rows=list(range(64)), test_rows=list(range(PROBE_TEST))))
+        out.append(_base_probe_record({**base_id, **common}, "sst2", layer, "mean", correct))
     for r in done:
         run_id = {"model_key": r["run_id"], "run_id": r["run_id"], "task": r["task"],
                   "method": r["method"], "method_type": r["method_type"], "seed": r["seed"],
@@ -631,17 +607,8 @@ def qs_forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
             # tiny changes: a mean near 0, so a relative change would explode
             flip = rng.random(PROBE_TEST) < 0.03
             correct = np.where(flip, 1 - base, base)
-            iv = paired_accuracy_difference(correct, base, n_resamples=200, seed=0)
-            out.append(ForgettingRecord(
-                **run_id, **common, measure="probe", status="done", probe_task="sst2",
-                probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
-                n_layers=N_LAYERS, pooling="mean", n_train=64, n_test=PROBE_TEST,
-                n_classes=2, majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
-                accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
-                cv_folds=5, converged=True, correct=correct.astype(int).tolist(),
-                base_accuracy=float(base.mean()), base_c=0.1, base_result="f" * 64,
-                difference=iv.estimate, ci_low=iv.ci_low, ci_high=iv.ci_high,
-                confidence=0.95, ci_method=iv.method, bootstrap_samples=200))
+            out.append(_probe_record({**run_id, **common}, "sst2", layer, "mean", correct,
+                                     base))
     return out
 
 
@@ -716,3 +683,35 @@ if __name__ == "__main__":
         report_stage.run(ctx)
     finally:
         store.close()
+
+
+def _probe_record(fields: dict[str, Any], probe_task: str, layer: int, pooling: str,
+                  correct: np.ndarray, base: np.ndarray) -> ForgettingRecord:
+    """A done off-task probe record: `correct` (the run's probe, 0/1 per test example) against
+    `base` (the base model's), with the paired bootstrap difference the forgetting stage stores."""
+    from peftlab.forgetting_measures import paired_accuracy_difference
+
+    iv = paired_accuracy_difference(correct, base, n_resamples=200, seed=0)
+    return ForgettingRecord(
+        **fields, measure="probe", status="done", probe_task=probe_task,
+        probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
+        n_layers=N_LAYERS, pooling=pooling, n_train=64, n_test=PROBE_TEST,
+        n_classes=2, majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
+        accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
+        cv_folds=5, converged=True, correct=correct.astype(int).tolist(),
+        base_accuracy=float(base.mean()), base_c=0.1, base_result="f" * 64,
+        difference=iv.estimate, ci_low=iv.ci_low, ci_high=iv.ci_high,
+        confidence=0.95, ci_method=iv.method, bootstrap_samples=200)
+
+
+def _base_probe_record(fields: dict[str, Any], probe_task: str, layer: int, pooling: str,
+                       correct: np.ndarray) -> ForgettingRecord:
+    """The base model's done off-task probe record (`correct`: 0/1 per test example)."""
+    return ForgettingRecord(
+        **fields, measure="probe", status="done", probe_task=probe_task,
+        probe_task_source="study", layer=layer, layer_name=f"block_{layer}",
+        n_layers=N_LAYERS, pooling=pooling, n_train=64, n_test=PROBE_TEST, n_classes=2,
+        majority_rate=0.5, excluded_overlap=0, probe_hash="d" * 64,
+        accuracy=float(correct.mean()), c=0.1, cv_accuracy=0.8, cv_scores=[0.7, 0.8],
+        cv_folds=5, converged=True, correct=correct.tolist(),
+        train_rows=list(range(64)), test_rows=list(range(PROBE_TEST)))
