@@ -818,17 +818,25 @@ def test_fast_path_ratios_pair_each_seed_with_its_own_merged_unit():
     assert fast_path_ratios([r for r in rows if r["mode"] != "unmerged+fast"]) == []
 
 
-def test_plan_work_closes_each_block_with_its_first_unit_run_in_this_stage_run():
+def _two_seed_schedule():
+    """A base unit and two seeds' unmerged/merged units in the stage's order, and two sweep
+    points: the plan_work tests' input."""
     from peftlab.bench.plan import PlanSettings
     from peftlab.bench.units import Unit
-    from peftlab.stages.bench import plan_work, schedule
+    from peftlab.stages.bench import schedule
 
     units = [Unit("base", "a", [], ["a"])]
     units += [Unit(m, f"a-{m}-{s}", [], ["a"], "lora", None, s)
               for s in (1, 2) for m in ("unmerged", "merged")]
     units = schedule(units, PlanSettings(tasks=["a"], seeds=[1, 2], multi_k=None,
                                          variants=[""]), seed=0)
-    pts = [(1, "data"), (8, "data")]
+    return units, [(1, "data"), (8, "data")]
+
+
+def test_plan_work_closes_each_block_with_its_first_unit_run_in_this_stage_run():
+    from peftlab.stages.bench import plan_work
+
+    units, pts = _two_seed_schedule()
     done_before = {units[1].name}  # seed 1's first unit was measured by an earlier stage run
     work = plan_work(units, lambda u: [] if u.name in done_before else pts)
     kinds = [(k, b, u.name) for k, b, u, _ in work]
@@ -842,16 +850,9 @@ def test_plan_work_closes_each_block_with_its_first_unit_run_in_this_stage_run()
 
 
 def test_plan_work_reruns_a_block_whole_unless_its_record_closes_it():
-    from peftlab.bench.plan import PlanSettings
-    from peftlab.bench.units import Unit
-    from peftlab.stages.bench import plan_work, schedule
+    from peftlab.stages.bench import plan_work
 
-    units = [Unit("base", "a", [], ["a"])]
-    units += [Unit(m, f"a-{m}-{s}", [], ["a"], "lora", None, s)
-              for s in (1, 2) for m in ("unmerged", "merged")]
-    units = schedule(units, PlanSettings(tasks=["a"], seeds=[1, 2], multi_k=None,
-                                         variants=[""]), seed=0)
-    pts = [(1, "data"), (8, "data")]
+    units, pts = _two_seed_schedule()
     # seed 1's first unit was measured by a process that was then killed: no block record;
     # seed 2's block was measured and closed
     done_before = {units[1].name, units[3].name, units[4].name}
