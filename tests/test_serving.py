@@ -324,6 +324,24 @@ def test_k_merged_copies_hold_more_weights_than_one_base_with_adapters(served):
         serving_backends(loader, lora, full[:1], seed=0, configs=("full",))
 
 
+def test_every_configuration_serves_a_decoder_without_a_key_value_cache(served):
+    """A loaded adapter's base keeps the pretrained config's use_cache: true while a full run's
+    saved config has it off; served as loaded, merged, mixed and switched models would build a
+    cache the full models do not (a configuration difference, not a serving strategy)."""
+    from peftlab.bench.serving_configs import serving_backends
+
+    loader, lora, full, _ = served
+    assert loader.merged(lora[0], 0).config.use_cache  # what loading alone leaves
+    backends = serving_backends(loader, lora, full, seed=0,
+                                configs=("merged", "mixed", "switch", "full"),
+                                fast_variant="fused")
+    for name, b in backends.items():
+        models = getattr(b, "models", None)
+        models = list(models.values() if isinstance(models, dict) else models or [b.model])
+        models = [getattr(m, "inner", m) for m in models]  # the fast path's wrapper
+        assert models and all(m.config.use_cache is False for m in models), name
+
+
 # -- the registry of serving configurations --------------------------------------------------------
 
 

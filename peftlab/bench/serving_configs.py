@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from peftlab.bench.loading import for_serving
 from peftlab.errors import PeftlabError
 from peftlab.registry import Registry
 
@@ -150,25 +151,27 @@ def _names(artifacts: list[dict[str, Any]]) -> list[str]:
 
 
 def _merged(loader: Any, arts: list[dict[str, Any]], seed: int, _: str | None) -> Backend:
-    return PerTaskModels("merged", {a["name"]: loader.merged(a, seed) for a in arts})
+    return PerTaskModels("merged", {a["name"]: for_serving(loader.merged(a, seed))
+                                    for a in arts})
 
 
 def _mixed(loader: Any, arts: list[dict[str, Any]], seed: int, _: str | None) -> Backend:
-    return MixedAdapters(loader.adapters(arts, seed), _names(arts))
+    return MixedAdapters(for_serving(loader.adapters(arts, seed)), _names(arts))
 
 
 def _switch(loader: Any, arts: list[dict[str, Any]], seed: int, _: str | None) -> Backend:
-    return SwitchingAdapters(loader.adapters(arts, seed), _names(arts))
+    return SwitchingAdapters(for_serving(loader.adapters(arts, seed)), _names(arts))
 
 
 def _full(loader: Any, arts: list[dict[str, Any]], seed: int, _: str | None) -> Backend:
-    return PerTaskModels("full", {a["name"]: loader.full(a) for a in arts})
+    return PerTaskModels("full", {a["name"]: for_serving(loader.full(a)) for a in arts})
 
 
 def _fast(loader: Any, arts: list[dict[str, Any]], seed: int, variant: str | None) -> Backend:
     from peftlab.bench.fastpath import fast_model
 
-    return SwitchingAdapters(fast_model(loader.adapters(arts, seed), variant), _names(arts),
+    return SwitchingAdapters(fast_model(for_serving(loader.adapters(arts, seed)), variant),
+                             _names(arts),
                              name="fast")
 
 
