@@ -1249,3 +1249,24 @@ def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched,
         store.close()
     assert f"[{100 * (aa['ci_low'] - 1):+.2f}%, {100 * (aa['ci_high'] - 1):+.2f}%]" in line
     assert f"\u00b1{control['floor_pct']:.2f}% is called real" in line
+    # the report counts the paired comparisons in blocks, not seeds: the findings row, its
+    # sentence and the decision table's paired column (the numbers the test used)
+    from peftlab.stages.report import findings
+    from peftlab.stages.report import format as f
+    from peftlab.stages.report.decision import decision
+
+    stats_rows = [dict(r, outcome=r.get("outcome") or "inconclusive") for r in paired.values()]
+    table = findings.family_table(stats_rows, "")
+    for row, r in zip(table.rows, stats_rows, strict=True):
+        assert row[6] == f"{r['n']} blocks (ABBA rounds in fresh processes)"
+        assert "seeds" not in findings.n_text(r) and "seeds" not in findings.power_short(r)
+    store = Store(study.output_dir, create=False)
+    try:
+        sec = decision(Results(Context(study=study, store=store), run_view(study, store)))
+    finally:
+        store.close()
+    dec = next(b for b in sec.blocks if getattr(b, "header", [None])[:1] == ["Task"])
+    col = dec.header.index("Paired (ms)")
+    r = next(v for k, v in stats.items() if k.startswith(prefix))
+    cell = next(row[col] for row in dec.rows if row[0] == "sst2" and row[1] == "1")
+    assert f"{f.ms(r['mean_a'])} vs " in cell and f"{f.ms(r['mean_b'])} ({r['n']} blocks)" in cell

@@ -348,7 +348,9 @@ def test_every_number_in_the_trust_panel_is_recomputed_from_the_tables(review):
             pair = "unmerged_vs_merged" if "unmerged" in row[2] else "merged_vs_full"
             c, mde = rec[f"RQ2 {pair} {where.split(',')[0]}"], mde3
             needed = str(_seeds_needed(c["dz"], alpha / m, power))
-        assert row[3] == str(c["n"])
+        if needed != f.text(None):
+            needed += " seeds"
+        assert row[3] == f"{c['n']} {'pairs' if question == 'RQ1' else 'seeds'}"
         assert row[4] == f.pvalue(alpha / m) and row[5] == f.stat(mde)
         unit_fmt = f.ms if question == "RQ2" else f.metric
         assert row[6] == unit_fmt(mde * c["sd"])
@@ -442,7 +444,7 @@ def test_decisions_name_only_what_a_test_supports(review):
     comps = {(c["task"], c["batch_size"], c["mode_a"], c["mode_b"]): c
              for c in review["stats"] if c.get("area") == "latency"
              and c["kind"] == "comparison"}
-    for task, batch, _, means, verdict in table[1:]:
+    for task, batch, _, means, _paired, verdict in table[1:]:
         # each way of serving: the mean over seeds of each run's median, from the bench table
         for way in means.split("; "):
             name, value, n = re.fullmatch(r"(.+) (\d+\.\d+) \(n = (\d+)\)", way).groups()

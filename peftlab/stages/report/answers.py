@@ -243,7 +243,7 @@ def rq2_answer(res: Results) -> Answer:
             if outcome in fnd.TESTED and len(cs) <= 2:
                 spans.append(", ".join(
                     f"{c['task']} ({fnd.relative_text(c) or fnd.estimate_cell(c)})"
-                    for c in cs) + f", n = {cs[0]['n']} {_units(cs[0])}")
+                    for c in cs) + f", n = {cs[0]['n']} {fnd.units(cs[0])}")
             elif outcome in fnd.TESTED:  # many tasks: the range, the intervals are in the plot
                 rel = sorted(c["rel_diff"] for c in cs if c.get("rel_diff") is not None)
                 lows = [c["rel_diff_ci_low"] for c in cs if c.get("rel_diff_ci_low") is not None]
@@ -252,7 +252,7 @@ def rq2_answer(res: Results) -> Answer:
                 spans.append(", ".join(c["task"] for c in cs) + (
                     f": {f.pct(rel[0])} to {f.pct(rel[-1])} (intervals within "
                     f"[{f.pct(min(lows))}, {f.pct(max(highs))}])" if rel and lows and highs
-                    else "") + f", n = {cs[0]['n']} {_units(cs[0])} each")
+                    else "") + f", n = {cs[0]['n']} {fnd.units(cs[0])} each")
             else:
                 why = ("degenerate runs" if outcome == "void" else
                        f"{cs[0]['n']} complete pair(s), {res.min_runs} needed")
@@ -319,7 +319,3 @@ def answers(res: Results) -> Section:
     return s.add(rq1_answer(res), rq2_answer(res))
 
 
-def _units(c: dict[str, Any]) -> str:
-    """What a comparison's n counts: blocks (fresh processes) in the paired latency design,
-    seeds otherwise."""
-    return "blocks (fresh processes)" if c.get("design") == "paired" else "seeds"

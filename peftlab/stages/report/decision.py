@@ -80,18 +80,26 @@ def decision(res: Results) -> Section:
         if not differ:
             verdict += ("; no tested difference between these ways of serving: the means are "
                         "numbers, not a ranking")
+        paired = [c for c in comps if c.get("design") == "paired"]
         rows.append([task, str(batch), seq,
                      "; ".join(f"{served(x)} {f.ms(x['mean'])} (n = {x['n']})" for x in xs),
+                     "; ".join(f"{fnd.name(c, 'a')} {f.ms(c.get('mean_a'))} vs "
+                               f"{fnd.name(c, 'b')} {f.ms(c.get('mean_b'))} "
+                               f"({c['n']} blocks)" for c in paired) or f.MISSING,
                      verdict])
     s.add(Paragraph.of(
-        "Each task's trained model, served each way the bench ran, at each sweep point: the "
-        "mean over seeds of each run's median latency (the value the paired tests use), in the "
-        "modes' own order, and what the stored paired comparisons between them support. A "
-        "difference no comparison tested is a number here, not a reason to prefer one way; "
-        "'inconclusive' or 'equivalent': either choice is defensible on latency."),
-          Table(["Task", "Batch", "Length", "Mean of run medians (ms), per way of serving",
-                 "What the tested comparisons support"], rows,
-                numeric=[False, True, False, False, False]))
+        "Each task's trained model, served each way the bench ran, at each sweep point, in the "
+        "modes' own order. Single units: the mean over seeds of each run's median latency, "
+        "each mode timed in its own process (descriptive: machine drift between processes is "
+        "part of these differences). Paired: the primary comparisons, both models in one "
+        "process on the same requests in ABBA rounds, repeated in fresh-process blocks (the "
+        "mean over blocks of each block's latency; the numbers the tests use). What the tested "
+        "comparisons support is the last column; a difference no comparison tested is a number here, not a "
+        "reason to prefer one way; 'inconclusive' or 'equivalent': either choice is defensible "
+        "on latency."),
+          Table(["Task", "Batch", "Length", "Single units (ms), per way of serving",
+                 "Paired (ms)", "What the tested comparisons support"], rows,
+                numeric=[False, True, False, False, False, False]))
     serving = res.comparisons_of("serving")
     if serving:
         s.add(Table(["Task (served group)", "Batch", "Length", "Mode",

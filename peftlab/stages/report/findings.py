@@ -201,11 +201,24 @@ def difference_text(c: dict[str, Any]) -> str:
     return f"{text} ({conf}, unadjusted)"
 
 
+def units(c: dict[str, Any], short: bool = False) -> str:
+    """What a comparison's n counts: blocks (fresh processes) in the paired latency design,
+    seeds otherwise."""
+    if c.get("design") == "paired":
+        return "blocks" if short else "blocks (fresh processes)"
+    return "seeds"
+
+
+def n_short(c: dict[str, Any]) -> str:
+    """'3 seeds', '7 blocks' or '9 pairs' (learned runs across tasks)."""
+    return f"{c['n']} {'pairs' if c.get('kind') == 'across_tasks' else units(c, True)}"
+
+
 def n_text(c: dict[str, Any]) -> str:
     if c.get("kind") == "across_tasks":
         return (f"n = {c['n']} pairs of learned runs over {c.get('n_tasks')} task(s), "
                 f"{c.get('n_seeds')} seeds; {c.get('fit')}")
-    return f"n = {c['n']} seeds"
+    return f"n = {c['n']} {units(c)}"
 
 
 def power_text(c: dict[str, Any]) -> str:
@@ -220,7 +233,7 @@ def power_text(c: dict[str, Any]) -> str:
             f"|d_z| \u2265 {f.stat(c['mde_dz'])}{unit} with {pw} power")
     if c.get("runs_needed") is not None:
         per = " per task" if c.get("kind") == "across_tasks" else ""
-        text += (f"; the observed d_z would need {c['runs_needed']} seeds{per} for {pw} "
+        text += (f"; the observed d_z would need {c['runs_needed']} {units(c, True)}{per} for {pw} "
                  "power")
     return text
 
@@ -235,7 +248,7 @@ def power_short(c: dict[str, Any]) -> str:
     text = f"could detect |d_z| \u2265 {f.stat(c['mde_dz'])}{unit}"
     if c.get("runs_needed") is not None:
         per = " per task" if c.get("kind") == "across_tasks" else ""
-        text += f"; the observed effect needs {c['runs_needed']} seeds{per}"
+        text += f"; the observed effect needs {c['runs_needed']} {units(c, True)}{per}"
     return text
 
 
@@ -409,7 +422,7 @@ def comparison_table(comparisons: list[dict[str, Any]], caption: str) -> Table:
     return Table(["Where", "Comparison (a vs b)", "Family (m tested)", "n",
                   "Mean a / b", "Difference a - b [CI, unadjusted]", "Relative [CI]", "p (test)",
                   "Corrected p", "Wilcoxon p", "Effect [CI]", "Equivalence (TOST, corrected)",
-                  "MDE d_z / seeds needed", "Outcome"], rows, caption,
+                  "MDE d_z / seeds (blocks) needed", "Outcome"], rows, caption,
                  numeric=[False, False, False, True, True, True, True, True, True, True, False,
                           False, True, False])
 
@@ -436,6 +449,8 @@ def n_cell(c: dict[str, Any]) -> str:
     timed calls each seed's median rests on when they are few."""
     if c.get("kind") == "across_tasks":
         return f"{c['n']} pairs over {c.get('n_tasks')} tasks"
+    if c.get("design") == "paired":
+        return f"{c['n']} blocks (ABBA rounds in fresh processes)"
     calls = list((c.get("calls_a") or {}).values())
     if not calls or min(calls) >= FEW_CALLS:
         return f"{c['n']} seeds (paired)"

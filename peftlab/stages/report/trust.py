@@ -132,18 +132,18 @@ def trust(res: Results) -> Section:
             for v in sorted(res.verdicts.values(), key=lambda v: v["run_id"])])]))
     if tested:
         s.add(Table(["Question", "Where", "Comparison", "n", "Corrected alpha (first step)",
-                     "MDE d_z", "MDE in units", "Observed d_z", "Seeds needed", "Outcome"],
-                    [[c.get("question") or "", fnd.where(c), fnd.subject(c), str(c["n"]),
+                     "MDE d_z", "MDE in units", "Observed d_z", "Units needed", "Outcome"],
+                    [[c.get("question") or "", fnd.where(c), fnd.subject(c),
+                      fnd.n_short(c),
                       f.pvalue(c.get("mde_alpha")), f.stat(c.get("mde_dz")),
                       fnd.value_format(c)(c.get("mde_diff")), f.stat(c.get("effect")),
-                      f.text(c.get("runs_needed")) + (" per task" if c.get("kind") ==
-                                                      "across_tasks" and c.get("runs_needed")
-                                                      else ""),
+                      _needed(c),
                       c["outcome"]] for c in tested],
                     f"What each primary test could detect with {round(100 * res.spec.stats.power)}"
                     "% power: the minimum detectable d_z at its n and the family's corrected "
                     "alpha, the same in the measure's unit (at the observed spread), and the "
-                    "seeds that would detect the observed effect.",
+                    "units (seeds, or paired latency blocks) that would detect the observed "
+                    "effect.",
                     numeric=[False, False, False, True, True, True, True, True, True, False]))
     return s
 
@@ -155,6 +155,14 @@ def start_counts(res: Results, task: str, method: str) -> tuple[int, int, int]:
           and v.get("change") is not None]
     return (sum(v["change"] == "improved" for v in vs), sum(v["change"] == "worse" for v in vs),
             len(vs))
+
+
+def _needed(c: dict[str, Any]) -> str:
+    """'11 seeds', '6 blocks' or '3 seeds per task': the units the observed effect needs."""
+    if not c.get("runs_needed"):
+        return f.text(None)
+    per = " per task" if c.get("kind") == "across_tasks" else ""
+    return f"{c['runs_needed']} {fnd.units(c, True)}{per}"
 
 
 def start_clause(res: Results, task: str, methods: list[str]) -> str | None:
