@@ -1236,6 +1236,18 @@ def test_stats_tests_paired_blocks_in_place_of_seeds_with_the_a_a_floor(benched,
     assert control["ratio"] == pytest.approx(aa["ratio"])
     widest = max(abs(math.log(aa["ci_low"])), abs(math.log(aa["ci_high"])))
     assert control["floor_pct"] == pytest.approx(100 * math.expm1(widest))
+    # each group's own A/A, from its control blocks alone, is stored and carried by its
+    # comparisons (the RQ2 answer reads a comparison against it)
+    groups = sorted({p["group"] for p in ordered if p["control"]})
+    assert sorted(control["per_group"]) == groups
+    for g in groups:
+        own = analyse_pairs([p["log_ratios"] for p in ordered if p["control"] and p["group"] == g],
+                            alpha=study.spec.stats.alpha)
+        assert control["per_group"][g]["change_pct"] == pytest.approx(own["change_pct"])
+    for r in paired.values():
+        g = next(p["group"] for p in pairs.values() if p["comparison"] == r["pair"]
+                 and p["task"] == r["task"])
+        assert r["control_group"] == control["per_group"][g]
     # the trust panel states the control's interval and the floor from the same record
     from peftlab.results import run_view
     from peftlab.stages.report.stored import Results

@@ -266,6 +266,10 @@ def rq2_answer(res: Results) -> Answer:
         inconclusive = [c for c in group if c["outcome"] == "inconclusive"]
         if inconclusive:
             spans.append(f"; {_power_by_task(inconclusive)}")
+        spread = _control_spread([c for c in inconclusive if c.get("margin") is not None
+                                  or c.get("equivalence_margin") is not None])
+        if spread:
+            spans.append(f"; {spread}")
         paras.append(Paragraph.of(*spans, "."))
     rows = _ratio_rows(res, list(d.comparisons), str(d.seq_len))
     figure = None
@@ -277,6 +281,28 @@ def rq2_answer(res: Results) -> Answer:
                         f"(length {d.seq_len}; {conf_label(res)} interval; hollow: not tested); "
                         "black tick: the compute-only floor; shaded: the equivalence margin.")
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq2")
+
+
+def _control_spread(comps: list[dict[str, Any]]) -> str:
+    """For equivalence comparisons left inconclusive: the A/A control of the same blocks (one
+    model loaded twice), so a reader sees whether the comparison's difference is of the size the
+    bench shows between two copies of one model; '' when none was measured."""
+    parts, within = [], True
+    for c in comps:
+        aa = c.get("control_group") or {}
+        if aa.get("ci_pct") and c.get("rel_diff") is not None:
+            parts.append(f"{c['task']} {f.pct(c['rel_diff'])} against A/A "
+                         f"{aa['change_pct']:+.1f}% [{aa['ci_pct'][0]:+.1f}%, "
+                         f"{aa['ci_pct'][1]:+.1f}%]")
+            within &= 100 * abs(c["rel_diff"]) <= max(abs(x) for x in aa["ci_pct"])
+    if not parts:
+        return ""
+    text = ("the same blocks' A/A control (one model loaded twice: no real difference) beside "
+            "each: " + ", ".join(parts))
+    if within:
+        text += ("; each difference is no larger than the A/A interval's reach, so at this "
+                 "budget the bench cannot tell these models apart from two copies of one")
+    return text
 
 
 def _interval_note(res: Results, comps: list[dict[str, Any]]) -> str:

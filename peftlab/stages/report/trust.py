@@ -242,6 +242,12 @@ def latency_floor_line(res: Results) -> Paragraph | None:
             f"[{lo:+.2f}%, {hi:+.2f}%] over {aa['n_blocks']} blocks (fresh processes) of "
             f"{sum(aa['rounds_per_block'])} ABBA rounds in all; no latency difference within "
             f"\u00b1{aa['floor_pct']:.2f}% is called real.")
+    groups = {g: x for g, x in (aa.get("per_group") or {}).items() if x.get("ci_pct")}
+    if len(groups) > 1:
+        text += (" Per group of blocks (the same model loaded twice, beside each group's own "
+                 "comparisons): " + ", ".join(
+                     f"{g} {x['change_pct']:+.1f}% [{x['ci_pct'][0]:+.1f}%, "
+                     f"{x['ci_pct'][1]:+.1f}%]" for g, x in sorted(groups.items())) + ".")
     if mdd:
         power = paired[0]["paired_analysis"].get("power")
         text += (f" The paired latency tests could detect differences of {min(mdd):.1f}% to "

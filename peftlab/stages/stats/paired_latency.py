@@ -55,13 +55,22 @@ def build(inp: Inputs) -> tuple[list[Pending], list[Record]]:
                if r.control and r.log_ratios]
     aa = analyse_pairs(control, alpha=cfg.alpha) if control else None
     floor = noise_floor(aa) if aa else None
+    # each group's own A/A (the same blocks as its comparisons): copy-to-copy differences of one
+    # model within a group can exceed the pooled floor, and a comparison is read against them
+    by_group: dict[str, list[list[float]]] = defaultdict(list)
+    for r in sorted(done, key=lambda r: (r.group, r.block)):
+        if r.control and r.log_ratios:
+            by_group[r.group].append(r.log_ratios)
+    per_group = {g: _brief(analyse_pairs(blocks, alpha=cfg.alpha))
+                 for g, blocks in by_group.items()}
     records: list[Record] = []
     if aa is not None:
         records.append((CONTROL_KEY, {
             **aa, "kind": "summary", "area": "latency_control", "quantity": "A/A latency ratio",
             "what": "one artifact measured under two labels in the paired design: the bench's "
                     "noise floor (no latency difference inside it is called real)",
-            "floor_pct": None if floor is None else 100 * math.expm1(floor)}))
+            "floor_pct": None if floor is None else 100 * math.expm1(floor),
+            "per_group": per_group}))
     groups: dict[tuple[Any, ...], list[BenchPairRecord]] = defaultdict(list)
     for r in done:
         if not r.control:
@@ -102,6 +111,7 @@ def build(inp: Inputs) -> tuple[list[Pending], list[Record]]:
             "design": "paired", "unit_of_analysis": UNIT, "training_seeds": seeds,
             "rounds_per_block": analysis["rounds_per_block"], "paired_analysis": analysis,
             "noise_floor_pct": None if floor is None else 100 * math.expm1(floor),
+            "control_group": per_group.get(first.group),
             "where_text": f"{task}, batch {batch}, length {seq}",
         }
         pending.append(make_pending(
@@ -110,6 +120,12 @@ def build(inp: Inputs) -> tuple[list[Pending], list[Record]]:
             f"paired blocks)", missing, margin=cfg.latency_margin if equivalence else None,
             excluded=excluded))
     return pending, records
+
+
+def _brief(a: dict[str, Any]) -> dict[str, Any]:
+    """The A/A fields a reader needs: change and interval in %, blocks."""
+    return {k: a.get(k) for k in ("change_pct", "ci_pct", "n_blocks", "ratio", "ci_low",
+                                  "ci_high")}
 
 
 def inside_floor(rec: dict[str, Any]) -> bool:
