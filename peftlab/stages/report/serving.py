@@ -220,14 +220,20 @@ def decision_line(rows: list[dict[str, Any]], margin: float) -> str | None:
         else:
             loads = ("p99 not compared: no load run of either rests on the 100 requests a p99 "
                      "needs")
-        parts.append(
-            f"{config_label(config)} holds {f.nbytes(a_bytes)} of weights against "
+        parts.append((config_label(config),
+            f"{f.nbytes(a_bytes)} of weights against "
             f"{f.nbytes(m_bytes)} for {k} merged models (byte counts, exact: one base with "
             "adapters holds fewer weight bytes "
             + (f"from {from_n} tasks on" if from_n is not None else "at no number of tasks")
-            + f"; one model {f.nbytes(per_model)}, one adapter {f.nbytes(adapter)}); {loads}")
+            + f"; one model {f.nbytes(per_model)}, one adapter {f.nbytes(adapter)}); {loads}"))
     if not parts:
         return None
+    # configurations holding the same bytes with the same p99 finding share one sentence
+    same: dict[str, list[str]] = {}
+    for label, body in parts:
+        same.setdefault(body, []).append(label)
+    parts = [f"{labels[0]} holds {body}" if len(labels) == 1 else
+             f"{' and '.join(labels)} each hold {body}" for body, labels in same.items()]
     saturation = [f"{c} {saturation_text(rows, c)}" for c in
                   sorted({r["config"] for r in rows}, key=config_order)]
     return ("; ".join(parts) + ". Saturation throughput (one load run per rate, descriptive, "
