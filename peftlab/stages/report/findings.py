@@ -256,6 +256,10 @@ def outcome_cell(c: dict[str, Any]) -> str:
     """The outcome word for a table cell; an inconclusive one with what it could detect."""
     if c["outcome"] == "inconclusive" and c.get("mde_dz") is not None:
         return f"inconclusive (could detect |d_z| \u2265 {f.stat(c['mde_dz'])})"
+    if c["outcome"] in ("equivalent", "negligible") and c.get("tost_p_adjusted") is not None:
+        # the corrected p beside it is the difference test's: say which p decided this one
+        return (f"{c['outcome']} (within {margin_text(c)}: equivalence test, corrected p "
+                f"{f.p_eq(c['tost_p_adjusted'])})")
     return c["outcome"]
 
 
