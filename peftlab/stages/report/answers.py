@@ -181,9 +181,15 @@ def _start_note(res: Results, c: dict[str, Any]) -> str | None:
         return None
     tasks = (list(c.get("tasks") or res.view.tasks) if c.get("kind") == "across_tasks"
              else [c.get("task")])
-    notes = [n for t in tasks if t in res.view.tasks
-             and (n := start_clause(res, t, [c["method_a"], c["method_b"]]))]
-    return "; ".join(notes) or None
+    notes = {t: n for t in tasks if t in res.view.tasks
+             and (n := start_clause(res, t, [c["method_a"], c["method_b"]]))}
+    # tasks with the same clause share one: "on sst2, mrpc and rte neither method improved..."
+    same: dict[str, list[str]] = {}
+    for t, n in notes.items():
+        same.setdefault(n.removeprefix(f"on {t} "), []).append(t)
+    return "; ".join(
+        f"on {ts[0] if len(ts) == 1 else ', '.join(ts[:-1]) + ' and ' + ts[-1]} {rest}"
+        for rest, ts in same.items()) or None
 
 
 def _ratio_rows(res: Results, pairs: list[str], seq: str) -> list[dict[str, Any]]:
