@@ -377,6 +377,7 @@ def write_study(tmp: Path, model_dir: Path, device: str, small: bool, steps: int
         **({"threads": 1} if device == "cpu" else {}),
     }
     spec.pop("overrides", None)  # per-task rates do not change a step's cost
+    spec.pop("search", None)  # the check times steps; `estimate` adds the reference's trials
     path = write_spec(tmp / "gpu-check.yaml", spec)
     return load_study(path, data_dir=str(data_dir))
 
@@ -891,7 +892,9 @@ def estimate(doc: dict[str, Any], data_dir: Path, tokenizer: Any) -> dict[str, A
     (planned by the bench planner) x (their mode's measured fixed cost + per sweep point
     warm-up + max(min_seconds, min_iterations x p50)); p50 at other lengths interpolated linearly
     in padded tokens per request between the measured points of that mode and batch size.
-    Not included: the drift, stats and report stages (CPU work) and search trials.
+    Search: the spec's trials per task x method, each counted as a whole training run on the
+    training split minus the validation share (pruning makes the real figure smaller).
+    Not included: the drift, stats and report stages (CPU work).
     """
     from peftlab.bench.mode import Candidate, PlanSettings
     from peftlab.bench.plan import plan_units
@@ -934,6 +937,21 @@ def estimate(doc: dict[str, Any], data_dir: Path, tokenizer: Any) -> dict[str, A
         runs.append({"run_id": rc.run_id, "steps": steps, "step_time_s": st, "seconds": seconds})
         train_s += seconds
         steps_total += steps
+    # the reference spec's search: n_trials per task x method, each training on the training
+    # split minus the validation share for the run's epochs (an upper bound: pruning stops some)
+    search_s, trials = 0.0, 0
+    if spec.search is not None:
+        firsts = {(rc.task, rc.method): rc for rc in study.runs()}
+        for (task, _method), rc in firsts.items():
+            n = spec.search.n_trials or 0
+            n_fit = int(len(data.split(task, "train")) * (1 - spec.search.validation_share))
+            tr = rc.training
+            steps = tr.max_steps or math.ceil(max(n_fit // (tr.batch_size * tr.grad_accum), 1)
+                                              * tr.epochs)
+            st = step.get((rc.method_type, task)) or (
+                step.get((rc.method_type, "sst2"), 0.0) * task_ratio[task])
+            search_s += n * (steps * st + fixed.get(rc.method_type, 0.0))
+            trials += n
     rep = doc.get("represent") or []
     rep_s = None
     if rep:
@@ -974,13 +992,14 @@ def estimate(doc: dict[str, Any], data_dir: Path, tokenizer: Any) -> dict[str, A
                     tokens = batch * (task_len if seq == "data" else int(seq))
                     p50 = _interpolate(measured["points"], batch, tokens) / 1e3
                     bench_s += b.warmup * p50 + max(b.min_seconds, b.min_iterations * p50)
-    total = train_s + (rep_s or 0.0) + (bench_s or 0.0)
+    total = train_s + search_s + (rep_s or 0.0) + (bench_s or 0.0)
     return {"runs": len(runs), "optimizer_steps": steps_total, "train_s": train_s,
+            "search_trials": trials, "search_s": search_s,
             "represent_s": rep_s, "bench_units": n_units, "bench_s": bench_s,
             "total_s": total, "total_h": total / 3600, "task_step_ratio": task_ratio,
             "probe_tokens_per_example": lengths, "per_run": runs,
-            "not_included": "drift, stats and report stages; search trials; page-cache-cold "
-                            "first loads"}
+            "not_included": "drift, stats and report stages; pruning of search trials "
+                            "(counted whole); page-cache-cold first loads"}
 
 
 def _interpolate(points: list[dict[str, Any]], batch: int, tokens: float) -> float:
@@ -1090,7 +1109,9 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(
             f"estimated tinyllama-glue on this device: {est['total_h']:.2f} h = training "
             f"{est['train_s'] / 3600:.2f} h ({est['runs']} runs, {est['optimizer_steps']:,} "
-            f"steps) + represent {(est['represent_s'] or 0) / 60:.1f} min + bench "
+            f"steps) + search {est.get('search_s', 0) / 3600:.2f} h "
+            f"({est.get('search_trials', 0)} trials) + represent "
+            f"{(est['represent_s'] or 0) / 60:.1f} min + bench "
             f"{(est['bench_s'] or 0) / 60:.1f} min ({est['bench_units']} units); not included: "
             f"{est['not_included']}")
     skipped = {k: v for k, v in doc["sections"].items() if v["status"] != "done"}

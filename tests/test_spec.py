@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from peftlab.errors import SpecError
 from peftlab.pipeline import load_study
@@ -77,14 +78,24 @@ def test_tinyllama_glue_is_the_reference_study(tmp_path: Path) -> None:
     from peftlab.pipeline import plan
 
     study = load_study(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "out"))
-    rows = plan(study)
+    all_rows = plan(study)
+    rows = [r for r in all_rows if r.get("kind") != "search trial"]
+    assert len(all_rows) - len(rows) == 6 * study.spec.search.n_trials  # 12 trials x 6
     assert len(rows) == 18
     assert {(r["task"], r["method"], r["seed"]) for r in rows} == {
         (t, m, s) for t in ("sst2", "mrpc", "rte") for m in ("full", "lora")
         for s in (42, 1337, 2024)
     }
-    assert all(r["status"] == "pending" for r in rows)
-    assert len({r["run_id"] for r in rows}) == 18
+    # the original's design: every run waits for its task x method's search
+    assert all(r["status"] == "waiting" and r["reason"].startswith("for search") for r in rows)
+    assert len({r["reason"] for r in rows}) == 6
+    search = study.spec.search
+    full_lr = search.methods["full"]["learning_rate"]
+    lora = search.methods["lora"]
+    # the ranges contain the original study's chosen values (full 3e-6..5e-6; LoRA alpha 8-64)
+    assert full_lr.low <= 3e-6 and full_lr.high >= 5e-6 and full_lr.log
+    assert {8, 16, 32, 64} <= set(lora["alpha"])
+    assert lora["learning_rate"].low <= 2e-4 <= lora["learning_rate"].high
 
     spec = study.spec
     assert spec.model.name == "tinyllama"
@@ -112,7 +123,17 @@ def test_tinyllama_alias_names_the_reference_checkpoint() -> None:
 
 
 def test_per_task_overrides_in_reference_study_resolve_as_written(tmp_path: Path) -> None:
-    runs = by_key(load_study(STUDIES / "tinyllama-glue.yaml", output_dir=str(tmp_path / "o")))
+    # the reference study's shape with hand-set per-task values in place of its search
+    doc = yaml.safe_load((STUDIES / "tinyllama-glue.yaml").read_text())
+    doc.pop("search")
+    doc["methods"]["full"]["training"]["learning_rate"] = 2.0e-5
+    doc["methods"]["lora"]["training"]["learning_rate"] = 2.0e-4
+    doc["overrides"] = [
+        {"tasks": ["mrpc", "rte"], "methods": ["full"], "training": {"learning_rate": 1.0e-5}},
+        {"tasks": ["mrpc", "rte"], "methods": ["lora"], "params": {"alpha": 32}}]
+    path = tmp_path / "ref.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    runs = by_key(load_study(path, output_dir=str(tmp_path / "o")))
     for seed in (42, 1337, 2024):
         # full fine-tuning: 2e-5 on SST-2, 1e-5 on the small pair tasks
         assert runs[("sst2", "full", seed)].training.learning_rate == pytest.approx(2e-5)
