@@ -11,9 +11,11 @@ that is already done, so any stage can be rerun alone (`peftlab finetune SPEC`, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,27 @@ def open_study_store(study: Study) -> Store:
     return store
 
 
+@contextlib.contextmanager
+def _stage_time(store: Store, session: str, index: int, name: str) -> Iterator[None]:
+    """Record the stage's wall time in table `stage_times` (one record per stage per session:
+    `peftlab run` invocation), whether it finished, failed or was interrupted, so a study's
+    wall time over resumed sessions is the sum of its records."""
+    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    status = "failed"
+    try:
+        yield
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        # never hide the stage's own error behind one of this bookkeeping
+        with contextlib.suppress(Exception):
+            store.put("stage_times", f"{session}/{index:02d}-{name}", {
+                "session": session, "stage": name, "started": started, "status": status,
+                "seconds": time.perf_counter() - t0, "pid": os.getpid()})
+
+
 def run_stages(study: Study, stages: list[str] | None = None, *,
                console: Console | None = None, executor: str | None = None,
                address: str | None = None) -> Context:
@@ -136,9 +159,10 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
                 hosts = ex.check_shared_filesystem(store.root)
                 ctx.console.print(f"{ex.backend}: {len(hosts)} nodes see {store.root} "
                                   f"({', '.join(sorted(set(hosts)))})")
-            for name, fn in funcs:
+            session = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            for i, (name, fn) in enumerate(funcs):
                 ctx.console.rule(f"[bold]{name}")
-                with logs.stage(name):
+                with logs.stage(name), _stage_time(store, session, i, name):
                     fn(ctx)
             added = logs.lines_since(log.path, start)  # bench unit processes append there too
             if added:

@@ -350,6 +350,26 @@ def test_results_json(finished: dict[str, Any]) -> None:
     assert train["rows"] == 67349 and train["rows_used"] == 16
 
 
+def test_run_records_each_stage_wall_time_per_session(finished: dict[str, Any]) -> None:
+    """`stage_times`: one record per stage of the `peftlab run` invocation, in order, done, with
+    its seconds; a failing stage is recorded as failed (the study's wall time over resumed
+    sessions is the sum of these records)."""
+    from peftlab.pipeline import _stage_time
+
+    times = json.loads(cli("results", finished["study"], "--table", "stage_times", "--format",
+                           "json").out)
+    assert [r["stage"] for r in sorted(times, key=lambda r: r["key"])] == ["data", "finetune"]
+    assert all(r["status"] == "done" and r["seconds"] > 0 for r in times)
+    assert len({r["session"] for r in times}) == 1
+    store = Store(finished["study"])
+    try:
+        with pytest.raises(RuntimeError), _stage_time(store, "s-1", 0, "boom"):
+            raise RuntimeError("stage error")
+        assert store.get("stage_times", "s-1/00-boom")["status"] == "failed"
+    finally:
+        store.close()
+
+
 def test_results_without_a_table_lists_the_tables_and_their_rows(finished: dict[str, Any]
                                                                  ) -> None:
     store = Store(finished["study"], create=False)

@@ -168,7 +168,7 @@ def test_a_study_killed_at_random_moments_ends_like_an_uninterrupted_one(
     assert set(got) == set(want)
     roots = (str(reference.output_dir), str(study.output_dir))
     for table in sorted(want):
-        if table in ("search", "bench_blocks"):
+        if table in ("search", "bench_blocks", "stage_times"):  # per session: keys differ
             continue
         assert set(got[table]) == set(want[table]), (table, kills)
         if table in MEASURED:  # every value is a timing or derived from timings: keys only
