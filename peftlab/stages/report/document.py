@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from peftlab.stages.report.format import html_text, md_line, md_text
 
@@ -82,6 +83,7 @@ class Figure:
     alt: str
     caption: str
     number: int = 0
+    file: str | None = None  # Markdown: a relative path the PNG was written to, linked there
 
 
 @dataclass
@@ -205,6 +207,9 @@ def _md_block(b: Block) -> str:
                       "</summary>", "", *[f"- {_md_spans(n)}" for n in notes], "", "</details>"]
         return "\n".join(lines)
     if isinstance(b, Figure):
+        if b.file is not None:  # written beside the Markdown (`write_markdown_with_figures`)
+            return (f"![{md_text(b.alt)}]({b.file})\n\n"
+                    f"*Figure {b.number}: {md_text(b.caption)}*")
         # Markdown stays plain text: the figure itself is embedded in report.html only.
         return f"*Figure {b.number} (in report.html): {md_text(b.caption)}*"
     if isinstance(b, Code):
@@ -228,6 +233,22 @@ def _md_block(b: Block) -> str:
             lines.append(_md_block(b.figure))
         return "\n".join(lines).rstrip()
     raise TypeError(f"unknown block {type(b).__name__}")
+
+
+def write_markdown_with_figures(doc: Document, out_dir: Path, name: str = "report.md",
+                                figures_dir: str = "figures") -> Path:
+    """Write `doc` as Markdown into out_dir/name with every figure as a PNG file in
+    out_dir/figures_dir (figure-<n>.png), linked from the text: a report that renders on a code
+    host, where report.html's embedded images do not. Returns the Markdown's path."""
+    figs = number_figures(doc)
+    (out_dir / figures_dir).mkdir(parents=True, exist_ok=True)
+    for fig in figs:
+        rel = f"{figures_dir}/figure-{fig.number}.png"
+        (out_dir / rel).write_bytes(fig.png)
+        fig.file = rel
+    path = out_dir / name
+    path.write_text(to_markdown(doc), encoding="utf-8")
+    return path
 
 
 def to_markdown(doc: Document) -> str:

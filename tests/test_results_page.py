@@ -1,0 +1,89 @@
+"""The published-results page (`benchmarks/results_page.py`): every replication cell is the stored
+comparison's outcome and numbers, the report is written with its figures as files, and a bad
+study directory or method is one error line, exit 2."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from rich.console import Console
+
+from benchmarks import results_page as rp
+from peftlab.context import Context
+from peftlab.stages.report import format as f
+from peftlab.stages.stats import run as stats_stage
+from peftlab.store import Store
+from peftlab.testing.sample_study import write_sample
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    root = tmp_path_factory.mktemp("published")
+    study = write_sample(root)
+    shutil.copyfile(root / "spec.yaml", study.output_dir / "spec.yaml")
+    store = Store(study.output_dir)
+    try:
+        stats_stage(Context(study=study, store=store, console=Console(quiet=True)))
+        # two sessions of recorded stage times: the wall time is their sum
+        for i, (session, stage, sec) in enumerate([("a", "finetune", 100.0),
+                                                   ("b", "finetune", 20.5),
+                                                   ("b", "report", 3.0)]):
+            store.put("stage_times", f"{session}/{i:02d}-{stage}",
+                      {"session": session, "stage": stage, "seconds": sec, "status": "done"})
+        stats = rp.read_table(store, "stats")
+    finally:
+        store.close()
+    out = root / "docs"
+    code = rp.main([str(study.output_dir), "--out", str(out), "--peft", "lora"])
+    return {"study": study, "out": out, "code": code, "stats": stats}
+
+
+def test_every_cell_is_the_stored_comparison_and_its_rule(published):
+    assert published["code"] == 0
+    page = (published["out"] / "README.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| RQ")]
+    assert len(rows) == len(rp.ORIGINAL)
+    checked = 0
+    for fd, row in zip(rp.ORIGINAL, rows, strict=True):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        assert cells[:4] == [fd.question, fd.task, fd.claim, fd.original]
+        c = rp.find(published["stats"], fd, "lora", rp.poolings_of(published["stats"])[0])
+        word, est = rp.verdict(fd, c)
+        assert cells[4] == f"**{word}** ({est})".replace("|", "\\|")
+        if c is not None and c["outcome"] not in ("void", "insufficient runs"):
+            checked += 1
+            # the rule: a stated difference holds only when tested different in its direction
+            if fd.expect == "higher":
+                assert (word == "holds") == (c["outcome"] == "different" and c["diff"] > 0)
+            else:
+                assert (word == "holds") == (c["outcome"] in ("equivalent", "negligible"))
+            assert f.metric(c["diff"]) in cells[4] or f.pct(c["rel_diff"]) in cells[4]
+    assert checked >= 3  # the sample has learned tasks: not every cell is void
+    # wall time: the stage records summed over sessions
+    assert "Wall time: 0.03 h (124 s, the stages' recorded times summed over 2 session(s))" in page
+
+
+def test_the_report_is_published_with_its_figures_as_files(published):
+    name = published["study"].spec.name
+    report = (published["out"] / name / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\((figures/figure-\d+\.png)\)", report)
+    assert links and len(links) == len(set(links))
+    for link in links:
+        png = published["out"] / name / link
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(in report.html)" not in report
+    assert (published["out"] / name / "spec.yaml").read_text() == (
+        published["study"].output_dir / "spec.yaml").read_text()
+
+
+def test_a_bad_directory_or_method_is_one_error_line(published, tmp_path, capsys):
+    assert rp.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a study directory" in err and err.count("\n") == 1
+    assert rp.main([str(published["study"].output_dir), "--out", str(tmp_path / "o"),
+                    "--peft", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--peft nope" in err and err.count("\n") == 1
+
