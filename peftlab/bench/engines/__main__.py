@@ -73,11 +73,11 @@ def run(args: argparse.Namespace) -> None:
     )
     from peftlab.bench.engines.load import EnginePrompts
     from peftlab.bench.engines.scenarios import ScenarioSettings, plan_scenarios, run_scenarios
-    from peftlab.spec import EngineSpec
     from peftlab.context import Context
     from peftlab.models import resolve_model
     from peftlab.pipeline import load_study
     from peftlab.records import replace
+    from peftlab.spec import EngineSpec
     from peftlab.store import Store
 
     given = Path(args.spec_or_study)

@@ -169,7 +169,8 @@ def run_scenarios(engine: Engine, scenarios: list[Scenario],
 
             patterns = settings.patterns if len(sc.names) > 1 else ["identical"]
             for pattern in patterns:
-                def at_rate(rate: float, pattern: str = pattern) -> dict[str, Any]:
+                def at_rate(rate: float, pattern: str = pattern, urls: dict = urls,
+                            sc: Scenario = sc, alive: Callable = alive) -> dict[str, Any]:
                     before = os.getloadavg()
                     row = engine_load_run(
                         urls, prompts_for(sc.names), rate=rate, pattern=pattern,

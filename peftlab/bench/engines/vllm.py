@@ -16,6 +16,7 @@ cache is preallocated from VLLM_CPU_KVCACHE_SPACE (GiB, default 4 in vLLM): it i
 from __future__ import annotations
 
 import subprocess
+
 from peftlab.bench.engines.base import Engine, EngineSettings, ServedModels, engine_python
 
 
