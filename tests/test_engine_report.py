@@ -68,6 +68,6 @@ def test_section_tables_and_a_decision_only_where_intervals_separate(tmp_path):
                                         _rec("merged-3", "uniform", 1.0, 400),
                                         _rec("adapters-3", "skewed", 1.0, 200),
                                         _rec("merged-3", "skewed", 1.0, 201)]])
-    assert "uniform: 1 req/s adapters-3 faster" in line
-    assert "skewed: 1 req/s intervals overlap" in line
+    assert "adapters-3 vs merged-3, uniform: 1 req/s adapters-3 faster" in line
+    assert "adapters-3 vs merged-3, skewed: 1 req/s intervals overlap" in line
     assert decision([_rec("base", "identical", 1.0, 90).dump()]) is None

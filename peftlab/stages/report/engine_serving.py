@@ -3,9 +3,10 @@
 Read from the `engine_serving` table (`bench.engines.scenarios.EngineServingRecord`, written by
 `python -m peftlab.bench.engines STUDY`) and, beside it, the in-process `serving` table (the bench
 stage's dynamic-batching server) where the study has one. One line says "not applicable" when no
-engine ran. The decision line compares configurations holding the same number of models
-(adapters-<m> against merged-<m>) only where both ran at the same rate and pattern, and calls one
-faster only where the 95% bootstrap intervals of their TTFT medians do not overlap.
+engine ran. The decision line compares like-for-like configurations (one adapter against the
+base alone; m adapters on one server against m merged models) only where both ran at the same
+rate and pattern, and calls one faster only where the 95% bootstrap intervals of their TTFT
+medians do not overlap.
 """
 
 from __future__ import annotations
@@ -56,23 +57,29 @@ def latency_figure(recs: list[dict[str, Any]]) -> bytes:
     return figs.to_png(fig)
 
 
-def decision(recs: list[dict[str, Any]]) -> str | None:
-    """Where adapters-<m> and merged-<m> (same m) differ in TTFT p50 beyond both intervals, per
-    pattern and rate both ran; None without such a pair."""
-    parts = []
-    merged = sorted({r["config"] for r in recs if r["config"].startswith("merged-")})
-    for mc in merged:
+def _pairs(configs: set[str]) -> list[tuple[str, str]]:
+    """The like-for-like pairs: one adapter against the base alone (the adapter's cost), and
+    m adapters on one server against m merged models (the deployment choice)."""
+    out = [("adapters-1", "base")] if {"adapters-1", "base"} <= configs else []
+    for mc in sorted(c for c in configs if c.startswith("merged-")):
         ac = "adapters-" + mc.split("-")[1]
+        if ac in configs:
+            out.append((ac, mc))
+    return out
+
+
+def decision(recs: list[dict[str, Any]]) -> str | None:
+    """Per like-for-like pair (`_pairs`), pattern and rate both ran: which one's TTFT p50 is
+    lower beyond both 95% intervals, or that the intervals overlap; None without such a pair."""
+    parts = []
+    for ac, mc in _pairs({r["config"] for r in recs}):
         for pattern in PATTERN_ORDER:
             a = {r["offered_rate"]: r["row"] for r in recs
                  if r["config"] == ac and r["pattern"] == pattern}
             m = {r["offered_rate"]: r["row"] for r in recs
                  if r["config"] == mc and r["pattern"] == pattern}
-            rates = sorted(set(a) & set(m))
-            if not rates:
-                continue
             said = []
-            for rate in rates:
+            for rate in sorted(set(a) & set(m)):
                 ca, cm = (a[rate].get("ttft_ms") or {}), (m[rate].get("ttft_ms") or {})
                 ia, im = ca.get("p50_ci"), cm.get("p50_ci")
                 if not ia or not im:
@@ -87,7 +94,7 @@ def decision(recs: list[dict[str, Any]]) -> str | None:
                             f"[{f.ms(ia[0])}, {f.ms(ia[1])}] vs {mc} {f.ms(cm['p50'])} "
                             f"[{f.ms(im[0])}, {f.ms(im[1])}] ms)")
             if said:
-                parts.append(f"{pattern}: " + "; ".join(said))
+                parts.append(f"{ac} vs {mc}, {pattern}: " + "; ".join(said))
     if not parts:
         return None
     return ("TTFT p50 with 95% bootstrap intervals over requests, one load run per rate (a "
@@ -181,6 +188,6 @@ def engine_serving(res: Any) -> Section:
                     "different unit of work, so compare orderings, not numbers."))
     line = decision(recs)
     s.add(Paragraph.of(Strong("What the engine runs show: "), line or
-                       "no adapters-<m> and merged-<m> pair ran at a common rate and pattern, "
-                       "so no configuration is compared."))
+                       "no like-for-like pair of configurations ran at a common rate and "
+                       "pattern, so none is compared."))
     return s
