@@ -219,7 +219,7 @@ class EngineSpec(_Strict):
     patterns: list[Literal["uniform", "skewed"]] = Field(
         default_factory=lambda: ["uniform", "skewed"])
     zipf_exponent: float = Field(1.5, gt=0)
-    rates: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    rates: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
     max_requests: int = Field(100, ge=1)  # per load run
     max_seconds: float = Field(60.0, gt=0)  # arrival window per load run
     drain_seconds: float = Field(60.0, gt=0)
@@ -234,9 +234,9 @@ class EngineSpec(_Strict):
     startup_timeout_s: float = Field(600.0, gt=0)
 
     def quick(self) -> EngineSpec:
-        """The short sweep (`--quick`): rates 0.5, 1, 2 req/s, 40 requests within 40 s each."""
-        return self.model_copy(update={"rates": [0.5, 1.0, 2.0], "max_requests": 40,
-                                       "max_seconds": 40.0, "drain_seconds": 40.0})
+        """The short sweep (`--quick`): rates 1, 2, 4, 8 req/s, 40 requests within 40 s each."""
+        return self.model_copy(update={"rates": [1.0, 2.0, 4.0, 8.0], "max_requests": 40,
+                                       "max_seconds": 40.0, "drain_seconds": 30.0})
 
 
 class ServingSpec(_Strict):
