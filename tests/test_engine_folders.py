@@ -88,3 +88,23 @@ def test_engine_block_of_the_spec():
     with pytest.raises(ValidationError, match="kk"):
         ServingSpec(engine={"kk": 1})
     assert ServingSpec().engine is None
+
+
+def test_full_folder_is_the_runs_body_with_the_bases_lm_head(causal_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from peftlab.bench.engines.folders import full_folder
+    from peftlab.testing import build_tiny_llama
+
+    run = build_tiny_llama(tmp_path / "full-run", seed=3)  # a classifier, other weights
+    out = full_folder(run, tmp_path / "served-full", base=causal_base)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    served = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(causal_base).state_dict()
+    from safetensors.torch import load_file
+
+    body = load_file(run / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(served[key], body[key]) and not torch.equal(served[key], base[key])
+    assert torch.equal(served["lm_head.weight"], base["lm_head.weight"])
