@@ -8,7 +8,8 @@ SPEC_OR_STUDY: a study directory (its spec.yaml, its finished LoRA and full runs
 (file or shipped name, then --out is where the records go). Adapters: the study's finished LoRA
 runs in run-id order (popularity order: the first is the most popular under skew), or with
 --synthetic K, K random adapters of the spec's first LoRA method's rank and targets on the base
-(serving cost depends on rank and targets, not on what the adapter learned). Prompts: the
+(serving cost depends on rank and targets, not on what the adapter learned), and for the mixed
+configuration a dense model of the base's size in place of a fully fine-tuned one. Prompts: the
 evaluation texts of the adapters' tasks (the spec's pair template for pairs). Writes the
 `engine_serving` table into the study directory's store; `peftlab report` shows it as "Serving on
 vLLM". Settings: the spec's `bench.serving.engine` block when it has one, else its defaults
@@ -108,6 +109,12 @@ def run(args: argparse.Namespace) -> None:
         adapters = synthetic_adapters(base, work / "adapters", k=args.synthetic, r=rank,
                                       targets=targets)
         tasks = [t.name for t in study.spec.tasks][:1]
+        if "mixed" in es.configs and len(adapters) >= 2:
+            # the fully fine-tuned model's stand-in: a dense model of the base's size (the last
+            # adapter merged); what it costs to serve does not depend on its weights' values
+            last = list(adapters)[-1]
+            full = ("full-synthetic", merged_folder(base, adapters[last],
+                                                    work / "full" / "full-synthetic"))
     else:
         for rc in study.runs:
             rec = ctx.store.get("runs", rc.run_id)
@@ -151,7 +158,9 @@ def run(args: argparse.Namespace) -> None:
           f"({len(adapters)} adapters, {len(texts)} prompts)", flush=True)
     records = run_scenarios(engine, scenarios, prompts_for, settings, log_dir=work / "logs",
                             on_row=lambda line: print(line, flush=True))
-    replace(ctx.store, f"{es.name}/", records, "engine_serving")
+    for sc in scenarios:  # a run of some configurations keeps the others' records
+        replace(ctx.store, f"{es.name}/{sc.config}/",
+                [r for r in records if r.config == sc.config], "engine_serving")
     print(f"engine_serving: {len(records)} load runs written to {out}", flush=True)
 
 
