@@ -21,6 +21,7 @@ from peftlab.stages.report.data_splits import data
 from peftlab.stages.report.decision import decision
 from peftlab.stages.report.deployment import deployment
 from peftlab.stages.report.document import Section
+from peftlab.stages.report.engine_serving import engine_serving
 from peftlab.stages.report.environment import environment
 from peftlab.stages.report.findings import findings
 from peftlab.stages.report.forgetting import forgetting
@@ -38,7 +39,7 @@ from peftlab.stages.report.weight_space import weights
 FRONT: list[Callable[[Results], Section]] = [answers, trust]
 SECTIONS: list[Callable[[Results], Section]] = [
     findings, how_to_read, runs_section, search_section, accuracy, drift, readout_section,
-    weights, forgetting, deployment, decision, data, environment]
+    weights, forgetting, deployment, engine_serving, decision, data, environment]
 
 
 def build_front(res: Results) -> list[Section]:
