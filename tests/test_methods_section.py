@@ -134,3 +134,30 @@ def test_one_method_is_one_line_not_applicable(sample):
     section = methods_section(res)
     assert len(section.blocks) == 1 and " ".join(section.blocks[0].spans).startswith(
         "Not applicable")
+
+
+def test_the_report_stage_stores_the_method_table_for_peftlab_results(tmp_path):
+    """`peftlab results DIR --table methods` prints what the section shows."""
+    import json
+    import subprocess
+    import sys
+
+    from peftlab.stages.report import run as report_stage
+
+    study = write_sample(tmp_path)
+    store = Store(study.output_dir)
+    try:
+        ctx = Context(study=study, store=store, console=Console(quiet=True))
+        stats_stage(ctx)
+        report_stage(ctx)
+        want = method_rows(Results(ctx, run_view(study, store)))
+    finally:
+        store.close()
+    out = subprocess.run([sys.executable, "-m", "peftlab.cli", "results", str(study.output_dir),
+                          "--table", "methods", "--format", "json"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    got = {(r["task"], r["method"]): r for r in json.loads(out.stdout)}
+    assert set(got) == {(r["task"], r["method"]) for r in want}
+    for r in want:
+        assert {k: got[(r["task"], r["method"])][k] for k in r} == r

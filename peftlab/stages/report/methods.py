@@ -274,3 +274,18 @@ def methods_section(res: Results) -> Section:
                          "front over all three axes (a point can be on the front through the "
                          "axis the other panel shows)."))
     return s
+
+
+TABLE = "methods"  # `peftlab results DIR --table methods`
+
+
+def store_rows(ctx: Any) -> int:
+    """Write `method_rows` as the `methods` table of the study directory (key "<task>/<method>"),
+    replacing what an earlier report wrote; no rows where the section is not applicable. Returns
+    the number of rows."""
+    from peftlab.results import run_view
+
+    res = Results(ctx, run_view(ctx.study, ctx.store))
+    rows = method_rows(res) if len(res.view.methods) >= 2 else []
+    ctx.store.replace_where(TABLE, "", [(f"{r['task']}/{r['method']}", r) for r in rows])
+    return len(rows)
