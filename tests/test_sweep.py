@@ -85,10 +85,12 @@ def test_the_shipped_rank_by_targets_spec_expands_into_its_six_cells(tmp_path):
     assert list(study.spec.methods) == ["full", "lora-r2-qv", "lora-r2-all", "lora-r8-qv",
                                         "lora-r8-all", "lora-r32-qv", "lora-r32-all"]
     runs = study.runs()
-    assert len(runs) == 3 * 7 * 3 and len({rc.run_id for rc in runs}) == len(runs)
-    mrpc = {rc.method: rc for rc in runs if rc.task == "mrpc" and rc.seed == 42}
-    assert {mrpc[m].training.learning_rate for m in mrpc if m != "full"} == {9.4e-4}
-    assert mrpc["lora-r32-qv"].params["target_modules"] == ["query", "value"]
+    assert len(runs) == 1 * 7 * 3 and len({rc.run_id for rc in runs}) == len(runs)
+    rte = {rc.method: rc for rc in runs if rc.task == "rte" and rc.seed == 42}
+    assert {rte[m].training.learning_rate for m in rte if m != "full"} == {3.4e-4}
+    assert rte["lora-r32-qv"].params["target_modules"] == ["query", "value"]
+    assert rte["lora-r2-all"].params["target_modules"] == "all-linear"
+    assert {rte[m].params["r"] for m in rte if m != "full"} == {2, 8, 32}
 
 
 def test_a_dotted_key_sweeps_a_peft_keyword_and_leaves_the_template_alone(tmp_path,
