@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from peftlab.errors import SpecError, format_validation
 from peftlab.methods import get_method
 from peftlab.spec import ModelSpec, StudySpec, TaskSpec, TrainingSpec
+from peftlab.sweep import merged
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def resolve_run(spec: StudySpec, tspec: TaskSpec, method: str, seed: int,
         if (ov.tasks is None or task in ov.tasks) and (ov.methods is None or method in ov.methods):
             _layer(training, ov.training, where(f"overrides[{i}].training"))
             if ov.params:
-                params = {**params, **ov.params}
+                params = merged(params, ov.params)  # nested mappings merge (type: peft)
                 resolved_params = m.validate_params(
                     params, where=where(f"overrides[{i}].params (method {method!r})"))
     tr = TrainingSpec(**training)

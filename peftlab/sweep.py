@@ -67,12 +67,21 @@ def _segment(key: str, label: str) -> str:
     return _clean(f"{prefix}{label}")
 
 
+def merged(base: Any, layer: Any) -> Any:
+    """`layer` over `base`: mappings merge key by key (recursively), anything else replaces.
+    So a cell or override `params: {r: 16}` of a `type: peft` entry changes `r` and keeps the
+    entry's other keywords (target_modules, alpha, ...)."""
+    if isinstance(base, dict) and isinstance(layer, dict):
+        return {**base, **{k: merged(base.get(k), v) for k, v in layer.items()}}
+    return layer
+
+
 def _set(entry: dict[str, Any], path: list[str], value: Any) -> None:
     for part in path[:-1]:
         nested = entry.get(part)
         entry[part] = dict(nested) if isinstance(nested, dict) else {}
         entry = entry[part]
-    entry[path[-1]] = value
+    entry[path[-1]] = merged(entry.get(path[-1]), value)
 
 
 def cells(name: str, template: dict[str, Any], grid: dict[str, Any], where: str

@@ -102,6 +102,29 @@ def test_bench_serves_what_peft_supports_and_records_why_not(study):
     assert "mixed-adapter" in recs[("mixed", "loha")]["failure_reason"]
 
 
+def test_serving_picks_a_peft_method_that_peft_says_mixes_batches(tmp_path, tiny_llama_dir,
+                                                                  glue_dir):
+    """Serving under load serves the first PEFT method that can mix adapters in one batch,
+    asked per config: a `type: peft` LoraConfig entry can, the LoHa entry before it cannot."""
+    from peftlab.stages.bench import serving_models
+
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, methods=(), seeds=(1,),
+                     training={"max_steps": 2, "batch_size": 8, "bootstrap_samples": 10})
+    spec["methods"] = {"loha": LOHA, "peftlora": {
+        "type": "peft", "config": "LoraConfig",
+        "params": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}}
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    run_stages(study, ["data", "finetune"], console=Console(quiet=True))
+    store = Store(study.output_dir, create=False)
+    try:
+        seed, lora, full = serving_models(Context(study=study, store=store))
+    finally:
+        store.close()
+    assert seed == 1 and full == []
+    assert [a["run_id"] for a in lora] == [rc.run_id for rc in study.runs()
+                                           if rc.method == "peftlora"]
+
+
 @pytest.mark.parametrize(("entry", "key"), [
     ({"type": "peft", "config": "NoSuchConfig", "params": {}}, "methods.zoo.config"),
     ({"type": "peft", "config": "VeraConfig", "params": {"rank": 4}}, "methods.zoo.params.rank"),

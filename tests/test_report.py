@@ -37,7 +37,8 @@ from peftlab.testing.sample_study import SCRIPT, write_sample
 FRONT = ["Answers", "Can these answers be trusted?"]
 SECTIONS = ["Findings", "How to read this report", "Runs", "Accuracy",
             "Representational drift", "Weight space", "Forgetting", "Deployment",
-            "Serving on an engine", "Deployment decision", "Data", "Environment and provenance", "Glossary"]
+            "Serving on an engine", "Methods and sweep cells: accuracy, drift and cost",
+            "Deployment decision", "Data", "Environment and provenance", "Glossary"]
 SUBSECTIONS = ["Primary endpoints", "Exploratory: drift", "Exploratory: seed noise",
                "Correctness gate", "Latency distributions", "Percentiles and throughput",
                "Sweep over batch size",  # one sequence length ran: the heading says only this

@@ -85,10 +85,12 @@ def test_the_shipped_rank_by_targets_spec_expands_into_its_six_cells(tmp_path):
     assert list(study.spec.methods) == ["full", "lora-r2-qv", "lora-r2-all", "lora-r8-qv",
                                         "lora-r8-all", "lora-r32-qv", "lora-r32-all"]
     runs = study.runs()
-    assert len(runs) == 3 * 7 * 3 and len({rc.run_id for rc in runs}) == len(runs)
-    mrpc = {rc.method: rc for rc in runs if rc.task == "mrpc" and rc.seed == 42}
-    assert {mrpc[m].training.learning_rate for m in mrpc if m != "full"} == {9.4e-4}
-    assert mrpc["lora-r32-qv"].params["target_modules"] == ["query", "value"]
+    assert len(runs) == 1 * 7 * 3 and len({rc.run_id for rc in runs}) == len(runs)
+    rte = {rc.method: rc for rc in runs if rc.task == "rte" and rc.seed == 42}
+    assert {rte[m].training.learning_rate for m in rte if m != "full"} == {3.4e-4}
+    assert rte["lora-r32-qv"].params["target_modules"] == ["query", "value"]
+    assert rte["lora-r2-all"].params["target_modules"] == "all-linear"
+    assert {rte[m].params["r"] for m in rte if m != "full"} == {2, 8, 32}
 
 
 def test_a_dotted_key_sweeps_a_peft_keyword_and_leaves_the_template_alone(tmp_path,
@@ -108,3 +110,22 @@ def test_a_dotted_key_sweeps_a_peft_keyword_and_leaves_the_template_alone(tmp_pa
     with pytest.raises(SpecError, match=r"sweep\.loha \(cell loha-rank2\)\.params\.rank: not a "
                                         "keyword of PEFT's LoHaConfig"):
         load_study(write_spec(tmp_path / "bad.yaml", spec))
+
+
+def test_a_cell_or_override_of_peft_keywords_merges_into_the_entry_s_params(tmp_path,
+                                                                             tiny_llama_dir):
+    """A mapping value (a labelled `params` cell, an override's `params: {params: {...}}`) changes
+    the keywords it names and keeps the entry's others, as a dotted key does."""
+    loha = {"type": "peft", "config": "LoHaConfig",
+            "params": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_llama_dir, methods=(), seeds=(1,))
+    spec["methods"] = {"loha": loha}
+    spec["sweep"] = {"loha": {"params": {"small": {"r": 2}, "wide": {"alpha": 32}}}}
+    spec["overrides"] = [{"tasks": ["rte"], "methods": ["loha"], "params": {"params": {"r": 16}}}]
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec))
+    assert list(study.spec.methods) == ["loha-paramssmall", "loha-paramswide"]
+    got = {(rc.task, rc.method.replace("params", "")): rc.params["params"] for rc in study.runs()}
+    assert got[("sst2", "loha-small")] == {**loha["params"], "r": 2}
+    assert got[("sst2", "loha-wide")] == {**loha["params"], "alpha": 32}
+    assert got[("rte", "loha-small")] == {**loha["params"], "r": 16}
+    assert got[("rte", "loha-wide")] == {**loha["params"], "r": 16, "alpha": 32}

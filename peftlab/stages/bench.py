@@ -532,7 +532,7 @@ def serving_models(ctx: Context) -> tuple[int | None, list[dict[str, Any]], list
     artifact per task of its first PEFT method that can share a base with mixed batches, and of
     its first full fine-tuning method (empty when the study has none or a task lacks a run)."""
     from peftlab.artifacts import run_artifact
-    from peftlab.methods import get_method
+    from peftlab.methods import method_for
 
     spec = ctx.study.spec
     seed = spec.seeds[0] if spec.seeds else None
@@ -550,7 +550,9 @@ def serving_models(ctx: Context) -> tuple[int | None, list[dict[str, Any]], list
 
     lora, full = [], []
     for method in spec.methods:
-        m = get_method(next(rc.method_type for rc in ctx.study.runs() if rc.method == method))
+        # asked of the method as its runs configure it: `type: peft` answers per config class
+        rc = next(rc for rc in ctx.study.runs() if rc.method == method)
+        m = method_for(rc.method_type, rc.params)
         if m.is_peft and not lora and m.supports_mixed_batch:
             lora = per_task(method)
         elif not m.is_peft and not full:

@@ -52,6 +52,9 @@ def run(ctx: Context) -> None:
     atomic_write_text(ctx.store.path("report.md"), md)
     atomic_write_text(ctx.store.path("report.html"), html)
     ctx.console.print(f"report: {ctx.store.path('report.html')} and report.md")
+    from peftlab.stages.report.methods import store_rows
+
+    store_rows(ctx)  # the method table, queryable: peftlab results DIR --table methods
     from peftlab.tracking import log_study
 
     log_study(ctx)  # study-level results and the report files, to the trackers of report_to

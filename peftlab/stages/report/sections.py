@@ -26,6 +26,7 @@ from peftlab.stages.report.environment import environment
 from peftlab.stages.report.findings import findings
 from peftlab.stages.report.forgetting import forgetting
 from peftlab.stages.report.how_to_read import how_to_read
+from peftlab.stages.report.methods import methods_section
 from peftlab.stages.report.readout import readout_section
 from peftlab.stages.report.representational_drift import drift
 from peftlab.stages.report.runs import runs_section
@@ -39,7 +40,8 @@ from peftlab.stages.report.weight_space import weights
 FRONT: list[Callable[[Results], Section]] = [answers, trust]
 SECTIONS: list[Callable[[Results], Section]] = [
     findings, how_to_read, runs_section, search_section, accuracy, drift, readout_section,
-    weights, forgetting, deployment, engine_serving, decision, data, environment]
+    weights, forgetting, deployment, engine_serving, methods_section, decision, data,
+    environment]
 
 
 def build_front(res: Results) -> list[Section]:
