@@ -49,18 +49,17 @@ def engine_python(configured: str | None = None, *, spec_key: str = "bench.servi
     """The Python of the engine's environment: `configured`, else $PEFTLAB_ENGINE_PYTHON, else
     `.venv-engine/bin/python` in the current directory or next to this checkout. Raises
     EngineError (naming `spec_key` and the build script) when none exists."""
-    tried = []
-    for cand in (configured, os.environ.get(ENGINE_PYTHON_ENV)):
+    for cand, where in ((configured, spec_key), (os.environ.get(ENGINE_PYTHON_ENV),
+                                                 f"${ENGINE_PYTHON_ENV}")):
         if cand:
             p = Path(cand).expanduser()
             if p.is_file():
                 return p
-            tried.append(str(p))
             # an explicit choice that does not exist is an error, not a reason to look elsewhere
             raise EngineError(
-                f"the serving engine's Python {p} does not exist ({spec_key} or "
-                f"${ENGINE_PYTHON_ENV}); build the engine environment with "
-                f"scripts/build-engine-env.sh {p.parent.parent}")
+                f"{where}: the serving engine's Python {p} does not exist; build the engine "
+                f"environment with scripts/build-engine-env.sh {p.parent.parent}")
+    tried = []
     for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         p = root / DEFAULT_ENGINE_VENV / "bin" / "python"
         if p.is_file():

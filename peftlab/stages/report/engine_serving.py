@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
 from peftlab.bench.engines.scenarios import EngineServingRecord
 from peftlab.records import ServingRecord, read
 from peftlab.stages.report import figures as figs
@@ -27,6 +29,19 @@ def _order(config: str) -> tuple[int, int]:
     kind, _, n = config.partition("-")
     rank = {"base": 0, "adapters": 1, "merged": 2, "mixed": 3}.get(kind, 4)
     return rank, int(n) if n.isdigit() else 0
+
+
+def _ms(x: Any) -> str:
+    """Engine latencies are tens to thousands of ms: whole milliseconds."""
+    return f.num(x, 0)
+
+
+def _p99(lat: dict[str, Any] | None) -> str:
+    """p99 with its interval where it rests on >= 100 requests, else the note (`p99_cell`)."""
+    if lat and lat.get("p99_reliable") and lat.get("p99_ci"):
+        lo, hi = lat["p99_ci"]
+        return f"{_ms(lat['p99'])} [{_ms(lo)}, {_ms(hi)}]"
+    return p99_cell(lat)
 
 
 def _stat(row: dict[str, Any], metric: str, q: str = "p50") -> float | None:
@@ -51,7 +66,9 @@ def latency_figure(recs: list[dict[str, Any]]) -> bytes:
                 if pts:
                     ax.plot(*zip(*pts, strict=True), "o-", ms=4, label=config,
                             color=figs.color(configs, config))
-            ax.set_xscale("log")
+            ax.set_xscale("log", base=2)  # the sweeps double the rate
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             figs.style_axes(ax, f"popularity: {pattern}" if row_i == 0 else "",
                             "offered load (requests/s)", label)
     return figs.to_png(fig)
@@ -90,16 +107,27 @@ def decision(recs: list[dict[str, Any]]) -> str | None:
                     who = f"{mc} faster"
                 else:
                     who = "intervals overlap"
-                said.append(f"{rate:g} req/s {who} ({ac} {f.ms(ca['p50'])} "
-                            f"[{f.ms(ia[0])}, {f.ms(ia[1])}] vs {mc} {f.ms(cm['p50'])} "
-                            f"[{f.ms(im[0])}, {f.ms(im[1])}] ms)")
+                said.append(f"{rate:g} req/s {who} ({ac} {_ms(ca['p50'])} "
+                            f"[{_ms(ia[0])}, {_ms(ia[1])}] vs {mc} {_ms(cm['p50'])} "
+                            f"[{_ms(im[0])}, {_ms(im[1])}] ms)")
             if said:
                 parts.append(f"{ac} vs {mc}, {pattern}: " + "; ".join(said))
     if not parts:
         return None
+    invalid = [r for r in recs if not r["row"].get("valid")]
+    caveat = (f" {len(invalid)} of {len(recs)} load runs are marked invalid (too few requests "
+              "or rate not sustained): read those comparisons as indicative." if invalid else "")
     return ("TTFT p50 with 95% bootstrap intervals over requests, one load run per rate (a "
             "configuration is called faster only where the intervals do not overlap): "
-            + " | ".join(parts) + ".")
+            + " | ".join(parts) + "." + caveat + " Saturation (highest rate sustained, "
+            "descriptive): " + "; ".join(_saturation_words(recs)) + ".")
+
+
+def _saturation_words(recs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for row in _saturation(recs):
+        out.append(f"{row[0]} {row[1]} {row[4]}" + (" req/s" if row[4][0].isdigit() else ""))
+    return out
 
 
 def _saturation(recs: list[dict[str, Any]]) -> list[list[str]]:
@@ -132,7 +160,7 @@ def engine_serving(res: Any) -> Section:
     st, env = first["settings"], first["environment"]
     loads = [x for r in recs for x in (r["row"].get("load_average") or {}).get("before", [])[:1]]
     s.add(Paragraph.of(
-        f"{engine} {first.get('engine_version') or '(version unknown)'} on {env.get('cpus')} "
+        f"{engine} ({first.get('engine_version') or 'version unknown'}) on {env.get('cpus')} "
         f"CPUs ({env.get('processor')}, {env.get('platform')}); dtype {st.get('dtype')}, "
         f"max {st.get('max_num_seqs')} sequences per batch, eager mode. Each request: one "
         f"prompt from the task's evaluation texts, {first['row'].get('max_tokens')} output "
@@ -159,9 +187,9 @@ def engine_serving(res: Any) -> Section:
         [[r["pattern"], r["config"], f"{r['offered_rate']:g}",
           f.rate(r["row"].get("realised_arrival_rate")),
           f"{r['row']['requests']['done']} / {r['row']['requests']['offered']}",
-          f.ms(_stat(r["row"], "ttft_ms")), p99_cell(r["row"].get("ttft_ms")),
-          f.ms(_stat(r["row"], "tpot_ms")), p99_cell(r["row"].get("tpot_ms")),
-          f.ms(_stat(r["row"], "itl_ms")), f.ms(_stat(r["row"], "e2e_ms")),
+          _ms(_stat(r["row"], "ttft_ms")), _p99(r["row"].get("ttft_ms")),
+          _ms(_stat(r["row"], "tpot_ms")), _p99(r["row"].get("tpot_ms")),
+          _ms(_stat(r["row"], "itl_ms")), _ms(_stat(r["row"], "e2e_ms")),
           f.rate(r["row"].get("throughput_rps")), f.num(r["row"].get("output_tokens_per_s"), 1),
           f.rate(r["row"].get("goodput_rps")),
           "yes" if r["row"].get("valid") else "no: " + "; ".join(
@@ -187,7 +215,7 @@ def engine_serving(res: Any) -> Section:
                     "request, no generation; section Deployment): the same adapters, a "
                     "different unit of work, so compare orderings, not numbers."))
     line = decision(recs)
-    s.add(Paragraph.of(Strong("What the engine runs show: "), line or
+    s.add(Paragraph.of(Strong("What the engine runs show:"), " " + (line or
                        "no like-for-like pair of configurations ran at a common rate and "
-                       "pattern, so none is compared."))
+                       "pattern, so none is compared.")))
     return s
