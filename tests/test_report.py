@@ -302,8 +302,6 @@ def test_html_is_well_formed_and_self_contained(built):
 
 
 # RQ1 forest + RQ2 ratios + accuracy + 2 drift tasks (every MRPC run is degenerate: no learned
-# run to draw) + 4 ECDFs (3 tasks, the multi-adapter group) + sweep
-# RQ1 forest + RQ2 ratios + accuracy + 2 drift tasks (every MRPC run is degenerate: no learned
 # run to draw) + 4 ECDFs (3 tasks, the multi-adapter group) + sweep + the learning-forgetting
 # figure + 3 Pareto views (accuracy vs drift and cost, one per task)
 FIGURES = 14
