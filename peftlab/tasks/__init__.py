@@ -12,6 +12,7 @@ from __future__ import annotations
 
 # The GLUE module registers the built-in tasks when imported.
 from peftlab.tasks.glue import GLUE_TASKS
+from peftlab.tasks.e2e import E2E
 from peftlab.tasks.kinds import TASK_KINDS, TaskKind, get_kind
 from peftlab.tasks.registry import (
     SPLITS,
