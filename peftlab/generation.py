@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from peftlab.training import TrainResult
 
 GENERATIONS_FILE = "generations.jsonl"
+# Settings of the spec's `generation` block that change neither a run's model nor its outputs
+# (baselines, report, bench, drift): left out of run ids.
+NOT_RUN_SETTINGS = {"samples", "few_shot", "template_baseline", "bench_new_tokens",
+                    "bench_blocks", "bench_rounds", "bench_requests", "probe_inputs"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +369,6 @@ def baseline_outputs(study_spec: Any, task: Any, train_df: pd.DataFrame,
     """Outputs of every generation baseline on the evaluation inputs: the base model zero-shot
     on the runs' prompts, few-shot with `generation.few_shot` training examples (the first
     training inputs, fixed, with their first reference), and, for E2E inputs, the template."""
-    from peftlab.runs import _generation  # noqa: F401  (same resolution as the runs)
     from peftlab.spec import GenerationSpec
     from peftlab.text_metrics import parse_mr, template_sentence
 
@@ -406,3 +409,37 @@ def judge(main_metric: str, higher_is_better: bool, run_metrics: dict[str, Any],
     return {"learned": not failed, "beats": beats, "bound": bound,
             "reason": None if not failed else
             f"{main_metric} interval bound {bound:.2f} does not clear {', '.join(failed)}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# which stages a generation study runs
+
+
+def is_generative(ctx: Any) -> bool:
+    """True for a study of generation tasks. A study mixing generation and classification or
+    regression tasks is refused (SpecError): its stages would need both kinds of model."""
+    from peftlab.errors import SpecError
+
+    kinds = {ctx.data.task(t.name).kind == "generation" for t in ctx.study.spec.tasks}
+    if len(kinds) > 1:
+        raise SpecError(f"{ctx.study.where('tasks')}: a study holds generation tasks or "
+                        "classification/regression tasks, not both: split it into two studies")
+    return kinds == {True}
+
+
+# What a generation study does at each stage that has no generation form yet.
+NOT_FOR_GENERATION = {
+    "forgetting": "the off-task probes and held-out LM loss are not measured for generation "
+                  "runs yet",
+    "drift": "representation and weight drift of generation runs is measured by the "
+             "generation drift step of the represent stage",
+}
+
+
+def skip_stage(ctx: Any, stage: str) -> bool:
+    """True (and a console line saying why) when `stage` has nothing to do in this study."""
+    if stage in NOT_FOR_GENERATION and is_generative(ctx):
+        ctx.console.print(f"{stage}: skipped for this generation study: "
+                          f"{NOT_FOR_GENERATION[stage]}")
+        return True
+    return False

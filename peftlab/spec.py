@@ -636,6 +636,16 @@ class GenerationSpec(_Strict):
     few_shot: int = Field(2, ge=0)  # training examples in the few-shot baseline's prompt; 0: none
     template_baseline: bool = True  # the MR's slot values joined into a sentence (E2E inputs)
     samples: int = Field(4, ge=0)  # fixed evaluation inputs the report shows outputs of
+    # Deployment cost of generate() (the bench stage of a generation study): every decode
+    # produces exactly `bench_new_tokens` tokens (EOS ignored), so modes decode the same length;
+    # `bench_blocks` fresh processes, each `bench_rounds` ABBA rounds of `bench_requests` timed
+    # requests per condition segment (`peftlab.latency_design`); modes and batch sizes from
+    # `bench.modes` and `bench.batch_sizes`, threads from `bench.threads`.
+    bench_new_tokens: int = Field(16, ge=2)
+    bench_blocks: int = Field(3, ge=2)
+    bench_rounds: int = Field(3, ge=1)
+    bench_requests: int = Field(1, ge=1)
+    probe_inputs: int = Field(60, ge=4)  # evaluation prompts whose representations drift reads
 
 
 class StudySpec(_Strict):

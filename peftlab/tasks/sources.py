@@ -728,7 +728,9 @@ def _load_generation_file(path: Path, fmt: str, columns: dict[str, str],
     for canonical in ("prompt", "target"):
         name = columns[canonical]
         if name not in table:
-            raise DataError(f"{path}: no column {name!r} (mapped to {canonical}); "
+            where = {"line": "line 1 (header)" if fmt in ("csv", "tsv") else f"line {rows[0]}",
+                     "row": "row 0"}[unit]
+            raise DataError(f"{path}: {where}: no column {name!r} (mapped to {canonical}); "
                             f"found: {', '.join(map(str, table))}")
         out = []
         for value, row in zip(table[name], rows, strict=True):
