@@ -68,6 +68,8 @@ def carve_validation(df: pd.DataFrame, task: TaskDef, share: float, seed: int
     """
     from sklearn.model_selection import train_test_split
 
+    if task.kind == "generation":  # by input: an input's references stay on one side
+        return _carve_inputs(df, task, share, seed)
     n_val = math.ceil(len(df) * share)
     if n_val < 1 or len(df) - n_val < 1:
         raise PeftlabError(f"task {task.name!r}: a validation share of {share} of its "
@@ -78,6 +80,23 @@ def carve_validation(df: pd.DataFrame, task: TaskDef, share: float, seed: int
                                         shuffle=True, stratify=labels)
     return (df.iloc[sorted(fit_idx)].reset_index(drop=True),
             df.iloc[sorted(val_idx)].reset_index(drop=True))
+
+
+def _carve_inputs(df: pd.DataFrame, task: TaskDef, share: float, seed: int
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`carve_validation` of a generation frame: a seeded share of its inputs (with all of
+    their references) is the validation split."""
+    import numpy as np
+
+    ids = df["input"].drop_duplicates().to_numpy()
+    n_val = math.ceil(len(ids) * share)
+    if n_val < 1 or len(ids) - n_val < 1:
+        raise PeftlabError(f"task {task.name!r}: a validation share of {share} of its "
+                           f"{len(ids)} training inputs leaves an empty split; use more "
+                           "training samples or another search.validation_share")
+    val = set(np.random.default_rng(seed).choice(ids, size=n_val, replace=False).tolist())
+    in_val = df["input"].isin(val).to_numpy()
+    return df[~in_val].reset_index(drop=True), df[in_val].reset_index(drop=True)
 
 
 def stratifiable(df: pd.DataFrame, task: TaskDef, n_val: int) -> bool:
