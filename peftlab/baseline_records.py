@@ -212,9 +212,9 @@ def generation_baselines(ctx: Context, tasks: list[str]) -> None:
     scored like the runs; skipped where evaluation rows, model and settings are unchanged."""
     import time
 
-    from peftlab.generation import (NOT_RUN_SETTINGS, baseline_outputs, generation_rows,
-                                    inputs_of, score)
+    from peftlab.generation import baseline_outputs, generation_rows, inputs_of, score
     from peftlab.records import GenerationBaselineRecord, GenerationRecord
+    from peftlab.spec import NOT_RUN_SETTINGS
     from peftlab.tasks import split_checksum
 
     spec = ctx.study.spec
@@ -224,7 +224,7 @@ def generation_baselines(ctx: Context, tasks: list[str]) -> None:
         stamp = {"content_checksum": split_checksum(eval_df),
                  "model": spec.model.model_dump(mode="json"),
                  "generation": spec.generation.model_dump(
-                     mode="json", exclude=NOT_RUN_SETTINGS - {"few_shot", "template_baseline"}),
+                     mode="json", exclude=set(NOT_RUN_SETTINGS - {"few_shot", "template_baseline"})),
                  "train_checksum": split_checksum(ctx.data.split(task, "train")),
                  "bootstrap": spec.training.bootstrap_samples, "seed": spec.data.seed}
         old = [GenerationBaselineRecord.parse(r) for r in ctx.store.records("gen_baselines")

@@ -128,7 +128,8 @@ def represent(ctx: Context) -> None:
         folder = ctx.store.path("represent_gen", t.name)
         folder.mkdir(parents=True, exist_ok=True)
 
-        def states(key: str, load: Any) -> dict[str, np.ndarray]:
+        def states(key: str, load: Any, folder: Path = folder,
+                   prompts: list[str] = prompts) -> dict[str, np.ndarray]:
             path = folder / f"{key}.npz"
             if path.is_file():
                 with np.load(path) as z:
@@ -235,7 +236,8 @@ def timed_generate(model: Any, enc: Any, new_tokens: int, pad_id: int,
             "latency": end - t0}
 
 
-def greedy_outputs(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
+def greedy_outputs(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
+                   ) -> list[str]:
     from peftlab.generation import generate
 
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, num_beams=1,
@@ -520,9 +522,9 @@ def _cell(s: Any) -> str:
 def report(ctx: Context) -> None:
     """report.md and report.html of a generation study, from stored results only."""
     from peftlab.generation import judge
+    from peftlab.metrics import METRICS
     from peftlab.records import GenerationBaselineRecord
     from peftlab.store import atomic_write_text
-    from peftlab.metrics import METRICS
 
     spec = ctx.study.spec
     alpha = spec.stats.alpha
@@ -546,13 +548,14 @@ def report(ctx: Context) -> None:
         methods = list(dict.fromkeys(rc.method for rc, _ in truns))
         verdicts = {rc.run_id: judge(main, hib, rec["metrics"], tb) for rc, rec in truns}
         learned = sum(v["learned"] for v in verdicts.values())
+        decoding = ("greedy" if spec.generation.num_beams == 1
+                    else f"beam {spec.generation.num_beams}")
         body += [f"## Task {t.name}: quality of the generated text", "",
                  f"Evaluation: {ctx.data.split(t.name, 'eval')['input'].nunique()} inputs, "
                  f"every reference of each; training: "
                  f"{ctx.data.split(t.name, 'train')['input'].nunique()} inputs x up to "
                  f"{spec.generation.train_references or 'all'} references. Decoding: "
-                 f"{'greedy' if spec.generation.num_beams == 1 else f'beam {spec.generation.num_beams}'}"
-                 f", at most {spec.generation.max_new_tokens} new tokens, stop at EOS or "
+                 f"{decoding}, at most {spec.generation.max_new_tokens} new tokens, stop at EOS or "
                  f"{spec.generation.stop!r}. Intervals: {100 * (1 - alpha):g}% bootstrap over "
                  "inputs (per run), t interval over seeds (method means).", "",
                  "### Methods (mean over seeds)", "",

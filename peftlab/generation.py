@@ -42,10 +42,7 @@ if TYPE_CHECKING:
     from peftlab.training import TrainResult
 
 GENERATIONS_FILE = "generations.jsonl"
-# Settings of the spec's `generation` block that change neither a run's model nor its outputs
-# (baselines, report, bench, drift): left out of run ids.
-NOT_RUN_SETTINGS = {"samples", "few_shot", "template_baseline", "bench_new_tokens",
-                    "bench_blocks", "bench_rounds", "bench_requests", "probe_inputs"}
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +234,16 @@ def read_generations(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def engine(task: Any) -> Any:
+    """The training engine of `task`: this module's for generation, else the classifier's
+    (`peftlab.training.train_and_evaluate`); same arguments, same `TrainResult`."""
+    if task.kind == "generation":
+        return train_and_evaluate_generation
+    from peftlab.training import train_and_evaluate
+
+    return train_and_evaluate
+
+
 def spec_of(rc: RunConfig) -> GenerationSpec:
     from peftlab.spec import GenerationSpec
 
@@ -257,17 +264,23 @@ def train_and_evaluate_generation(rc: RunConfig, task: Any, train_df: pd.DataFra
                                   out_dir: Path | None = None, callbacks: Sequence[Any] = (),
                                   where: str | None = None, study: str | None = None,
                                   **_: Any) -> TrainResult:
-    """`peftlab.training.train_and_evaluate` for a generation task: same result fields (logits
-    None; `metrics` from decoding the evaluation inputs), plus `generations.jsonl` and the
-    artifact (adapter or whole model, with its tokenizer) in `out_dir` when given."""
+    """`peftlab.training.train_and_evaluate` for a generation task (`engine` picks it): the
+    same result fields (logits None; `metrics` from decoding the evaluation inputs), plus
+    `generations.jsonl` and the artifact (adapter or whole model, with its tokenizer) in
+    `out_dir` when given."""
     import torch
     from transformers import PrinterCallback, set_seed
 
     from peftlab.memory import PeakMemory
     from peftlab.methods import get_method
     from peftlab.models import count_parameters, linear_module_names
-    from peftlab.training import (RunFailed, TrainResult, _loop_timer, trainer_class,
-                                  training_arguments)
+    from peftlab.training import (
+        RunFailed,
+        TrainResult,
+        _loop_timer,
+        trainer_class,
+        training_arguments,
+    )
 
     method = get_method(rc.method_type)
     gen = spec_of(rc)
@@ -321,9 +334,8 @@ def train_and_evaluate_generation(rc: RunConfig, task: Any, train_df: pd.DataFra
             metrics = score(task, inputs, outputs, n_bootstrap=tr.bootstrap_samples, seed=rc.seed)
             artifact = None
             if out_dir is not None:
-                from peftlab.models import portable_name
-
                 from peftlab.artifacts import ModelLoader
+                from peftlab.models import portable_name
 
                 write_generations(work / GENERATIONS_FILE, generation_rows(inputs, outputs))
                 artifact = work / "artifact"
@@ -369,7 +381,6 @@ def baseline_outputs(study_spec: Any, task: Any, train_df: pd.DataFrame,
     """Outputs of every generation baseline on the evaluation inputs: the base model zero-shot
     on the runs' prompts, few-shot with `generation.few_shot` training examples (the first
     training inputs, fixed, with their first reference), and, for E2E inputs, the template."""
-    from peftlab.spec import GenerationSpec
     from peftlab.text_metrics import parse_mr, template_sentence
 
     gen: GenerationSpec = study_spec.generation

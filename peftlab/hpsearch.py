@@ -256,7 +256,8 @@ def run_trial(rc: RunConfig, task: TaskDef, fit_df: pd.DataFrame, val_df: pd.Dat
     (None: once per epoch) and returns True to prune. Needs no store and no Optuna (a remote
     worker can run it and return the outcome).
     """
-    from peftlab.training import steps_per_epoch, train_and_evaluate
+    from peftlab.generation import engine
+    from peftlab.training import steps_per_epoch
 
     t0 = time.perf_counter()
     reports: list[dict[str, Any]] = []
@@ -268,9 +269,9 @@ def run_trial(rc: RunConfig, task: TaskDef, fit_df: pd.DataFrame, val_df: pd.Dat
     callbacks = [_report_callback(objectives[0], record)] if report is not None else []
     every = eval_steps or steps_per_epoch(rc, len(fit_df))
     try:
-        result = train_and_evaluate(rc, task, fit_df, val_df, device=device, callbacks=callbacks,
-                                    eval_during_training=every if report is not None else None,
-                                    where=where)
+        result = engine(task)(rc, task, fit_df, val_df, device=device, callbacks=callbacks,
+                              eval_during_training=every if report is not None else None,
+                              where=where)
     except Pruned as p:
         return TrialOutcome("pruned", pruned_at_step=p.step, steps=p.step,
                             duration_s=time.perf_counter() - t0, intermediate=reports)

@@ -165,9 +165,9 @@ def _generation(spec: StudySpec, tspec: TaskSpec) -> dict[str, Any]:
     task = task_from_spec(tspec)
     if task.kind != "generation":
         return {}
-    from peftlab.generation import NOT_RUN_SETTINGS
+    from peftlab.spec import NOT_RUN_SETTINGS
 
-    g = spec.generation.model_dump(mode="json", exclude=NOT_RUN_SETTINGS)
+    g = spec.generation.model_dump(mode="json", exclude=set(NOT_RUN_SETTINGS))
     g["prompt_template"] = g["prompt_template"] or task.prompt_template or "{input}"
     return g
 

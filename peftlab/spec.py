@@ -83,10 +83,7 @@ class DataSpec(_Strict):
     # it, e.g. SST-2's trailing space, to reproduce a study that pooled the text as distributed;
     # part of every run's identity (a run on unstripped text is another run).
     strip_whitespace: bool = True
-    # The E2E NLG folder (devset.csv + testset_w_refs.csv, or the official three files); None:
-    # PEFTLAB_E2E_DIR, else --data-dir / PEFTLAB_DATA_DIR when it holds the files (or an `e2e`
-    # folder that does)
-    e2e_dir: Path | None = None
+    e2e_dir: Path | None = None  # E2E NLG folder; None: PEFTLAB_E2E_DIR, --data-dir (find_e2e_dir)
 
 
 class TaskSpec(_Strict):
@@ -95,14 +92,12 @@ class TaskSpec(_Strict):
     name: str
     files: dict[Literal["train", "eval"], Path] | None = None
     format: Literal["csv", "tsv", "jsonl", "parquet"] | None = None  # None: from the suffix
-    # generation tasks (kind: generation) map `prompt` and `target` instead
     columns: dict[Literal["text_a", "text_b", "label", "prompt", "target"], str] | None = None
     label_names: list[str] | None = None
     metrics: list[str] | None = None
     regression: bool = False
-    # "generation": a prompt-to-text task from the user's files (rows with the same prompt are
-    # references of one input); None: classification, or regression with `regression: true`
-    kind: Literal["generation"] | None = None
+    # generation: prompt -> text from files (`columns: {prompt, target}`; one prompt's rows are
+    kind: Literal["generation"] | None = None  # its references); None: classification/regression
     prompt_template: str | None = None  # generation: the prompt, `{input}` the file's prompt text
     train_samples: int | None = Field(None, gt=0)  # overrides data.train_samples for this task
     eval_samples: int | None = Field(None, gt=0)
@@ -622,29 +617,30 @@ class TrackingSpec(_Strict):
     log_artifacts: bool = True  # report.md, report.html and spec.yaml on the study's tracker run
 
 
-class GenerationSpec(_Strict):
-    """How generation tasks are prompted, trained and decoded (`peftlab.generation`)."""
+# `generation` settings that change neither a run's model nor its outputs: not in run ids
+NOT_RUN_SETTINGS = frozenset({"samples", "few_shot", "template_baseline", "bench_new_tokens",
+                              "bench_blocks", "bench_rounds", "bench_requests", "probe_inputs"})
 
-    # The prompt; None: the task's own template (E2E: "Facts: {input}\nSentence:")
-    prompt_template: str | None = None
-    chat_template: bool = False  # wrap the prompt in the tokenizer's chat template as a user turn
+
+class GenerationSpec(_Strict):
+    """How generation tasks are prompted, trained, decoded and benchmarked (`peftlab.generation`,
+    `peftlab.gen_study`): the bench decodes exactly `bench_new_tokens` tokens in `bench_blocks`
+    fresh processes of `bench_rounds` ABBA rounds (`bench.modes`, `bench.batch_sizes`)."""
+
+    prompt_template: str | None = None  # `{input}`; None: the task's (E2E: "Facts: {input}\n...")
+    chat_template: bool = False  # wrap the prompt in the tokenizer's chat template (a user turn)
     train_references: int | None = Field(None, gt=0)  # references per training input; None: all
     max_new_tokens: int = Field(48, gt=0)
     num_beams: int = Field(1, gt=0)  # 1: greedy decoding
     stop: list[str] = Field(default_factory=lambda: ["\n"])  # an output ends at EOS or these
     batch_size: int = Field(16, gt=0)  # inputs per decoding batch
-    few_shot: int = Field(2, ge=0)  # training examples in the few-shot baseline's prompt; 0: none
+    few_shot: int = Field(2, ge=0)  # solved training inputs in the few-shot baseline; 0: none
     template_baseline: bool = True  # the MR's slot values joined into a sentence (E2E inputs)
     samples: int = Field(4, ge=0)  # fixed evaluation inputs the report shows outputs of
-    # Deployment cost of generate() (the bench stage of a generation study): every decode
-    # produces exactly `bench_new_tokens` tokens (EOS ignored), so modes decode the same length;
-    # `bench_blocks` fresh processes, each `bench_rounds` ABBA rounds of `bench_requests` timed
-    # requests per condition segment (`peftlab.latency_design`); modes and batch sizes from
-    # `bench.modes` and `bench.batch_sizes`, threads from `bench.threads`.
     bench_new_tokens: int = Field(16, ge=2)
     bench_blocks: int = Field(3, ge=2)
     bench_rounds: int = Field(3, ge=1)
-    bench_requests: int = Field(1, ge=1)
+    bench_requests: int = Field(1, ge=1)  # timed requests per condition segment
     probe_inputs: int = Field(60, ge=4)  # evaluation prompts whose representations drift reads
 
 

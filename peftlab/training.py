@@ -269,12 +269,6 @@ def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
     study: the study's name, for the artifact's model card.
     A user mistake raises PeftlabError; a run-level failure returns status "failed".
     """
-    if task.kind == "generation":  # a causal LM, decoded and scored against references
-        from peftlab.generation import train_and_evaluate_generation
-
-        return train_and_evaluate_generation(rc, task, train_df, eval_df, device=device,
-                                             out_dir=out_dir, callbacks=callbacks, where=where,
-                                             study=study)
     import torch
     from transformers import PrinterCallback
 

@@ -192,7 +192,7 @@ def test_replicates_equal_the_metric_on_the_resampled_inputs():
 
 
 def test_slot_error_rate_counts_missing_values():
-    from peftlab.text_metrics import parse_mr, slot_error_rate, slot_counts
+    from peftlab.text_metrics import parse_mr, slot_counts, slot_error_rate
 
     assert parse_mr("name[The Vaults], priceRange[more than £30], near[Café Adriatic]") == [
         ("name", "The Vaults"), ("priceRange", "more than £30"), ("near", "Café Adriatic")]

@@ -171,11 +171,11 @@ def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device:
     """
     import shutil
 
+    from peftlab.generation import engine
     from peftlab.models import resolve_device
     from peftlab.records import RunRecord
     from peftlab.store import atomic_dir
     from peftlab.tracking import run_trackers
-    from peftlab.training import train_and_evaluate
 
     final_dir = Path(final)
     if final_dir.exists():  # left by an interrupted or failed attempt: never half-reused
@@ -184,10 +184,10 @@ def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device:
     result: TrainResult | None = None
     try:
         with atomic_dir(final_dir) as tmp, run_trackers(tracking, rc) as trackers:
-            result = train_and_evaluate(rc, task, train_df, eval_df,
-                                        device=resolve_device(device), out_dir=tmp,
-                                        callbacks=[*(callbacks or []), *trackers.callbacks],
-                                        where=where, study=study)
+            result = engine(task)(rc, task, train_df, eval_df,
+                                  device=resolve_device(device), out_dir=tmp,
+                                  callbacks=[*(callbacks or []), *trackers.callbacks],
+                                  where=where, study=study)
             trackers.finish(result)
             if result.status != "done":
                 raise _Discard
