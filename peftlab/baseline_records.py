@@ -149,6 +149,10 @@ def compute(ctx: Context, tasks: list[str]) -> None:
     from peftlab.tasks import split_checksum
 
     spec = ctx.study.spec
+    generative = [t for t in tasks if ctx.data.task(t).kind == "generation"]
+    if generative:
+        generation_baselines(ctx, generative)
+        tasks = [t for t in tasks if t not in generative]
     loader = None
     prov = provenance()
     # track: a progress line per task, and what the model load logs is labelled with the task
@@ -200,3 +204,49 @@ def compute(ctx: Context, tasks: list[str]) -> None:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+def generation_baselines(ctx: Context, tasks: list[str]) -> None:
+    """The `gen_baselines` records (and their outputs in `generations`) of generation tasks:
+    the base model zero- and few-shot and the template (`peftlab.generation.baseline_outputs`),
+    scored like the runs; skipped where evaluation rows, model and settings are unchanged."""
+    import time
+
+    from peftlab.generation import baseline_outputs, generation_rows, inputs_of, score
+    from peftlab.records import GenerationBaselineRecord, GenerationRecord
+    from peftlab.spec import NOT_RUN_SETTINGS
+    from peftlab.tasks import split_checksum
+
+    spec = ctx.study.spec
+    for task in track(ctx.console, "baselines", list(tasks), label=lambda t: t):
+        task_def = ctx.data.task(task)
+        eval_df = ctx.data.split(task, "eval")
+        stamp = {"content_checksum": split_checksum(eval_df),
+                 "model": spec.model.model_dump(mode="json"),
+                 "generation": spec.generation.model_dump(
+                     mode="json", exclude=set(NOT_RUN_SETTINGS - {"few_shot", "template_baseline"})),
+                 "train_checksum": split_checksum(ctx.data.split(task, "train")),
+                 "bootstrap": spec.training.bootstrap_samples, "seed": spec.data.seed}
+        old = [GenerationBaselineRecord.parse(r) for r in ctx.store.records("gen_baselines")
+               if r["task"] == task]
+        if old and all(r.stamp == stamp for r in old):
+            ctx.console.print(f"baselines {task}: up to date")
+            continue
+        t0 = time.perf_counter()
+        outputs = baseline_outputs(spec, task_def, ctx.data.split(task, "train"), eval_df,
+                                   ctx.device)
+        elapsed = time.perf_counter() - t0
+        inputs = inputs_of(eval_df)
+        recs: list[Any] = []
+        for name, outs in outputs.items():
+            metrics = score(task_def, inputs, outs, n_bootstrap=spec.training.bootstrap_samples,
+                            seed=spec.data.seed)
+            recs.append(GenerationBaselineRecord(
+                task=task, name=name, main_metric=task_def.metrics[0], metrics=metrics,
+                eval_inputs=len(inputs), stamp=stamp, eval_time_s=elapsed))
+            recs += [GenerationRecord(run_id=f"baseline:{task}:{name}", task=task, method=name,
+                                      **row) for row in generation_rows(inputs, outs)]
+            m = metrics[task_def.metrics[0]]
+            ctx.console.print(f"baselines {task}: {name} {task_def.metrics[0]} "
+                              f"{m['value']:.2f} [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]")
+        write(ctx.store, recs)

@@ -53,6 +53,9 @@ class StudyData:
             if t.files is not None:
                 df = load_split(task, split, source="files", files=dict(t.files),
                                 columns=dict(t.columns or {}), strip=strip)
+            elif task.builtin is not None:  # a layout of its own (E2E): its folder
+                df = load_split(task, split, source="builtin", glue_dir=self.builtin_dir(),
+                                strip=strip)
             else:
                 source, folder = self.study.data_source()
                 df = load_split(task, split, source=source, glue_dir=folder,
@@ -64,7 +67,15 @@ class StudyData:
             d = self.study.spec.data
             n = (t.train_samples or d.train_samples) if split == "train" else (
                 t.eval_samples or d.eval_samples)
-            df = take(df, n, d.seed)
+            if self.task(name).kind == "generation":
+                # by input, never by row (the references of one input stay together); the
+                # sample sizes count inputs
+                from peftlab.tasks.sources import subsample_inputs
+
+                refs = self.study.spec.generation.train_references if split == "train" else None
+                df = subsample_inputs(df, n, d.seed, references=refs)
+            else:
+                df = take(df, n, d.seed)
             self._frames[key] = df
         return df
 
@@ -76,6 +87,11 @@ class StudyData:
         strip = self.study.spec.data.strip_whitespace
         return {"strip_whitespace": strip,
                 "rule": NORMALISATION_RULE if strip else KEPT_WHITESPACE_RULE}
+
+    def builtin_dir(self) -> Path | None:
+        """The folder given for tasks with a layout of their own (E2E): data.e2e_dir, else
+        --data-dir / PEFTLAB_DATA_DIR (`sources.find_e2e_dir` looks inside too)."""
+        return self.study.spec.data.e2e_dir or self.study.data_dir
 
     def checksum(self, name: str, split: str) -> str:
         """sha256 of the split's source file (local files) or of its canonical content (hub)."""
@@ -91,6 +107,11 @@ class StudyData:
         t = self.study.task_spec(name)
         if t.files is not None:
             return Path(t.files[split])
+        task = self.task(name)
+        if task.builtin == "e2e":
+            from peftlab.tasks.sources import e2e_layout, find_e2e_dir
+
+            return Path(e2e_layout(find_e2e_dir(self.builtin_dir()))[split])
         source, folder = self.study.data_source()
         if source != "glue_dir" or folder is None:
             return None

@@ -68,6 +68,8 @@ def carve_validation(df: pd.DataFrame, task: TaskDef, share: float, seed: int
     """
     from sklearn.model_selection import train_test_split
 
+    if task.kind == "generation":  # by input: an input's references stay on one side
+        return _carve_inputs(df, task, share, seed)
     n_val = math.ceil(len(df) * share)
     if n_val < 1 or len(df) - n_val < 1:
         raise PeftlabError(f"task {task.name!r}: a validation share of {share} of its "
@@ -78,6 +80,23 @@ def carve_validation(df: pd.DataFrame, task: TaskDef, share: float, seed: int
                                         shuffle=True, stratify=labels)
     return (df.iloc[sorted(fit_idx)].reset_index(drop=True),
             df.iloc[sorted(val_idx)].reset_index(drop=True))
+
+
+def _carve_inputs(df: pd.DataFrame, task: TaskDef, share: float, seed: int
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`carve_validation` of a generation frame: a seeded share of its inputs (with all of
+    their references) is the validation split."""
+    import numpy as np
+
+    ids = df["input"].drop_duplicates().to_numpy()
+    n_val = math.ceil(len(ids) * share)
+    if n_val < 1 or len(ids) - n_val < 1:
+        raise PeftlabError(f"task {task.name!r}: a validation share of {share} of its "
+                           f"{len(ids)} training inputs leaves an empty split; use more "
+                           "training samples or another search.validation_share")
+    val = set(np.random.default_rng(seed).choice(ids, size=n_val, replace=False).tolist())
+    in_val = df["input"].isin(val).to_numpy()
+    return df[~in_val].reset_index(drop=True), df[in_val].reset_index(drop=True)
 
 
 def stratifiable(df: pd.DataFrame, task: TaskDef, n_val: int) -> bool:
@@ -237,7 +256,8 @@ def run_trial(rc: RunConfig, task: TaskDef, fit_df: pd.DataFrame, val_df: pd.Dat
     (None: once per epoch) and returns True to prune. Needs no store and no Optuna (a remote
     worker can run it and return the outcome).
     """
-    from peftlab.training import steps_per_epoch, train_and_evaluate
+    from peftlab.generation import engine
+    from peftlab.training import steps_per_epoch
 
     t0 = time.perf_counter()
     reports: list[dict[str, Any]] = []
@@ -249,9 +269,9 @@ def run_trial(rc: RunConfig, task: TaskDef, fit_df: pd.DataFrame, val_df: pd.Dat
     callbacks = [_report_callback(objectives[0], record)] if report is not None else []
     every = eval_steps or steps_per_epoch(rc, len(fit_df))
     try:
-        result = train_and_evaluate(rc, task, fit_df, val_df, device=device, callbacks=callbacks,
-                                    eval_during_training=every if report is not None else None,
-                                    where=where)
+        result = engine(task)(rc, task, fit_df, val_df, device=device, callbacks=callbacks,
+                              eval_during_training=every if report is not None else None,
+                              where=where)
     except Pruned as p:
         return TrialOutcome("pruned", pruned_at_step=p.step, steps=p.step,
                             duration_s=time.perf_counter() - t0, intermediate=reports)

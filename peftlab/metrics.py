@@ -260,8 +260,9 @@ def _chance_no_correlation(labels: np.ndarray, k: int | None, n_draws: int, seed
 # --------------------------------------------------------------------------- the registry
 
 # What a metric compares (`Metric.target`; a task kind's `target` says what its predictions are):
-# "class" - class ids 0..K-1 (y_true labels, y_pred argmax), "score" - real numbers.
-TARGETS = ("class", "score")
+# "class" - class ids 0..K-1 (y_true labels, y_pred argmax), "score" - real numbers,
+# "text" - generated text against `text_metrics.References` (the input and its references).
+TARGETS = ("class", "score", "text")
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,20 @@ for _metric in (
            chance=_chance_no_correlation),
 ):
     METRICS.register(_metric)
+
+
+def _register_text_metrics() -> None:
+    """The generation metrics (`peftlab.text_metrics`); one vectorised replicate function."""
+    from peftlab import text_metrics as tm
+
+    for name, fn, higher in (("bleu", tm.bleu, True), ("rouge_l", tm.rouge_l, True),
+                             ("chrf", tm.chrf, True),
+                             ("slot_error_rate", tm.slot_error_rate, False)):
+        METRICS.register(Metric(name, fn, "text", higher_is_better=higher,
+                                replicates=tm.text_replicates))
+
+
+_register_text_metrics()
 
 
 def get_metric(name: str, *, where: str | None = None) -> Metric:

@@ -159,6 +159,23 @@ class RunRecord(Record):
     provenance: dict[str, Any] | None = None
 
 
+class GenerationRecord(Record):
+    """One output of a generation run or baseline for one evaluation input (key
+    "<run_id>/<input>"): what metrics of generated text are computed from. `run_id` is the run's
+    id, or "baseline:<task>:<name>" for the base model (zero_shot, few_shot) and the template."""
+
+    TABLE: ClassVar[str] = "generations"
+    KEY: ClassVar[str] = "{run_id}/{input}"
+    run_id: str
+    task: str
+    method: str  # the study's method name, or the baseline's name
+    seed: int | None = None
+    input: int  # the input's id in the evaluation split (0..n-1, file order)
+    input_text: str
+    output: str
+    references: list[str]
+
+
 # ---------------------------------------------------------------------------------------------
 # represent
 
@@ -621,7 +638,7 @@ def finished_searches(store: Store) -> dict[str, dict[str, Any]]:
 # Every table with a schema, by name (the CLI and the store tests use it).
 SCHEMAS: dict[str, type[Record]] = {cls.TABLE: cls for cls in (
     DataRecord, RunRecord, RepresentRecord, DriftRecord, WeightRecord, BenchRecord,
-    BenchBlockRecord, BenchPairRecord, BenchDesignRecord, ServingRecord)}
+    BenchBlockRecord, BenchPairRecord, BenchDesignRecord, ServingRecord, GenerationRecord)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,7 +690,25 @@ class BaselineRecord(Record):
                 "best_constant": self.best_constant, "chance": self.chance}
 
 
+class GenerationBaselineRecord(Record):
+    """One baseline of a generation task (key "<task>/<name>"): the base model zero-shot or
+    few-shot on the runs' prompts, or the template; its outputs are in the `generations` table
+    under run id "baseline:<task>:<name>". metrics: name -> {value, ci_low, ci_high} with
+    bootstrap intervals over the evaluation inputs."""
+
+    TABLE: ClassVar[str] = "gen_baselines"
+    KEY: ClassVar[str] = "{task}/{name}"
+    task: str
+    name: str  # zero_shot, few_shot_<k>, template
+    main_metric: str
+    metrics: dict[str, dict[str, float | None]]
+    eval_inputs: int
+    stamp: dict[str, Any]  # what it depends on: evaluation rows, model, generation settings
+    eval_time_s: float | None = None
+
+
 SCHEMAS[BaselineRecord.TABLE] = BaselineRecord
+SCHEMAS[GenerationBaselineRecord.TABLE] = GenerationBaselineRecord
 SCHEMAS[ReadoutRecord.TABLE] = ReadoutRecord
 
 

@@ -48,6 +48,9 @@ class RunConfig:
     # Set when a search chose hyperparameters: {"id", "study", "trial", "params", "values"}; or,
     # before that search has finished, {"id", "study", "status": "waiting"} (see Study.resolve).
     search: dict[str, Any] | None = None
+    # generation tasks: the spec's `generation` block with the task's prompt template filled in
+    # (prompt, references and decoding change the run); {} for every other task
+    generation: dict[str, Any] = field(default_factory=dict)
     run_id: str = field(default="")
 
     @property
@@ -85,6 +88,8 @@ class RunConfig:
             # chooses the same values under another number); only for searched runs, so other
             # runs keep their ids
             **({"search": self.search["id"]} if self.search and "trial" in self.search else {}),
+            # only for generation tasks, so every other run keeps its id
+            **({"generation": self.generation} if self.generation else {}),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -149,8 +154,23 @@ def resolve_run(spec: StudySpec, tspec: TaskSpec, method: str, seed: int,
         data_seed=spec.data.seed,
         task_data=task_data,
         strip_whitespace=spec.data.strip_whitespace,
+        generation=_generation(spec, tspec),
     )
     return with_id(rc)
+
+
+def _generation(spec: StudySpec, tspec: TaskSpec) -> dict[str, Any]:
+    """The `generation` block a generation task's run depends on ({} for other tasks)."""
+    from peftlab.tasks import task_from_spec
+
+    task = task_from_spec(tspec)
+    if task.kind != "generation":
+        return {}
+    from peftlab.spec import NOT_RUN_SETTINGS
+
+    g = spec.generation.model_dump(mode="json", exclude=set(NOT_RUN_SETTINGS))
+    g["prompt_template"] = g["prompt_template"] or task.prompt_template or "{input}"
+    return g
 
 
 def with_values(rc: RunConfig, values: dict[str, Any], *, where: str) -> RunConfig:

@@ -83,6 +83,7 @@ class DataSpec(_Strict):
     # it, e.g. SST-2's trailing space, to reproduce a study that pooled the text as distributed;
     # part of every run's identity (a run on unstripped text is another run).
     strip_whitespace: bool = True
+    e2e_dir: Path | None = None  # E2E NLG folder; None: PEFTLAB_E2E_DIR, --data-dir (find_e2e_dir)
 
 
 class TaskSpec(_Strict):
@@ -91,10 +92,13 @@ class TaskSpec(_Strict):
     name: str
     files: dict[Literal["train", "eval"], Path] | None = None
     format: Literal["csv", "tsv", "jsonl", "parquet"] | None = None  # None: from the suffix
-    columns: dict[Literal["text_a", "text_b", "label"], str] | None = None
+    columns: dict[Literal["text_a", "text_b", "label", "prompt", "target"], str] | None = None
     label_names: list[str] | None = None
     metrics: list[str] | None = None
     regression: bool = False
+    # generation: prompt -> text from files (`columns: {prompt, target}`; one prompt's rows are
+    kind: Literal["generation"] | None = None  # its references); None: classification/regression
+    prompt_template: str | None = None  # generation: the prompt, `{input}` the file's prompt text
     train_samples: int | None = Field(None, gt=0)  # overrides data.train_samples for this task
     eval_samples: int | None = Field(None, gt=0)
     training: dict[str, Any] = Field(default_factory=dict)  # overrides of `training` for this task
@@ -104,6 +108,13 @@ class TaskSpec(_Strict):
         if self.files is not None:
             if "train" not in self.files or "eval" not in self.files:
                 raise ValueError("`files` needs both a `train` and an `eval` file")
+            if self.kind == "generation":
+                if not self.columns or set(self.columns) != {"prompt", "target"}:
+                    raise ValueError("a generation task's `columns` maps exactly `prompt` and "
+                                     "`target`")
+                if self.label_names or self.regression:
+                    raise ValueError("a generation task has no label_names and no regression")
+                return self
             if not self.columns or "text_a" not in self.columns or "label" not in self.columns:
                 raise ValueError("`columns` must map at least `text_a` and `label` for `files`")
             if not self.regression and not self.label_names:
@@ -645,6 +656,33 @@ class TrackingSpec(_Strict):
     log_artifacts: bool = True  # report.md, report.html and spec.yaml on the study's tracker run
 
 
+# `generation` settings that change neither a run's model nor its outputs: not in run ids
+NOT_RUN_SETTINGS = frozenset({"samples", "few_shot", "template_baseline", "bench_new_tokens",
+                              "bench_blocks", "bench_rounds", "bench_requests", "probe_inputs"})
+
+
+class GenerationSpec(_Strict):
+    """How generation tasks are prompted, trained, decoded and benchmarked (`peftlab.generation`,
+    `peftlab.gen_study`): the bench decodes exactly `bench_new_tokens` tokens in `bench_blocks`
+    fresh processes of `bench_rounds` ABBA rounds (`bench.modes`, `bench.batch_sizes`)."""
+
+    prompt_template: str | None = None  # `{input}`; None: the task's (E2E: "Facts: {input}\n...")
+    chat_template: bool = False  # wrap the prompt in the tokenizer's chat template (a user turn)
+    train_references: int | None = Field(None, gt=0)  # references per training input; None: all
+    max_new_tokens: int = Field(48, gt=0)
+    num_beams: int = Field(1, gt=0)  # 1: greedy decoding
+    stop: list[str] = Field(default_factory=lambda: ["\n"])  # an output ends at EOS or these
+    batch_size: int = Field(16, gt=0)  # inputs per decoding batch
+    few_shot: int = Field(2, ge=0)  # solved training inputs in the few-shot baseline; 0: none
+    template_baseline: bool = True  # the MR's slot values joined into a sentence (E2E inputs)
+    samples: int = Field(4, ge=0)  # fixed evaluation inputs the report shows outputs of
+    bench_new_tokens: int = Field(16, ge=2)
+    bench_blocks: int = Field(3, ge=2)
+    bench_rounds: int = Field(3, ge=1)
+    bench_requests: int = Field(1, ge=1)  # timed requests per condition segment
+    probe_inputs: int = Field(60, ge=4)  # evaluation prompts whose representations drift reads
+
+
 class StudySpec(_Strict):
     name: str
     description: str = ""
@@ -668,6 +706,7 @@ class StudySpec(_Strict):
     sweep: dict[str, dict[str, Any]] = Field(default_factory=dict)  # values: list or mapping
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)  # see training.report_to
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)  # generation tasks only
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -207,4 +207,4 @@ def test_chance_of_a_metric_without_a_formula_is_simulated():
     assert how == "simulation (500 draws, seed 0)" and abs(value - 1 / 3) < 0.02
     assert Metric("s", METRICS.get("pearson").fn, "score").chance_value(labels, None, 9, 0) is None
     with pytest.raises(ValueError, match="target must be one of"):
-        Metric("bad", METRICS.get("accuracy").fn, "text")
+        Metric("bad", METRICS.get("accuracy").fn, "image")

@@ -476,7 +476,7 @@ def test_registry_builtins_and_unknown_name():
         "wnli",
     }
     assert get_task("SST-2") is get_task("sst2")
-    with pytest.raises(SpecError, match="unknown task 'imdb'.*known tasks: cola, mnli"):
+    with pytest.raises(SpecError, match="unknown task 'imdb'.*known tasks: cola, e2e_nlg, mnli"):
         get_task("imdb")
 
 

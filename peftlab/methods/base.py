@@ -140,8 +140,13 @@ def wrap_peft(model: nn.Module, config: Any, head_names: list[str]) -> nn.Module
     given, so a Llama adapter would record ['score', 'classifier', 'score']; the wrapped modules
     are decided at this point, so the recorded list is set back to the heads that exist.
     """
-    from peft import get_peft_model
+    from peft import TaskType, get_peft_model
 
+    if getattr(model, "peftlab_causal_lm", False):
+        # a generation task's causal LM (`peftlab.generation`): its LM head writes the text and
+        # stays the base's; PEFT's causal-LM wrapper passes generate() through
+        config.task_type = TaskType.CAUSAL_LM
+        head_names = []
     heads = list(dict.fromkeys(head_names))  # before PEFT extends the list it was given in place
     config.modules_to_save = list(heads)
     peft_model = get_peft_model(model, config)

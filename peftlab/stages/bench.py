@@ -52,6 +52,13 @@ if TYPE_CHECKING:
 def run(ctx: Context) -> None:
     """Benchmark every (mode, unit, batch size, sequence length) not measured yet, block by block
     (see `schedule`), each block closed by its drift reference; then serving under load."""
+    from peftlab.generation import is_generative
+
+    if is_generative(ctx):  # generate() per token: `peftlab.gen_study.bench`
+        from peftlab.gen_study import bench as generation_bench
+
+        generation_bench(ctx)
+        return
     from peftlab.models import model_revision, resolve_model
 
     spec = ctx.study.spec

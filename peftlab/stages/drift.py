@@ -85,6 +85,10 @@ def check_finite(arr: np.ndarray, where: str) -> None:
 
 def run(ctx: Context) -> None:
     """Fill the `drift` table (representations) and the `weights` table (weight updates)."""
+    from peftlab.generation import skip_stage
+
+    if skip_stage(ctx, "drift"):
+        return
     representation_drift(ctx)
     weight_drift(ctx)
 

@@ -171,11 +171,11 @@ def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device:
     """
     import shutil
 
+    from peftlab.generation import engine
     from peftlab.models import resolve_device
     from peftlab.records import RunRecord
     from peftlab.store import atomic_dir
     from peftlab.tracking import run_trackers
-    from peftlab.training import train_and_evaluate
 
     final_dir = Path(final)
     if final_dir.exists():  # left by an interrupted or failed attempt: never half-reused
@@ -184,10 +184,10 @@ def train_unit(rc: RunConfig, task: Any, train_df: Any, eval_df: Any, *, device:
     result: TrainResult | None = None
     try:
         with atomic_dir(final_dir) as tmp, run_trackers(tracking, rc) as trackers:
-            result = train_and_evaluate(rc, task, train_df, eval_df,
-                                        device=resolve_device(device), out_dir=tmp,
-                                        callbacks=[*(callbacks or []), *trackers.callbacks],
-                                        where=where, study=study)
+            result = engine(task)(rc, task, train_df, eval_df,
+                                  device=resolve_device(device), out_dir=tmp,
+                                  callbacks=[*(callbacks or []), *trackers.callbacks],
+                                  where=where, study=study)
             trackers.finish(result)
             if result.status != "done":
                 raise _Discard
@@ -225,12 +225,25 @@ def finish_unit(ctx: Context, out: Any) -> dict[str, Any]:
     rec = dict(out.value)
     rec["provenance"] = {**(rec.get("provenance") or {}), "execution": execution}
     parsed = RunRecord(**rec)
-    write(ctx.store, [parsed])
+    write(ctx.store, [parsed, *_generation_records(ctx, rc)])
     return parsed.dump()
 
 
+def _generation_records(ctx: Context, rc: RunConfig) -> list[Any]:
+    """The stored outputs of a generation run (its `generations.jsonl`), as records."""
+    from peftlab.generation import GENERATIONS_FILE, read_generations
+    from peftlab.records import GenerationRecord
+
+    path = artifact_dir(ctx, rc.run_id) / GENERATIONS_FILE
+    if not path.is_file():
+        return []
+    return [GenerationRecord(run_id=rc.run_id, task=rc.task, method=rc.method, seed=rc.seed,
+                             **row) for row in read_generations(path)]
+
+
 def run_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult, *,
-               artifact: str, artifact_bytes: int, artifact_weight_bytes: int, eval_logits: str,
+               artifact: str, artifact_bytes: int, artifact_weight_bytes: int,
+               eval_logits: str | None,
                provenance_stamp: dict[str, Any]):
     """The `runs` record of a finished training (pure: the caller writes it)."""
     import dataclasses
@@ -262,7 +275,8 @@ def _done_record(rc: RunConfig, base_record: dict[str, Any], result: TrainResult
         artifact_bytes=dir_bytes(final / "artifact"),
         artifact_weight_bytes=sum(
             p.stat().st_size for p in (final / "artifact").glob("*.safetensors")),
-        eval_logits=str(rel / "eval_logits.safetensors"),
+        eval_logits=(None if result.logits is None  # generation: outputs in generations.jsonl
+                     else str(rel / "eval_logits.safetensors")),
         provenance_stamp=provenance(
             model_revision=model_revision(resolved),
             data_checksums=checksums,

@@ -451,6 +451,10 @@ def unconfigured(study: Study) -> str | None:
 
 def run(ctx: Context) -> None:
     """Probe and score the base and every finished run; write the `forgetting` table."""
+    from peftlab.generation import skip_stage
+
+    if skip_stage(ctx, "forgetting"):
+        return
     if not ctx.study.spec.forgetting.enabled:
         ctx.console.print("forgetting: off (forgetting.enabled: false)")
         return

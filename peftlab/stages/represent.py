@@ -108,6 +108,13 @@ def _up_to_date(store: Store, task: str, key: str, poolings: list[str],
 
 def run(ctx: Context) -> None:
     """Extract (or reuse) the base's and every finished run's representations on every task."""
+    from peftlab.generation import is_generative
+
+    if is_generative(ctx):  # prompts through causal LMs: `peftlab.gen_study.represent`
+        from peftlab.gen_study import represent
+
+        represent(ctx)
+        return
     from peftlab.context import run_status
     from peftlab.execution import run_units
     from peftlab.models import load_config, resolve_model

@@ -11,6 +11,7 @@ See `registry.py` for the `TaskDef` fields and `sources.py` for the canonical Da
 from __future__ import annotations
 
 # The GLUE module registers the built-in tasks when imported.
+from peftlab.tasks.e2e import E2E
 from peftlab.tasks.glue import GLUE_TASKS
 from peftlab.tasks.kinds import TASK_KINDS, TaskKind, get_kind
 from peftlab.tasks.registry import (
@@ -45,6 +46,7 @@ from peftlab.tasks.sources import (
 __all__ = [
     "DATA_DIR_ENV",
     "FILE_FORMATS",
+    "E2E",
     "GLUE_TASKS",
     "KEPT_WHITESPACE_RULE",
     "NORMALISATION_RULE",

@@ -12,7 +12,9 @@ main one), how logits become predictions, the baselines a run must beat (`baseli
 metric the learned rule falls back on (`learned_fallback`). Which metrics apply is matched on
 `target`: a kind's predictions are class ids or scores, and so is what each `Metric` compares.
 
-Built in: classification (K >= 2 named classes, argmax) and regression (one float score).
+Built in: classification (K >= 2 named classes, argmax), regression (one float score) and
+generation (text out of a causal LM, scored against one or several references per input;
+`peftlab.generation` trains and decodes it, `peftlab.text_metrics` scores it).
 Adding a kind is a `TaskKind` subclass and one `TASK_KINDS.register` call; a task names it in
 `TaskDef.kind`.
 """
@@ -116,9 +118,37 @@ class Regression(TaskKind):
         return np.asarray(logits)[:, 0]
 
 
+class Generation(TaskKind):
+    """Text out: a causal LM continues a prompt; every input has one or several reference texts.
+
+    Its data frames hold one row per reference (`text_a` the input, `label` the reference text,
+    `input` the input's id); its predictions are generated texts (`peftlab.generation`), not
+    logits, and its baselines are the base model prompted zero- and few-shot and a template
+    (`peftlab.generation.baselines`)."""
+
+    name = "generation"
+    target = "text"
+    has_classes = False
+    label_dtype = "text"
+    default_metrics = ("bleu", "rouge_l", "chrf")
+    chance_rule = "the base model and a template on the same inputs"
+
+    def num_labels(self, task: TaskDef) -> int:
+        return 0  # no classification head: the LM head writes the text
+
+    def predictions(self, task: TaskDef, logits: np.ndarray) -> np.ndarray:
+        raise TypeError("a generation task's predictions are decoded texts, not logits "
+                        "(peftlab.generation.generate)")
+
+    def baselines(self, task: TaskDef, labels: np.ndarray, **kwargs: Any) -> dict[str, Any]:
+        raise TypeError("a generation task's baselines need the base model "
+                        "(peftlab.generation.baselines)")
+
+
 TASK_KINDS: Registry[TaskKind] = Registry("task kind")
 TASK_KINDS.register(Classification)
 TASK_KINDS.register(Regression)
+TASK_KINDS.register(Generation)
 
 
 def get_kind(name: str, *, where: str | None = None) -> TaskKind:

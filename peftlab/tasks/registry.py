@@ -96,6 +96,11 @@ class TaskDef:
     hub: HubLayout | None = None
     glue: GlueLayout | None = None
     kind: str | None = None
+    # A loader of its own (`sources.BUILTIN_LOADERS`, e.g. "e2e": the E2E NLG folder), for
+    # tasks whose files fit neither the hub nor the GLUE layout.
+    builtin: str | None = None
+    # Generation tasks: the prompt the model continues, `{input}` replaced by the input text.
+    prompt_template: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind is None:  # frozen: the derived defaults are set once, here
@@ -248,6 +253,7 @@ def make_file_task(
     metrics: tuple[str, ...] | list[str] | None = None,
     text_columns: tuple[str, ...] | list[str] = ("text",),
     kind: str | None = None,
+    prompt_template: str | None = None,
 ) -> TaskDef:
     """A task for the user's own files (no hub or GLUE layout). It is validated, not registered.
 
@@ -267,6 +273,7 @@ def make_file_task(
         metrics=tuple(metrics),
         eval_split="eval",
         kind=kind,
+        prompt_template=prompt_template,
     )
 
 
@@ -275,6 +282,9 @@ def task_from_spec(t: TaskSpec) -> TaskDef:
     None: the task kind's defaults, see `make_file_task`)."""
     if t.files is None:
         return get_task(t.name)
+    if t.kind == "generation":
+        return make_file_task(t.name, None, tuple(t.metrics) if t.metrics else None, ("prompt",),
+                              kind="generation", prompt_template=t.prompt_template or "{input}")
     text_columns = tuple(c for c in ("text_a", "text_b") if c in (t.columns or {}))
     return make_file_task(t.name, None if t.regression else tuple(t.label_names or ()),
                           tuple(t.metrics) if t.metrics else None, text_columns)

@@ -328,6 +328,8 @@ def load_files(
     """
     path = Path(path)
     fmt = _file_format(path, fmt)
+    if task.kind == "generation":
+        return _load_generation_file(path, fmt, columns, strip)
     _check_column_mapping(columns, task)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -548,6 +550,8 @@ def load_split(
                        empty) columns mapping means the canonical names (text_a, [text_b], label)
     """
     _check_split(split)
+    if task.builtin is not None and source != "files":
+        return BUILTIN_LOADERS[task.builtin](task, split, folder=glue_dir, strip=strip)
     if source == "hub":
         return load_hub(task, split, revision=revision, cache_dir=cache_dir, strip=strip)
     if source == "glue_dir":
@@ -619,6 +623,11 @@ def describe(df: pd.DataFrame, task: TaskDef) -> dict:
     """
     summary: dict[str, Any] = {"rows": int(len(df))}
     labels = df["label"].to_numpy()
+    if task.kind == "generation":
+        inputs = df["input"].nunique() if len(df) else 0
+        summary["inputs"] = int(inputs)
+        summary["references_per_input"] = float(len(df) / inputs) if inputs else None
+        return summary
     if not task.has_classes:
         empty = len(labels) == 0
         summary["label_stats"] = {
@@ -665,7 +674,9 @@ def split_checksum(df: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     digest.update(("\t".join([*text_columns, "label"]) + "\n").encode())
     labels = df["label"].to_numpy()
-    if np.issubdtype(labels.dtype, np.floating):
+    if labels.dtype == object:  # generation: reference texts
+        label_strings = [normalise_text(str(v), strip=False) for v in labels]
+    elif np.issubdtype(labels.dtype, np.floating):
         label_strings = [format(float(v), ".7g") for v in labels]
     else:
         label_strings = [str(int(v)) for v in labels]
@@ -674,3 +685,145 @@ def split_checksum(df: pd.DataFrame) -> str:
     for fields in zip(*columns, label_strings, strict=True):
         digest.update("".join(f"{len(f)}:{f}" for f in fields).encode())
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Generation tasks: one row per reference, rows of one input grouped under its id
+# --------------------------------------------------------------------------------------------
+
+
+def generation_frame(inputs: list[str], targets: list[str], rows: list[int]) -> pd.DataFrame:
+    """The canonical frame of a generation split: text_a (the input), label (a reference text),
+    input (0-based id of the distinct input, in order of first appearance) and row. Rows with
+    the same input are the references of one input, wherever they stand in the file."""
+    ids: dict[str, int] = {}
+    input_ids = [ids.setdefault(text, len(ids)) for text in inputs]
+    return pd.DataFrame({
+        "text_a": inputs,
+        "label": pd.Series(targets, dtype=object),
+        "input": np.asarray(input_ids, dtype=np.int64),
+        "row": np.asarray(rows, dtype=np.int64),
+    })
+
+
+def _load_generation_file(path: Path, fmt: str, columns: dict[str, str],
+                          strip: bool) -> pd.DataFrame:
+    """A user's generation file: `columns` maps `prompt` and `target` to the file's columns.
+    A missing column, a non-text or empty prompt or target is a DataError naming the file, the
+    line (or Parquet row) and the column."""
+    if set(columns) != {"prompt", "target"}:
+        raise SpecError("column mapping of a generation task: map exactly `prompt` and `target` "
+                        f"(got {', '.join(map(repr, columns)) or 'nothing'})")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    if fmt in ("csv", "tsv"):
+        table, rows, unit = _read_user_delimited(path, fmt)
+    elif fmt == "jsonl":
+        table, rows, unit = _read_jsonl(path, list(columns.values()))
+    else:
+        table, rows, unit = _read_parquet(path)
+    values: dict[str, list[str]] = {}
+    for canonical in ("prompt", "target"):
+        name = columns[canonical]
+        if name not in table:
+            where = {"line": "line 1 (header)" if fmt in ("csv", "tsv") else f"line {rows[0]}",
+                     "row": "row 0"}[unit]
+            raise DataError(f"{path}: {where}: no column {name!r} (mapped to {canonical}); "
+                            f"found: {', '.join(map(str, table))}")
+        out = []
+        for value, row in zip(table[name], rows, strict=True):
+            if not isinstance(value, str):
+                raise DataError(f"{path}: {unit} {row}: column {name!r} ({canonical}) holds "
+                                f"{value!r}, not text")
+            text = normalise_text(value, strip)
+            if not text.strip():
+                raise DataError(f"{path}: {unit} {row}: column {name!r} ({canonical}) is empty")
+            out.append(text)
+        values[canonical] = out
+    return generation_frame(values["prompt"], values["target"], rows)
+
+
+E2E_DIR_ENV = "PEFTLAB_E2E_DIR"
+E2E_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_refs.csv"}
+
+
+def _holds_e2e(folder: Path) -> bool:
+    return (folder / E2E_FILES["test"]).is_file() and (folder / E2E_FILES["dev"]).is_file()
+
+
+def find_e2e_dir(folder: Path | str | None = None) -> Path:
+    """The E2E NLG folder: `folder` (the spec's data.e2e_dir, or --data-dir) when it holds the
+    files or has an `e2e` subfolder that does, else PEFTLAB_E2E_DIR, else PEFTLAB_DATA_DIR the
+    same way. DataError naming what was tried when none does."""
+    tried: list[str] = []
+    for candidate in (folder, os.environ.get(E2E_DIR_ENV), os.environ.get(DATA_DIR_ENV)):
+        if not candidate:
+            continue
+        for f in (Path(candidate), Path(candidate) / "e2e"):
+            if _holds_e2e(f):
+                return f
+            tried.append(str(f))
+    raise DataError(
+        "the E2E NLG data was not found: pass --data-dir <dir>, set data.e2e_dir or "
+        f"{E2E_DIR_ENV} to a folder holding {E2E_FILES['dev']} and {E2E_FILES['test']} "
+        f"(and {E2E_FILES['train']} for the full release)"
+        + (f"; tried {', '.join(tried)}" if tried else ""))
+
+
+def e2e_layout(folder: Path) -> dict[str, Any]:
+    """Which files of an E2E folder a study reads: the official layout (trainset.csv present:
+    train on it) or the development layout (train on devset.csv); both evaluate on
+    testset_w_refs.csv. {"layout", "train", "eval"} with the file paths (provenance)."""
+    folder = Path(folder)
+    official = (folder / E2E_FILES["train"]).is_file()
+    return {"layout": "official" if official else "development",
+            "train": str(folder / E2E_FILES["train" if official else "dev"]),
+            "eval": str(folder / E2E_FILES["test"])}
+
+
+def load_e2e(task: TaskDef, split: str, *, folder: Path | str | None = None,
+             strip: bool = True) -> pd.DataFrame:
+    """Canonical `split` of the E2E NLG data (`e2e_layout` says which file), one row per
+    reference; `input` numbers the MRs in file order, so subsampling by input keeps every
+    reference of an MR on one side."""
+    _check_split(split)
+    path = Path(e2e_layout(find_e2e_dir(folder))[split])
+    header, records, lines = _read_delimited(path, delimiter=",", quoting=csv.QUOTE_MINIMAL,
+                                             has_header=True, num_fields=2)
+    assert header is not None
+    im, ir = _column_position("mr", header, path), _column_position("ref", header, path)
+    mrs, refs = [], []
+    for r, line in zip(records, lines, strict=True):
+        mr, ref = normalise_text(r[im], strip), normalise_text(r[ir], strip)
+        for name, text in (("mr", mr), ("ref", ref)):
+            if not text.strip():
+                raise DataError(f"{path}: line {line}: column {name!r} is empty")
+        mrs.append(mr)
+        refs.append(ref)
+    return generation_frame(mrs, refs, lines)
+
+
+# Loaders of tasks with a layout of their own (`TaskDef.builtin`):
+# (task, split, folder=..., strip=...) -> canonical frame.
+BUILTIN_LOADERS = {"e2e": load_e2e}
+
+
+def subsample_inputs(df: pd.DataFrame, n: int | None, seed: int, *,
+                     references: int | None = None) -> pd.DataFrame:
+    """A generation split cut by input, never by row: `n` inputs chosen at random (numpy
+    `default_rng(seed)`, in file order; None: all), every reference of each kept (or its first
+    `references`). The same (df, n, seed) always gives the same inputs; ids are renumbered
+    0..n-1 in order."""
+    ids = df["input"].drop_duplicates().to_numpy()
+    if n is not None and n < len(ids):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+        ids = ids[chosen]
+    out = df[df["input"].isin(set(ids.tolist()))]
+    if references is not None:
+        out = out[out.groupby("input").cumcount() < references]
+    out = out.reset_index(drop=True)
+    remap = {old: new for new, old in enumerate(out["input"].drop_duplicates())}
+    out["input"] = out["input"].map(remap).astype(np.int64)
+    return out

@@ -45,7 +45,14 @@ def build_report(ctx: Context) -> Document:
 
 def run(ctx: Context) -> None:
     """Write report.md and report.html into the study directory (each atomically)."""
+    from peftlab.generation import is_generative
     from peftlab.store import atomic_write_text
+
+    if is_generative(ctx):  # its own report: `peftlab.gen_study.report`
+        from peftlab.gen_study import report
+
+        report(ctx)
+        return
 
     doc = build_report(ctx)
     md, html = to_markdown(doc), to_html(doc)

@@ -117,6 +117,12 @@ def verdict_rows(items: list[Record]) -> list[Record]:
 def run(ctx: Context) -> None:
     """Build every comparison the study implies and replace the `stats` table with them, and
     the `verdicts` table with each run's verdicts."""
+    from peftlab.generation import is_generative
+
+    if is_generative(ctx):
+        ctx.console.print("stats: a generation study's comparisons are computed by its report "
+                          "(peftlab.gen_study.report)")
+        return
     items = build_stats(ctx)
     ctx.store.replace_where(TABLE, "", items)
     ctx.store.replace_where(VERDICTS_TABLE, "", verdict_rows(items))

@@ -1,0 +1,367 @@
+"""Generation tasks: data (E2E folder, user files and their errors), target-only loss, decoding,
+text metrics with bootstrap over inputs, a user CSV task end to end on a tiny causal LM, the
+greedy-equality gate, and the per-token timing clock."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peftlab.errors import DataError
+
+E2E_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e"
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer LlamaForCausalLM briefly pretrained on the fixed corpus (+ its tokenizer)."""
+    from peftlab.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-lm"), lm_head=True, pretrain_steps=20)
+
+
+def _csv(path: Path, rows: list[list[str]], header=("mr", "ref")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _toy_rows() -> list[list[str]]:
+    # two inputs, two references each, the references of input 1 apart in the file
+    return [["name[Aa], area[riverside]", "Aa is by the river."],
+            ["name[Bb], area[city centre]", "Bb is in the city centre."],
+            ["name[Aa], area[riverside]", "Aa sits by the river."],
+            ["name[Bb], area[city centre]", "Bb is central."]]
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def test_user_file_groups_rows_of_one_prompt_as_references(tmp_path):
+    from peftlab.generation import inputs_of
+    from peftlab.tasks import load_split, make_file_task
+
+    task = make_file_task("toy", None, kind="generation", text_columns=("prompt",))
+    path = _csv(tmp_path / "t.csv", _toy_rows())
+    df = load_split(task, "train", source="files", files={"train": path},
+                    columns={"prompt": "mr", "target": "ref"})
+    assert df["input"].tolist() == [0, 1, 0, 1]
+    assert df["row"].tolist() == [2, 3, 4, 5]
+    assert inputs_of(df) == [("name[Aa], area[riverside]",
+                              ["Aa is by the river.", "Aa sits by the river."]),
+                             ("name[Bb], area[city centre]",
+                              ["Bb is in the city centre.", "Bb is central."])]
+
+
+def test_subsample_by_input_keeps_references_together():
+    from peftlab.tasks.sources import generation_frame, subsample_inputs
+
+    inputs = [f"mr{i // 3}" for i in range(30)]  # 10 inputs x 3 references
+    df = generation_frame(inputs, [f"ref{i}" for i in range(30)], list(range(30)))
+    sub = subsample_inputs(df, 4, seed=0, references=2)
+    assert sub["input"].nunique() == 4 and len(sub) == 8
+    assert sorted(sub["input"].unique().tolist()) == [0, 1, 2, 3]
+    for _, g in sub.groupby("text_a"):  # first 2 references of each chosen input, in order
+        first = int(g["label"].iloc[0][3:])
+        assert g["label"].tolist() == [f"ref{first}", f"ref{first + 1}"] and first % 3 == 0
+    again = subsample_inputs(df, 4, seed=0, references=2)
+    assert again.equals(sub)
+
+
+@pytest.mark.parametrize("case, content, message", [
+    ("malformed row", 'mr,ref\n"name[A]",A is here.\n"name[B]",B,extra\n',
+     "line 3 has 3 fields"),
+    ("missing column", 'mr,text\n"name[A]",A is here.\n', "line 1 (header): no column 'ref'"),
+    ("empty target", 'mr,ref\n"name[A]",A is here.\n"name[B]","  "\n',
+     "line 3: column 'ref' (target) is empty"),
+])
+def test_malformed_generation_file_is_one_error_line_exit_2(tmp_path, tiny_lm, case, content,
+                                                            message):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "train.csv"
+    bad.write_text(content, encoding="utf-8")
+    good = _csv(tmp_path / "eval.csv", _toy_rows())
+    spec = _spec(tmp_path, tiny_lm, train=bad, eval_=good)
+    proc = subprocess.run([sys.executable, "-m", "peftlab.cli", "run", str(spec), "--stages",
+                           "data"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert str(bad) in lines[0] and message in lines[0], lines[0]
+
+
+def test_jsonl_non_text_target_names_file_line_and_column(tmp_path):
+    from peftlab.tasks import load_split, make_file_task
+
+    task = make_file_task("toy", None, kind="generation", text_columns=("prompt",))
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"p": "a", "t": "b"}) + "\n" + json.dumps({"p": "c", "t": 3})
+                    + "\n")
+    with pytest.raises(DataError, match=r"t\.jsonl: line 2: column 't' \(target\) holds 3"):
+        load_split(task, "train", source="files", files={"train": path},
+                   columns={"prompt": "p", "target": "t"})
+
+
+@pytest.mark.skipif(not E2E_DIR.is_dir(), reason=f"E2E data not found at {E2E_DIR}")
+def test_e2e_shared_layout_trains_on_devset_and_evaluates_on_testset():
+    from peftlab.tasks import get_task, load_split
+    from peftlab.tasks.sources import e2e_layout
+
+    task = get_task("e2e_nlg")
+    assert e2e_layout(E2E_DIR) == {"layout": "development",
+                                   "train": str(E2E_DIR / "devset.csv"),
+                                   "eval": str(E2E_DIR / "testset_w_refs.csv")}
+    train = load_split(task, "train", source="builtin", glue_dir=E2E_DIR)
+    test = load_split(task, "eval", source="builtin", glue_dir=E2E_DIR)
+    assert (len(train), train["input"].nunique()) == (4672, 547)  # the README's counts
+    assert (len(test), test["input"].nunique()) == (4693, 630)
+    prices = set(test["text_a"].str.extract(r"(priceRange\[[^]]*\])")[0].dropna())
+    assert "priceRange[less than £20]" in prices  # read as UTF-8
+
+
+def test_e2e_official_layout_trains_on_trainset(tmp_path):
+    from peftlab.tasks import get_task, load_split
+    from peftlab.tasks.sources import e2e_layout
+
+    for name in ("trainset.csv", "devset.csv", "testset_w_refs.csv"):
+        _csv(tmp_path / name, [[f"name[{name}]", "x"]])
+    assert e2e_layout(tmp_path)["layout"] == "official"
+    train = load_split(get_task("e2e_nlg"), "train", source="builtin", glue_dir=tmp_path)
+    assert train["text_a"].tolist() == ["name[trainset.csv]"]
+
+
+def test_e2e_folder_missing_is_a_data_error(tmp_path, monkeypatch):
+    from peftlab.tasks import get_task, load_split
+
+    monkeypatch.delenv("PEFTLAB_E2E_DIR", raising=False)
+    monkeypatch.delenv("PEFTLAB_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="E2E NLG data was not found.*--data-dir"):
+        load_split(get_task("e2e_nlg"), "eval", source="builtin", glue_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------- metrics
+
+
+def _refs():
+    from peftlab.text_metrics import references
+
+    return references([("name[Aa], area[riverside], familyFriendly[yes]",
+                        ["Aa is a family place by the river.", "Aa, riverside, for kids."]),
+                       ("name[Bb], eatType[pub]", ["Bb is a pub."]),
+                       ("name[Cc], food[Thai]", ["Cc serves Thai food.", "Thai food at Cc.",
+                                                 "Cc: Thai."])])
+
+
+def test_bleu_and_chrf_are_sacrebleu_corpus_scores_against_all_references():
+    import sacrebleu
+
+    from peftlab.text_metrics import bleu, chrf
+
+    refs = _refs()
+    outs = ["Aa is by the river for kids.", "Bb is a pub.", "Cc has Thai food."]
+    streams = [["Aa is a family place by the river.", "Bb is a pub.", "Cc serves Thai food."],
+               ["Aa, riverside, for kids.", None, "Thai food at Cc."],
+               [None, None, "Cc: Thai."]]
+    assert bleu(refs, outs) == pytest.approx(sacrebleu.corpus_bleu(outs, streams).score)
+    assert chrf(refs, outs) == pytest.approx(sacrebleu.corpus_chrf(outs, streams).score)
+
+
+def test_replicates_equal_the_metric_on_the_resampled_inputs():
+    from peftlab.metrics import counts_from_indices
+    from peftlab.text_metrics import bleu, chrf, rouge_l, slot_error_rate, text_replicates
+
+    refs = _refs()
+    outs = np.array(["Aa is by the river.", "Bb is a pub.", "Cc has Thai food."], dtype=object)
+    idx = np.array([[0, 0, 2], [1, 2, 2], [0, 1, 2]])
+    reps = text_replicates(["bleu", "chrf", "rouge_l", "slot_error_rate"], refs, outs,
+                           counts_from_indices(idx, 3))
+    for b, row in enumerate(idx):
+        for name, fn in (("bleu", bleu), ("chrf", chrf), ("rouge_l", rouge_l),
+                         ("slot_error_rate", slot_error_rate)):
+            assert reps[name][b] == pytest.approx(fn(refs[row], outs[row]), abs=1e-9), name
+
+
+def test_slot_error_rate_counts_missing_values():
+    from peftlab.text_metrics import parse_mr, slot_counts, slot_error_rate
+
+    assert parse_mr("name[The Vaults], priceRange[more than £30], near[Café Adriatic]") == [
+        ("name", "The Vaults"), ("priceRange", "more than £30"), ("near", "Café Adriatic")]
+    assert parse_mr("just a prompt") == []
+    assert slot_counts("name[Aa], area[riverside], familyFriendly[yes]",
+                       "Aa is in the riverside area, good for children.") == (0, 3)
+    assert slot_counts("name[Aa], area[riverside], familyFriendly[no]", "Aa.") == (2, 3)
+    refs = _refs()
+    # 3 + 2 + 2 slots; missing: riverside, familyFriendly (1st), none (2nd), Thai (3rd)
+    assert slot_error_rate(refs, ["Aa is by the river.", "Bb is a pub.", "Cc."]) == \
+        pytest.approx(100 * 3 / 7)
+
+
+def test_intervals_resample_inputs_not_references():
+    from peftlab.generation import score
+    from peftlab.tasks import make_file_task
+
+    task = make_file_task("toy", None, ["rouge_l"], ("prompt",), kind="generation")
+    inputs = [("a", ["x y z"] * 20), ("b", ["p q"])]  # 21 references, 2 inputs
+    res = score(task, inputs, ["x y z", "nothing"], n_bootstrap=400, seed=0)["rouge_l"]
+    # over 2 inputs, a resample is {a,a}, {a,b} or {b,b}: 100, 50 or 0
+    assert res["value"] == pytest.approx(50)
+    assert res["ci_low"] == pytest.approx(0) and res["ci_high"] == pytest.approx(100)
+
+
+# ------------------------------------------------------------------------- training, decoding
+
+
+def test_loss_is_on_target_tokens_only(tiny_lm):
+    from transformers import AutoTokenizer
+
+    from peftlab.generation import encode_examples
+    from peftlab.tasks.sources import generation_frame
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    df = generation_frame(["name[Aa]"], ["Aa is here"], [2])
+    ds = encode_examples(df, tok, template="Facts: {input}\nSentence:", chat=False,
+                         max_length=64)
+    ids, labels = ds[0]["input_ids"], ds[0]["labels"]
+    n_prompt = len(tok("Facts: name[Aa]\nSentence:")["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert ids[-1] == tok.eos_token_id  # the model learns to stop
+    assert tok.decode(ids[n_prompt:-1]).strip() == "Aa is here"
+
+
+def _spec(tmp_path: Path, model: Path, *, train: Path, eval_: Path, methods=None,
+          seeds=(1,), training=None, generation=None) -> Path:
+    methods = methods or {"lora": {"type": "lora", "r": 4, "alpha": 8,
+                                   "target_modules": "all-linear",
+                                   "training": {"learning_rate": 3e-3}}}
+    spec = {
+        "name": "gen", "output_dir": str(tmp_path / "study"), "device": "cpu",
+        "model": {"name": str(model), "max_length": 48},
+        "tasks": [{"name": "toy", "kind": "generation", "files": {"train": str(train),
+                                                                  "eval": str(eval_)},
+                   "columns": {"prompt": "mr", "target": "ref"},
+                   "prompt_template": "Facts: {input}\nSentence:",
+                   "metrics": ["bleu", "rouge_l", "chrf", "slot_error_rate"]}],
+        "methods": methods, "seeds": list(seeds),
+        "training": training or {"epochs": 1, "batch_size": 4, "bootstrap_samples": 20},
+        "generation": {"max_new_tokens": 6, "few_shot": 1, "batch_size": 4,
+                       **(generation or {})},
+    }
+    path = tmp_path / "spec.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_user_csv_generation_task_end_to_end(tmp_path, tiny_lm):
+    """data -> baselines -> finetune -> report on a user CSV: a full fine-tune that memorises
+    two MRs writes their references, every output is stored and the record's metrics are
+    recomputed from the stored outputs."""
+    from peftlab.generation import score
+    from peftlab.pipeline import load_study, run_stages
+    from peftlab.store import Store
+
+    rows = [r for r in _toy_rows() if r[1] in ("Aa is by the river.", "Bb is central.")]
+    train = _csv(tmp_path / "train.csv", rows * 8)
+    eval_ = _csv(tmp_path / "eval.csv", _toy_rows())
+    spec = _spec(tmp_path, tiny_lm, train=train, eval_=eval_,
+                 methods={"full": {"type": "full", "training": {"learning_rate": 3e-3}}},
+                 training={"epochs": 12, "batch_size": 4, "bootstrap_samples": 50,
+                           "warmup_ratio": 0.0, "scheduler": "constant",
+                           "group_by_length": True},
+                 generation={"max_new_tokens": 16})
+    study = load_study(spec)
+    run_stages(study, ["data", "baselines", "finetune", "report"])
+    store = Store(study.output_dir, create=False)
+    (run,) = [r for r in store.records("runs")]
+    assert run["status"] == "done" and run["eval_examples"] == 2
+    gens = sorted((g for g in store.records("generations") if g["run_id"] == run["run_id"]),
+                  key=lambda g: g["input"])
+    assert [g["output"] for g in gens] == ["Aa is by the river.", "Bb is central."]
+    assert gens[0]["references"] == ["Aa is by the river.", "Aa sits by the river."]
+    task = study_task(study)
+    again = score(task, [(g["input_text"], g["references"]) for g in gens],
+                  [g["output"] for g in gens], n_bootstrap=50, seed=1)
+    assert again == run["metrics"]
+    assert run["metrics"]["bleu"]["value"] == pytest.approx(100)
+    names = {r["name"] for r in store.records("gen_baselines")}
+    assert names == {"zero_shot", "few_shot_1", "template"}
+    report = (study.output_dir / "report.md").read_text()
+    assert "| full | 1 |" in report and "Sample outputs" in report
+    assert "1 of 1 runs learned" in report  # BLEU 100 clears the untrained base and the template
+    store.close()
+
+
+def study_task(study):
+    from peftlab.tasks import task_from_spec
+
+    return task_from_spec(study.spec.tasks[0])
+
+
+def test_run_ids_of_generation_runs_follow_prompt_not_bench_settings(tmp_path, tiny_lm):
+    from peftlab.pipeline import load_study
+
+    train = _csv(tmp_path / "train.csv", _toy_rows())
+    ids = []
+    for gen in ({}, {"bench_rounds": 7, "samples": 1}, {"prompt_template": "In: {input}\nOut:"}):
+        spec = _spec(tmp_path, tiny_lm, train=train, eval_=train, generation=gen)
+        ids.append(load_study(spec).runs()[0].run_id)
+    assert ids[0] == ids[1] != ids[2]
+
+
+# ------------------------------------------------------------------------ gate and the clock
+
+
+def test_unmerged_merged_and_reloaded_adapters_give_identical_greedy_outputs(tmp_path, tiny_lm):
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from peftlab.gen_study import gate
+    from peftlab.generation import generate, load_causal_lm
+    from peftlab.spec import ModelSpec
+
+    spec = ModelSpec(name=str(tiny_lm), max_length=48)
+    model, tok = load_causal_lm(spec, "cpu")
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so the adapter changes the outputs
+    peft = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=16,
+                                            target_modules="all-linear",
+                                            init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    prompts = ["Facts: name[Aa]\nSentence:", "Facts: name[Bb], area[riverside]\nSentence:",
+               "hello", "the cat"]
+    g = gate(spec, tmp_path / "adapter", "lora", prompts, "cpu", 8)
+    assert g["passed"], g
+    base, _ = load_causal_lm(spec, "cpu")
+    plain = generate(base, tok, prompts, max_new_tokens=8, stop=())
+    assert plain != g["outputs"]["unmerged"]  # the gate compared an adapter that matters
+
+
+def test_step_clock_times_every_new_token(tiny_lm):
+    from peftlab.gen_study import StepClock, timed_generate
+    from peftlab.generation import load_causal_lm
+    from peftlab.spec import ModelSpec
+
+    model, tok = load_causal_lm(ModelSpec(name=str(tiny_lm)), "cpu")
+    tok.padding_side = "left"
+    enc = tok(["a b", "c d e f"], return_tensors="pt", padding=True)
+    r = timed_generate(model, enc, 5, tok.pad_token_id)
+    assert 0 < r["ttft"] <= r["latency"] and r["tpot"] > 0
+    clock = StepClock()
+    from transformers import StoppingCriteriaList
+
+    out = model.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                         pad_token_id=tok.pad_token_id,
+                         stopping_criteria=StoppingCriteriaList([clock]))
+    assert len(clock.times) == 5 == out.shape[1] - enc["input_ids"].shape[1]
