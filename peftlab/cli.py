@@ -290,7 +290,8 @@ def init(
 ) -> None:
     """Write a starter spec (a copy of a shipped one, renamed) to edit; never overwrites."""
     from peftlab.errors import SpecError
-    from peftlab.spec import shipped_specs, starter_spec
+    from peftlab.spec import shipped_specs
+    from peftlab.starter import starter_spec
 
     shipped = shipped_specs()
     if template not in shipped:

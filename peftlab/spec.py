@@ -18,7 +18,6 @@ spec's layers resolve to runs and their ids is `peftlab.runs`; the plan of a who
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -627,8 +626,7 @@ class ExecutionSpec(_Strict):
     # ray only: null starts a Ray runtime on this machine; "auto" joins the cluster this machine
     # belongs to (`ray start --head` / `ray start --address ...`); or "host:port", "ray://..."
     address: str | None = None
-    # ray only: seconds to reach a cluster at `address` (name lookup, TCP connect to its GCS
-    # port, then ray.init's own connection to it) before the run stops with an error
+    # ray only: seconds to reach the cluster at `address` (name lookup, GCS port, ray.init)
     connect_timeout_s: float = Field(30.0, gt=0)
     resources: ExecutionResources = Field(default_factory=ExecutionResources)
     max_retries: int = Field(1, ge=0)  # times a unit whose worker died is run again
@@ -636,8 +634,7 @@ class ExecutionSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    """Where the trackers named in `training.report_to` write (`peftlab.tracking`); nothing here
-    changes a run's identity.
+    """Where the trackers in `training.report_to` write (`peftlab.tracking`), not run identity.
 
     TensorBoard: <output_dir>/tensorboard/<run_id>. MLflow: one experiment per study, one parent
     run for the study and one nested run per trained run, found again by its run id tag. W&B: one
@@ -776,41 +773,6 @@ def find_spec(spec: str | os.PathLike[str]) -> Path:
         return shipped[name]
     raise SpecError(f"{p}: spec file not found (a path to a YAML file, or the name of a shipped "
                     f"spec: {', '.join(shipped) or 'none'})")
-
-
-def starter_spec(template: Path, target: Path) -> str:
-    """The text of a new spec: `template` (a shipped spec) renamed after `target`'s file name.
-
-    `name` becomes the file's stem and `output_dir` runs/<stem>; the comments stay, so the
-    starter explains itself, except the shipped spec's own run commands (replaced by the new
-    file's). Raises SpecError if the result does not carry the new name (a template without
-    top-level `name:` and `output_dir:` lines).
-    """
-    import re
-
-    name = target.stem
-
-    def scalar(v: str) -> str:  # plain when YAML reads it back as this string, else quoted
-        return v if re.fullmatch(r"[\w./-]+", v) and yaml.safe_load(v) == v else json.dumps(v)
-
-    lines = template.read_text(encoding="utf-8").splitlines(keepends=True)
-    n = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    header = [line for line in lines[:n] if not re.match(r"#\s+peftlab\b", line)]
-    while header and header[-1].strip() == "#":
-        header.pop()
-    intro = [f"# {name}: written by `peftlab init` from the shipped spec '{template.stem}'.\n",
-             "#\n", f"#   peftlab validate {target}\n", f"#   peftlab run {target}\n"]
-    body = "".join(lines[n:])
-    body, n_name = re.subn(r"^name:.*$", f"name: {scalar(name)}", body, count=1, flags=re.M)
-    body, n_out = re.subn(r"^output_dir:.*$", f"output_dir: {scalar(f'runs/{name}')}", body,
-                          count=1, flags=re.M)
-    text = "".join(intro + (["#\n", *header] if header else [])) + body
-    parsed = yaml.safe_load(text)
-    if not (n_name and n_out and parsed.get("name") == name
-            and parsed.get("output_dir") == f"runs/{name}"):
-        raise SpecError(f"{template}: cannot be used as a starter: expected top-level `name:` "
-                        "and `output_dir:` lines")
-    return text
 
 
 class DuplicateKeyError(yaml.YAMLError):

@@ -672,6 +672,9 @@ def test_init_writes_a_starter_spec_that_validates(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from peftlab.spec import shipped_specs
 
+    e2e = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "e2e"
+    if e2e.is_dir():  # the generation spec validates against its own data folder
+        monkeypatch.setenv("PEFTLAB_E2E_DIR", str(e2e))
     monkeypatch.chdir(tmp_path)
     for template, shipped in shipped_specs().items():
         name = f"mine-{template}"
