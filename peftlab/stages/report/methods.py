@@ -241,7 +241,7 @@ def methods_section(res: Results) -> Section:
     for task in v.tasks:
         trows = [r for r in rows if r["task"] == task]
         header = ["Method"] + (["Swept values"] if sweep else []) + [
-            "Trainable params", "Mergeable", "Accuracy (mean)", f"{conf_label(res)} CI over "
+            "Trainable params", "Mergeable", "Main metric (mean)", f"{conf_label(res)} CI over "
             "seeds", "Learned", "CKA to base (mean)", f"{conf_label(res)} CI over seeds",
             "Unmerged / full model (ms)", "Merged (ms)", "Pareto"]
         table = []
