@@ -231,7 +231,10 @@ def methods_section(res: Results) -> Section:
         "better). 'front': no other row of the task is at least as good on all three and "
         "better on one; 'dominated': another row is; 'not compared': an axis is missing. The "
         "front is taken on the means: untested differences are numbers, not decisions (the "
-        "tested comparisons are in the Findings and Deployment sections). 'Learned' is the "
+        "tested comparisons are in the Findings and Deployment sections), and on unrounded "
+        "values (`peftlab results DIR --table methods`): two CKAs that print alike at 4 "
+        "decimals can still order two rows. 'Learned' "
+        "is the "
         "trust panel's rule, per seed; accuracy and CKA means include every finished seed, "
         "learned or not."
         + (" Latency: " + "; ".join(
