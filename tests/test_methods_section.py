@@ -77,8 +77,9 @@ def test_the_rows_of_the_sample_study_are_its_stored_results(sample):
             if d["run_b"] in own and d["kind"] == "base_vs_run" and d["layer"] >= 1:
                 per_run.setdefault(d["run_b"], []).append(d["values"][CKA])
         assert math.isclose(r["cka"], np.mean([np.mean(v) for v in per_run.values()]))
-        assert r["learned"] == sum(1 for s in res.view.seeds
-                                   if (res.verdicts.get((task, method, s)) or {}).get("learned"))
+        verdicts = [res.verdicts.get((task, method, s)) or {} for s in res.view.seeds]
+        assert r["learned"] == sum(1 for x in verdicts if x.get("learned"))
+        assert r["improved"] == sum(1 for x in verdicts if x.get("improved") is True)
     lora, full = rows[("sst2", "lora")], rows[("sst2", "full")]
     assert lora["mergeable"] is True and full["mergeable"] is None
     merged = [b["latency"]["p50"] for b in res.bench if b["ok"] and b["task"] == "sst2"

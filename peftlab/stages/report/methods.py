@@ -105,7 +105,8 @@ def _latency(res: Results, task: str, method: str, mode: str) -> tuple[float | N
 def method_rows(res: Results) -> list[dict[str, Any]]:
     """One dict per (task, method) in spec order: method, method_type, swept values, trainable
     params, mergeable (bool or None for full fine-tuning) and why not, metric, accuracy mean /
-    ci_low / ci_high / n, learned and judged seed counts, cka mean / ci_low / ci_high / n,
+    ci_low / ci_high / n, learned and judged seed counts, improved (on the probe-fitted start) and
+    start_judged seed counts, cka mean / ci_low / ci_high / n,
     unmerged_ms (a full model's own latency for full fine-tuning), merged_ms, latency_ms (the
     cost axis: the lower of the two), latency_source, pareto (True, False, or None when an axis
     is missing)."""
@@ -153,6 +154,9 @@ def method_rows(res: Results) -> list[dict[str, Any]]:
                 "accuracy_ci_low": sm.get("ci_low"), "accuracy_ci_high": sm.get("ci_high"),
                 "accuracy_n": sm.get("n"),
                 "learned": sum(1 for x in judged if x), "judged": len(judged),
+                # seeds whose run beat the probe-fitted head it started from (paired interval)
+                "improved": sum(1 for x in verdicts if x.get("improved") is True),
+                "start_judged": sum(1 for x in verdicts if x.get("change") is not None),
                 "cka": float(np.mean(ckas)) if ckas else None, "cka_ci_low": lo,
                 "cka_ci_high": hi, "cka_n": len(ckas),
                 "unmerged_ms": unmerged, "merged_ms": merged,
@@ -170,7 +174,9 @@ def _learned(r: dict[str, Any]) -> str:
     if not r["judged"]:
         return f.MISSING
     word = ("yes" if r["learned"] == r["judged"] else "no" if r["learned"] == 0 else "partly")
-    return f"{word} ({r['learned']} of {r['judged']} seeds)"
+    start = (f"; improved on its start in {r['improved']} of {r['start_judged']}"
+             if r.get("start_judged") else "")
+    return f"{word} ({r['learned']} of {r['judged']} seeds{start})"
 
 
 def _mergeable(r: dict[str, Any]) -> str:
@@ -231,9 +237,13 @@ def methods_section(res: Results) -> Section:
         "better). 'front': no other row of the task is at least as good on all three and "
         "better on one; 'dominated': another row is; 'not compared': an axis is missing. The "
         "front is taken on the means: untested differences are numbers, not decisions (the "
-        "tested comparisons are in the Findings and Deployment sections). 'Learned' is the "
-        "trust panel's rule, per seed; accuracy and CKA means include every finished seed, "
-        "learned or not."
+        "tested comparisons are in the Findings and Deployment sections), and on unrounded "
+        "values (`peftlab results DIR --table methods`): two CKAs that print alike at 4 "
+        "decimals can still order two rows. 'Learned' "
+        "is the trust panel's rule, per seed, with how many seeds improved on the "
+        "probe-fitted head they started from (where they started from one; the Runs section "
+        "gives each difference); accuracy and CKA means include every finished seed, learned "
+        "or not."
         + (" Latency: " + "; ".join(
             "the paired design's mean (ms)" if src == "paired" else
             f"the median of the benchmarked calls at batch {src[1:]}, averaged over the seeds "
@@ -241,7 +251,7 @@ def methods_section(res: Results) -> Section:
     for task in v.tasks:
         trows = [r for r in rows if r["task"] == task]
         header = ["Method"] + (["Swept values"] if sweep else []) + [
-            "Trainable params", "Mergeable", "Accuracy (mean)", f"{conf_label(res)} CI over "
+            "Trainable params", "Mergeable", "Main metric (mean)", f"{conf_label(res)} CI over "
             "seeds", "Learned", "CKA to base (mean)", f"{conf_label(res)} CI over seeds",
             "Unmerged / full model (ms)", "Merged (ms)", "Pareto"]
         table = []
