@@ -365,3 +365,20 @@ def test_step_clock_times_every_new_token(tiny_lm):
                          pad_token_id=tok.pad_token_id,
                          stopping_criteria=StoppingCriteriaList([clock]))
     assert len(clock.times) == 5 == out.shape[1] - enc["input_ids"].shape[1]
+
+
+def test_chat_template_wraps_the_prompt_as_a_user_turn(tiny_lm):
+    from transformers import AutoTokenizer
+
+    from peftlab.errors import ModelError
+    from peftlab.generation import prompt_text
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    assert prompt_text("Facts: {input}\nSentence:", "name[A]", tok) == "Facts: name[A]\nSentence:"
+    tok.chat_template = None
+    with pytest.raises(ModelError, match="no chat template"):
+        prompt_text("{input}", "x", tok, chat=True)
+    tok.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>"
+                         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert prompt_text("Facts: {input}", "name[A]", tok, chat=True) == \
+        "<user>Facts: name[A]</user><assistant>"
