@@ -294,6 +294,8 @@ def bench(ctx: Context) -> None:
     modes = [m for m in (spec.bench.modes or ["base", "full", "unmerged", "merged", "multi",
                                                "mixed"])]
     adapters = [str(_artifact(ctx, rec)) for rc, rec in peft if rc.method == lead[0].method]
+    if len(adapters) < 2:  # multi and mixed serve two adapters: the one run's, loaded twice
+        adapters = adapters * 2
     job = {"model": spec.model.model_dump(mode="json"), "device": ctx.device,
            "prompts": prompts, "modes": modes, "batch_sizes": spec.bench.batch_sizes,
            "new_tokens": gen.bench_new_tokens, "rounds": gen.bench_rounds,
@@ -330,15 +332,14 @@ def _run_block(job: dict[str, Any]) -> dict[str, Any]:
 
 def conditions(job: dict[str, Any]) -> list[tuple[str, str, int]]:
     """(label, mode, batch size) of every timed condition; the A/A control is the merged model
-    under the label "merged (again)". mixed needs a batch of several adapters (b > 1)."""
+    under the label "merged (again)". mixed needs a batch of several adapters (b > 1); multi
+    and mixed get at least two adapters (`bench` loads a lone run's adapter twice)."""
     out = []
     for b in job["batch_sizes"]:
         for mode in job["modes"]:
             if mode == "full" and not job["full"]:
                 continue
             if mode == "mixed" and b == 1:
-                continue
-            if mode in ("multi", "mixed") and len(job["adapters"]) < 2:
                 continue
             out.append((mode, mode, b))
         if "merged" in job["modes"]:

@@ -171,8 +171,9 @@ def text_replicates(names: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray
 
 
 def template_sentence(mr: str) -> str:
-    """The template baseline's output for an MR: its slot values joined into one sentence
-    ("X is a pub in riverside." style is not attempted: values in MR order, comma-separated)."""
+    """The template baseline's output for an MR: its slot values in MR order, comma-separated,
+    with a short label where a bare value would be ambiguous ("near X", "price range cheap",
+    "customer rating low", "family friendly"), ending with a full stop."""
     slots = parse_mr(mr)
     if not slots:
         return mr

@@ -33,6 +33,10 @@ except ImportError:  # scikit-learn brings threadpoolctl; without it BLAS keeps 
     pass
 
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+# The E2E NLG folder, where shipped generation specs (e2e-smollm2) find their data in tests.
+E2E_DIR = GLUE_DIR.parent / "e2e"
+if E2E_DIR.is_dir():
+    os.environ.setdefault("PEFTLAB_E2E_DIR", str(E2E_DIR))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -365,3 +365,52 @@ def test_step_clock_times_every_new_token(tiny_lm):
                          pad_token_id=tok.pad_token_id,
                          stopping_criteria=StoppingCriteriaList([clock]))
     assert len(clock.times) == 5 == out.shape[1] - enc["input_ids"].shape[1]
+
+
+def test_chat_template_wraps_the_prompt_as_a_user_turn(tiny_lm):
+    from transformers import AutoTokenizer
+
+    from peftlab.errors import ModelError
+    from peftlab.generation import prompt_text
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    assert prompt_text("Facts: {input}\nSentence:", "name[A]", tok) == "Facts: name[A]\nSentence:"
+    tok.chat_template = None
+    with pytest.raises(ModelError, match="no chat template"):
+        prompt_text("{input}", "x", tok, chat=True)
+    tok.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>"
+                         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert prompt_text("Facts: {input}", "name[A]", tok, chat=True) == \
+        "<user>Facts: name[A]</user><assistant>"
+
+
+def test_bench_summary_reads_per_token_ratios_by_block():
+    """Synthetic rounds where unmerged takes 1.5x merged per token and TTFT is equal: the
+    paired ratios come out as 1.5 and 1.0 with the block as unit."""
+    from peftlab.gen_study import bench_summary
+
+    rng = np.random.default_rng(0)
+
+    def req(ttft, tpot, seg):
+        return {"ttft": ttft, "tpot": tpot, "latency": ttft + 15 * tpot, "segment": seg}
+
+    blocks = []
+    for _ in range(3):
+        rounds = []
+        for _ in range(2):
+            drift = rng.uniform(0.8, 1.2)  # the machine: the same for every condition in a round
+            conds = {label: [req(0.1 * drift, f * 0.02 * drift, s) for s in (0, 1)]
+                     for label, f in (("merged", 1.0), ("merged (again)", 1.0),
+                                      ("unmerged", 1.5), ("base", 1.0))}
+            rounds.append({"batch_size": 1, "conditions": conds})
+        blocks.append({"rounds": rounds, "new_tokens": 16})
+    out = bench_summary(blocks, alpha=0.05, margin=0.03)
+    pairs = {(p["comparison"], p["metric"]): p for p in out["pairs"]}
+    assert pairs[("unmerged_vs_merged", "tpot")]["ratio"] == pytest.approx(1.5)
+    assert pairs[("unmerged_vs_merged", "ttft")]["ratio"] == pytest.approx(1.0)
+    assert pairs[("unmerged_vs_merged", "tpot")]["n_blocks"] == 3
+    assert pairs[("aa", "tpot")]["ratio"] == pytest.approx(1.0)
+    modes = {(m["mode"], m["batch_size"]): m for m in out["modes"]}
+    assert modes[("unmerged", 1)]["requests"] == 12
+    lat = modes[("merged", 1)]["latency_ms"] / 1e3
+    assert modes[("merged", 1)]["tokens_per_s"] == pytest.approx(16 / lat)

@@ -764,7 +764,8 @@ def find_e2e_dir(folder: Path | str | None = None) -> Path:
         for f in (Path(candidate), Path(candidate) / "e2e"):
             if _holds_e2e(f):
                 return f
-            tried.append(str(f))
+            if str(f) not in tried:
+                tried.append(str(f))
     raise DataError(
         "the E2E NLG data was not found: pass --data-dir <dir>, set data.e2e_dir or "
         f"{E2E_DIR_ENV} to a folder holding {E2E_FILES['dev']} and {E2E_FILES['test']} "
