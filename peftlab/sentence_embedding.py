@@ -459,6 +459,11 @@ def load_portable_adapter(model: Any, folder: Any, *, adapter_name: str) -> Any:
         model = MODEL_TYPE_TO_PEFT_MODEL_MAPPING["SEQ_CLS"](model, config, adapter_name)
     # PEFT maps each tensor name without its "base_model.model." prefix: encoder -> bert.encoder
     state = load_peft_weights(str(folder), device="cpu", key_mapping={"^": _BERT})
+    # ... and a tuner's model-level tensors (VeRA's shared vera_A / vera_B: "base_model.vera_A")
+    # without the encoder: they are no module of it, so they keep their own name
+    shared = "base_model." + _BERT
+    state = {("base_model." + k[len(shared):] if k.startswith(shared) else k): t
+             for k, t in state.items()}
     state.update({_PEFT + k: t for k, t in _head_tensors(folder).items()})
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     # every trained tensor of this adapter (the tuner's own, e.g. lora_*, and the heads) must

@@ -174,3 +174,28 @@ def test_the_shipped_zoo_has_ten_peft_methods_and_initialisations(tmp_path):
     assert {"VeraConfig", "LoHaConfig", "LoKrConfig", "OFTConfig"} <= configs
     assert {t for t, _, _ in kinds} >= {"lora", "dora", "ia3", "adalora", "peft"}
     assert ("lora", None, "pissa") in kinds
+
+
+def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_path,
+                                                                           tiny_bert_dir,
+                                                                           glue_dir):
+    """VeRA keeps its shared random projections at the model level ("base_model.vera_A"): the
+    sentence-embedding head's portable adapter must load them under that name (represent and
+    every later stage reload the run)."""
+    from peftlab.artifacts import load_run
+
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=(), seeds=(1,),
+                     tasks=("rte",),
+                     training={"max_steps": 2, "batch_size": 8, "bootstrap_samples": 10})
+    spec["model"]["head"] = "sentence-embedding"
+    spec["methods"] = {"vera": {"type": "peft", "config": "VeraConfig",
+                                "params": {"r": 16, "target_modules": ["query", "value"]}}}
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    run_stages(study, ["data", "finetune"], console=Console(quiet=True))
+    (rc,) = study.runs()
+    store = Store(study.output_dir, create=False)
+    try:
+        _, model = load_run(Context(study=study, store=store), rc.run_id, device="cpu")
+    finally:
+        store.close()
+    assert {type(c).__name__ for c in model.peft_config.values()} == {"VeraConfig"}

@@ -204,7 +204,7 @@ def check_artifact(artifact: dict[str, Any], base: dict[str, Any]) -> None:
             head_found[rel] = shape
             continue
         cut = next((i for i, p in enumerate(parts) if p.startswith(_ADAPTER_SEGMENTS)), None)
-        if cut is None:
+        if cut is None or cut == 0:  # 0: a tuner's model-level tensor (VeRA's shared vera_A)
             continue
         module = ".".join(parts[:cut])
         if module not in base["modules"]:
