@@ -657,7 +657,7 @@ def test_shipped_specs_load_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_starter_spec_is_the_shipped_one_renamed(path: Path, tmp_path: Path) -> None:
-    from peftlab.spec import starter_spec
+    from peftlab.starter import starter_spec
 
     target = tmp_path / "my study-2.yaml"
     text = starter_spec(path, target)
