@@ -331,17 +331,7 @@ def load_files(
     if task.kind == "generation":
         return _load_generation_file(path, fmt, columns, strip)
     _check_column_mapping(columns, task)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-
-    if fmt in ("csv", "tsv"):
-        table, rows, unit = _read_user_delimited(path, fmt)
-    elif fmt == "jsonl":
-        table, rows, unit = _read_jsonl(path, list(columns.values()))
-    else:
-        table, rows, unit = _read_parquet(path)
+    table, rows, unit = _read_user_table(path, fmt, list(columns.values()))
 
     for canonical, name in columns.items():
         if name not in table:
@@ -706,6 +696,22 @@ def generation_frame(inputs: list[str], targets: list[str], rows: list[int]) -> 
     })
 
 
+def _read_user_table(path: Path, fmt: str, names: list[str]
+                     ) -> tuple[dict[str, list], list[int], str]:
+    """(table, file line or row of each record, "line" or "row") of a user's data file in
+    format `fmt`; a missing or empty file is a DataError naming it. `names`: the columns a JSONL
+    record must hold."""
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    if fmt in ("csv", "tsv"):
+        return _read_user_delimited(path, fmt)
+    if fmt == "jsonl":
+        return _read_jsonl(path, names)
+    return _read_parquet(path)
+
+
 def _load_generation_file(path: Path, fmt: str, columns: dict[str, str],
                           strip: bool) -> pd.DataFrame:
     """A user's generation file: `columns` maps `prompt` and `target` to the file's columns.
@@ -714,16 +720,7 @@ def _load_generation_file(path: Path, fmt: str, columns: dict[str, str],
     if set(columns) != {"prompt", "target"}:
         raise SpecError("column mapping of a generation task: map exactly `prompt` and `target` "
                         f"(got {', '.join(map(repr, columns)) or 'nothing'})")
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    if fmt in ("csv", "tsv"):
-        table, rows, unit = _read_user_delimited(path, fmt)
-    elif fmt == "jsonl":
-        table, rows, unit = _read_jsonl(path, list(columns.values()))
-    else:
-        table, rows, unit = _read_parquet(path)
+    table, rows, unit = _read_user_table(path, fmt, list(columns.values()))
     values: dict[str, list[str]] = {}
     for canonical in ("prompt", "target"):
         name = columns[canonical]
