@@ -51,16 +51,16 @@ def build(inp: Inputs) -> tuple[list[Pending], list[Record]]:
     done = [r for r in read(inp.ctx.store, BenchPairRecord) if r.status == "done"]
     if not done:
         return [], []
-    control = [r.log_ratios for r in sorted(done, key=lambda r: (r.group, r.block))
-               if r.control and r.log_ratios]
-    aa = analyse_pairs(control, alpha=cfg.alpha) if control else None
-    floor = noise_floor(aa) if aa else None
-    # each group's own A/A (the same blocks as its comparisons): copy-to-copy differences of one
-    # model within a group can exceed the pooled floor, and a comparison is read against them
+    # the A/A control's blocks per group (the same blocks as its comparisons): copy-to-copy
+    # differences of one model within a group can exceed the pooled floor, and a comparison is
+    # read against its own group's; pooled over every group, the floor
     by_group: dict[str, list[list[float]]] = defaultdict(list)
     for r in sorted(done, key=lambda r: (r.group, r.block)):
         if r.control and r.log_ratios:
             by_group[r.group].append(r.log_ratios)
+    control = [x for blocks in by_group.values() for x in blocks]
+    aa = analyse_pairs(control, alpha=cfg.alpha) if control else None
+    floor = noise_floor(aa) if aa else None
     per_group = {g: _brief(analyse_pairs(blocks, alpha=cfg.alpha))
                  for g, blocks in by_group.items()}
     records: list[Record] = []
