@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from peftlab.engine_spec import EngineSpec
 from peftlab.errors import SpecError, format_validation
 
 
@@ -212,43 +213,6 @@ class DriftSpec(_Strict):
         return v
 
 
-class EngineSpec(_Strict):
-    """Serving on a real engine (`peftlab.bench.engines`, run by `python -m peftlab.bench.engines
-    STUDY`): the engine's server started from its own environment, multi-tenant scenarios
-    (base; 1, 3 and k adapters on one server; merged models, one server each, at most
-    max_servers; adapters + a fully fine-tuned model) under open-loop load at rising rates."""
-
-    name: Literal["vllm"] = "vllm"
-    # the engine environment's python (scripts/build-engine-env.sh); None: $PEFTLAB_ENGINE_PYTHON
-    # or .venv-engine
-    python: str | None = None
-    configs: list[Literal["base", "adapters", "merged", "mixed"]] = Field(
-        default_factory=lambda: ["base", "adapters", "merged", "mixed"])
-    k: int = Field(8, ge=1)  # adapters of the largest multi-adapter configuration
-    max_servers: int = Field(3, ge=1)  # merged-model servers up at once (memory, cores)
-    patterns: list[Literal["uniform", "skewed"]] = Field(
-        default_factory=lambda: ["uniform", "skewed"])
-    zipf_exponent: float = Field(1.5, gt=0)
-    rates: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0])
-    max_requests: int = Field(100, ge=1)  # per load run
-    max_seconds: float = Field(60.0, gt=0)  # arrival window per load run
-    drain_seconds: float = Field(60.0, gt=0)
-    min_requests: int = Field(100, ge=1)  # a load run with fewer completed is marked invalid
-    max_tokens: int = Field(16, ge=1)  # output tokens per request (ignore_eos)
-    prompts_per_task: int = Field(64, ge=1)  # evaluation texts used as prompts, per task
-    slo_ttft_ms: float = Field(2000.0, gt=0)  # goodput objectives
-    slo_tpot_ms: float = Field(250.0, gt=0)
-    max_model_len: int = Field(512, ge=16)
-    max_num_seqs: int = Field(16, ge=1)
-    kv_cache_gib: int = Field(1, ge=1)  # KV cache per server, GiB (CPU build: VLLM_CPU_KVCACHE_SPACE)
-    startup_timeout_s: float = Field(600.0, gt=0)
-
-    def quick(self) -> EngineSpec:
-        """The short sweep (`--quick`): rates 1, 2, 4, 8 req/s, 40 requests within 40 s each."""
-        return self.model_copy(update={"rates": [1.0, 2.0, 4.0, 8.0], "max_requests": 40,
-                                       "max_seconds": 40.0, "drain_seconds": 30.0})
-
-
 class ServingSpec(_Strict):
     """Serving under load (part of the bench stage, `peftlab.bench.serving`): open-loop Poisson
     load at rising rates against an in-process server with dynamic batching, per configuration
@@ -270,8 +234,6 @@ class ServingSpec(_Strict):
     zipf_exponent: float = Field(1.5, gt=0)  # the skewed pattern
     # "equal p99" in the decision: adapters' p99 within this relative margin of merged's
     p99_margin: float = Field(0.10, ge=0)
-    # serving on a real engine (`python -m peftlab.bench.engines`); None: not asked for
-    engine: EngineSpec | None = None
 
     @field_validator("rates")
     @classmethod
@@ -704,6 +666,8 @@ class StudySpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)  # see training.report_to
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)  # generation tasks only
+    # serving on a real engine (`peftlab.engine_spec`, the serve stage); None: not served
+    engine: EngineSpec | None = None
 
     @field_validator("tasks", mode="before")
     @classmethod

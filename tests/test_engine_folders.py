@@ -71,7 +71,7 @@ def test_scenarios_hold_what_they_say():
     assert list(plan) == ["base", "adapters-1", "adapters-3", "adapters-8", "merged-3", "mixed"]
     assert plan["adapters-8"].servers[0].adapters == ads and len(plan["adapters-8"].servers) == 1
     assert [s.base for s in plan["merged-3"].servers] == ["/m/a0", "/m/a1", "/m/a2"]
-    assert "max_servers 3: 8 would not fit" in plan["merged-3"].note
+    assert "(3 of 8: max_servers 3)" in plan["merged-3"].note
     mixed = plan["mixed"]
     assert len(mixed.servers[0].adapters) == 7 and mixed.route["full"] == 1
     with pytest.raises(PeftlabError, match="8 adapters asked for"):
@@ -81,13 +81,12 @@ def test_scenarios_hold_what_they_say():
 def test_engine_block_of_the_spec():
     from pydantic import ValidationError
 
-    from peftlab.spec import ServingSpec
+    from peftlab.engine_spec import EngineSpec
 
-    s = ServingSpec(engine={"k": 10, "rates": [1, 2]})
-    assert s.engine.k == 10 and s.engine.name == "vllm" and s.engine.quick().max_requests == 40
+    s = EngineSpec(adapters_k=10, rates=[1, 2])
+    assert s.adapters_k == 10 and s.name == "vllm" and s.quick().max_requests == 40
     with pytest.raises(ValidationError, match="kk"):
-        ServingSpec(engine={"kk": 1})
-    assert ServingSpec().engine is None
+        EngineSpec(kk=1)
 
 
 def test_full_folder_is_the_runs_body_with_the_bases_lm_head(causal_base, tmp_path):

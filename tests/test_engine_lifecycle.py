@@ -66,12 +66,12 @@ def test_success_streams_tokens_and_stop_leaves_no_process(tmp_path):
 
 
 def test_failed_start_names_the_key_and_shows_the_log(tmp_path):
-    engine = FakeEngine(_settings(spec_key="bench.serving.engine"), "--fail")
+    engine = FakeEngine(_settings(spec_key="engine"), "--fail")
     server = EngineServer(engine, ServedModels(base="m"), log_path=tmp_path / "s.log")
     with pytest.raises(EngineError) as err:
         server.start()
     msg = str(err.value)
-    assert "exited with code 3" in msg and "bench.serving.engine" in msg
+    assert "exited with code 3" in msg and "(settings: engine)" in msg
     assert "cannot load the model folder /nowhere" in msg  # the log's tail
     assert server.pgid is None or group_members(server.pgid) == []
 
@@ -140,7 +140,7 @@ def test_missing_engine_environment_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PEFTLAB_ENGINE_PYTHON", str(tmp_path / "none" / "bin" / "python"))
     with pytest.raises(EngineError, match=r"PEFTLAB_ENGINE_PYTHON.*build-engine-env\.sh"):
         engine_python()
-    with pytest.raises(EngineError, match="bench.serving.engine.python"):
+    with pytest.raises(EngineError, match="engine.python: .*build-engine-env.sh"):
         engine_python(str(tmp_path / "x" / "bin" / "python"))
 
 

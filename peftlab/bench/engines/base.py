@@ -44,7 +44,7 @@ class EngineError(PeftlabError):
     """The serving engine is missing, or its server failed to start or to answer."""
 
 
-def engine_python(configured: str | None = None, *, spec_key: str = "bench.serving.engine.python"
+def engine_python(configured: str | None = None, *, spec_key: str = "engine.python"
                   ) -> Path:
     """The Python of the engine's environment: `configured`, else $PEFTLAB_ENGINE_PYTHON, else
     `.venv-engine/bin/python` in the current directory or next to this checkout. Raises
@@ -56,9 +56,11 @@ def engine_python(configured: str | None = None, *, spec_key: str = "bench.servi
             if p.is_file():
                 return p
             # an explicit choice that does not exist is an error, not a reason to look elsewhere
+            other = f"${ENGINE_PYTHON_ENV}" if where == spec_key else spec_key
             raise EngineError(
                 f"{where}: the serving engine's Python {p} does not exist; build the engine "
-                f"environment with scripts/build-engine-env.sh {p.parent.parent}")
+                f"environment with scripts/build-engine-env.sh {p.parent.parent}, or point "
+                f"{where} (or {other}) at an existing one")
     tried = []
     for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         p = root / DEFAULT_ENGINE_VENV / "bin" / "python"
@@ -98,7 +100,7 @@ class ServedModels:
 
 @dataclass
 class EngineSettings:
-    """Settings every engine reads (the `engine:` block of bench.serving).
+    """Settings every engine reads (from the spec's `engine:` block, `peftlab.engine_spec`).
 
     python: the engine environment's interpreter; dtype: weights; max_model_len: tokens per
     sequence (prompt + output); max_num_seqs: sequences batched at once; startup_timeout_s: how
@@ -114,7 +116,7 @@ class EngineSettings:
     stop_grace_s: float = 10.0
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    spec_key: str = "bench.serving.engine"
+    spec_key: str = "engine"
 
 
 class Engine:
@@ -122,7 +124,9 @@ class Engine:
     `health_path`, `environment`, `version`)."""
 
     name = "engine"
+    label = "an engine"  # how the report names it ("Serving on vLLM")
     health_path = "/health"
+    unset_environment: tuple[str, ...] = ()  # variables of peftlab's environment not passed on
 
     def __init__(self, settings: EngineSettings):
         self.settings = settings
@@ -203,6 +207,7 @@ class EngineServer:
         self.pgid: int | None = None
         self.watchdog: subprocess.Popen | None = None
         self.startup_s: float | None = None
+        self._t0 = 0.0
 
     def model_names(self) -> list[str]:
         return self.served.names()
@@ -215,6 +220,16 @@ class EngineServer:
         self.stop()
 
     def start(self) -> None:
+        """Start the server and return once its health endpoint answers (`launch`, then
+        `wait_ready`); raises EngineError, with the server stopped, when it does not."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the server's process (through the watchdog) without waiting for it. Call it
+        from the thread that lives as long as the server: the watchdog's parent-death signal
+        follows the thread that started it (Linux), so a server launched from a short-lived
+        thread would be stopped when that thread ends."""
         s = self.engine.settings
         command = self.engine.command(self.served, self.host, self.port)
         exe = command[0]
@@ -226,19 +241,25 @@ class EngineServer:
         pidfile = self.log_path.with_suffix(".pid")
         pidfile.unlink(missing_ok=True)
         env = {**os.environ, **self.engine.environment(), **s.env}
-        env.pop("PYTHONPATH", None)  # peftlab's path must not leak into the engine's Python
-        t0 = time.monotonic()
+        for name in ("PYTHONPATH", *self.engine.unset_environment):
+            env.pop(name, None)  # peftlab's path must not leak into the engine's Python
+        self._t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.watchdog = subprocess.Popen(
                 [sys.executable, watchdog.__file__, str(os.getpid()), str(pidfile),
                  str(s.stop_grace_s), "--", *command],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+    def wait_ready(self) -> None:
+        """Wait (at most settings.startup_timeout_s from the launch) for the health endpoint;
+        on failure stop the server and raise EngineError. Safe in any thread."""
         try:
-            self._wait_healthy(pidfile, t0 + s.startup_timeout_s)
+            self._wait_healthy(self.log_path.with_suffix(".pid"),
+                               self._t0 + self.engine.settings.startup_timeout_s)
         except BaseException:
             self.stop()
             raise
-        self.startup_s = time.monotonic() - t0
+        self.startup_s = time.monotonic() - self._t0
 
     def _wait_healthy(self, pidfile: Path, deadline: float) -> None:
         s = self.engine.settings
