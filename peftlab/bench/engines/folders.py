@@ -11,7 +11,8 @@ format. A study's runs are classifiers: an adapter run saves the LoRA matrices o
 the trained head (`modules_to_save`), a full run a whole `...ForSequenceClassification`. For
 serving, the body is what costs: `served_adapter` keeps the adapter's LoRA matrices and drops
 the head (the engine decodes through the base's LM head), `full_folder` saves the fine-tuned body
-with the base's LM head as a `...ForCausalLM`. The GGUF base is dequantised into a float32 folder
+with the base's LM head as a `...ForCausalLM`. A generation study's runs are causal LMs already:
+their adapters keep everything but a head they do not have, their full models serve as saved. The GGUF base is dequantised into a float32 folder
 by `peftlab.models.gguf` (the same folder peftlab trains from). Each function writes its folder
 once (atomically: a temporary sibling renamed when complete) and returns an existing one as is.
 """
@@ -115,10 +116,17 @@ def merged_folder(base: str | Path, adapter: str | Path, out: str | Path) -> Pat
 
 
 def full_folder(artifact: str | Path, out: str | Path, *, base: str | Path) -> Path:
-    """A full fine-tuning run's classifier as a causal LM folder: its body, and the base's LM
-    head (the run never trained one)."""
+    """A full fine-tuning run as a causal LM folder: a generation run's artifact as it is (a
+    causal LM with its tokenizer); a classifier's body with the base's LM head (the run never
+    trained one), written to `out`."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
+
+    config = json.loads((Path(artifact) / "config.json").read_text()) \
+        if (Path(artifact) / "config.json").is_file() else {}
+    if all(a.endswith("ForCausalLM") for a in config.get("architectures") or ["?"]) and \
+            (Path(artifact) / "tokenizer_config.json").is_file():
+        return Path(artifact)
 
     def build(tmp: Path) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)

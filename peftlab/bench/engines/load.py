@@ -59,24 +59,31 @@ class Slo:
 @dataclass
 class EnginePrompts:
     """What an engine load run sends: per model name, prompts (text or token ids), cycled in
-    order, each with `max_tokens` output tokens. names: popularity order (index 0 the most
-    popular under a skewed pattern)."""
+    order, each with `max_tokens` output tokens, or with its own output length where `lengths`
+    gives one per prompt (a generation task's reference lengths). names: popularity order
+    (index 0 the most popular under a skewed pattern)."""
 
     names: list[str]
     prompts: dict[str, list[str | list[int]]]
     max_tokens: int = 32
+    lengths: dict[str, list[int]] | None = None  # name -> output tokens per prompt (same order)
 
     def __post_init__(self) -> None:
         empty = [n for n in self.names if not self.prompts.get(n)]
         if empty:
             raise PeftlabError(f"no prompts to send for model(s) {empty}")
+        for n, ls in (self.lengths or {}).items():
+            if len(ls) != len(self.prompts.get(n) or []) or any(x < 1 for x in ls):
+                raise PeftlabError(f"model {n}: one output length >= 1 per prompt is needed")
         self._cursor: dict[str, int] = {}
 
     def take(self, name: str) -> dict[str, Any]:
         i = self._cursor.get(name, 0)
         self._cursor[name] = i + 1
         rows = self.prompts[name]
-        return {"prompt": rows[i % len(rows)], "max_tokens": self.max_tokens}
+        lengths = (self.lengths or {}).get(name)
+        return {"prompt": rows[i % len(rows)],
+                "max_tokens": lengths[i % len(rows)] if lengths else self.max_tokens}
 
 
 class EngineLoadServer:
@@ -203,7 +210,8 @@ def engine_load_run(urls: dict[str, str], prompts: EnginePrompts, *, rate: float
     row.update({"offered_rate": float(rate), "pattern": pattern, "k": len(prompts.names),
                 "zipf_exponent": zipf_exponent if pattern == "skewed" else None,
                 "max_requests": max_requests, "max_seconds": max_seconds,
-                "drain_seconds": drain_seconds, "seed": seed, "max_tokens": prompts.max_tokens,
+                "drain_seconds": drain_seconds, "seed": seed,
+                "max_tokens": "per prompt" if prompts.lengths else prompts.max_tokens,
                 "requests_per_model": {n: int(c) for n, c in zip(prompts.names, counts, strict=False)},
                 "stopped_by": drive.stopped_by, "wall_s": time.perf_counter() - t0,
                 "driver_lag_ms_p99": float(np.percentile(drive.lag_ms, 99))

@@ -2,15 +2,16 @@
 
     python -m vllm.entrypoints.openai.api_server --model BASE --served-model-name NAME --enable-lora --lora-modules a=/ad/a b=/ad/b
                --max-loras K --max-lora-rank R --dtype float32 --max-model-len L
-               --max-num-seqs S --enforce-eager --host H --port P
+               --max-num-seqs S --kv-cache-memory-bytes B --enforce-eager --host H --port P
 
 A base with adapters gets `--enable-lora` and one `--lora-modules name=path` per adapter, with
 `--max-loras` = the number of adapters (all of them resident, so a request never waits for an
 adapter to be loaded into a slot); a merged or fully fine-tuned model is served as its own base
 with no LoRA flags. `--enforce-eager` skips CUDA-graph/compile warm-up (seconds to minutes) that
-a short benchmark would pay on every start; on CPU the build has no graphs anyway. On CPU the KV
-cache is preallocated from VLLM_CPU_KVCACHE_SPACE (GiB, default 4 in vLLM): it is set from
-`kv_cache_gib` so several servers fit in memory beside each other.
+a short benchmark would pay on every start; on CPU the build has no graphs anyway. The KV cache
+is preallocated at start (on CPU 4 GiB by default, on GPU a share of the device memory): it is
+set to `kv_cache_gib` with `--kv-cache-memory-bytes` (both builds), so several servers fit in
+memory beside each other and each configuration gets the same cache.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from peftlab.bench.engines.base import Engine, EngineSettings, ServedModels, eng
 
 class VllmEngine(Engine):
     name = "vllm"
+    label = "vLLM"
     health_path = "/health"
+    # set in the caller's environment, it would override --kv-cache-memory-bytes (whole GiB)
+    unset_environment = ("VLLM_CPU_KVCACHE_SPACE",)
 
-    def __init__(self, settings: EngineSettings, *, kv_cache_gib: int = 1):
+    def __init__(self, settings: EngineSettings, *, kv_cache_gib: float = 0.5):
         super().__init__(settings)
         self.kv_cache_gib = kv_cache_gib
 
@@ -36,6 +40,7 @@ class VllmEngine(Engine):
         cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", served.base,
                "--host", host, "--port", str(port), "--dtype", s.dtype,
                "--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs),
+               "--kv-cache-memory-bytes", str(int(self.kv_cache_gib * 2**30)),
                "--enforce-eager", "--disable-uvicorn-access-log"]
         if served.base_name:
             cmd += ["--served-model-name", served.base_name]
@@ -46,8 +51,7 @@ class VllmEngine(Engine):
         return cmd + list(s.extra_args)
 
     def environment(self) -> dict[str, str]:
-        return {"VLLM_CPU_KVCACHE_SPACE": str(int(self.kv_cache_gib)),
-                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+        return {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
     def version(self) -> str | None:
