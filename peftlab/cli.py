@@ -340,6 +340,8 @@ for _name, _doc in {
     "forgetting": "Off-task probe accuracy and held-out LM loss of every run against the base.",
     "drift": "Similarity to the base per layer (with null floors and seed-to-seed controls) "
              "and weight-space analysis.",
+    "serve": "Serve the study's models on a real engine (vLLM) under open-loop load (the spec's "
+             "`engine:` block; scripts/build-engine-env.sh builds the engine's environment).",
     "stats": "Paired tests, effect sizes, corrections and equivalence tests over the results.",
     "report": "Write report.md and a self-contained report.html into the study directory.",
 }.items():

@@ -3,8 +3,9 @@
     peftlab run quickstart
     study = load_study("quickstart"); run_stages(study, ["finetune"])
 
-Stages are the modules of `peftlab/stages/` (each exposes `run(ctx)`, `peftlab.context.Context`),
-in the order of `STAGES`. They talk to each other only through the study directory
+Stages are the modules of `peftlab/stages/` (each exposes `run(ctx)`, `peftlab.context.Context`,
+and may expose `preflight(study)`, checks of seconds run before any stage starts), in the order
+of `STAGES`. They talk to each other only through the study directory
 (`peftlab.store.Store`): each reads the results of earlier stages, writes its own, and skips work
 that is already done, so any stage can be rerun alone (`peftlab finetune SPEC`, ...).
 """
@@ -33,7 +34,7 @@ from peftlab.validate import check_names, check_study
 
 # Pipeline order. Each name is a module `peftlab.stages.<name>` with a `run(ctx)` function.
 STAGES: tuple[str, ...] = ("data", "baselines", "search", "finetune", "represent", "forgetting",
-                           "drift", "bench", "stats", "report")
+                           "drift", "bench", "serve", "stats", "report")
 
 
 def load_study(path: str | os.PathLike[str], *, data_dir: str | None = None,
@@ -140,6 +141,10 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
     names = list(STAGES) if stages is None else stages
     funcs = [(n, stage_function(n)) for n in names]  # unknown names fail before any work
     deep_check(study)  # bad targets, impossible devices, oversized batches: fail in seconds
+    for n in names:  # a stage's own quick checks (e.g. serve: the engine environment exists)
+        check = getattr(importlib.import_module(f"peftlab.stages.{n}"), "preflight", None)
+        if check is not None:
+            check(study)
     store = open_study_store(study)
     try:
         ex = make_executor(study.spec.execution, backend=executor, address=address)
