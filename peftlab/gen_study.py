@@ -694,6 +694,9 @@ def report(ctx: Context) -> None:
         body.append(f"Correctness gate ({g['run_id']}): unmerged = merged = reloaded greedy "
                     f"outputs on {len(g['outputs']['unmerged'])} prompts: "
                     f"{'passed' if g['passed'] else 'FAILED'}.")
+    from peftlab.stages.report.engine_serving import markdown_lines
+
+    body += ["", *markdown_lines(ctx)]  # "Serving on vLLM" (the serve stage); [] without it
     body += ["", "## Provenance", ""]
     for r in ctx.store.records("data"):
         body.append(f"- {r['task']}/{r['split']}: {r['source']}, {r.get('path')}, "

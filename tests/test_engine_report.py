@@ -58,16 +58,42 @@ def test_section_tables_and_a_decision_only_where_intervals_separate(tmp_path):
                   _rec("adapters-3", "skewed", 1.0, 200), _rec("merged-3", "skewed", 1.0, 201),
                   _rec("base", "identical", 1.0, 90)])
     s = engine_serving(res)
-    assert s.title == "Serving on vllm"
+    assert s.title == "Serving on vLLM"
     tables = [b for b in s.blocks if hasattr(b, "header")]
-    assert len(tables[0].rows) == 5 and "TTFT p50 (ms)" in tables[0].header
+    summary, every = tables[0], tables[1]
+    assert len(every.rows) == 5 and "TTFT p50 (ms)" in every.header
+    assert [r[:2] for r in summary.rows] == [["base", "identical"], ["adapters-3", "uniform"],
+                                             ["adapters-3", "skewed"], ["merged-3", "uniform"],
+                                             ["merged-3", "skewed"]]
     # 30 requests: p99 is not shown as a number
-    assert all(r[tables[0].header.index("TTFT p99 (ms)")].startswith("too few") for r in
-               tables[0].rows)
+    assert all(r[every.header.index("TTFT p99 (ms)")].startswith("too few") for r in every.rows)
     line = decision([r.dump() for r in [_rec("adapters-3", "uniform", 1.0, 100),
                                         _rec("merged-3", "uniform", 1.0, 400),
                                         _rec("adapters-3", "skewed", 1.0, 200),
                                         _rec("merged-3", "skewed", 1.0, 201)]])
-    assert "adapters-3 vs merged-3, uniform: 1 req/s adapters-3 faster" in line
-    assert "adapters-3 vs merged-3, skewed: 1 req/s intervals overlap" in line
+    assert "adapters-3 vs merged-3, uniform: adapters-3 faster at 1 req/s (every common " \
+           "rate); no overtaking" in line
+    assert "adapters-3 vs merged-3, skewed: no rate separates them (1 req/s;" in line
     assert decision([_rec("base", "identical", 1.0, 90).dump()]) is None
+
+
+def test_decision_says_at_which_rate_one_configuration_overtakes_the_other():
+    """merged-3 is faster at 1 req/s, the intervals overlap at 2, adapters-3 is faster from 4:
+    the line names 4 req/s with both intervals, and each saturation bracket."""
+    ttft = {"adapters-3": {1.0: 300, 2.0: 400, 4.0: 500, 8.0: 600},
+            "merged-3": {1.0: 100, 2.0: 401, 4.0: 900, 8.0: 2000}}
+    recs = []
+    for config, by_rate in ttft.items():
+        for rate, ms in by_rate.items():
+            r = _rec(config, "uniform", rate, ms).dump()
+            r["saturation_rate"], r["first_unsustained_rate"] = (
+                (8.0, None) if config == "adapters-3" else (4.0, 8.0))
+            recs.append(r)
+    line = decision(recs)
+    assert "merged-3 faster at 1 req/s; adapters-3 overtakes merged-3 at 4 req/s " \
+           "(adapters-3 50" in line
+    assert "adapters-3 sustained every rate tried (> 8 req/s)" in line
+    assert "merged-3 saturates in [4, 8) req/s" in line
+    a4 = next(r for r in recs if r["config"] == "adapters-3" and r["offered_rate"] == 4.0)
+    lo, hi = a4["row"]["ttft_ms"]["p50_ci"]
+    assert f"[{lo:.0f}, {hi:.0f}]" in line  # the interval is the stored one

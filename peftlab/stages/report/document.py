@@ -273,6 +273,18 @@ def to_markdown(doc: Document) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def section_markdown(s: Section, level: int = 2) -> str:
+    """One section (and its subsections) as Markdown, headed at `level`: for reports written
+    as Markdown lines rather than a Document (a generation study's). Figures are linked where
+    their `file` is set, else named as in report.html."""
+    out = [f'<a id="{s.anchor}"></a>', "", f"{'#' * level} {md_text(s.title)}", ""]
+    for b in s.blocks:
+        out.extend([_md_block(b), ""])
+    for child in s.subsections:
+        out.append(section_markdown(child, level + 1))
+    return "\n".join(out).rstrip() + "\n"
+
+
 # ----------------------------------------------------------------------------- HTML
 
 CSS = """
