@@ -1,5 +1,5 @@
 """python -m benchmarks.gpu_check [--device auto|cuda|cpu] [--small] [--data-dir DIR] [--out PATH]
-                                 [--budget-s S] [--steps N]
+                                 [--budget-s S] [--steps N] [--engine]
 
 GPU readiness in one run (issue 15): every CUDA path of peftlab exercised once on a model with
 TinyLlama-1.1B's architecture, and the reference study's wall time estimated from what it measured.
@@ -61,6 +61,18 @@ skipped), then prints the table from the JSON even if the script was stopped (<=
     cp /tmp/peftlab-gpu-check.log $OUT/ 2>/dev/null; true
 
 (the same command on one line: `bash benchmarks/gpu_wheels.sh --print-command`).
+
+`--engine` (its own run: vLLM's servers take a minute or more each to start): builds the model,
+trains full and the three LoRA runs, then runs the serve stage on them with vLLM (base; 1, 2 and 3
+adapters on one server; 2 merged models, one server each with a fifth of the GPU; 2 adapters
+beside the full model; uniform and skewed popularity; 4-64 req/s, 100 requests of 32 tokens
+per rate) and prints each configuration's saturation, TTFT and TPOT and the decision line.
+It needs vLLM (CUDA build) on the host: an engine environment ($PEFTLAB_ENGINE_PYTHON,
+.venv-engine) or `vllm` importable by the host's Python; the wheels do not travel (about 1 GB
+with its torch), so without one the section is skipped with the reason. On the device tool:
+`timeout 560 python3 -m benchmarks.gpu_check --device cuda --engine --budget-s 540` (after the
+same pip/PYTHONPATH prefix as above). On CPU, `--device cpu --small --engine` with the CPU
+engine environment runs the same path on a head_dim-64 tiny model (minutes).
 """
 
 from __future__ import annotations
@@ -877,6 +889,52 @@ def _round_up_125(x: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# 6b. serving on vLLM (--engine)
+
+
+def engine(ctx: Any, device: str, small: bool) -> dict[str, Any]:
+    """The serve stage (`peftlab.stages.serve`) on this check's own runs: the base folder, the
+    three LoRA runs (SST-2, MRPC, RTE) as adapters on one server, their merged models (2
+    servers), the full run beside 2 adapters; uniform and skewed popularity, rising rates. Needs
+    vLLM: an engine environment ($PEFTLAB_ENGINE_PYTHON, .venv-engine: scripts/build-engine-
+    env.sh gpu) or vllm importable by this Python; skipped, saying so, otherwise. On CUDA each
+    server holds a fixed share of the GPU (`gpu_memory_fraction`), so 2 fit side by side."""
+    import dataclasses
+    import importlib.util
+
+    from peftlab.bench.engines.base import find_engine_python
+    from peftlab.bench.engines.scenarios import EngineServingRecord
+    from peftlab.context import Context
+    from peftlab.engine_spec import EngineSpec
+    from peftlab.records import read
+    from peftlab.stages import serve
+
+    python = find_engine_python() or (Path(sys.executable) if importlib.util.find_spec("vllm")
+                                      else None)
+    if python is None:
+        raise Skipped("no vLLM here: build the engine environment with "
+                      "scripts/build-engine-env.sh (needs the network), or set "
+                      "PEFTLAB_ENGINE_PYTHON")
+    cuda = device == "cuda"
+    es = EngineSpec(python=str(python), adapters_k=3, fewer_adapters=[1], merged_servers=2,
+                    rates=[4.0, 16.0, 64.0] if cuda else [2.0, 8.0],
+                    max_requests=100 if cuda else 12, min_requests=100 if cuda else 12,
+                    max_seconds=30.0, drain_seconds=30.0, max_tokens=32 if cuda else 8,
+                    prompts_per_task=64, max_model_len=512, max_num_seqs=32 if cuda else 4,
+                    kv_cache_gib=2.0 if cuda else 0.1,
+                    gpu_memory_fraction=0.2 if cuda else None, startup_timeout_s=600.0)
+    study = dataclasses.replace(ctx.study, spec=ctx.study.spec.model_copy(
+        update={"engine": es}))
+    serve.run(Context(study=study, store=ctx.store))
+    recs = [r.dump() for r in read(ctx.store, EngineServingRecord)]
+    from peftlab.stages.report.engine_serving import decision, summary_rows
+
+    return {"python": str(python), "version": recs[0]["engine_version"] if recs else None,
+            "summary": summary_rows(recs), "decision": decision(recs), "records": recs,
+            "small": small}
+
+
+# ---------------------------------------------------------------------------------------------
 # 7. the reference study's wall time
 
 
@@ -1093,6 +1151,16 @@ def table(doc: dict[str, Any]) -> str:
         lines.append("fast path (in-process, interleaved): " + ", ".join(
             f"b{p['batch_size']} fast/merged {p['fast/merged']:.3f} (PEFT unmerged/merged "
             f"{p['unmerged/merged']:.3f})" for p in fp["points"]))
+    eng = doc.get("engine")
+    if eng:
+        lines.append("")
+        lines.append(f"serving on vLLM ({eng.get('version')}): configuration, popularity, "
+                     "saturation, at rate: TTFT p50/p99, TPOT p50/p99 (ms)")
+        for r in eng.get("summary") or []:
+            lines.append(f"  {r[0]:<12} {r[1]:<9} {r[2]}, at {r[3]}: {r[4]}/{r[5]}, "
+                         f"{r[6]}/{r[7]}")
+        if eng.get("decision"):
+            lines.append(f"  {eng['decision']}")
     tol = doc.get("tolerances")
     if tol:
         lines.append("")
@@ -1140,6 +1208,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None,
                     help="optimizer steps per training run (default 20; 5 with --small)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    ap.add_argument("--engine", action="store_true",
+                    help="only: build, train, then serve the runs on vLLM (needs vLLM)")
     ap.add_argument("--table", type=Path, default=None, metavar="JSON",
                     help="print the table of a JSON this script wrote, and exit")
     args = ap.parse_args()
@@ -1208,6 +1278,9 @@ def run_check(args: argparse.Namespace, device: str, report: Report, warnings: l
     tmp = Path(tempfile.mkdtemp(prefix="peftlab-gpu-check-"))
     try:
         arch = SMALL if args.small else TINYLLAMA
+        if args.engine and args.small:  # head_dim 64: what vLLM's CPU attention supports
+            arch = {**SMALL, "hidden_size": 128, "num_attention_heads": 2,
+                    "num_key_value_heads": 1, "intermediate_size": 256}
         doc["model"] = run_section(report, "build model", build_model, tmp / "model", arch,
                                    device, args.data_dir, args.small) or {}
         report.write()
@@ -1222,6 +1295,14 @@ def run_check(args: argparse.Namespace, device: str, report: Report, warnings: l
         if device != "cuda":
             doc["qlora_skipped"] = "bitsandbytes' 4-bit layers need CUDA (device is cpu)"
         # In order of what the GPU run must not miss (a section past the budget is skipped).
+        if args.engine:  # its own run: vLLM's servers take minutes to start
+            run_section(report, "train", train_all, ctx, [m for m in methods if m != "qlora"],
+                        report)
+            doc["engine"] = run_section(report, "engine", engine, ctx, device, args.small)
+            store.close()
+            report.write()
+            print(table(doc))
+            return 1 if any(v["status"] == "failed" for v in doc["sections"].values()) else 0
         run_section(report, "train", train_all, ctx, methods, report)
         doc["qlora"] = run_section(report, "qlora evidence", qlora_evidence, ctx)
         doc["bench"] = run_section(report, "bench", bench, ctx, report) or doc.get("bench")

@@ -44,7 +44,8 @@ class EngineSpec(BaseModel):
     adapters_k: int = Field(8, ge=1)
     fewer_adapters: list[int] = Field(default_factory=lambda: [1, 3])  # also on one server, < k
     # merged-model servers up at once: "fit" = as many as the free memory holds (measured on the
-    # base model's server, same size), at most k; a number: at most that many
+    # base model's server, same size), at most k; a number: at most that many (on a GPU, give
+    # one, with gpu_memory_fraction: "fit" measures the host's memory, not the device's)
     merged_servers: int | Literal["fit"] = "fit"
     popularity: list[Literal["uniform", "skewed"]] = Field(
         default_factory=lambda: ["uniform", "skewed"])
@@ -63,6 +64,9 @@ class EngineSpec(BaseModel):
     max_model_len: int = Field(512, ge=16)
     max_num_seqs: int = Field(16, ge=1)
     kv_cache_gib: float = Field(0.5, gt=0)  # KV cache per server (--kv-cache-memory-bytes)
+    # GPU: the share of the device's memory each server may hold (vLLM refuses to start when
+    # less is free, so several servers on one GPU need a share each); None: vLLM's 0.9
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     startup_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("rates")
@@ -107,7 +111,7 @@ class EngineSpec(BaseModel):
 
     def quick(self) -> EngineSpec:
         """The short sweep (`python -m peftlab.bench.engines --quick`): rates 1, 2, 4, 8
-        req/s, 40 requests within 40 s each (fewer than the 100 a valid run needs: said)."""
+        req/s, 40 requests within 40 s each: fewer than min_requests, so every load run is
+        marked invalid, as it should be (model_copy skips the check that refuses that)."""
         return self.model_copy(update={"rates": [1.0, 2.0, 4.0, 8.0], "max_requests": 40,
-                                       "min_requests": 40, "max_seconds": 40.0,
-                                       "drain_seconds": 30.0})
+                                       "max_seconds": 40.0, "drain_seconds": 30.0})

@@ -520,8 +520,10 @@ def _cell(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def report(ctx: Context) -> None:
-    """report.md and report.html of a generation study, from stored results only."""
+def report(ctx: Context, extra: list[str] | None = None) -> None:
+    """report.md and report.html of a generation study, from stored results only. extra:
+    Markdown lines of further sections, placed before the provenance (the report stage's
+    "Serving on vLLM")."""
     from peftlab.generation import judge
     from peftlab.metrics import METRICS
     from peftlab.records import GenerationBaselineRecord
@@ -694,9 +696,7 @@ def report(ctx: Context) -> None:
         body.append(f"Correctness gate ({g['run_id']}): unmerged = merged = reloaded greedy "
                     f"outputs on {len(g['outputs']['unmerged'])} prompts: "
                     f"{'passed' if g['passed'] else 'FAILED'}.")
-    from peftlab.stages.report.engine_serving import markdown_lines
-
-    body += ["", *markdown_lines(ctx)]  # "Serving on vLLM" (the serve stage); [] without it
+    body += ["", *(extra or [])]
     body += ["", "## Provenance", ""]
     for r in ctx.store.records("data"):
         body.append(f"- {r['task']}/{r['split']}: {r['source']}, {r.get('path')}, "

@@ -106,7 +106,7 @@ class StandIn(FakeEngine):
     started: list[str] = []
     fail_on: str | None = None  # a served model name whose server fails to start
 
-    def __init__(self, settings, *, kv_cache_gib: float = 0.5):
+    def __init__(self, settings, *, kv_cache_gib: float = 0.5, gpu_memory_fraction=None):
         super().__init__(settings)
         self.kv_cache_gib = kv_cache_gib
 

@@ -85,7 +85,7 @@ def run(ctx: Context) -> None:
     engine = make_engine(es.name, EngineSettings(
         python=es.python, dtype=ctx.study.spec.model.dtype, max_model_len=es.max_model_len,
         max_num_seqs=es.max_num_seqs, startup_timeout_s=es.startup_timeout_s),
-        kv_cache_gib=es.kv_cache_gib)
+        kv_cache_gib=es.kv_cache_gib, gpu_memory_fraction=es.gpu_memory_fraction)
     version = engine.version()
     settings = ScenarioSettings(
         rates=es.rates, patterns=list(es.popularity), zipf_exponent=es.zipf_exponent,

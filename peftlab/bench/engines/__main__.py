@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
     engine = make_engine(es.name, EngineSettings(
         python=es.python, dtype=study.spec.model.dtype, max_model_len=es.max_model_len,
         max_num_seqs=es.max_num_seqs, startup_timeout_s=es.startup_timeout_s),
-        kv_cache_gib=es.kv_cache_gib)
+        kv_cache_gib=es.kv_cache_gib, gpu_memory_fraction=es.gpu_memory_fraction)
     settings = ScenarioSettings(
         rates=es.rates, patterns=list(es.popularity), zipf_exponent=es.zipf_exponent,
         max_requests=es.max_requests, max_seconds=es.max_seconds,

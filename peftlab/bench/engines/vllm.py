@@ -28,9 +28,11 @@ class VllmEngine(Engine):
     # set in the caller's environment, it would override --kv-cache-memory-bytes (whole GiB)
     unset_environment = ("VLLM_CPU_KVCACHE_SPACE",)
 
-    def __init__(self, settings: EngineSettings, *, kv_cache_gib: float = 0.5):
+    def __init__(self, settings: EngineSettings, *, kv_cache_gib: float = 0.5,
+                 gpu_memory_fraction: float | None = None):
         super().__init__(settings)
         self.kv_cache_gib = kv_cache_gib
+        self.gpu_memory_fraction = gpu_memory_fraction
 
     def command(self, served: ServedModels, host: str, port: int) -> list[str]:
         s = self.settings
@@ -42,6 +44,8 @@ class VllmEngine(Engine):
                "--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs),
                "--kv-cache-memory-bytes", str(int(self.kv_cache_gib * 2**30)),
                "--enforce-eager", "--disable-uvicorn-access-log"]
+        if self.gpu_memory_fraction is not None:  # several servers on one GPU: a share each
+            cmd += ["--gpu-memory-utilization", f"{self.gpu_memory_fraction:g}"]
         if served.base_name:
             cmd += ["--served-model-name", served.base_name]
         if served.adapters:

@@ -50,8 +50,9 @@ def run(ctx: Context) -> None:
 
     if is_generative(ctx):  # its own report: `peftlab.gen_study.report`
         from peftlab.gen_study import report
+        from peftlab.stages.report.engine_serving import markdown_lines
 
-        report(ctx)
+        report(ctx, extra=markdown_lines(ctx))  # + "Serving on vLLM" where an engine ran
         return
 
     doc = build_report(ctx)

@@ -12,7 +12,8 @@ every rate and popularity both ran: one is called faster only where the 95% boot
 of their TTFT medians do not overlap, and where the faster one changes as the rate rises, the
 line says at which rate one overtakes the other. Saturation is bracketed by the rates tried
 (highest sustained, first not sustained). A classification study's report gets the section
-from `sections.py`; a generation study's Markdown report from `markdown_lines`.
+from `sections.py`; a generation study's Markdown report (`gen_study.report`) from
+`markdown_lines`, which the report stage hands it.
 """
 
 from __future__ import annotations
