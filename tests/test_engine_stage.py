@@ -10,7 +10,12 @@ a real vLLM CPU server when the engine environment exists and is skipped otherwi
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +110,7 @@ class StandIn(FakeEngine):
     label = "vLLM"
     started: list[str] = []
     fail_on: str | None = None  # a served model name whose server fails to start
+    hang_on: str | None = None  # ... whose server never answers on /health
 
     def __init__(self, settings, *, kv_cache_gib: float = 0.5, gpu_memory_fraction=None):
         super().__init__(settings)
@@ -112,10 +118,8 @@ class StandIn(FakeEngine):
 
     def command(self, served, host, port):
         StandIn.started.append(served.base_name or served.base)
-        if StandIn.fail_on is not None and StandIn.fail_on == served.base_name:
-            self.flags = ("--fail",)
-        else:
-            self.flags = ()
+        self.flags = ("--fail",) if served.base_name == StandIn.fail_on else \
+            ("--never-healthy",) if served.base_name == StandIn.hang_on else ()
         return super().command(served, host, port)
 
     def version(self):
@@ -260,6 +264,52 @@ def test_serve_stage_serves_the_studys_models_resumes_and_reports(tmp_path, tiny
     run_stages(load_study(changed), ["serve"])
     assert len(stand_in.started) > 0
     assert {r["offered_rate"] for r in _records(study).values()} == {40.0}
+
+
+KILLED = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_engine_stage import StandIn
+    from peftlab.bench import engines
+    from peftlab.pipeline import load_study, run_stages
+    engines.ENGINE_CLASSES["vllm"] = StandIn
+    StandIn.hang_on = {hang!r}
+    run_stages(load_study({spec!r}), ["serve"])
+""")
+
+
+def test_a_killed_serve_stage_leaves_no_server_and_keeps_its_finished_sweeps(
+        tmp_path, tiny_lm, trained, stand_in):
+    """SIGKILL of peftlab while the mixed workload's servers start: no server process is left
+    (the watchdog), the sweeps stored before stay, and the rerun serves only what is missing."""
+    study = _study_copy(trained, tmp_path, tiny_lm, dict(FAKE_ENGINE))
+    full = next(r.run_id for r in study.runs() if r.method == "full")
+    logs = study.output_dir / "engine" / "logs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(engine_base.__file__).parents[3]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED.format(
+        tests=str(Path(__file__).parent), hang=full, spec=str(tmp_path / "spec.yaml"))],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    pidfiles = [logs / "mixed-0.pid", logs / "mixed-1.pid"]  # both servers launched
+    while not all(p.is_file() and p.read_text().strip() for p in pidfiles):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the mixed workload's servers never started"
+        time.sleep(0.1)
+    groups = [int(p.read_text()) for p in logs.glob("*.pid") if p.read_text().strip()]
+    assert any(group_members(g) for g in groups)  # the mixed servers are up
+    kept = _records(study)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(group_members(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(group_members(g) for g in groups)
+    assert kept and _records(study) == kept and "mixed" not in {
+        r["config"] for r in kept.values()}
+    run_stages(load_study(tmp_path / "spec.yaml"), ["serve"])
+    assert sorted(stand_in.started) == sorted(["base", full])
+    assert "mixed" in {r["config"] for r in _records(study).values()}
 
 
 def test_serve_stage_needs_finished_lora_runs(tmp_path, tiny_lm, stand_in):

@@ -127,3 +127,19 @@ def test_the_import_check_names_every_missing_package_before_running_anything(tm
     assert "'pydantic_core'" in proc.stderr and "'multiprocess'" in proc.stderr
     assert "needed by datasets" in proc.stderr  # multiprocess is missing through datasets' import
     assert not (tmp_path / "x.json").exists()  # nothing ran: it stopped at the imports
+
+
+def test_the_engine_section_says_why_it_is_skipped_without_vllm(monkeypatch):
+    """`--engine` on a host without vLLM (no engine environment, no importable vllm): the
+    section is skipped with the way to get one, before it touches the study."""
+    import importlib.util
+
+    from benchmarks import gpu_check
+    from peftlab.bench.engines import base
+
+    monkeypatch.setattr(base, "find_engine_python", lambda: None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(gpu_check.Skipped, match="build-engine-env.sh.*PEFTLAB_ENGINE_PYTHON"):
+        gpu_check.engine(None, "cuda", False)

@@ -336,9 +336,10 @@ def engine_serving(res: Any) -> Section:
         f"{st.get('kv_cache_gib', '?')} GiB per server, eager mode. Each request: one prompt "
         "from the task's evaluation inputs, "
         + (f"as many output tokens as a reference of that input has (the task's own output "
-           f"lengths; {f.num(tokens / done if done else None, 1)} on average)"
-           if per_prompt else f"{first['row'].get('max_tokens')} output tokens")
-        + " (greedy, end-of-sequence ignored), streamed. Open-loop Poisson arrivals, at most "
+           f"lengths, {f.num(tokens / done if done else None, 1)} on average; greedy, "
+           "end-of-sequence ignored)" if per_prompt else
+           f"{first['row'].get('max_tokens')} output tokens (greedy, end-of-sequence ignored)")
+        + ", streamed. Open-loop Poisson arrivals, at most "
         f"{st.get('max_requests')} requests within {st.get('max_seconds'):g} s per rate, the "
         "same arrival times and popularity draws for every configuration; a sweep stops at the "
         "first rate not sustained. Latencies run from the scheduled arrival: TTFT to the first "
