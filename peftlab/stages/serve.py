@@ -22,7 +22,8 @@ a killed stage loses only the sweep it was in, and leaves no server behind (the 
 With `merged_servers: fit`, the number of merged-model servers is measured: the base model's
 server (the same size as a merged model's) reports its memory after its sweep, and as many such
 servers as the free memory then holds (a fifth of it, at least 2 GiB, kept back) are started,
-at most k, side by side; the count and why are in the table's note. A rerun keeps the count its stored merged records used.
+at most k, side by side; the count and why are in the table's note, and in the table
+engine_serving_plan, so a resumed stage keeps the count the session it resumes chose.
 """
 
 from __future__ import annotations
@@ -155,24 +156,34 @@ def run(ctx: Context) -> None:
     ctx.console.print(f"serve: {n} load runs in the engine_serving table")
 
 
+PLAN_TABLE = "engine_serving_plan"  # the merged-server count a "fit" measurement chose
+
+
 def _merged_servers(ctx: Context, es, available, fit) -> tuple[int, str]:
-    """How many merged-model servers (m <= k) and, when fewer than k, why."""
+    """How many merged-model servers (m <= k) and, when fewer than k, why. A "fit" count is
+    stored (table engine_serving_plan) with the server size it rests on, and kept while the
+    base model's stored sweep reports that size: a resumed stage plans the same m (and the same
+    like-for-like adapters-m) as the session it resumes."""
     from peftlab.bench.engines.scenarios import EngineServingRecord
     from peftlab.records import read
 
     k = es.adapters_k
     if isinstance(es.merged_servers, int):
         return min(k, es.merged_servers), f"engine.merged_servers {es.merged_servers}"
-    recs = [r for r in read(ctx.store, EngineServingRecord) if r.engine == es.name]
-    earlier = [r for r in recs if r.config.startswith("merged-")]
-    if earlier:  # the count a stored sweep used, so a resumed stage compares like with like
-        m = int(earlier[0].config.split("-")[1])
-        note = earlier[0].note
-        return m, note[note.find(": ") + 2:note.rfind(")")] if ": " in note else ""
-    base = [x for r in recs if r.config == "base" for x in r.memory_gib if x]
-    free = available()
-    if not base or free is None:
+    base = [x for r in read(ctx.store, EngineServingRecord)
+            if r.engine == es.name and r.config == "base" for x in r.memory_gib if x]
+    if not base:
         return 1, "the memory of a server was not measured: one server"
-    m = min(k, fit(max(base), free))
-    return m, (f"{fit(max(base), free)} fit in memory: {max(base):.1f} GiB per server, measured "
-               f"on the base model's, {free:.1f} GiB free")
+    key = f"{es.name}/merged_servers"
+    kept = ctx.store.get(PLAN_TABLE, key)
+    if kept and kept.get("server_gib") == max(base) and kept.get("k") == k:
+        return int(kept["m"]), str(kept["why"])
+    free = available()
+    if free is None:
+        return 1, "the free memory is unknown: one server"
+    n = fit(max(base), free)
+    m, why = min(k, n), (f"{n} fit in memory: {max(base):.1f} GiB per server, measured on the "
+                         f"base model's, {free:.1f} GiB free")
+    ctx.store.put(PLAN_TABLE, key, {"m": m, "why": why, "k": k, "server_gib": max(base),
+                                    "free_gib": free})
+    return m, why
