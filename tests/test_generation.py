@@ -300,7 +300,47 @@ def test_user_csv_generation_task_end_to_end(tmp_path, tiny_lm):
     report = (study.output_dir / "report.md").read_text()
     assert "| full | 1 |" in report and "Sample outputs" in report
     assert "1 of 1 runs learned" in report  # BLEU 100 clears the untrained base and the template
+    # the artifact's model card (the classifier's save path): the task's metrics, and code that
+    # decodes the stored outputs again without peftlab
+    card = (study.output_dir / run["artifact"] / "README.md").read_text(encoding="utf-8")
+    assert "pipeline_tag: text-generation" in card and "text generator" in card
+    for name in ("bleu", "rouge_l", "chrf", "slot_error_rate"):
+        m = run["metrics"][name]
+        main = " (main)" if name == "bleu" else ""
+        assert (f"| {name}{main} | {m['value']:.4f} | [{m['ci_low']:.4f}, "
+                f"{m['ci_high']:.4f}] |") in card, name
+    assert "../generations.jsonl" in card and "AutoModelForCausalLM" in card
+    out = _card_generate(study.output_dir / run["artifact"], [g["input_text"] for g in gens],
+                         tmp_path)
+    assert out == [g["output"] for g in gens]
     store.close()
+
+
+def _card_generate(artifact: Path, texts: list[str], tmp: Path, *, base: Path | None = None,
+                   merge: bool = False) -> list[str]:
+    """The outputs of the model card's code for `texts`, run in a fresh process that cannot
+    import peftlab."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    card = (artifact / "README.md").read_text(encoding="utf-8")
+    (code,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    sets = {"ARTIFACT": json.dumps(str(artifact))}
+    if base is not None:
+        sets.update(BASE=json.dumps(str(base)), MERGE=str(merge))
+    for name, value in sets.items():
+        code, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, flags=re.M)
+        assert n == 1, name
+    script = tmp / "card.py"
+    script.write_text("import json, sys\nsys.modules['peftlab'] = None  # not importable\n"
+                      + code + f"\nprint(json.dumps(generate({texts!r})))\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp, capture_output=True,
+                          text=True, timeout=300, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def study_task(study):
