@@ -441,8 +441,6 @@ def is_generative(ctx: Any) -> bool:
 
 # What a generation study does at each stage that has no generation form yet.
 NOT_FOR_GENERATION = {
-    "forgetting": "the off-task probes and held-out LM loss are not measured for generation "
-                  "runs yet",
     "drift": "representation and weight drift of generation runs is measured by the "
              "generation drift step of the represent stage",
 }

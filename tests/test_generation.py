@@ -454,3 +454,129 @@ def test_bench_summary_reads_per_token_ratios_by_block():
     assert modes[("unmerged", 1)]["requests"] == 12
     lat = modes[("merged", 1)]["latency_ms"] / 1e3
     assert modes[("merged", 1)]["tokens_per_s"] == pytest.approx(16 / lat)
+
+
+# --------------------------------------------------------------- forgetting, weights, the card
+
+GLUE_DIR = E2E_DIR.parent / "glue"
+
+
+@pytest.fixture(scope="module")
+def measured_study(tmp_path_factory, tiny_lm):
+    """A generation study of full fine-tuning and LoRA (one seed each) through training, the
+    represent, forgetting and drift stages and the report; its GLUE probe task (sst2) read from
+    the `glue` subfolder of the --data-dir."""
+    from peftlab.pipeline import load_study, run_stages
+
+    if not (GLUE_DIR / "SST-2").is_dir():
+        pytest.skip(f"GLUE data not found at {GLUE_DIR}")
+    tmp = tmp_path_factory.mktemp("measured")
+    rows = _toy_rows() + [[f"name[{n}], food[{f}]", f"{n} serves {f} food."]
+                          for n, f in (("Cc", "Thai"), ("Dd", "French"), ("Ee", "Indian"),
+                                       ("Ff", "Chinese"))]
+    train = _csv(tmp / "train.csv", rows * 3)
+    eval_ = _csv(tmp / "eval.csv", rows)  # 6 inputs: drift's CKA needs at least 4
+    spec = _spec(tmp, tiny_lm, train=train, eval_=eval_,
+                 methods={"full": {"type": "full", "training": {"learning_rate": 3e-3}},
+                          "lora": {"type": "lora", "r": 4, "alpha": 8,
+                                   "target_modules": "all-linear",
+                                   "training": {"learning_rate": 3e-3}}},
+                 training={"epochs": 2, "batch_size": 4, "bootstrap_samples": 20})
+    import yaml
+
+    raw = yaml.safe_load(spec.read_text())
+    raw["forgetting"] = {"tasks": ["sst2"], "probe_train_samples": 24, "probe_test_samples": 24,
+                         "cv_folds": 2, "c_grid": [1.0], "lm_texts": 12,
+                         "bootstrap_samples": 50}
+    raw["drift"] = {"weight_modules": ["q_proj", "v_proj"]}
+    spec.write_text(yaml.safe_dump(raw))
+    study = load_study(spec, data_dir=GLUE_DIR.parent)  # holds glue/ (and e2e/)
+    run_stages(study, ["data", "finetune", "represent", "forgetting", "drift", "report"])
+    return study, tiny_lm, tmp
+
+
+def _records(study, table):
+    from peftlab.store import Store
+
+    store = Store(study.output_dir, create=False)
+    try:
+        return store.records(table), {r["run_id"]: r for r in store.records("runs")}
+    finally:
+        store.close()
+
+
+def test_forgetting_of_generation_runs_is_measured_and_reported(measured_study):
+    """Every run gets a held-out LM loss record (its own LM head, paired with the base on the
+    same sst2 sentences) and off-task probe records; the report shows both."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftlab.stages.forgetting import _take
+    from peftlab.tasks import get_task, load_split
+
+    study, tiny_lm, _ = measured_study
+    recs, runs = _records(study, "forgetting")
+    assert len(runs) == 2
+    lm = {r["model_key"]: r for r in recs if r["measure"] == "lm_loss"}
+    assert set(lm) == {"base", *runs} and all(r["status"] == "done" for r in lm.values())
+    assert lm["base"]["sources"] == ["sst2"] and lm["base"]["n_texts"] == 12
+    for run_id in runs:
+        r = lm[run_id]
+        assert r["loss_before"] == pytest.approx(lm["base"]["loss"])
+        assert r["difference"] == pytest.approx(r["loss_after"] - r["loss_before"])
+        assert r["ci_low"] <= r["difference"] <= r["ci_high"]
+        assert r["head"].startswith("each model's own LM head")
+    # the full run's loss is the fine-tuned causal LM's own (its trained, untied lm_head), as
+    # transformers computes it with labels = inputs, on the same seeded sst2 sentences
+    full_id = next(i for i, r in runs.items() if r["method"] == "full")
+    cfg = study.spec.forgetting
+    df = load_split(get_task("sst2"), "eval", source="glue_dir", glue_dir=GLUE_DIR)
+    texts = _take([t for t in df["text_a"].astype(str) if t.strip()], cfg.lm_texts,
+                  cfg.probe_seed)
+    art = study.output_dir / runs[full_id]["artifact"]
+    tok = AutoTokenizer.from_pretrained(art)
+    total = count = 0.0
+    for path, key in ((art, full_id), (tiny_lm, "base")):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        total = count = 0.0
+        for text in texts:
+            ids = torch.tensor([tok(text, truncation=True, max_length=48)["input_ids"]])
+            with torch.no_grad():
+                loss = model(ids, labels=ids).loss.item()
+            total, count = total + loss * (ids.shape[1] - 1), count + ids.shape[1] - 1
+        want = lm[key]["loss_after"] if key != "base" else lm["base"]["loss"]
+        assert total / count == pytest.approx(want, abs=1e-4), key
+    probes = [r for r in recs if r["measure"] == "probe" and r["status"] == "done"]
+    layers = {r["layer"] for r in probes}
+    assert layers == {1, 2}  # middle and last block of the 2-block model
+    assert {(r["model_key"], r["layer"]) for r in probes} == {
+        (k, layer) for k in ("base", *runs) for layer in layers}
+    assert all(r["probe_task"] == "sst2" and r["n_test"] == 24 for r in probes)
+    report = (study.output_dir / "report.md").read_text()
+    assert "## Forgetting (RQ1)" in report and "Held-out LM loss" in report
+    base_row = (f"| base | - | {lm['base']['loss']:.4f} | {math.exp(lm['base']['loss']):.2f} |")
+    assert base_row in report
+    for run_id in runs:
+        assert f"| {run_id} |" in report and f"{lm[run_id]['difference']:.4f}" in report
+    assert "Off-task linear probes" in report and "| sst2 | block_2 |" in report
+    assert "Forgetting: lora minus full on the held-out LM loss change" in report
+
+
+def test_lora_generation_card_decodes_the_stored_outputs(measured_study):
+    """The LoRA run's card: adapter on the base, unmerged and merged, gives the outputs the
+    run stored."""
+    from peftlab.generation import read_generations
+
+    study, tiny_lm, tmp = measured_study
+    _, runs = _records(study, "forgetting")
+    lora = next(r for r in runs.values() if r["method"] == "lora")
+    art = study.output_dir / lora["artifact"]
+    card = (art / "README.md").read_text(encoding="utf-8")
+    assert "library_name: peft" in card and "| bleu (main) |" in card
+    gens = read_generations(art.parent / "generations.jsonl")
+    texts = [g["input_text"] for g in gens]
+    for merge in (False, True):
+        assert _card_generate(art, texts, tmp, base=tiny_lm, merge=merge) == \
+            [g["output"] for g in gens]
