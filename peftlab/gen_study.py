@@ -3,7 +3,8 @@ every task of the study is a generation task; `peftlab.generation.is_generative`
 
     represent(ctx)   # prompt representations of base and runs; debiased linear CKA per layer
     bench(ctx)       # generate() per token: TTFT, time per output token, latency, tokens/s
-    report(ctx)      # report.md / report.html: quality, learned rule, samples, drift, cost
+    report(ctx)      # report.md / report.html: quality, learned rule, samples, drift,
+                     # forgetting, weight space, cost
 
 Drift (RQ1): the base and every finished run read the same fixed evaluation prompts
 (`generation.probe_inputs`); each layer's hidden states are pooled at the last prompt token (what
@@ -11,6 +12,11 @@ the first generated token is computed from) and as the mean over prompt tokens, 
 compared with the base by debiased linear CKA (`peftlab.similarity.linear_cka`), per layer, with
 the seed-to-seed control (runs of one method against each other) beside it. The embedding layer
 is left out of layer means (it is the same lookup in every model that does not train it).
+Forgetting (held-out LM loss through each model's own LM head, off-task probes) and the weight
+space (each adapted matrix's update) are measured by the forgetting and drift stages, which load
+generation runs as causal LMs and write the tables they write for classification (`forgetting`,
+`weights`); the report shows them beside the drift, and the RQ1 answer compares the methods'
+LM-loss change paired by seed.
 
 Deployment cost (RQ2): every mode serves `generate()` with a KV cache, greedy, and decodes
 exactly `generation.bench_new_tokens` tokens (EOS ignored), so every mode does the same work. A
@@ -607,6 +613,43 @@ def forgetting_lines(recs: list[dict[str, Any]], task: str, methods: list[str],
     return out, answer
 
 
+def weight_lines(recs: list[dict[str, Any]], task: str, methods: list[str]) -> list[str]:
+    """The report's weight-space table for one task from `weights` records (written by the
+    drift stage, `peftlab.stages.drift.weight_drift`): per method and matrix kind, the mean
+    over matrices and runs of the update's size, ranks and intruder dimensions."""
+    recs = [r for r in recs if r["task"] == task]
+    if not recs:
+        return []
+    first = next((r["stats"] for r in recs if r.get("stats")), {})
+    out = ["## Weight space", "",
+           "The update of every analysed matrix (`drift.weight_modules`): LoRA's from its factors "
+           "('B A (exact)'), full fine-tuning's as tuned minus base; means over the matrices of a "
+           "kind and over runs. Ranks count singular values above a cut-off set by the "
+           "weights' precision; intruder dimensions are top-"
+           f"{first.get('top_k', '-')} singular vectors of the tuned matrix with |cosine| below "
+           f"{first.get('epsilon', '-')} to every singular vector of the base.", "",
+           "| method | matrix | update | runs | matrices | relative update (Frobenius, dW / W) | "
+           "effective rank | numerical rank | intruder dims |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        kinds = sorted({(r["matrix"], r["update"]) for r in recs if r["method"] == m})
+        for matrix, update in kinds:
+            group = [r for r in recs if r["method"] == m and r["matrix"] == matrix
+                     and r["update"] == update]
+            ok = [r["stats"] for r in group if r.get("stats")]
+
+            def mean(key: str, ok: list[dict[str, Any]] = ok) -> float | None:
+                vals = [x[key] for x in ok if x.get(key) is not None]
+                return float(np.mean(vals)) if vals else None
+
+            out.append(f"| {m} | {matrix} | {update} | {len({r['run_id'] for r in group})} | "
+                       f"{len(group)} | {_f(mean('relative_update'), 5)} | "
+                       f"{_f(mean('effective_rank'), 2)} | {_f(mean('numerical_rank'), 1)} | "
+                       f"{_f(mean('intruder_dims'), 2)} |")
+    out.append("")
+    return out
+
+
 def report(ctx: Context) -> None:
     """report.md and report.html of a generation study, from stored results only."""
     from peftlab.generation import judge
@@ -622,6 +665,7 @@ def report(ctx: Context) -> None:
     baselines = [GenerationBaselineRecord.parse(r) for r in ctx.store.records("gen_baselines")]
     drift = ctx.store.records(GEN_DRIFT)
     forgetting = ctx.store.records("forgetting")
+    weight_recs = ctx.store.records("weights")
     bench_recs = ctx.store.records(GEN_BENCH)
     blocks = [r for r in bench_recs if r.get("kind") == "block"]
     gates = [r for r in bench_recs if r.get("kind") == "gate"]
@@ -754,6 +798,7 @@ def report(ctx: Context) -> None:
         elif fanswer:
             answers.append(f"**RQ1 ({t.name}, generation).** {fanswer}")
         body += flines
+        body += weight_lines(weight_recs, t.name, methods)
     # deployment
     if summary["modes"]:
         body += ["## Deployment cost of generation (RQ2)", "",
@@ -792,7 +837,6 @@ def report(ctx: Context) -> None:
     for r in ctx.store.records("data"):
         body.append(f"- {r['task']}/{r['split']}: {r['source']}, {r.get('path')}, "
                     f"sha256 {r['checksum'][:16]}..., {r['rows_used']} of {r['rows']} rows used")
-    body += ["- Not measured for generation runs yet: weight-space drift.", ""]
     text = "\n".join([*lines, "## Answers", "", *(a + "\n" for a in answers), *body]) + "\n"
     atomic_write_text(ctx.store.path("report.md"), text)
     try:

@@ -424,7 +424,7 @@ def judge(main_metric: str, higher_is_better: bool, run_metrics: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------
-# which stages a generation study runs
+# which studies are generation studies
 
 
 def is_generative(ctx: Any) -> bool:
@@ -437,19 +437,3 @@ def is_generative(ctx: Any) -> bool:
         raise SpecError(f"{ctx.study.where('tasks')}: a study holds generation tasks or "
                         "classification/regression tasks, not both: split it into two studies")
     return kinds == {True}
-
-
-# What a generation study does at each stage that has no generation form yet.
-NOT_FOR_GENERATION = {
-    "drift": "representation and weight drift of generation runs is measured by the "
-             "generation drift step of the represent stage",
-}
-
-
-def skip_stage(ctx: Any, stage: str) -> bool:
-    """True (and a console line saying why) when `stage` has nothing to do in this study."""
-    if stage in NOT_FOR_GENERATION and is_generative(ctx):
-        ctx.console.print(f"{stage}: skipped for this generation study: "
-                          f"{NOT_FOR_GENERATION[stage]}")
-        return True
-    return False

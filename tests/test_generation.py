@@ -580,3 +580,40 @@ def test_lora_generation_card_decodes_the_stored_outputs(measured_study):
     for merge in (False, True):
         assert _card_generate(art, texts, tmp, base=tiny_lm, merge=merge) == \
             [g["output"] for g in gens]
+
+
+def test_weight_drift_of_generation_runs_is_measured_and_reported(measured_study):
+    """The drift stage analyses the weights of generation runs (drift.weight_modules only):
+    LoRA's update from its factors, full fine-tuning's as tuned minus base, the latter equal to
+    the difference of the two checkpoints; the report shows the weight-space table."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    study, tiny_lm, _ = measured_study
+    recs, runs = _records(study, "weights")
+    by_run: dict[str, list[dict]] = {}
+    for r in recs:
+        by_run.setdefault(r["run_id"], []).append(r)
+    assert set(by_run) == set(runs)
+    for run_id, rs in by_run.items():
+        assert sorted(r["module"] for r in rs) == [
+            f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]
+        want = "B A (exact)" if runs[run_id]["method"] == "lora" else "tuned - base"
+        assert {r["update"] for r in rs} == {want}
+        assert all(r["stats"] is not None for r in rs)
+        if want == "B A (exact)":
+            assert {r["stats"]["lora_rank"] for r in rs} == {4}
+            assert all(r["stats"]["numerical_rank"] <= 4 for r in rs)
+    full_id = next(i for i, r in runs.items() if r["method"] == "full")
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(
+        study.output_dir / runs[full_id]["artifact"]).state_dict()
+    rec = next(r for r in by_run[full_id] if r["module"] == "model.layers.0.self_attn.q_proj")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    rel = (torch.linalg.norm((tuned[name] - base[name]).double())
+           / torch.linalg.norm(base[name].double())).item()
+    assert rel > 0 and rec["stats"]["relative_update"] == pytest.approx(rel, rel=1e-5)
+    report = (study.output_dir / "report.md").read_text()
+    assert "## Weight space" in report
+    assert "| full | q_proj | tuned - base | 1 | 2 |" in report
+    assert "| lora | v_proj | B A (exact) | 1 | 2 |" in report
