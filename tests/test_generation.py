@@ -617,3 +617,63 @@ def test_weight_drift_of_generation_runs_is_measured_and_reported(measured_study
     assert "## Weight space" in report
     assert "| full | q_proj | tuned - base | 1 | 2 |" in report
     assert "| lora | v_proj | B A (exact) | 1 | 2 |" in report
+
+
+def test_missing_probe_data_fails_at_the_data_stage(tmp_path, tiny_lm):
+    """A generation study's GLUE probe task not found under --data-dir: one error line from the
+    data stage, before any training."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    rows = _csv(tmp_path / "t.csv", _toy_rows())
+    spec = _spec(tmp_path, tiny_lm, train=rows, eval_=rows)
+    raw = yaml.safe_load(spec.read_text())
+    raw["forgetting"] = {"tasks": ["sst2"]}
+    spec.write_text(yaml.safe_dump(raw))
+    empty = tmp_path / "data"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "peftlab.cli", "run", str(spec), "--stages",
+                           "data", "--data-dir", str(empty)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert errors == lines[-1:] and "Traceback" not in proc.stderr, proc.stderr  # after the rule
+    assert "SST-2/train.tsv" in errors[0] and str(empty) in errors[0], errors[0]
+
+
+def test_report_states_the_unmerged_merged_ratio_per_token(measured_study, tmp_path):
+    """RQ2 of a generation report: unmerged / merged for TTFT and time per output token, each
+    with its interval (synthetic bench blocks in a copy of the measured study)."""
+    import shutil
+
+    from peftlab.gen_study import GEN_BENCH
+    from peftlab.pipeline import load_study, run_stages
+    from peftlab.store import Store
+
+    study, _, _ = measured_study
+    out = tmp_path / "copy"
+    shutil.copytree(study.output_dir, out)
+    copy = load_study(study.path, data_dir=str(GLUE_DIR.parent), output_dir=str(out))
+    store = Store(out, create=False)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        rounds = []
+        for _ in range(2):
+            drift = rng.uniform(0.9, 1.1)
+            rounds.append({"batch_size": 1, "conditions": {
+                label: [{"ttft": 0.1 * drift * f_ttft, "tpot": 0.02 * drift * f_tpot,
+                         "latency": 0.4 * drift, "segment": 0}]
+                for label, f_ttft, f_tpot in (("merged", 1.0, 1.0), ("merged (again)", 1.0, 1.0),
+                                              ("unmerged", 1.2, 1.5))}})
+        store.put(GEN_BENCH, f"block/{i}", {"kind": "block", "block": i, "rounds": rounds,
+                                           "new_tokens": 16})
+    store.close()
+    run_stages(copy, ["report"])
+    report = (out / "report.md").read_text()
+    line = next(ln for ln in report.splitlines() if ln.startswith("**RQ2 (per token).**"))
+    assert "TPOT at batch 1: 1.500 [" in line and "TTFT at batch 1: 1.200 [" in line, line
+    assert "n = 3 blocks" in line
