@@ -282,8 +282,13 @@ def test_user_csv_generation_task_end_to_end(tmp_path, tiny_lm):
                            "group_by_length": True},
                  generation={"max_new_tokens": 16})
     study = load_study(spec)
-    run_stages(study, ["data", "baselines", "finetune", "report"])
+    run_stages(study, ["data", "baselines", "finetune", "forgetting", "report"])
     store = Store(study.output_dir, create=False)
+    # no forgetting.tasks: the generation task has no classes and its text is the runs' own, so
+    # the stage measures nothing and says why
+    forgot = store.records("forgetting")
+    assert forgot and {r["status"] for r in forgot} == {"skipped"}
+    assert any("no held-out text" in r["reason"] for r in forgot if r["measure"] == "lm_loss")
     (run,) = [r for r in store.records("runs")]
     assert run["status"] == "done" and run["eval_examples"] == 2
     gens = sorted((g for g in store.records("generations") if g["run_id"] == run["run_id"]),
