@@ -522,6 +522,12 @@ def _t_interval(values: list[float], alpha: float) -> tuple[float, float | None,
     return m, m - h, m + h
 
 
+def _shown(output: str) -> str:
+    """A generated output for a table cell: an empty one (the model stopped at once, e.g. on
+    the stop string) said in words, not left as a blank cell."""
+    return output if str(output).strip() else "(empty: stopped before any text)"
+
+
 def _cell(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -531,6 +537,24 @@ def _paired_word(d: tuple, a: str, less: str, more: str) -> str:
     if d[1] is None or d[1] <= 0 <= d[2]:
         return "inconclusive"
     return f"{a} {less if d[0] < 0 else more}"
+
+
+def _forgetting_word(d: tuple, a: str, b: str, lm: list[dict[str, Any]], alpha: float) -> str:
+    """What the paired difference of two methods' held-out loss changes says. 'Forgets less'
+    only where the methods did forget (their loss rose): when both lowered the held-out loss
+    (the tuned models predict the generic text better than the base), a lower change is not
+    less forgetting but more of that gain, and the sentence says so."""
+    means = {m: _t_interval([r["difference"] for r in lm if r["method"] == m], alpha)
+             for m in (a, b)}
+    shown = "; ".join(f"{m} {_f(e[0], 4)} [{_f(e[1], 4)}, {_f(e[2], 4)}]"
+                      for m, e in means.items())
+    if all(e[2] is not None and e[2] < 0 for e in means.values()):
+        tail = (f"neither method forgot: both lowered the held-out loss against the base "
+                f"({shown} nats/token)")
+        if d[1] is None or d[1] <= 0 <= d[2]:
+            return f"{tail}, by amounts the seeds do not tell apart"
+        return f"{tail}; {a if d[0] < 0 else b} lowered it more"
+    return _paired_word(d, a, "forgets less", "forgets more") + f" (changes: {shown})"
 
 
 def forgetting_lines(recs: list[dict[str, Any]], task: str, methods: list[str],
@@ -580,7 +604,7 @@ def forgetting_lines(recs: list[dict[str, Any]], task: str, methods: list[str],
             d = _t_interval(diffs, alpha)
             answer = (f"Forgetting: {a} minus {b} on the held-out LM loss change (paired by "
                       f"seed, n = {len(diffs)}): {_f(d[0], 4)} [{_f(d[1], 4)}, {_f(d[2], 4)}] "
-                      f"nats/token: {_paired_word(d, a, 'forgets less', 'forgets more')}.")
+                      f"nats/token: {_forgetting_word(d, a, b, lm, alpha)}.")
     probes = [r for r in runs if r["measure"] == "probe"]
     if probes:
         base = {(r["probe_task"], r["layer"]): r for r in recs if r["measure"] == "probe"
@@ -592,8 +616,10 @@ def forgetting_lines(recs: list[dict[str, Any]], task: str, methods: list[str],
                 "Change = run minus base test accuracy (negative = forgotten); mean over seeds "
                 f"with a {100 * (1 - alpha):g}% t interval; the last column counts runs whose "
                 "own paired bootstrap interval over test examples lies below 0.", "",
-                "| probe task | layer | base accuracy | method | accuracy (mean) | change | "
-                "interval | runs below base |", "|---|---|---|---|---|---|---|---|"]
+                "| probe task | layer | majority-class rate | base accuracy | method | "
+                "accuracy (mean) | change | interval | runs below base |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        degenerate: list[str] = []
         for (task_name, layer), b in sorted(base.items()):
             for m in methods:
                 mr = [r for r in probes if r["probe_task"] == task_name and r["layer"] == layer
@@ -602,11 +628,24 @@ def forgetting_lines(recs: list[dict[str, Any]], task: str, methods: list[str],
                     continue
                 e = _t_interval([r["difference"] for r in mr], alpha)
                 below = sum(1 for r in mr if r.get("ci_high") is not None and r["ci_high"] < 0)
-                out.append(f"| {task_name} | {b['layer_name']} | {_f(b['accuracy'], 3)} | {m} | "
+                maj = b.get("majority_rate")
+                at_majority = maj is not None and (
+                    b["accuracy"] <= maj + 1e-9
+                    or any(r["accuracy"] <= maj + 1e-9 for r in mr))
+                if at_majority:
+                    degenerate.append(f"{task_name} {b['layer_name']} {m}")
+                out.append(f"| {task_name} | {b['layer_name']} | {_f(maj, 3)} | "
+                           f"{_f(b['accuracy'], 3)}{' (at majority)' if at_majority else ''} | "
+                           f"{m} | "
                            f"{_f(float(np.mean([r['accuracy'] for r in mr])), 3)} | "
                            f"{_f(e[0], 3)} | [{_f(e[1], 3)}, {_f(e[2], 3)}] | "
                            f"{below} of {len(mr)} |")
         out.append("")
+        if degenerate:
+            out += ["Not evidence of forgetting: on " + ", ".join(degenerate) + " the base's or "
+                    "a run's probe scores no better than always predicting the training split's "
+                    "majority class (the probe found no signal in those features at this "
+                    "sample size), so its change measures the probe, not the model.", ""]
     reasons = sorted({r["reason"] for r in recs if r["status"] == "skipped" and r.get("reason")})
     if reasons:
         out += ["Not measured: " + "; ".join(reasons) + ".", ""]
@@ -752,8 +791,9 @@ def report(ctx: Context) -> None:
                 ref = by.get((zs, i))
                 if ref is None:
                     break
-                row = [ref["input_text"], ref["references"][0], ref["output"]]
-                row += [by.get((first_of[m], i), {}).get("output", "-") for m in methods]
+                row = [ref["input_text"], ref["references"][0], _shown(ref["output"])]
+                row += [_shown(by.get((first_of[m], i), {}).get("output", "-"))
+                        for m in methods]
                 body.append("| " + " | ".join(_cell(c) for c in row) + " |")
             body.append("")
         # forgetting (the forgetting stage's records), shown after drift
@@ -813,12 +853,20 @@ def report(ctx: Context) -> None:
                         f"{_f(r['ttft_ms'])} | {_f(r['tpot_ms'], 2)} | {_f(r['latency_ms'])} | "
                         f"{_f(r['tokens_per_s'])} |")
         body += ["", "### Paired comparisons (ratio A/B, unit: block)", "",
-                 "| comparison | metric | batch | ratio | interval | outcome | blocks |",
-                 "|---|---|---|---|---|---|---|"]
+                 "A difference is called only when its interval clears the margin "
+                 f"({100 * spec.stats.latency_margin:g}%) and the noise floor, the A/A "
+                 "control's interval for the same metric and batch size (one model measured "
+                 "under two labels): an interval that excludes 1 but stays within the floor is "
+                 "inconclusive.", "",
+                 "| comparison | metric | batch | ratio | interval | noise floor | outcome | "
+                 "blocks |", "|---|---|---|---|---|---|---|---|"]
         for p in summary["pairs"]:
+            floor = (f"±{_f(p['floor_pct'], 1)}%" if p.get("floor_pct") is not None
+                     and p["comparison"] != "aa" else "-")
             body.append(f"| {p['comparison']} | {p['metric']} | {p['batch_size']} | "
                         f"{_f(p.get('ratio'), 3)} | [{_f(p.get('ci_low'), 3)}, "
-                        f"{_f(p.get('ci_high'), 3)}] | {p.get('outcome')} | {p['n_blocks']} |")
+                        f"{_f(p.get('ci_high'), 3)}] | {floor} | {p.get('outcome')} | "
+                        f"{p['n_blocks']} |")
         um = {(p["metric"], p["batch_size"]): p for p in summary["pairs"]
               if p["comparison"] == "unmerged_vs_merged"}
         if um:

@@ -682,3 +682,46 @@ def test_report_states_the_unmerged_merged_ratio_per_token(measured_study, tmp_p
     line = next(ln for ln in report.splitlines() if ln.startswith("**RQ2 (per token).**"))
     assert "TPOT at batch 1: 1.500 [" in line and "TTFT at batch 1: 1.200 [" in line, line
     assert "n = 3 blocks" in line
+
+
+def _lm(method, seed, diff):
+    return {"task": "t", "status": "done", "measure": "lm_loss", "run_id": f"{method}-{seed}",
+            "method": method, "seed": seed, "difference": diff, "loss_after": 5.0 + diff,
+            "ci_low": diff - 0.01, "ci_high": diff + 0.01, "n_texts": 8, "n_tokens": 80,
+            "sources": ["sst2"], "confidence": 0.95}
+
+
+def test_forgetting_answer_does_not_call_a_larger_gain_less_forgetting():
+    """Both methods lowered the held-out loss (no forgetting): the sentence must say so, not
+    'lora forgets less'; when both raised it, 'forgets less' is the right words."""
+    from peftlab.gen_study import forgetting_lines
+
+    base = {"task": None, "status": "done", "measure": "lm_loss", "run_id": None, "loss": 5.1}
+    gains = [base] + [_lm("full", s, -0.09 + 0.002 * i) for i, s in enumerate((1, 2, 3))] + [
+        _lm("lora", s, -0.11 + 0.001 * i) for i, s in enumerate((1, 2, 3))]
+    _, answer = forgetting_lines(gains, "t", ["full", "lora"], [1, 2, 3], 0.05)
+    assert "neither method forgot" in answer and "lora lowered it more" in answer
+    assert "forgets less" not in answer
+    losses = [base] + [_lm("full", s, 0.09 + 0.002 * i) for i, s in enumerate((1, 2, 3))] + [
+        _lm("lora", s, 0.05 + 0.001 * i) for i, s in enumerate((1, 2, 3))]
+    _, answer = forgetting_lines(losses, "t", ["full", "lora"], [1, 2, 3], 0.05)
+    assert answer.split("nats/token: ")[1].startswith("lora forgets less")
+
+
+def test_a_probe_at_the_majority_class_rate_is_flagged_not_read_as_forgetting():
+    from peftlab.gen_study import forgetting_lines
+
+    def probe(run_id, method, acc, layer=1):
+        return {"task": "t" if run_id else None, "status": "done", "measure": "probe",
+                "run_id": run_id, "method": method, "seed": 1, "probe_task": "sst2",
+                "layer": layer, "layer_name": f"block_{layer}", "accuracy": acc,
+                "majority_rate": 0.417, "difference": None if run_id is None else acc - 0.646,
+                "ci_high": -0.1, "pooling": "last", "n_train": 48, "n_test": 48}
+
+    lines, _ = forgetting_lines([probe(None, None, 0.646), probe("r1", "full", 0.417)], "t",
+                                ["full"], [1], 0.05)
+    text = "\n".join(lines)
+    assert "(at majority)" in text and "Not evidence of forgetting: on sst2 block_1 full" in text
+    lines, _ = forgetting_lines([probe(None, None, 0.646), probe("r1", "full", 0.60)], "t",
+                                ["full"], [1], 0.05)
+    assert "Not evidence of forgetting" not in "\n".join(lines)
