@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -181,8 +182,12 @@ def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_
                                                                            glue_dir):
     """VeRA keeps its shared random projections at the model level ("base_model.vera_A"): the
     sentence-embedding head's portable adapter must load them under that name (represent and
-    every later stage reload the run)."""
-    from peftlab.artifacts import load_run
+    every later stage reload the run), and the bench's artifact check must not read them as
+    the adapter of a module the base lacks (it refused every VeRA run before)."""
+    from safetensors import safe_open
+
+    from peftlab.artifacts import load_run, run_artifact
+    from peftlab.bench.loading import base_structure, check_artifact
 
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=(), seeds=(1,),
                      tasks=("rte",),
@@ -195,7 +200,13 @@ def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_
     (rc,) = study.runs()
     store = Store(study.output_dir, create=False)
     try:
-        _, model = load_run(Context(study=study, store=store), rc.run_id, device="cpu")
+        ctx = Context(study=study, store=store)
+        _, model = load_run(ctx, rc.run_id, device="cpu")
+        art = run_artifact(ctx, rc)
     finally:
         store.close()
     assert {type(c).__name__ for c in model.peft_config.values()} == {"VeraConfig"}
+    with safe_open(str(Path(art["path"]) / "adapter_model.safetensors"),
+                   framework="pt") as f:
+        assert any(k.startswith("base_model.vera_A") for k in f.keys())  # noqa: SIM118
+    check_artifact(art, base_structure(study.spec.model.model_dump(mode="json"), 2))
