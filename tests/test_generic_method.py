@@ -237,6 +237,7 @@ def test_the_shipped_zoo_has_ten_peft_methods_and_initialisations(tmp_path):
     assert {"VeraConfig", "LoHaConfig", "LoKrConfig", "OFTConfig"} <= configs
     assert {t for t, _, _ in kinds} >= {"lora", "dora", "ia3", "adalora", "peft"}
     assert ("lora", None, "pissa") in kinds
+    assert "PromptTuningConfig" in configs  # a prompt-based method (the issue asks for one)
 
 
 def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_path,
