@@ -174,10 +174,7 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         embeddings): every layer's hidden states (embeddings first) when `every_layer`, else the
         last layer's alone (a list of one), [B, W, hidden] each. `prompt` [B, v, hidden]: virtual
         tokens read in front of every row and left out of the states returned."""
-        if ids.dim() == 2:
-            inputs = {"input_ids": ids}
-        else:
-            inputs = {"inputs_embeds": ids}
+        inputs = {"input_ids": ids} if ids.dim() == 2 else {"inputs_embeds": ids}
         if prompt is not None:
             inputs = {"inputs_embeds": torch.cat([prompt.to(ids.dtype), ids], dim=1)}
             valid = torch.cat([valid.new_ones(valid.shape[0], prompt.shape[1]), valid], dim=1)
