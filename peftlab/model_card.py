@@ -98,9 +98,21 @@ def model_card(rc: RunConfig, task: TaskDef, *, metrics: dict[str, dict[str, Any
         "```python\n" + loading_code(rc, task, tokenizer=tokenizer, base=base, base_id=base_id,
                                      adapter=adapter) + "```\n",
     ]
-    if sentence_embedding:
+    if sentence_embedding and _prompt_based(rc):
+        parts.append("sentence-transformers loads an adapter through transformers' PEFT "
+                     "integration, which takes no prompt-based adapter (its virtual tokens are "
+                     "no module to inject into): `embed()` above gives the embeddings.\n")
+    elif sentence_embedding:
         parts.append(_sentence_transformers_text(adapter, base_id, rc.model.max_length))
     return "\n".join(parts)
+
+
+def _prompt_based(rc: RunConfig) -> bool:
+    """Whether the run's method feeds virtual tokens (prompt tuning, p-tuning): no merge, and
+    the encoder's hidden states start with them."""
+    from peftlab.methods import method_for
+
+    return bool(method_for(rc.method_type, rc.params).feeds_embeddings)
 
 
 def _base_label(base: ResolvedModel) -> str:
@@ -373,8 +385,9 @@ def loading_code(rc: RunConfig, task: TaskDef, *, tokenizer: Any, base: Resolved
     if adapter:
         head.append(f"BASE = {json.dumps(base_id or BASE_PLACEHOLDER)}  # the base model"
                     + ("" if base_id else f" (the local folder {_base_label(base)})"))
-        head.append("MERGE = False  # True: the adapter folded into the base weights "
-                    "(merge_and_unload)")
+        if not _prompt_based(rc):  # virtual tokens: no weight update to fold in
+            head.append("MERGE = False  # True: the adapter folded into the base weights "
+                        "(merge_and_unload)")
     imports = ["import unicodedata", "", "import torch"]
     if rc.model.head == "sentence-embedding":
         imports += ["import torch.nn.functional as F"]
@@ -439,8 +452,9 @@ def _classifier_code(rc: RunConfig, task: TaskDef, tokenizer: Any, adapter: bool
                   "ignore_mismatched_sizes=True", *_load_kwargs(rc, base=True)]
         lines += ["base = " + _call("AutoModelForSequenceClassification.from_pretrained", "BASE",
                                     kwargs),
-                  "model = PeftModel.from_pretrained(base, ARTIFACT).eval()  # + the trained head",
-                  "if MERGE:", "    model = model.merge_and_unload()"]
+                  "model = PeftModel.from_pretrained(base, ARTIFACT).eval()  # + the trained head"]
+        if not _prompt_based(rc):
+            lines += ["if MERGE:", "    model = model.merge_and_unload()"]
     else:
         lines.append("model = " + _call("AutoModelForSequenceClassification.from_pretrained",
                                         "ARTIFACT", _load_kwargs(rc, base=False)) + ".eval()")
@@ -472,8 +486,9 @@ def _sentence_embedding_code(rc: RunConfig, task: TaskDef, adapter: bool) -> str
     if adapter:
         lines += ["encoder = " + _call("AutoModel.from_pretrained", "BASE",
                                        _load_kwargs(rc, base=True)),
-                  "encoder = PeftModel.from_pretrained(encoder, ARTIFACT).eval()",
-                  "if MERGE:", "    encoder = encoder.merge_and_unload()"]
+                  "encoder = PeftModel.from_pretrained(encoder, ARTIFACT).eval()"]
+        if not _prompt_based(rc):
+            lines += ["if MERGE:", "    encoder = encoder.merge_and_unload()"]
     else:
         lines.append("# no pooler: the head reads mean-pooled states, never [CLS]")
         lines.append("encoder = " + _call("AutoModel.from_pretrained", "ARTIFACT",
@@ -488,6 +503,9 @@ def _sentence_embedding_code(rc: RunConfig, task: TaskDef, adapter: bool) -> str
         'return_tensors="pt")',
         "    with torch.no_grad():",
         "        hidden = encoder(**batch.to(encoder.device)).last_hidden_state.float()",
+        *(['    # the adapter\'s virtual tokens come first: the text\'s own tokens are pooled',
+           '    hidden = hidden[:, hidden.shape[1] - batch["input_ids"].shape[1]:]']
+          if adapter and _prompt_based(rc) else []),
         '    mask = batch["attention_mask"].unsqueeze(-1).float()',
         "    return (hidden * mask).sum(1) / mask.sum(1)",
     ]

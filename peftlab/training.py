@@ -121,6 +121,9 @@ def prepare(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame, eval_df: pd.Da
     heads = head_module_names(model)
     set_seed(rc.seed)
     model = method.prepare(model, rc.params, head_names=heads, total_steps=total)
+    from peftlab.sentence_embedding import attach_peft
+
+    attach_peft(model)  # the sentence-embedding head finds a prompt adapter's virtual tokens
     return Prepared(model, tokenizer, train, evald, base_total, heads, total)
 
 
