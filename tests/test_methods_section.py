@@ -204,3 +204,18 @@ def test_rq2_lines_are_one_per_compared_pair_of_models_not_one_per_declared_pair
         ("unmerged_vs_merged", ["sst2", "rte"]), ("unmerged_vs_merged", ["sst2", "rte"]),
         ("merged_vs_full", ["sst2"])]
     assert {g[0]["a"] for _, g in groups[:2]} == {"lora-r2/unmerged", "lora-r8/unmerged"}
+
+
+def test_a_cell_whose_seeds_never_improved_on_their_start_is_not_on_the_front(sample,
+                                                                               monkeypatch):
+    """Not moving gives a CKA of 1: a cell with no seed above its probe-fitted start must not
+    reach the front through its drift, and the table says why it is not compared."""
+    from peftlab.stages.report import methods
+
+    for key, verdict in list(sample.verdicts.items()):
+        if key[0] == "sst2" and key[1] == "lora":
+            monkeypatch.setitem(sample.verdicts, key, {**verdict, "improved": False,
+                                                       "change": "no detectable change"})
+    rows = {(r["task"], r["method"]): r for r in method_rows(sample)}
+    assert rows[("sst2", "lora")]["pareto"] is None
+    assert methods._pareto(rows[("sst2", "lora")]).startswith("not compared: no seed improved")

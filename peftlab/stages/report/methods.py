@@ -185,7 +185,7 @@ def method_rows(res: Results) -> list[dict[str, Any]]:
                 "latency_source": src_u or src_m or None})
         _dense_cost(rows)
         points = [tuple(r[k] for k, _ in AXES) if all(r[k] is not None for k, _ in AXES)
-                  else None for r in rows]
+                  and not _never_moved(r) else None for r in rows]
         for r, on in zip(rows, pareto_front(points, tuple(up for _, up in AXES)), strict=True):
             r["pareto"] = on
         out += rows
@@ -207,7 +207,16 @@ def _mergeable(r: dict[str, Any]) -> str:
     return "yes" if r["mergeable"] else f"no ({r['merge_refusal'] or 'PEFT cannot merge it'})"
 
 
+def _never_moved(r: dict[str, Any]) -> bool:
+    """A cell none of whose judged seeds improved on the probe-fitted head it started from: its
+    runs have not shown that fine-tuning did anything, and a CKA near 1 is then the drift of not
+    moving, which would put it on the front for learning nothing. Such cells are not compared."""
+    return r.get("start_judged", 0) > 0 and r.get("improved", 0) == 0
+
+
 def _pareto(r: dict[str, Any]) -> str:
+    if r["pareto"] is None and _never_moved(r):
+        return "not compared: no seed improved on its start"
     return {True: "front", False: "dominated", None: "not compared"}[r["pareto"]]
 
 
@@ -258,8 +267,11 @@ def methods_section(res: Results) -> Section:
         "better; a merged adapter and a fully fine-tuned model are the same architecture "
         "with the same FLOPs, so they share one cost, the mean of their measured latencies, "
         "and their differences, which are machine noise between processes, do not rank "
-        "them; an adapter that cannot merge is costed at its unmerged latency). 'front': no other row of the task is at least as good on all three and "
-        "better on one; 'dominated': another row is; 'not compared': an axis is missing. The "
+        "them; an adapter that cannot merge is costed at its unmerged latency). 'front': "
+        "no other row of the task is at least as good on all three and "
+        "better on one; 'dominated': another row is; 'not compared': an axis is missing, or no "
+        "seed of the row improved on the probe-fitted head it started from (its CKA near 1 "
+        "would then be the drift of not moving). The "
         "front is taken on the means: untested differences are numbers, not decisions (the "
         "tested comparisons are in the Findings and Deployment sections), and on unrounded "
         "values (`peftlab results DIR --table methods`): two CKAs that print alike at 4 "
