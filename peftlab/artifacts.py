@@ -243,12 +243,20 @@ def load_run(ctx: Context, run_id: str, *, device: str | None = None) -> tuple[A
     """(tokenizer, model) of a finished run, rebuilt from its artifact, in eval mode.
 
     PEFT runs: the pretrained base (loaded as the method loads it) with the saved adapter and its
-    trained head on top, as a `PeftModel`; full runs: the saved model.
+    trained head on top, as a `PeftModel`; full runs: the saved model. A run of a generation
+    task is a causal LM (`generation.load_run_lm`: the adapter unmerged on its base, or the
+    whole model).
     """
     rc = ctx.study.run(run_id)
     if rc is None:
         raise ModelError(f"run {run_id} is not part of this study's spec any more")
     artifact = run_artifact(ctx, rc)
+    if ctx.data.task(rc.task).kind == "generation":
+        from peftlab.generation import load_run_lm
+
+        model, tokenizer = load_run_lm(rc.model, Path(artifact["path"]), rc.method_type,
+                                       device or ctx.device)
+        return tokenizer, model
     loader = ModelLoader(rc.model, device or ctx.device)
     model = loader.run(artifact)
     model.eval()

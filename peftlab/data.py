@@ -115,8 +115,11 @@ class StudyData:
         source, folder = self.study.data_source()
         if source != "glue_dir" or folder is None:
             return None
+        from peftlab.tasks.sources import glue_root
+
         task = self.task(name)
-        return Path(folder) / task.glue.folder / task.glue.file_for(split)
+        return (glue_root(Path(folder), task.glue.folder) / task.glue.folder
+                / task.glue.file_for(split))
 
     def summaries(self) -> list[dict[str, Any]]:
         """Per task and split: rows in the source and after subsampling, label counts of both."""

@@ -5,8 +5,10 @@ batched decoding and scoring against every reference of an input.
     outputs = generate(model, tokenizer, prompts, max_new_tokens=48)
 
 Training runs through the same Trainer subclass, arguments, method hooks (`Method.prepare`,
-`Method.save`) and failure rules as classification (`peftlab.training`); what differs is the
-model (AutoModelForCausalLM, PEFT task type CAUSAL_LM, no head), the data and the evaluation.
+`Method.save`), failure rules and artifact save path (`training.save_artifact`: the artifact
+with its model card, here with the task's text metrics and a `generate(texts)` that decodes as
+the run was evaluated) as classification (`peftlab.training`); what differs is the model
+(AutoModelForCausalLM, PEFT task type CAUSAL_LM, no head), the data and the evaluation.
 
 Why not TRL's SFTTrainer: its completion-only loss is this module's collator in a Trainer of its
 own, and peftlab's loop needs its own Trainer subclass (the per-step NaN/divergence guard, exact
@@ -334,14 +336,13 @@ def train_and_evaluate_generation(rc: RunConfig, task: Any, train_df: pd.DataFra
             metrics = score(task, inputs, outputs, n_bootstrap=tr.bootstrap_samples, seed=rc.seed)
             artifact = None
             if out_dir is not None:
-                from peftlab.artifacts import ModelLoader
-                from peftlab.models import portable_name
+                from peftlab.training import save_artifact
 
                 write_generations(work / GENERATIONS_FILE, generation_rows(inputs, outputs))
-                artifact = work / "artifact"
-                method.save(model, artifact,
-                            base_name=portable_name(ModelLoader(rc.model, device).resolved))
-                tokenizer.save_pretrained(artifact)
+                # the classifier's save path: the method's save, the tokenizer, the model card
+                artifact = save_artifact(model, tokenizer, rc, task, work / "artifact",
+                                         device=device, metrics=metrics, study=study,
+                                         train_examples=len(train), eval_examples=len(inputs))
             shutil.rmtree(work / "trainer", ignore_errors=True)
     except RunFailed as e:
         return TrainResult(status="failed", main_metric=task.metrics[0], failure_reason=str(e),
@@ -423,7 +424,7 @@ def judge(main_metric: str, higher_is_better: bool, run_metrics: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------
-# which stages a generation study runs
+# which studies are generation studies
 
 
 def is_generative(ctx: Any) -> bool:
@@ -436,21 +437,3 @@ def is_generative(ctx: Any) -> bool:
         raise SpecError(f"{ctx.study.where('tasks')}: a study holds generation tasks or "
                         "classification/regression tasks, not both: split it into two studies")
     return kinds == {True}
-
-
-# What a generation study does at each stage that has no generation form yet.
-NOT_FOR_GENERATION = {
-    "forgetting": "the off-task probes and held-out LM loss are not measured for generation "
-                  "runs yet",
-    "drift": "representation and weight drift of generation runs is measured by the "
-             "generation drift step of the represent stage",
-}
-
-
-def skip_stage(ctx: Any, stage: str) -> bool:
-    """True (and a console line saying why) when `stage` has nothing to do in this study."""
-    if stage in NOT_FOR_GENERATION and is_generative(ctx):
-        ctx.console.print(f"{stage}: skipped for this generation study: "
-                          f"{NOT_FOR_GENERATION[stage]}")
-        return True
-    return False

@@ -16,6 +16,12 @@ Called once the method has saved the trained model into `folder` and the tokeniz
   every metric with its bootstrap interval, and the exact transformers / PEFT code that rebuilds
   the evaluated model from the folder. tests/test_artifacts.py runs that code in a fresh process
   and compares its logits with the run's stored eval_logits.safetensors.
+
+A generation run (a task of kind `generation`: a causal LM, no task head) gets the same card with
+its task's metrics (BLEU, ROUGE-L, chrF, slot error rate: intervals over inputs) and code that
+defines `generate(texts)`: the prompt template, the decoding the run was evaluated with, and the
+cut at the stop strings; tests/test_generation.py checks that it gives the stored outputs
+(`generations.jsonl` beside the folder) again.
 """
 
 from __future__ import annotations
@@ -65,10 +71,12 @@ def model_card(rc: RunConfig, task: TaskDef, *, metrics: dict[str, dict[str, Any
     from huggingface_hub import ModelCardData
 
     sentence_embedding = rc.model.head == "sentence-embedding"
+    generative = task.kind == "generation"
     library = "peft" if adapter else ("sentence-transformers" if sentence_embedding
                                       else "transformers")
     data = ModelCardData(
-        base_model=base_id, library_name=library, pipeline_tag="text-classification",
+        base_model=base_id, library_name=library,
+        pipeline_tag="text-generation" if generative else "text-classification",
         datasets=[task.hub.path] if task.hub is not None else None,
         tags=["peftlab", rc.method_type, task.name]
         + (["sentence-embedding-head"] if sentence_embedding else []))
@@ -77,19 +85,34 @@ def model_card(rc: RunConfig, task: TaskDef, *, metrics: dict[str, dict[str, Any
     parts = [
         f"---\n{data.to_yaml()}\n---\n",
         f"# {rc.run_id}\n",
-        f"A {_task_text(task)} classifier fine-tuned from {base_text} with {_method_text(rc)}"
+        f"A {_task_text(task)} {'text generator' if generative else 'classifier'} fine-tuned "
+        f"from {base_text} with {_method_text(rc)}"
         f" ({'an adapter' if adapter else 'every weight trained'}) by peftlab"
         + (f" in study `{study}`" if study else "") + f", seed {rc.seed}.\n",
         _facts(rc, task, study, base, base_id, train_examples, sentence_embedding, adapter),
-        _evaluation(rc, task, metrics, eval_examples),
+        (_generation_evaluation if generative else _evaluation)(rc, task, metrics,
+                                                                 eval_examples),
         "## Load it without peftlab\n",
-        _loading_text(rc, task, sentence_embedding, adapter, base, base_id),
+        (_generation_loading_text(rc, task, adapter, base, base_id) if generative
+         else _loading_text(rc, task, sentence_embedding, adapter, base, base_id)),
         "```python\n" + loading_code(rc, task, tokenizer=tokenizer, base=base, base_id=base_id,
                                      adapter=adapter) + "```\n",
     ]
-    if sentence_embedding:
+    if sentence_embedding and _prompt_based(rc):
+        parts.append("sentence-transformers loads an adapter through transformers' PEFT "
+                     "integration, which takes no prompt-based adapter (its virtual tokens are "
+                     "no module to inject into): `embed()` above gives the embeddings.\n")
+    elif sentence_embedding:
         parts.append(_sentence_transformers_text(adapter, base_id, rc.model.max_length))
     return "\n".join(parts)
+
+
+def _prompt_based(rc: RunConfig) -> bool:
+    """Whether the run's method feeds virtual tokens (prompt tuning, p-tuning): no merge, and
+    the encoder's hidden states start with them."""
+    from peftlab.methods import method_for
+
+    return bool(method_for(rc.method_type, rc.params).feeds_embeddings)
 
 
 def _base_label(base: ResolvedModel) -> str:
@@ -126,26 +149,38 @@ def _facts(rc: RunConfig, task: TaskDef, study: str | None, base: ResolvedModel,
             "described in head.json)" if sentence_embedding else
             "transformers' sequence-classification head"
             + (" (saved with the adapter, `modules_to_save`)" if adapter else ""))
+    task_row = f"{_task_text(task)}: {' + '.join(task.text_columns)} -> {labels}"
+    if task.kind == "generation":
+        gen = _generation_settings(rc, task)
+        task_row = (f"{_task_text(task)}: prompt -> text, prompt template "
+                    f"`{json.dumps(gen['prompt_template'])}`"
+                    + (" in the tokenizer's chat template" if gen["chat_template"] else "")
+                    + "; the loss on the target tokens only")
+        head = "the causal language model's own LM head (no task head)"
     source = (f"{base_id}" if base_id else f"local folder `{_base_label(base)}`")
     if base.kind == "gguf":
         source += f", read from the GGUF file `{base.gguf_file}`"
     rows = [
         ("Study", f"`{study}`" if study else "-"),
         ("Run", f"`{rc.run_id}`"),
-        ("Task", f"{_task_text(task)}: {' + '.join(task.text_columns)} -> {labels}"),
+        ("Task", task_row),
         ("Method", f"`{rc.method}` (type `{rc.method_type}`): {params}"),
         ("Seed", str(rc.seed)),
         ("Base model", source + (f" @ {rc.model.revision}" if rc.model.revision else "")),
         ("Head", head),
-        ("Training", f"{train_examples} examples (data seed {rc.data_seed}), "
+        ("Training", f"{train_examples} "
+                     + ("(input, reference) " if task.kind == "generation" else "")
+                     + f"examples (data seed {rc.data_seed}), "
                      + (f"{tr.max_steps} steps" if tr.max_steps else f"{tr.epochs:g} epoch(s)")
                      + f", batch size {tr.batch_size} x {tr.grad_accum}, learning rate "
                      f"{tr.learning_rate:g}, {tr.scheduler} schedule, warm-up {tr.warmup_ratio:g}"
                      f", weight decay {tr.weight_decay:g}, precision {tr.precision}"
                      + (", head fitted on frozen features first (LP-FT)"
                         if tr.head_init == "probe" else "")),
-        ("Tokens", f"at most {rc.model.max_length} per example (longer inputs truncated), "
-                   f"weights in {rc.model.dtype}"),
+        ("Tokens", f"at most {rc.model.max_length} per example "
+                   + ("(prompt + target; a longer target loses its end), "
+                      if task.kind == "generation" else "(longer inputs truncated), ")
+                   + f"weights in {rc.model.dtype}"),
     ]
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
@@ -218,6 +253,116 @@ def _sentence_transformers_text(adapter: bool, base_id: str | None, max_length: 
             f"{load}\nembeddings = encoder.encode(texts, convert_to_tensor=True)\n```\n")
 
 
+def _generation_settings(rc: RunConfig, task: TaskDef) -> dict[str, Any]:
+    """The run's decoding and prompt (`rc.generation`, the spec's defaults filled in)."""
+    from peftlab.spec import GenerationSpec
+
+    gen = GenerationSpec(**{k: v for k, v in rc.generation.items()
+                            if k in GenerationSpec.model_fields}).model_dump()
+    gen["prompt_template"] = (rc.generation.get("prompt_template") or task.prompt_template
+                              or "{input}")
+    return gen
+
+
+def _decoding_text(gen: dict[str, Any]) -> str:
+    stop = ", ".join(json.dumps(s) for s in gen["stop"] if s)
+    return (("greedy" if gen["num_beams"] == 1 else f"beam search ({gen['num_beams']} beams)")
+            + f", at most {gen['max_new_tokens']} new tokens, ending at EOS"
+            + (f" or at the first of {stop}" if stop else ""))
+
+
+def _generation_evaluation(rc: RunConfig, task: TaskDef, metrics: dict[str, dict[str, Any]],
+                           eval_examples: int) -> str:
+    n_boot = rc.training.bootstrap_samples
+    gen = _generation_settings(rc, task)
+    lines = ["## Evaluation\n",
+             f"On {eval_examples} inputs of the `{task.eval_split}` split"
+             + (f" (a seeded subsample, data seed {rc.data_seed})" if rc.eval_samples else "")
+             + ", each output scored against every reference of its input; decoding: "
+             + _decoding_text(gen)
+             + (f"; 95% percentile bootstrap intervals over inputs ({n_boot} resamples)."
+                if n_boot else "; no intervals (bootstrap_samples: 0)."),
+             "",
+             "| metric | value | 95% interval |", "|---|---|---|"]
+    for name, m in metrics.items():
+        ci = (f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("ci_low") is not None
+              else "-")
+        main = " (main)" if name == task.metrics[0] else ""
+        value = f"{m['value']:.4f}" if m.get("value") is not None else "undefined"
+        lines.append(f"| {name}{main} | {value} | {ci} |")
+    lines.append("")
+    lines.append("The outputs behind these numbers are stored beside this folder, in "
+                 "`../generations.jsonl` (one JSON object per input: `input`, `input_text`, "
+                 "`output`, `references`); the code below decodes them again.\n")
+    return "\n".join(lines)
+
+
+def _generation_loading_text(rc: RunConfig, task: TaskDef, adapter: bool, base: ResolvedModel,
+                             base_id: str | None) -> str:
+    out = []
+    if adapter and base_id is None:
+        out.append(f"The base was the local folder `{_base_label(base)}`: set `BASE` to its "
+                   "path.")
+    if base.kind == "gguf":
+        out.append(f"peftlab read the base from the GGUF file `{base.gguf_file}` (dequantised by "
+                   "transformers); weights converted from another copy of the model may differ "
+                   "by that file's rounding.")
+    out.append("`generate(texts)` takes the inputs as peftlab fed them: Unicode NFC"
+               + (", leading and trailing whitespace stripped" if rc.strip_whitespace else "")
+               + ", put into the prompt template; it decodes in batches of the size the run was "
+               "evaluated with (left padding).")
+    return "\n\n".join(out) + "\n"
+
+
+def _generation_code(rc: RunConfig, task: TaskDef, adapter: bool) -> str:
+    """`generate(texts)`: the run's prompt and decoding (`peftlab.generation.generate`)."""
+    gen = _generation_settings(rc, task)
+    lines = ["tokenizer = AutoTokenizer.from_pretrained(ARTIFACT)"]
+    if adapter:
+        lines += ["base = " + _call("AutoModelForCausalLM.from_pretrained", "BASE",
+                                    _load_kwargs(rc, base=True)),
+                  "model = PeftModel.from_pretrained(base, ARTIFACT).eval()",
+                  "if MERGE:", "    model = model.merge_and_unload()"]
+    else:
+        lines.append("model = " + _call("AutoModelForCausalLM.from_pretrained", "ARTIFACT",
+                                        _load_kwargs(rc, base=False)) + ".eval()")
+    lines += [f"PROMPT = {json.dumps(gen['prompt_template'])}  # {{input}}: the input text",
+              f"STOP = {json.dumps([s for s in gen['stop'] if s])}  # an output ends at these"]
+    if gen["chat_template"]:
+        prompt = ('tokenizer.apply_chat_template([{"role": "user", "content": '
+                  'PROMPT.replace("{input}", t)}], tokenize=False, add_generation_prompt=True)')
+    else:
+        prompt = 'PROMPT.replace("{input}", t)'
+    fn = [
+        f"def generate(texts, batch_size={gen['batch_size']}):",
+        f'    """One output per input text, decoded as the run was evaluated: '
+        f'{_decoding_text(gen)}."""',
+        f"    prompts = [{prompt} for t in clean(texts)]",
+        '    tokenizer.padding_side = "left"  # a decoder continues from the last position',
+        "    outputs = []",
+        "    for start in range(0, len(prompts), batch_size):",
+        "        batch = tokenizer(prompts[start:start + batch_size], return_tensors=\"pt\", "
+        "padding=True).to(model.device)",
+        "        with torch.no_grad():",
+        "            ids = model.generate(",
+        f"                **batch, max_new_tokens={gen['max_new_tokens']}, "
+        f"num_beams={gen['num_beams']}, do_sample=False,",
+        "                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,",
+        "                stop_strings=STOP or None, tokenizer=tokenizer, temperature=None, "
+        "top_p=None, top_k=None)",
+        "        new = ids[:, batch[\"input_ids\"].shape[1]:]",
+        "        outputs += [cut(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]",
+        "    return outputs",
+        "",
+        "",
+        "def cut(text):",
+        '    """The text up to the first stop string, stripped."""',
+        "    ends = [i for i in (text.find(s) for s in STOP) if i != -1]",
+        "    return (text[:min(ends)] if ends else text).strip()",
+    ]
+    return "\n".join(lines) + "\n\n\n" + "\n".join(fn) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # The loading code
 
@@ -225,10 +370,14 @@ def _sentence_transformers_text(adapter: bool, base_id: str | None, max_length: 
 def loading_code(rc: RunConfig, task: TaskDef, *, tokenizer: Any, base: ResolvedModel,
                  base_id: str | None, adapter: bool) -> str:
     """Self-contained Python (no peftlab) that defines `logits(texts)` (single-text task) or
-    `logits(texts_a, texts_b)` (pair task): float tensors [n, num_labels] as evaluated.
+    `logits(texts_a, texts_b)` (pair task): float tensors [n, num_labels] as evaluated; for a
+    generation task `generate(texts)`: one output string per input, as evaluated.
     Its first lines set ARTIFACT (the folder) and, for adapters, BASE; MERGE = True folds an
     adapter into the base weights (merge_and_unload)."""
-    if rc.model.head == "sentence-embedding":
+    generative = task.kind == "generation"
+    if generative:
+        body = _generation_code(rc, task, adapter)
+    elif rc.model.head == "sentence-embedding":
         body = _sentence_embedding_code(rc, task, adapter)
     else:
         body = _classifier_code(rc, task, tokenizer, adapter)
@@ -236,8 +385,9 @@ def loading_code(rc: RunConfig, task: TaskDef, *, tokenizer: Any, base: Resolved
     if adapter:
         head.append(f"BASE = {json.dumps(base_id or BASE_PLACEHOLDER)}  # the base model"
                     + ("" if base_id else f" (the local folder {_base_label(base)})"))
-        head.append("MERGE = False  # True: the adapter folded into the base weights "
-                    "(merge_and_unload)")
+        if not _prompt_based(rc):  # virtual tokens: no weight update to fold in
+            head.append("MERGE = False  # True: the adapter folded into the base weights "
+                        "(merge_and_unload)")
     imports = ["import unicodedata", "", "import torch"]
     if rc.model.head == "sentence-embedding":
         imports += ["import torch.nn.functional as F"]
@@ -246,6 +396,8 @@ def loading_code(rc: RunConfig, task: TaskDef, *, tokenizer: Any, base: Resolved
     if rc.model.head == "sentence-embedding":
         imports += ["from safetensors.torch import load_file",
                     "from transformers import AutoModel, AutoTokenizer"]
+    elif generative:
+        imports += ["from transformers import AutoModelForCausalLM, AutoTokenizer"]
     else:
         imports += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer"]
     if rc.method_type == "qlora":
@@ -300,8 +452,9 @@ def _classifier_code(rc: RunConfig, task: TaskDef, tokenizer: Any, adapter: bool
                   "ignore_mismatched_sizes=True", *_load_kwargs(rc, base=True)]
         lines += ["base = " + _call("AutoModelForSequenceClassification.from_pretrained", "BASE",
                                     kwargs),
-                  "model = PeftModel.from_pretrained(base, ARTIFACT).eval()  # + the trained head",
-                  "if MERGE:", "    model = model.merge_and_unload()"]
+                  "model = PeftModel.from_pretrained(base, ARTIFACT).eval()  # + the trained head"]
+        if not _prompt_based(rc):
+            lines += ["if MERGE:", "    model = model.merge_and_unload()"]
     else:
         lines.append("model = " + _call("AutoModelForSequenceClassification.from_pretrained",
                                         "ARTIFACT", _load_kwargs(rc, base=False)) + ".eval()")
@@ -333,8 +486,9 @@ def _sentence_embedding_code(rc: RunConfig, task: TaskDef, adapter: bool) -> str
     if adapter:
         lines += ["encoder = " + _call("AutoModel.from_pretrained", "BASE",
                                        _load_kwargs(rc, base=True)),
-                  "encoder = PeftModel.from_pretrained(encoder, ARTIFACT).eval()",
-                  "if MERGE:", "    encoder = encoder.merge_and_unload()"]
+                  "encoder = PeftModel.from_pretrained(encoder, ARTIFACT).eval()"]
+        if not _prompt_based(rc):
+            lines += ["if MERGE:", "    encoder = encoder.merge_and_unload()"]
     else:
         lines.append("# no pooler: the head reads mean-pooled states, never [CLS]")
         lines.append("encoder = " + _call("AutoModel.from_pretrained", "ARTIFACT",
@@ -349,6 +503,9 @@ def _sentence_embedding_code(rc: RunConfig, task: TaskDef, adapter: bool) -> str
         'return_tensors="pt")',
         "    with torch.no_grad():",
         "        hidden = encoder(**batch.to(encoder.device)).last_hidden_state.float()",
+        *(['    # the adapter\'s virtual tokens come first: the text\'s own tokens are pooled',
+           '    hidden = hidden[:, hidden.shape[1] - batch["input_ids"].shape[1]:]']
+          if adapter and _prompt_based(rc) else []),
         '    mask = batch["attention_mask"].unsqueeze(-1).float()',
         "    return (hidden * mask).sum(1) / mask.sum(1)",
     ]

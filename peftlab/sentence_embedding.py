@@ -25,6 +25,25 @@ mixed single/pair batches and hidden-state extraction work unchanged. Hidden sta
 the input's layout ([batch, length, hidden], each token where it stood in the joint sequence,
 the extra [CLS] of b left out), so a pooling over the attention mask pools both texts.
 
+Prompt-based adapters (PEFT's prompt tuning and p-tuning, the two whose sequence-classification
+forward prepends virtual-token embeddings): PEFT calls this classifier with `inputs_embeds`
+[batch, virtual + length, hidden] (the adapter's virtual tokens, then the word embeddings of the
+input ids), the attention mask and token_type_ids extended by as many leading ones and zeros.
+The forward takes the virtual tokens off the front (their number is the active adapter's
+`num_virtual_tokens`, read from the PeftModel that `attach_peft` binds), splits the rest into
+texts as it splits input ids, and puts the virtual tokens in front of each text: every text,
+the second of a pair included, is encoded as [P1 .. Pv] [CLS] text [SEP], the text at positions
+v.. as PEFT places it for any BERT model. The virtual tokens are not pooled: a text's embedding
+is the mean over its own tokens, as without an adapter, so the probe-fitted head, fitted on the
+frozen encoder's text-token means, reads the same kind of feature once the prompt is trained,
+and a short text (an SST-2 sentence is about 12 tokens, the prompt 20) is not mostly the
+prompt's states. For the same reason the hidden states come back without the virtual positions,
+in the caller's layout ([batch, length, hidden] over the mask the caller holds): represent,
+drift and the forgetting probes pool the text's tokens of the base and of every run alike, so a
+run's representations compare position for position with the base's. Prefix tuning feeds every
+layer a key/value prefix (`past_key_values`) instead, which this head does not pass to its
+encoder; validation refuses it.
+
 Written here because transformers has no classifier for a bi-encoder and sentence-transformers'
 `SoftmaxLoss` head is a loss wrapper over its own `SentenceTransformer` model, not a
 `PreTrainedModel` that Trainer, PEFT, `save_pretrained` and the bench take.
@@ -90,46 +109,53 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         self.pair_classifier = nn.Linear(1, config.num_labels)
         self.post_init()
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              token_type_ids: torch.Tensor | None = None, *, output_hidden_states: bool = False
+    def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None, *, output_hidden_states: bool = False,
+              tokens: torch.Tensor | None = None, prompt: torch.Tensor | None = None
               ) -> dict[str, Any]:
         """Each text of each row encoded on its own: {u, v (mean-pooled embeddings of a and b;
         v is meaningless where `paired` is false), paired [B] bool, hidden_states (joint layout)
-        or None}."""
+        or None}.
+
+        `input_ids` [B, L] or, from a prompt-based adapter, `tokens` [B, L, hidden] (the
+        input ids' word embeddings) with `prompt` [B, v, hidden] (its virtual tokens, put in
+        front of every text and not pooled; see the module docstring)."""
+        if tokens is None:
+            tokens = input_ids
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         real = attention_mask.bool()
         second = (token_type_ids.bool() if token_type_ids is not None
                   else torch.zeros_like(real)) & real
         pos_a, valid_a = _gather(real & ~second)
         pos_b, valid_b = _gather(second)
         paired = valid_b[:, 0]
-        ids_a = torch.gather(input_ids, 1, pos_a)
+        ids_a = _take(tokens, pos_a)
         cls = ids_a[:, :1]  # the row's first token: the tokenizer's [CLS]
-        ids_b = torch.cat([cls, torch.gather(input_ids, 1, pos_b)], dim=1)
+        ids_b = torch.cat([cls, _take(tokens, pos_b)], dim=1)
         # a row without a second text still gets a one-token b ([CLS]) so no row is all padding
         valid_b1 = torch.cat([torch.ones_like(valid_b[:, :1]), valid_b], dim=1)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-        ids_a, ids_b = ids_a.masked_fill(~valid_a, pad), ids_b.masked_fill(~valid_b1, pad)
-        n = input_ids.shape[0]
+        pad = pad if tokens.dim() == 2 else 0.0  # embeddings: padded positions are masked out
+        ids_a, ids_b = _blank(ids_a, ~valid_a, pad), _blank(ids_b, ~valid_b1, pad)
+        n = tokens.shape[0]
         if not bool(paired.any()):  # single texts only: no b side to encode
-            out_a, out_b = self._encode(ids_a, valid_a, output_hidden_states), None
+            out_a, out_b = self._encode(ids_a, valid_a, output_hidden_states, prompt), None
         elif self._routed_per_row():
             # PEFT's mixed-adapter batch: adapter_names name the input's rows, checked and
             # routed by row inside every adapted layer, so each side is its own call of n rows
-            out_a = self._encode(ids_a, valid_a, output_hidden_states)
-            out_b = self._encode(ids_b, valid_b1, output_hidden_states)
+            out_a = self._encode(ids_a, valid_a, output_hidden_states, prompt)
+            out_b = self._encode(ids_b, valid_b1, output_hidden_states, prompt)
         elif not self._pads_little(n, ids_a.shape[1], ids_b.shape[1]):
-            out_a = self._encode(ids_a, valid_a, output_hidden_states)
-            out_b = self._encode(ids_b, valid_b1, output_hidden_states)
+            out_a = self._encode(ids_a, valid_a, output_hidden_states, prompt)
+            out_b = self._encode(ids_b, valid_b1, output_hidden_states, prompt)
         else:  # both sides in one call of 2n rows (fewer calls, little extra padding)
             width = max(ids_a.shape[1], ids_b.shape[1])
             both = self._encode(
-                torch.cat([F.pad(ids_a, (0, width - ids_a.shape[1]), value=pad),
-                           F.pad(ids_b, (0, width - ids_b.shape[1]), value=pad)]),
-                torch.cat([F.pad(valid_a, (0, width - valid_a.shape[1])),
-                           F.pad(valid_b1, (0, width - valid_b1.shape[1]))]),
-                output_hidden_states)
+                torch.cat([_pad_to(ids_a, width, pad), _pad_to(ids_b, width, pad)]),
+                torch.cat([_pad_to(valid_a, width, False), _pad_to(valid_b1, width, False)]),
+                output_hidden_states,
+                torch.cat([prompt, prompt]) if prompt is not None else None)
             out_a = [h[:n, :ids_a.shape[1]] for h in both]
             out_b = [h[n:, :ids_b.shape[1]] for h in both]
         u = _mean(out_a[-1], valid_a)
@@ -138,17 +164,24 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         if output_hidden_states:
             states_b = out_b if out_b is not None else [None] * len(out_a)
             hidden = tuple(self._joint(h_a, h_b, pos_a, valid_a, pos_b, valid_b,
-                                       input_ids.shape[1])
+                                       tokens.shape[1])
                            for h_a, h_b in zip(out_a, states_b, strict=True))
         return {"u": u, "v": v, "paired": paired, "hidden_states": hidden}
 
-    def _encode(self, ids: torch.Tensor, valid: torch.Tensor, every_layer: bool
-                ) -> list[torch.Tensor]:
-        """The encoder on right-padded rows: every layer's hidden states (embeddings first)
-        when `every_layer`, else the last layer's alone (a list of one)."""
-        out = self.bert(input_ids=ids, attention_mask=valid.long(),
-                        output_hidden_states=every_layer)
-        return list(out.hidden_states) if every_layer else [out.last_hidden_state]
+    def _encode(self, ids: torch.Tensor, valid: torch.Tensor, every_layer: bool,
+                prompt: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The encoder on right-padded rows (`ids` [B, W] token ids, or [B, W, hidden] word
+        embeddings): every layer's hidden states (embeddings first) when `every_layer`, else the
+        last layer's alone (a list of one), [B, W, hidden] each. `prompt` [B, v, hidden]: virtual
+        tokens read in front of every row and left out of the states returned."""
+        inputs = {"input_ids": ids} if ids.dim() == 2 else {"inputs_embeds": ids}
+        if prompt is not None:
+            inputs = {"inputs_embeds": torch.cat([prompt.to(ids.dtype), ids], dim=1)}
+            valid = torch.cat([valid.new_ones(valid.shape[0], prompt.shape[1]), valid], dim=1)
+        out = self.bert(**inputs, attention_mask=valid.long(), output_hidden_states=every_layer)
+        states = list(out.hidden_states) if every_layer else [out.last_hidden_state]
+        skip = prompt.shape[1] if prompt is not None else 0
+        return [h[:, skip:] for h in states] if skip else states
 
     @staticmethod
     def _pads_little(rows: int, width_a: int, width_b: int) -> bool:
@@ -194,12 +227,27 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         """Logits [batch, num_labels] (a single text's row from `classifier`, a pair's from
         `pair_classifier`), the loss when `labels` are given, hidden states in the input's
         layout when asked. position_ids, return_dict and other keyword arguments transformers
-        and PEFT pass along are accepted and not used (each text's positions restart at 0)."""
-        if kwargs.get("inputs_embeds") is not None:
-            raise ValueError("BertForSentenceEmbeddingClassification needs input_ids (it splits "
-                             "each pair into its two texts by token); inputs_embeds is not supported")
-        emb = self.embed(input_ids, attention_mask, token_type_ids,
-                         output_hidden_states=bool(output_hidden_states))
+        and PEFT pass along are accepted and not used (each text's positions restart at 0, or
+        at v after a prompt-based adapter's v virtual tokens). `inputs_embeds` [B, v + L,
+        hidden]: from a prompt-based adapter only (see the module docstring)."""
+        inputs_embeds = kwargs.get("inputs_embeds")
+        prompt = None
+        if inputs_embeds is not None:  # a prompt-based adapter's virtual tokens, then the text
+            virtual = self._virtual_tokens()
+            if virtual is None:
+                raise ValueError(
+                    "BertForSentenceEmbeddingClassification splits each pair into its two texts "
+                    "by token: inputs_embeds are taken only from a prompt-based PEFT adapter "
+                    "bound by sentence_embedding.attach_peft (its virtual tokens come first)")
+            prompt = inputs_embeds[:, :virtual] if virtual else None
+            inputs_embeds = inputs_embeds[:, virtual:]
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, virtual:]
+            if token_type_ids is not None:
+                token_type_ids = token_type_ids[:, virtual:]
+        emb = self.embed(input_ids if inputs_embeds is None else None, attention_mask,
+                         token_type_ids, output_hidden_states=bool(output_hidden_states),
+                         tokens=inputs_embeds, prompt=prompt)
         feats = self._head_inputs(emb)
         single = self.classifier(feats["single"])
         pair = self.pair_classifier(feats["pair"].to(self.pair_classifier.weight.dtype))
@@ -213,6 +261,17 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits,
                                         hidden_states=emb["hidden_states"])
 
+    def _virtual_tokens(self) -> int | None:
+        """How many virtual tokens lead `inputs_embeds`: the active adapter's
+        `num_virtual_tokens` in the PeftModel `attach_peft` bound (0 for an adapter that is not
+        prompt-based); None when none is bound."""
+        ref = getattr(self, "_peftlab_owner", None)
+        owner = ref() if ref is not None else None
+        if owner is None:
+            return None
+        config = owner.active_peft_config
+        return int(config.num_virtual_tokens) if config.is_prompt_learning else 0
+
     def head_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """What each head reads, for fitting it on frozen features: {paired [B], single [B, H],
@@ -224,6 +283,38 @@ class BertForSentenceEmbeddingClassification(BertPreTrainedModel):
         """`embed`'s output as the heads read it: a single text's embedding, a pair's cosine."""
         cosine = F.cosine_similarity(emb["u"], emb["v"], dim=-1).unsqueeze(-1)
         return {"paired": emb["paired"], "single": emb["u"], "pair": cosine}
+
+
+def _take(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tokens[b, pos[b, j]] per row: ids [B, L] -> [B, W]; embeddings [B, L, H] -> [B, W, H]."""
+    if tokens.dim() == 2:
+        return torch.gather(tokens, 1, pos)
+    return torch.gather(tokens, 1, pos[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def _blank(tokens: torch.Tensor, where: torch.Tensor, value: Any) -> torch.Tensor:
+    """`tokens` ([B, W] or [B, W, H]) with the positions `where` [B, W] set to `value`."""
+    return tokens.masked_fill(where if tokens.dim() == 2 else where[..., None], value)
+
+
+def _pad_to(tokens: torch.Tensor, width: int, value: Any) -> torch.Tensor:
+    """`tokens` ([B, W] or [B, W, H]) right-padded with `value` to `width` positions."""
+    extra = width - tokens.shape[1]
+    return F.pad(tokens, (0, extra) if tokens.dim() == 2 else (0, 0, 0, extra), value=value)
+
+
+def attach_peft(model: Any) -> Any:
+    """Bind a PeftModel to the classifier it wraps, so that a prompt-based adapter's forward
+    (PEFT passes `inputs_embeds` with the virtual tokens first) finds how many virtual tokens
+    lead (the active adapter's `num_virtual_tokens`, read at each call). A weak reference: the
+    PeftModel holds the classifier, not the other way round. Anything else passes unchanged.
+    Returns `model`."""
+    import weakref
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else None
+    if isinstance(inner, BertForSentenceEmbeddingClassification):
+        inner._peftlab_owner = weakref.ref(model)
+    return model
 
 
 def saved_head(folders: list[str]) -> str:
@@ -258,6 +349,7 @@ HEAD_MODULES = ("classifier", "pair_classifier")
 ENCODER_WEIGHTS = "model.safetensors"
 _ADAPTER_CONFIG, _ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PEFT = "base_model.model."  # PEFT's prefix of every saved tensor name
+_PROMPT_PEFT = "base_model."  # ... of a prompt-based adapter's head (it wraps the model itself)
 _BERT = "bert."  # where the classifier keeps its encoder (BertPreTrainedModel.base_model_prefix)
 _ENCODER_CHILDREN = ("embeddings", "encoder", "pooler")  # top-level modules of a BertModel
 # PEFT config fields that name modules of the model they were made for
@@ -274,6 +366,16 @@ def is_portable(folder: Any) -> bool:
 
 def _is_head(name: str) -> bool:
     return name.split(".")[0] in HEAD_MODULES
+
+
+def _saved_head_name(key: str) -> str | None:
+    """The head tensor a PEFT-saved tensor name stands for ("classifier.weight"), else None.
+    PEFT saves a tuner's head under "base_model.model.<head>" and a prompt-based adapter's,
+    which wraps the model itself, under "base_model.<head>"."""
+    for prefix in (_PEFT, _PROMPT_PEFT):
+        if key.startswith(prefix) and _is_head(key[len(prefix):]):
+            return key[len(prefix):]
+    return None
 
 
 def _to_encoder_path(name: str) -> str:
@@ -324,17 +426,19 @@ def save_portable(folder: Any, *, max_length: int) -> None:
     folder = Path(folder)
     if is_portable(folder):
         return
+    virtual = 0  # a prompt-based adapter's virtual tokens
     if (folder / _ADAPTER_CONFIG).is_file():
         tensors = load_file(folder / _ADAPTER_WEIGHTS)
-        head = {k[len(_PEFT):]: t for k, t in tensors.items() if _is_head(k[len(_PEFT):])}
+        head = {_saved_head_name(k): t for k, t in tensors.items() if _saved_head_name(k)}
         adapter = {_to_encoder_path(k): t for k, t in tensors.items()
-                   if not _is_head(k[len(_PEFT):])}
+                   if not _saved_head_name(k)}
         save_file(adapter, folder / _ADAPTER_WEIGHTS, metadata={"format": "pt"})
         config = _rename_modules(json.loads((folder / _ADAPTER_CONFIG).read_text("utf-8")),
                                  _to_encoder_path)
         # an adapter of the bare encoder: AutoPeftModel builds AutoModel (BertModel) for it
         config.update(task_type="FEATURE_EXTRACTION", modules_to_save=None)
         _write_json(folder / _ADAPTER_CONFIG, config)
+        virtual = int(config.get("num_virtual_tokens") or 0)
         hidden = int(head["classifier.weight"].shape[1])
     else:
         files = sorted(folder.glob("model*.safetensors"))
@@ -370,6 +474,9 @@ def save_portable(folder: Any, *, max_length: int) -> None:
         "truncation": "a pair is tokenised as one sequence ([CLS] a [SEP] b [SEP], "
                       "truncation longest_first to max_length) and then split into its texts: "
                       "a = the tokens of type 0, b = [CLS] + the tokens of type 1",
+        **({"virtual_tokens": f"the adapter's {virtual} virtual tokens (prompt_embeddings) are "
+                              "read before each text ([P1 .. Pv] [CLS] text [SEP], the text at "
+                              "positions v..) and left out of the mean"} if virtual else {}),
     })
     # sentence-transformers' description of the same encoder: mean pooling, no normalisation
     _write_json(folder / "modules.json", [
@@ -457,23 +564,35 @@ def load_portable_adapter(model: Any, folder: Any, *, adapter_name: str) -> Any:
         from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING
 
         model = MODEL_TYPE_TO_PEFT_MODEL_MAPPING["SEQ_CLS"](model, config, adapter_name)
-    # PEFT maps each tensor name without its "base_model.model." prefix: encoder -> bert.encoder
-    state = load_peft_weights(str(folder), device="cpu", key_mapping={"^": _BERT})
-    # ... and a tuner's model-level tensors (VeRA's shared vera_A / vera_B: "base_model.vera_A")
-    # without the encoder: they are no module of it, so they keep their own name
-    shared = "base_model." + _BERT
-    state = {("base_model." + k[len(shared):] if k.startswith(shared) else k): t
-             for k, t in state.items()}
-    state.update({_PEFT + k: t for k, t in _head_tensors(folder).items()})
+    if config.is_prompt_learning:  # its one tensor, the virtual tokens, names no module
+        state = load_peft_weights(str(folder), device="cpu")
+        head_prefix = _PROMPT_PEFT
+    else:
+        # PEFT maps each tensor name without its "base_model.model." prefix: encoder ->
+        # bert.encoder
+        state = load_peft_weights(str(folder), device="cpu", key_mapping={"^": _BERT})
+        # ... and a tuner's model-level tensors (VeRA's shared vera_A / vera_B:
+        # "base_model.vera_A") without the encoder: they are no module of it, so they keep
+        # their own name
+        shared = "base_model." + _BERT
+        state = {("base_model." + k[len(shared):] if k.startswith(shared) else k): t
+                 for k, t in state.items()}
+        head_prefix = _PEFT
+    state.update({head_prefix + k: t for k, t in _head_tensors(folder).items()})
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    attach_peft(model)
     # every trained tensor of this adapter (the tuner's own, e.g. lora_*, and the heads) must
     # have been loaded; buffers PEFT does not save (AdaLoRA's ranknum) are not among them
     trained = (getattr(model.base_model, "prefix", None) or "lora_", "modules_to_save")
     missing = [k for k in result.missing_keys
                if f".{adapter_name}." in f"{k}." and any(t in k for t in trained)]
-    if missing or result.unexpected_keys:
+    # PEFT loads a prompt-based adapter's virtual tokens into its prompt encoder itself, after
+    # a load_state_dict that reports them unexpected
+    unexpected = [k for k in result.unexpected_keys
+                  if not (config.is_prompt_learning and k == "prompt_embeddings")]
+    if missing or unexpected:
         raise ValueError(f"{folder}: the adapter does not fit the model: missing "
-                         f"{sorted(missing)[:3]}, unexpected {sorted(result.unexpected_keys)[:3]}")
+                         f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     return model
 
 

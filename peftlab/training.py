@@ -121,6 +121,9 @@ def prepare(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame, eval_df: pd.Da
     heads = head_module_names(model)
     set_seed(rc.seed)
     model = method.prepare(model, rc.params, head_names=heads, total_steps=total)
+    from peftlab.sentence_embedding import attach_peft
+
+    attach_peft(model)  # the sentence-embedding head finds a prompt adapter's virtual tokens
     return Prepared(model, tokenizer, train, evald, base_total, heads, total)
 
 
@@ -254,6 +257,28 @@ def _compute_metrics(task: Any):
     return compute
 
 
+def save_artifact(model: Any, tokenizer: Any, rc: RunConfig, task: TaskDef, folder: Path, *,
+                  device: str, metrics: dict[str, dict[str, Any]], study: str | None,
+                  train_examples: int, eval_examples: int) -> Path:
+    """Save a trained run's model into `folder` the way its method saves (adapter or whole
+    model), its tokenizer beside it, and put it in its final form with its model card
+    (`peftlab.model_card.finish_artifact`): the one save path of classification and generation
+    runs. metrics: the card's (metric -> {value, ci_low, ci_high}); train_examples: training
+    rows; eval_examples: evaluation examples (generation: inputs). Returns `folder`."""
+    from peftlab.artifacts import ModelLoader
+    from peftlab.methods import get_method
+    from peftlab.model_card import finish_artifact
+    from peftlab.models import portable_name
+
+    base = ModelLoader(rc.model, device).resolved
+    get_method(rc.method_type).save(model, folder, base_name=portable_name(base))
+    tokenizer.save_pretrained(folder)
+    # loadable without peftlab, with a model card (peftlab.model_card)
+    finish_artifact(folder, rc, task, metrics=metrics, study=study, tokenizer=tokenizer,
+                    base=base, train_examples=train_examples, eval_examples=eval_examples)
+    return Path(folder)
+
+
 def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
                        eval_df: pd.DataFrame, *, device: str, out_dir: Path | None = None,
                        callbacks: Sequence[Any] = (), eval_during_training: int | None = None,
@@ -272,11 +297,9 @@ def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
     import torch
     from transformers import PrinterCallback
 
-    from peftlab.artifacts import ModelLoader
     from peftlab.encode import make_collator, predict
     from peftlab.methods import get_method
-    from peftlab.model_card import finish_artifact
-    from peftlab.models import count_parameters, portable_name
+    from peftlab.models import count_parameters
 
     method = get_method(rc.method_type)
     prep = prepare(rc, task, train_df, eval_df, device=device,
@@ -329,14 +352,10 @@ def train_and_evaluate(rc: RunConfig, task: TaskDef, train_df: pd.DataFrame,
                 from safetensors.numpy import save_file
 
                 save_file({"logits": logits}, work / "eval_logits.safetensors")
-                artifact = work / "artifact"
-                base = ModelLoader(rc.model, device).resolved
-                method.save(model, artifact, base_name=portable_name(base))
-                prep.tokenizer.save_pretrained(artifact)
-                # loadable without peftlab, with a model card (peftlab.model_card)
-                finish_artifact(artifact, rc, task, metrics=metrics, study=study,
-                                tokenizer=prep.tokenizer, base=base,
-                                train_examples=len(prep.train), eval_examples=len(prep.eval))
+                artifact = save_artifact(model, prep.tokenizer, rc, task, work / "artifact",
+                                         device=device, metrics=metrics, study=study,
+                                         train_examples=len(prep.train),
+                                         eval_examples=len(prep.eval))
             shutil.rmtree(work / "trainer", ignore_errors=True)
     except RunFailed as e:
         return TrainResult(status="failed", main_metric=task.metrics[0], failure_reason=str(e),

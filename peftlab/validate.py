@@ -194,6 +194,13 @@ def model_linear_names(study: Study) -> list[str] | None:
     return linear_module_names(model)
 
 
+# Why model.head sentence-embedding cannot take the other ways PEFT feeds virtual tokens
+# (`Method.prompt_input`)
+_PROMPT_INPUTS = {"past_key_values": "a key/value prefix in every layer, which the head's "
+                                     "encoder calls are not given",
+                  "task_ids": "one prompt per task, chosen by task ids peftlab does not pass"}
+
+
 def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
     """Raise SpecError/DataError for what cannot work; return notes on what was not checked."""
     from peftlab.data import StudyData
@@ -210,12 +217,15 @@ def deep_check(study: Study, *, check_data: bool = True) -> list[str]:
         rc = study.resolve(spec.tasks[0].name, name, spec.seeds[0])
         get_method(entry["type"]).check(
             rc.params, linear_names=linear, device=device, where=study.where(f"methods.{name}"))
-        if method_for(entry["type"], rc.params).feeds_embeddings and (
-                spec.model.head == "sentence-embedding"):
+        method = method_for(entry["type"], rc.params)
+        if method.feeds_embeddings and spec.model.head == "sentence-embedding" and (
+                method.prompt_input != "inputs_embeds"):
             raise SpecError(
-                f"{study.where(f'methods.{name}')}: a prompt-based method feeds the model "
-                "inputs_embeds (virtual tokens prepended), but model.head sentence-embedding "
-                "needs the input_ids to split each pair into its texts; use model.head: "
+                f"{study.where(f'methods.{name}')}: model.head sentence-embedding takes a "
+                "prompt-based method's virtual tokens only as embeddings in front of each text "
+                "(PEFT's PromptTuningConfig, PromptEncoderConfig), but PEFT feeds "
+                f"{rc.params.get('config', entry['type'])}'s as {method.prompt_input} "
+                f"({_PROMPT_INPUTS.get(method.prompt_input, 'another input')}); use model.head: "
                 "sequence-classification for it")
     if check_data:
         local = study.data_source()[0] != "hub"

@@ -295,3 +295,58 @@ def test_an_alias_base_is_named_by_its_hub_id(studies, tmp_path):
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert cfg["base_model_name_or_path"] == hub
     assert f"base_model: {hub}\n" in card and f'BASE = "{hub}"  # the base model\n' in card
+
+
+def test_a_prompt_adapters_card_code_reproduces_its_eval_logits(tmp_path, tiny_bert_dir,
+                                                                 glue_dir):
+    """Prompt tuning with the sentence-embedding head (a single-text and a pair task): the
+    card's code, run without peftlab, reads the encoder's hidden states after the virtual
+    tokens PEFT puts first and gives the stored eval logits; it offers no merge (nothing to
+    fold in) and says sentence-transformers cannot load the adapter."""
+    from peftlab.pipeline import load_study, run_stages
+    from peftlab.testing import tiny_spec, write_spec
+
+    spec = tiny_spec(tmp_path / "s", model_dir=tiny_bert_dir, tasks=("sst2", "rte"), methods=(),
+                     seeds=(1,), train_samples=24, eval_samples=20,
+                     training=dict(TRAINING, head_init="probe"),
+                     model={"name": str(tiny_bert_dir), "max_length": 48,
+                            "head": "sentence-embedding"})
+    spec["methods"] = {"prompt": {"type": "peft", "config": "PromptTuningConfig",
+                                  "params": {"num_virtual_tokens": 4},
+                                  "training": {"learning_rate": 0.05}}}
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    run_stages(study, ["data", "finetune"])
+    store = Store(study.output_dir, create=False)
+    try:
+        from peftlab.context import Context
+
+        ctx = Context(study=study, store=store)
+        recs = list(store.records("runs"))
+        jobs = []
+        for rec in recs:
+            assert rec["status"] == "done", rec.get("failure_reason")
+            frame = ctx.data.split(rec["task"], "eval")
+            cols = ["text_a", "text_b"] if rec["task"] == "rte" else ["text_a"]
+            art = study.output_dir / rec["artifact"]
+            card = (art / "README.md").read_text(encoding="utf-8")
+            assert "MERGE" not in card and "takes no prompt-based adapter" in card
+            code = _set(_code_blocks(card)[0], "ARTIFACT", json.dumps(str(art)))
+            jobs.append({"kind": "card", "name": rec["run_id"],
+                         "code": _set(code, "BASE", json.dumps(str(tiny_bert_dir))),
+                         "logits": str(study.output_dir / rec["eval_logits"]),
+                         "texts": [frame[c].tolist() for c in cols]})
+    finally:
+        store.close()
+    assert len(jobs) == 2
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
+    (tmp_path / "plain.py").write_text(PLAIN_SCRIPT, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(tmp_path / "plain.py"), str(tmp_path / "jobs.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["peftlab_modules"] == [] and len(out["results"]) == 2
+    for r in out["results"]:
+        assert r["shape"] == r["stored"], r
+        assert r["max_abs_diff"] < TOLERANCE, r

@@ -282,8 +282,13 @@ def test_user_csv_generation_task_end_to_end(tmp_path, tiny_lm):
                            "group_by_length": True},
                  generation={"max_new_tokens": 16})
     study = load_study(spec)
-    run_stages(study, ["data", "baselines", "finetune", "report"])
+    run_stages(study, ["data", "baselines", "finetune", "forgetting", "report"])
     store = Store(study.output_dir, create=False)
+    # no forgetting.tasks: the generation task has no classes and its text is the runs' own, so
+    # the stage measures nothing and says why
+    forgot = store.records("forgetting")
+    assert forgot and {r["status"] for r in forgot} == {"skipped"}
+    assert any("no held-out text" in r["reason"] for r in forgot if r["measure"] == "lm_loss")
     (run,) = [r for r in store.records("runs")]
     assert run["status"] == "done" and run["eval_examples"] == 2
     gens = sorted((g for g in store.records("generations") if g["run_id"] == run["run_id"]),
@@ -300,7 +305,47 @@ def test_user_csv_generation_task_end_to_end(tmp_path, tiny_lm):
     report = (study.output_dir / "report.md").read_text()
     assert "| full | 1 |" in report and "Sample outputs" in report
     assert "1 of 1 runs learned" in report  # BLEU 100 clears the untrained base and the template
+    # the artifact's model card (the classifier's save path): the task's metrics, and code that
+    # decodes the stored outputs again without peftlab
+    card = (study.output_dir / run["artifact"] / "README.md").read_text(encoding="utf-8")
+    assert "pipeline_tag: text-generation" in card and "text generator" in card
+    for name in ("bleu", "rouge_l", "chrf", "slot_error_rate"):
+        m = run["metrics"][name]
+        main = " (main)" if name == "bleu" else ""
+        assert (f"| {name}{main} | {m['value']:.4f} | [{m['ci_low']:.4f}, "
+                f"{m['ci_high']:.4f}] |") in card, name
+    assert "../generations.jsonl" in card and "AutoModelForCausalLM" in card
+    out = _card_generate(study.output_dir / run["artifact"], [g["input_text"] for g in gens],
+                         tmp_path)
+    assert out == [g["output"] for g in gens]
     store.close()
+
+
+def _card_generate(artifact: Path, texts: list[str], tmp: Path, *, base: Path | None = None,
+                   merge: bool = False) -> list[str]:
+    """The outputs of the model card's code for `texts`, run in a fresh process that cannot
+    import peftlab."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    card = (artifact / "README.md").read_text(encoding="utf-8")
+    (code,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    sets = {"ARTIFACT": json.dumps(str(artifact))}
+    if base is not None:
+        sets.update(BASE=json.dumps(str(base)), MERGE=str(merge))
+    for name, value in sets.items():
+        code, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", code, flags=re.M)
+        assert n == 1, name
+    script = tmp / "card.py"
+    script.write_text("import json, sys\nsys.modules['peftlab'] = None  # not importable\n"
+                      + code + f"\nprint(json.dumps(generate({texts!r})))\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp, capture_output=True,
+                          text=True, timeout=300, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def study_task(study):
@@ -414,3 +459,269 @@ def test_bench_summary_reads_per_token_ratios_by_block():
     assert modes[("unmerged", 1)]["requests"] == 12
     lat = modes[("merged", 1)]["latency_ms"] / 1e3
     assert modes[("merged", 1)]["tokens_per_s"] == pytest.approx(16 / lat)
+
+
+# --------------------------------------------------------------- forgetting, weights, the card
+
+GLUE_DIR = E2E_DIR.parent / "glue"
+
+
+@pytest.fixture(scope="module")
+def measured_study(tmp_path_factory, tiny_lm):
+    """A generation study of full fine-tuning and LoRA (one seed each) through training, the
+    represent, forgetting and drift stages and the report; its GLUE probe task (sst2) read from
+    the `glue` subfolder of the --data-dir."""
+    from peftlab.pipeline import load_study, run_stages
+
+    if not (GLUE_DIR / "SST-2").is_dir():
+        pytest.skip(f"GLUE data not found at {GLUE_DIR}")
+    tmp = tmp_path_factory.mktemp("measured")
+    rows = _toy_rows() + [[f"name[{n}], food[{f}]", f"{n} serves {f} food."]
+                          for n, f in (("Cc", "Thai"), ("Dd", "French"), ("Ee", "Indian"),
+                                       ("Ff", "Chinese"))]
+    train = _csv(tmp / "train.csv", rows * 3)
+    eval_ = _csv(tmp / "eval.csv", rows)  # 6 inputs: drift's CKA needs at least 4
+    spec = _spec(tmp, tiny_lm, train=train, eval_=eval_,
+                 methods={"full": {"type": "full", "training": {"learning_rate": 3e-3}},
+                          "lora": {"type": "lora", "r": 4, "alpha": 8,
+                                   "target_modules": "all-linear",
+                                   "training": {"learning_rate": 3e-3}}},
+                 training={"epochs": 2, "batch_size": 4, "bootstrap_samples": 20})
+    import yaml
+
+    raw = yaml.safe_load(spec.read_text())
+    raw["forgetting"] = {"tasks": ["sst2"], "probe_train_samples": 24, "probe_test_samples": 24,
+                         "cv_folds": 2, "c_grid": [1.0], "lm_texts": 12,
+                         "bootstrap_samples": 50}
+    raw["drift"] = {"weight_modules": ["q_proj", "v_proj"]}
+    spec.write_text(yaml.safe_dump(raw))
+    study = load_study(spec, data_dir=GLUE_DIR.parent)  # holds glue/ (and e2e/)
+    run_stages(study, ["data", "finetune", "represent", "forgetting", "drift", "report"])
+    return study, tiny_lm, tmp
+
+
+def _records(study, table):
+    from peftlab.store import Store
+
+    store = Store(study.output_dir, create=False)
+    try:
+        return store.records(table), {r["run_id"]: r for r in store.records("runs")}
+    finally:
+        store.close()
+
+
+def test_forgetting_of_generation_runs_is_measured_and_reported(measured_study):
+    """Every run gets a held-out LM loss record (its own LM head, paired with the base on the
+    same sst2 sentences) and off-task probe records; the report shows both."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftlab.stages.forgetting import _take
+    from peftlab.tasks import get_task, load_split
+
+    study, tiny_lm, _ = measured_study
+    recs, runs = _records(study, "forgetting")
+    assert len(runs) == 2
+    lm = {r["model_key"]: r for r in recs if r["measure"] == "lm_loss"}
+    assert set(lm) == {"base", *runs} and all(r["status"] == "done" for r in lm.values())
+    assert lm["base"]["sources"] == ["sst2"] and lm["base"]["n_texts"] == 12
+    for run_id in runs:
+        r = lm[run_id]
+        assert r["loss_before"] == pytest.approx(lm["base"]["loss"])
+        assert r["difference"] == pytest.approx(r["loss_after"] - r["loss_before"])
+        assert r["ci_low"] <= r["difference"] <= r["ci_high"]
+        assert r["head"].startswith("each model's own LM head")
+    # the full run's loss is the fine-tuned causal LM's own (its trained, untied lm_head), as
+    # transformers computes it with labels = inputs, on the same seeded sst2 sentences
+    full_id = next(i for i, r in runs.items() if r["method"] == "full")
+    cfg = study.spec.forgetting
+    df = load_split(get_task("sst2"), "eval", source="glue_dir", glue_dir=GLUE_DIR)
+    texts = _take([t for t in df["text_a"].astype(str) if t.strip()], cfg.lm_texts,
+                  cfg.probe_seed)
+    art = study.output_dir / runs[full_id]["artifact"]
+    tok = AutoTokenizer.from_pretrained(art)
+    total = count = 0.0
+    for path, key in ((art, full_id), (tiny_lm, "base")):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        total = count = 0.0
+        for text in texts:
+            ids = torch.tensor([tok(text, truncation=True, max_length=48)["input_ids"]])
+            with torch.no_grad():
+                loss = model(ids, labels=ids).loss.item()
+            total, count = total + loss * (ids.shape[1] - 1), count + ids.shape[1] - 1
+        want = lm[key]["loss_after"] if key != "base" else lm["base"]["loss"]
+        assert total / count == pytest.approx(want, abs=1e-4), key
+    probes = [r for r in recs if r["measure"] == "probe" and r["status"] == "done"]
+    layers = {r["layer"] for r in probes}
+    assert layers == {1, 2}  # middle and last block of the 2-block model
+    assert {(r["model_key"], r["layer"]) for r in probes} == {
+        (k, layer) for k in ("base", *runs) for layer in layers}
+    assert all(r["probe_task"] == "sst2" and r["n_test"] == 24 for r in probes)
+    report = (study.output_dir / "report.md").read_text()
+    assert "## Forgetting (RQ1)" in report and "Held-out LM loss" in report
+    base_row = (f"| base | - | {lm['base']['loss']:.4f} | {math.exp(lm['base']['loss']):.2f} |")
+    assert base_row in report
+    for run_id in runs:
+        assert f"| {run_id} |" in report and f"{lm[run_id]['difference']:.4f}" in report
+    assert "Off-task linear probes" in report and "| sst2 | block_2 |" in report
+    assert "Forgetting: lora minus full on the held-out LM loss change" in report
+
+
+def test_lora_generation_card_decodes_the_stored_outputs(measured_study):
+    """The LoRA run's card: adapter on the base, unmerged and merged, gives the outputs the
+    run stored."""
+    from peftlab.generation import read_generations
+
+    study, tiny_lm, tmp = measured_study
+    _, runs = _records(study, "forgetting")
+    lora = next(r for r in runs.values() if r["method"] == "lora")
+    art = study.output_dir / lora["artifact"]
+    card = (art / "README.md").read_text(encoding="utf-8")
+    assert "library_name: peft" in card and "| bleu (main) |" in card
+    gens = read_generations(art.parent / "generations.jsonl")
+    texts = [g["input_text"] for g in gens]
+    for merge in (False, True):
+        assert _card_generate(art, texts, tmp, base=tiny_lm, merge=merge) == \
+            [g["output"] for g in gens]
+
+
+def test_weight_drift_of_generation_runs_is_measured_and_reported(measured_study):
+    """The drift stage analyses the weights of generation runs (drift.weight_modules only):
+    LoRA's update from its factors, full fine-tuning's as tuned minus base, the latter equal to
+    the difference of the two checkpoints; the report shows the weight-space table."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    study, tiny_lm, _ = measured_study
+    recs, runs = _records(study, "weights")
+    by_run: dict[str, list[dict]] = {}
+    for r in recs:
+        by_run.setdefault(r["run_id"], []).append(r)
+    assert set(by_run) == set(runs)
+    for run_id, rs in by_run.items():
+        assert sorted(r["module"] for r in rs) == [
+            f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]
+        want = "B A (exact)" if runs[run_id]["method"] == "lora" else "tuned - base"
+        assert {r["update"] for r in rs} == {want}
+        assert all(r["stats"] is not None for r in rs)
+        if want == "B A (exact)":
+            assert {r["stats"]["lora_rank"] for r in rs} == {4}
+            assert all(r["stats"]["numerical_rank"] <= 4 for r in rs)
+    full_id = next(i for i, r in runs.items() if r["method"] == "full")
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(
+        study.output_dir / runs[full_id]["artifact"]).state_dict()
+    rec = next(r for r in by_run[full_id] if r["module"] == "model.layers.0.self_attn.q_proj")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    rel = (torch.linalg.norm((tuned[name] - base[name]).double())
+           / torch.linalg.norm(base[name].double())).item()
+    assert rel > 0 and rec["stats"]["relative_update"] == pytest.approx(rel, rel=1e-5)
+    report = (study.output_dir / "report.md").read_text()
+    assert "## Weight space" in report
+    assert "| full | q_proj | tuned - base | 1 | 2 |" in report
+    assert "| lora | v_proj | B A (exact) | 1 | 2 |" in report
+
+
+def test_missing_probe_data_fails_at_the_data_stage(tmp_path, tiny_lm):
+    """A generation study's GLUE probe task not found under --data-dir: one error line from the
+    data stage, before any training."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    rows = _csv(tmp_path / "t.csv", _toy_rows())
+    spec = _spec(tmp_path, tiny_lm, train=rows, eval_=rows)
+    raw = yaml.safe_load(spec.read_text())
+    raw["forgetting"] = {"tasks": ["sst2"]}
+    spec.write_text(yaml.safe_dump(raw))
+    empty = tmp_path / "data"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "peftlab.cli", "run", str(spec), "--stages",
+                           "data", "--data-dir", str(empty)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert errors == lines[-1:] and "Traceback" not in proc.stderr, proc.stderr  # after the rule
+    assert "SST-2/train.tsv" in errors[0] and str(empty) in errors[0], errors[0]
+
+
+def test_report_states_the_unmerged_merged_ratio_per_token(measured_study, tmp_path):
+    """RQ2 of a generation report: unmerged / merged for TTFT and time per output token, each
+    with its interval (synthetic bench blocks in a copy of the measured study)."""
+    import shutil
+
+    from peftlab.gen_study import GEN_BENCH
+    from peftlab.pipeline import load_study, run_stages
+    from peftlab.store import Store
+
+    study, _, _ = measured_study
+    out = tmp_path / "copy"
+    shutil.copytree(study.output_dir, out)
+    copy = load_study(study.path, data_dir=str(GLUE_DIR.parent), output_dir=str(out))
+    store = Store(out, create=False)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        rounds = []
+        for _ in range(2):
+            drift = rng.uniform(0.9, 1.1)
+            rounds.append({"batch_size": 1, "conditions": {
+                label: [{"ttft": 0.1 * drift * f_ttft, "tpot": 0.02 * drift * f_tpot,
+                         "latency": 0.4 * drift, "segment": 0}]
+                for label, f_ttft, f_tpot in (("merged", 1.0, 1.0), ("merged (again)", 1.0, 1.0),
+                                              ("unmerged", 1.2, 1.5))}})
+        store.put(GEN_BENCH, f"block/{i}", {"kind": "block", "block": i, "rounds": rounds,
+                                           "new_tokens": 16})
+    store.close()
+    run_stages(copy, ["report"])
+    report = (out / "report.md").read_text()
+    line = next(ln for ln in report.splitlines() if ln.startswith("**RQ2 (per token).**"))
+    assert "TPOT at batch 1: 1.500 [" in line and "TTFT at batch 1: 1.200 [" in line, line
+    assert "n = 3 blocks" in line
+
+
+def _lm(method, seed, diff):
+    return {"task": "t", "status": "done", "measure": "lm_loss", "run_id": f"{method}-{seed}",
+            "method": method, "seed": seed, "difference": diff, "loss_after": 5.0 + diff,
+            "ci_low": diff - 0.01, "ci_high": diff + 0.01, "n_texts": 8, "n_tokens": 80,
+            "sources": ["sst2"], "confidence": 0.95}
+
+
+def test_forgetting_answer_does_not_call_a_larger_gain_less_forgetting():
+    """Both methods lowered the held-out loss (no forgetting): the sentence must say so, not
+    'lora forgets less'; when both raised it, 'forgets less' is the right words."""
+    from peftlab.gen_study import forgetting_lines
+
+    base = {"task": None, "status": "done", "measure": "lm_loss", "run_id": None, "loss": 5.1}
+    gains = [base] + [_lm("full", s, -0.09 + 0.002 * i) for i, s in enumerate((1, 2, 3))] + [
+        _lm("lora", s, -0.11 + 0.001 * i) for i, s in enumerate((1, 2, 3))]
+    _, answer = forgetting_lines(gains, "t", ["full", "lora"], [1, 2, 3], 0.05)
+    assert "neither method forgot" in answer and "lora lowered it more" in answer
+    assert "forgets less" not in answer
+    losses = [base] + [_lm("full", s, 0.09 + 0.002 * i) for i, s in enumerate((1, 2, 3))] + [
+        _lm("lora", s, 0.05 + 0.001 * i) for i, s in enumerate((1, 2, 3))]
+    _, answer = forgetting_lines(losses, "t", ["full", "lora"], [1, 2, 3], 0.05)
+    assert answer.split("nats/token: ")[1].startswith("lora forgets less")
+
+
+def test_a_probe_at_the_majority_class_rate_is_flagged_not_read_as_forgetting():
+    from peftlab.gen_study import forgetting_lines
+
+    def probe(run_id, method, acc, layer=1):
+        return {"task": "t" if run_id else None, "status": "done", "measure": "probe",
+                "run_id": run_id, "method": method, "seed": 1, "probe_task": "sst2",
+                "layer": layer, "layer_name": f"block_{layer}", "accuracy": acc,
+                "majority_rate": 0.417, "difference": None if run_id is None else acc - 0.646,
+                "ci_high": -0.1, "pooling": "last", "n_train": 48, "n_test": 48}
+
+    lines, _ = forgetting_lines([probe(None, None, 0.646), probe("r1", "full", 0.417)], "t",
+                                ["full"], [1], 0.05)
+    text = "\n".join(lines)
+    assert "(at majority)" in text and "Not evidence of forgetting: on sst2 block_1 full" in text
+    lines, _ = forgetting_lines([probe(None, None, 0.646), probe("r1", "full", 0.60)], "t",
+                                ["full"], [1], 0.05)
+    assert "Not evidence of forgetting" not in "\n".join(lines)

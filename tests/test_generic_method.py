@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -142,23 +144,84 @@ def test_a_bad_peft_config_is_one_error_line_naming_the_key(tmp_path, tiny_llama
     assert f"{key}:" in error and "Traceback" not in out.stderr
 
 
-def test_a_prompt_based_method_on_the_sentence_embedding_head_is_refused(tmp_path, tiny_bert_dir):
-    """That head reads the token ids (it splits each pair into its texts); PEFT feeds prompt
-    tuning's model inputs_embeds, which failed mid-study before this check."""
+def test_a_prefix_method_on_the_sentence_embedding_head_is_refused(tmp_path, tiny_bert_dir):
+    """That head takes a prompt-based method's virtual tokens as embeddings in front of each
+    text (prompt tuning, p-tuning: validated); PEFT feeds prefix tuning's as past_key_values,
+    which the head's encoder calls are not given: one error line before any training."""
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=("lora",), seeds=(1,))
     spec["model"]["head"] = "sentence-embedding"
-    spec["methods"]["prompt"] = PROMPT
+    spec["methods"]["prefix"] = {"type": "peft", "config": "PrefixTuningConfig",
+                                 "params": {"num_virtual_tokens": 4}}
     path = write_spec(tmp_path / "spec.yaml", spec)
     out = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate", str(path)],
                          capture_output=True, text=True)
     assert out.returncode == 2, out.stdout + out.stderr
     errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "methods.prompt:" in errors[0] and "inputs_embeds" in errors[0]
-    del spec["methods"]["prompt"]  # the same study without it validates
+    assert len(errors) == 1 and "methods.prefix:" in errors[0], errors
+    assert "PrefixTuningConfig" in errors[0] and "past_key_values" in errors[0]
+    assert "Traceback" not in out.stderr
+    del spec["methods"]["prefix"]  # prompt tuning and p-tuning validate, on single and pair tasks
+    spec["methods"]["prompt"] = PROMPT
+    spec["methods"]["ptuning"] = {"type": "peft", "config": "PromptEncoderConfig",
+                                  "params": {"num_virtual_tokens": 4, "encoder_hidden_size": 16}}
     ok = subprocess.run([sys.executable, "-m", "peftlab.cli", "validate",
                          str(write_spec(tmp_path / "ok.yaml", spec))], capture_output=True,
                         text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_prompt_tuning_on_the_sentence_embedding_head_through_every_stage(tmp_path,
+                                                                          tiny_bert_dir,
+                                                                          glue_dir):
+    """Prompt tuning (no peftlab file) with model.head: sentence-embedding on a single-text and
+    a pair task: it trains from the probe-fitted head, represents (the text's positions: as
+    many features as the base), drifts (no weight update: none read), is probed off-task on
+    MRPC pairs, serves unmerged (its gate passed) with merged recorded unsupported for PEFT's
+    reason, and is in the report."""
+    from peftlab.extraction import load_representations
+
+    bench = {"modes": ["base", "unmerged", "merged"], "batch_sizes": [1], "seq_lengths": ["data"],
+             "warmup": 1, "min_iterations": 2, "min_seconds": 0.0, "threads": 1,
+             "runs": "first_seed", "load_repeats": 1, "paired": None}
+    spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=(), seeds=(1,),
+                     tasks=("sst2", "rte"), bench=bench,
+                     training={"max_steps": 3, "batch_size": 8, "bootstrap_samples": 10,
+                               "head_init": "probe"},
+                     forgetting={"tasks": ["mrpc"], "probe_train_samples": 24,
+                                 "probe_test_samples": 24})
+    spec["model"]["head"] = "sentence-embedding"
+    spec["methods"] = {"prompt": PROMPT}
+    study = load_study(write_spec(tmp_path / "spec.yaml", spec), data_dir=str(glue_dir))
+    run_stages(study, ["data", "baselines", "finetune", "represent", "forgetting", "drift",
+                       "bench", "stats", "report"], console=Console(quiet=True))
+    runs = {r["task"]: r for r in _table(study, "runs")}
+    assert {r["status"] for r in runs.values()} == {"done"}, runs
+    assert runs["sst2"]["params"]["trainable_non_head"] == 4 * 64  # the virtual tokens alone
+    store = Store(study.output_dir, create=False)
+    try:
+        for task, rec in runs.items():
+            base, _ = load_representations(store, task, "base")
+            run, _ = load_representations(store, task, rec["run_id"])
+            assert run.keys() == base.keys()
+            # the text's tokens pooled, as for the base; the virtual tokens changed them
+            assert all(run[k].shape == base[k].shape for k in base)
+            assert not np.allclose(run[max(base)], base[max(base)])
+    finally:
+        store.close()
+    assert not [w for w in _table(study, "weights") if w["method"] == "prompt"]
+    assert {d["task"] for d in _table(study, "drift") if d.get("method") == "prompt"} == \
+        {"sst2", "rte"}
+    probes = [f for f in _table(study, "forgetting")
+              if f.get("method") == "prompt" and f["measure"] == "probe"]
+    assert probes and {f["status"] for f in probes} == {"done"}
+    assert {f["probe_task"] for f in probes} == {"mrpc"}
+    recs = {(r["mode"], r["task"]): r for r in _table(study, "bench") if r.get("method")}
+    for task in ("sst2", "rte"):
+        assert recs[("unmerged", task)]["status"] == "done", recs[("unmerged", task)]
+        assert recs[("merged", task)]["status"] == "unsupported"
+        assert "prompt-based" in recs[("merged", task)]["failure_reason"]
+    report = (study.output_dir / "report.md").read_text(encoding="utf-8")
+    assert runs["sst2"]["run_id"] in report
 
 
 def test_the_shipped_zoo_has_ten_peft_methods_and_initialisations(tmp_path):
@@ -174,6 +237,7 @@ def test_the_shipped_zoo_has_ten_peft_methods_and_initialisations(tmp_path):
     assert {"VeraConfig", "LoHaConfig", "LoKrConfig", "OFTConfig"} <= configs
     assert {t for t, _, _ in kinds} >= {"lora", "dora", "ia3", "adalora", "peft"}
     assert ("lora", None, "pissa") in kinds
+    assert "PromptTuningConfig" in configs  # a prompt-based method (the issue asks for one)
 
 
 def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_path,
@@ -181,8 +245,12 @@ def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_
                                                                            glue_dir):
     """VeRA keeps its shared random projections at the model level ("base_model.vera_A"): the
     sentence-embedding head's portable adapter must load them under that name (represent and
-    every later stage reload the run)."""
-    from peftlab.artifacts import load_run
+    every later stage reload the run), and the bench's artifact check must not read them as
+    the adapter of a module the base lacks (it refused every VeRA run before)."""
+    from safetensors import safe_open
+
+    from peftlab.artifacts import load_run, run_artifact
+    from peftlab.bench.loading import base_structure, check_artifact
 
     spec = tiny_spec(tmp_path / "study", model_dir=tiny_bert_dir, methods=(), seeds=(1,),
                      tasks=("rte",),
@@ -195,7 +263,13 @@ def test_vera_on_the_sentence_embedding_head_reloads_its_shared_projections(tmp_
     (rc,) = study.runs()
     store = Store(study.output_dir, create=False)
     try:
-        _, model = load_run(Context(study=study, store=store), rc.run_id, device="cpu")
+        ctx = Context(study=study, store=store)
+        _, model = load_run(ctx, rc.run_id, device="cpu")
+        art = run_artifact(ctx, rc)
     finally:
         store.close()
     assert {type(c).__name__ for c in model.peft_config.values()} == {"VeraConfig"}
+    with safe_open(str(Path(art["path"]) / "adapter_model.safetensors"),
+                   framework="pt") as f:
+        assert any(k.startswith("base_model.vera_A") for k in f.keys())  # noqa: SIM118
+    check_artifact(art, base_structure(study.spec.model.model_dump(mode="json"), 2))

@@ -85,7 +85,9 @@ def test_the_rows_of_the_sample_study_are_its_stored_results(sample):
     merged = [b["latency"]["p50"] for b in res.bench if b["ok"] and b["task"] == "sst2"
               and b["method"] == "lora" and b["mode"] == "merged" and b["batch_size"] == 1]
     assert merged and math.isclose(lora["merged_ms"], np.mean(merged))
-    assert lora["latency_ms"] == min(lora["unmerged_ms"], lora["merged_ms"])
+    # merged lora and full are one architecture: one cost, the mean of their latencies
+    assert math.isclose(lora["latency_ms"], np.mean([lora["merged_ms"], full["unmerged_ms"]]))
+    assert lora["latency_ms"] == full["latency_ms"] == lora["dense_ms"]
     # RTE's lora run of seed 2 sits at chance: the learned rule says so, the row keeps it
     assert rows[("rte", "lora")]["learned"] == 2 and rows[("rte", "lora")]["judged"] == 3
 
@@ -115,6 +117,30 @@ def test_the_front_is_recomputed_when_one_cell_is_beaten_on_every_axis(sample, m
     assert marks == {"full": "dominated", "lora": "front"}
     assert "front over accuracy (higher), CKA to the base (higher) and latency (lower): lora." \
         in sst2.caption
+
+
+def test_merged_adapters_and_full_share_one_cost_and_unmergeable_keep_their_own():
+    """Noise between processes must not rank models of one architecture: a merged adapter
+    1 ms faster than full fine-tuning with the same accuracy and drift does not dominate it,
+    while an adapter that cannot merge is costed at its unmerged latency."""
+    from peftlab.stages.report.methods import AXES, _dense_cost, pareto_front
+
+    def row(name, mergeable, unmerged, merged, acc=0.8, cka=0.9):
+        return {"method": name, "mergeable": mergeable, "unmerged_ms": unmerged,
+                "merged_ms": merged, "latency_ms": min(x for x in (unmerged, merged) if x),
+                "accuracy": acc, "cka": cka}
+
+    rows = [row("full", None, 16.0, None), row("lora", True, 20.0, 15.0),
+            row("vera-like", False, 30.0, None), row("prompt", False, 12.0, None, acc=0.7)]
+    _dense_cost(rows)
+    assert rows[0]["latency_ms"] == rows[1]["latency_ms"] == 15.5
+    assert rows[0]["dense_spread"] == [15.0, 16.0]
+    assert rows[2]["latency_ms"] == 30.0 and rows[2]["dense_ms"] is None
+    front = pareto_front([tuple(r[k] for k, _ in AXES) for r in rows],
+                         tuple(up for _, up in AXES))
+    # full and lora tie (both on the front); the slower unmergeable one is dominated; the
+    # faster but less accurate one stays on the front through its cost
+    assert front == [True, True, False, True]
 
 
 def test_the_section_renders_its_tables_figures_and_caption(sample):
@@ -162,3 +188,34 @@ def test_the_report_stage_stores_the_method_table_for_peftlab_results(tmp_path):
     assert set(got) == {(r["task"], r["method"]) for r in want}
     for r in want:
         assert {k: got[(r["task"], r["method"])][k] for k in r} == r
+
+
+def test_rq2_lines_are_one_per_compared_pair_of_models_not_one_per_declared_pair():
+    """A sweep compares unmerged with merged for each cell: each cell's comparisons are their
+    own line ('lora-r2 unmerged vs lora-r2 merged'), not all cells under the first one's name."""
+    from peftlab.stages.report.answers import _pair_groups
+
+    comps = [{"pair": "unmerged_vs_merged", "a": f"{m}/unmerged", "b": f"{m}/merged",
+              "task": t} for m in ("lora-r2", "lora-r8") for t in ("sst2", "rte")]
+    comps.append({"pair": "merged_vs_full", "a": "lora-r2/merged", "b": "full/full",
+                  "task": "sst2"})
+    groups = _pair_groups(comps, ["unmerged_vs_merged", "merged_vs_full"])
+    assert [(p, [c["task"] for c in g]) for p, g in groups] == [
+        ("unmerged_vs_merged", ["sst2", "rte"]), ("unmerged_vs_merged", ["sst2", "rte"]),
+        ("merged_vs_full", ["sst2"])]
+    assert {g[0]["a"] for _, g in groups[:2]} == {"lora-r2/unmerged", "lora-r8/unmerged"}
+
+
+def test_a_cell_whose_seeds_never_improved_on_their_start_is_not_on_the_front(sample,
+                                                                               monkeypatch):
+    """Not moving gives a CKA of 1: a cell with no seed above its probe-fitted start must not
+    reach the front through its drift, and the table says why it is not compared."""
+    from peftlab.stages.report import methods
+
+    for key, verdict in list(sample.verdicts.items()):
+        if key[0] == "sst2" and key[1] == "lora":
+            monkeypatch.setitem(sample.verdicts, key, {**verdict, "improved": False,
+                                                       "change": "no detectable change"})
+    rows = {(r["task"], r["method"]): r for r in method_rows(sample)}
+    assert rows[("sst2", "lora")]["pareto"] is None
+    assert methods._pareto(rows[("sst2", "lora")]).startswith("not compared: no seed improved")

@@ -279,6 +279,118 @@ def test_one_call_and_two_calls_of_the_encoder_agree(se_model, monkeypatch):
 
 
 def test_inputs_embeds_are_refused_with_a_reason(se_model):
+    """Without a prompt-based adapter bound to it, the head cannot tell virtual tokens from
+    the text in inputs_embeds: refused, not pooled wrongly."""
     model, _ = se_model
-    with pytest.raises(ValueError, match="needs input_ids"):
+    with pytest.raises(ValueError, match="attach_peft"):
         model(input_ids=torch.ones(1, 4, dtype=torch.long), inputs_embeds=torch.zeros(1, 4, 64))
+
+
+def _prompted(tiny_bert_dir, kind="prompt", virtual=3):
+    """A fresh classifier under a prompt-tuning (or p-tuning) adapter whose virtual tokens
+    differ from any init, bound with attach_peft; and the tokenizer."""
+    from peft import PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    from peftlab.sentence_embedding import attach_peft
+
+    resolved = resolve_model(str(tiny_bert_dir))
+    tok = load_tokenizer(resolved)
+    torch.manual_seed(0)
+    base = load_classifier(resolved, num_labels=2, tokenizer=tok, head="sentence-embedding")
+    heads = ["classifier", "pair_classifier"]
+    cfg = (PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=virtual,
+                              modules_to_save=heads) if kind == "prompt"
+           else PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=virtual,
+                                    encoder_hidden_size=16, modules_to_save=heads))
+    model = attach_peft(get_peft_model(base, cfg))
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.normal_(0.0, 0.5)
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_prompt_adapter_reads_each_text_after_its_virtual_tokens(tiny_bert_dir, side):
+    """Prompt tuning through PEFT's own forward (inputs_embeds with the virtual tokens first):
+    each text, b of a pair included, is encoded as [P1..Pv] [CLS] text [SEP] by the bare
+    encoder, its embedding the mean over the text's tokens only (virtual tokens not pooled),
+    and the hidden states come back in the caller's layout, virtual positions left out."""
+    model, tok = _prompted(tiny_bert_dir)
+    inner = model.get_base_model()
+    prompt = model.prompt_encoder["default"].embedding.weight.detach()  # [v, hidden]
+
+    def alone(text):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        embeds = torch.cat([prompt[None], inner.bert.embeddings.word_embeddings(ids)], dim=1)
+        with torch.no_grad():
+            hidden = inner.bert(inputs_embeds=embeds).last_hidden_state[0, len(prompt):]
+        return hidden, hidden.mean(0)
+
+    tok.padding_side = side
+    try:
+        pairs = tok([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True,
+                    return_tensors="pt")
+        singles = tok([a for a, _ in PAIRS], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**pairs, output_hidden_states=True)
+            single = model(**singles, output_hidden_states=True)
+    finally:
+        tok.padding_side = "right"
+    for i, (a, b_text) in enumerate(PAIRS):
+        ha, u = alone(a)
+        hb, v = alone(b_text)
+        cos = F.cosine_similarity(u, v, dim=0)
+        head = model.base_model.pair_classifier
+        torch.testing.assert_close(out.logits[i], head(cos[None]), atol=1e-5, rtol=1e-5)
+        # hidden states: the caller's layout (its mask's length), b's first token where it stood
+        assert out.hidden_states[-1].shape[1] == pairs["input_ids"].shape[1]
+        first_b = pairs["token_type_ids"][i].tolist().index(1)
+        torch.testing.assert_close(out.hidden_states[-1][i, first_b], hb[1], atol=1e-5,
+                                   rtol=1e-5)
+        row = singles["attention_mask"][i].bool()
+        torch.testing.assert_close(single.hidden_states[-1][i][row], ha, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(single.logits[i], model.base_model.classifier(u), atol=1e-5,
+                                   rtol=1e-5)
+
+
+def test_a_prompt_adapter_gives_the_same_logits_in_one_call_or_two(tiny_bert_dir, monkeypatch):
+    model, tok = _prompted(tiny_bert_dir)
+    enc = tok([a for a, _ in PAIRS], [b for _, b in PAIRS], padding=True, return_tensors="pt")
+    outs = []
+    for one_call in (True, False):
+        monkeypatch.setattr(BertForSentenceEmbeddingClassification, "_pads_little",
+                            staticmethod(lambda *_, v=one_call: v))
+        with torch.no_grad():
+            outs.append(model(**enc, output_hidden_states=True))
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=1e-5)
+    for h0, h1 in zip(outs[0].hidden_states, outs[1].hidden_states, strict=True):
+        torch.testing.assert_close(h0, h1, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "ptuning"])
+def test_a_prompt_adapter_saves_portable_and_reloads_to_its_logits(tiny_bert_dir, tmp_path, kind):
+    """The portable layout of a prompt-based adapter: its virtual tokens (prompt_embeddings)
+    beside the head (PEFT saves that head as base_model.<head>, not base_model.model.<head>),
+    head.json says they are not pooled, and peftlab's loader rebuilds the same logits."""
+    import json
+
+    from peftlab.sentence_embedding import load_portable_adapter, save_portable
+
+    model, tok = _prompted(tiny_bert_dir, kind)
+    with torch.no_grad():
+        model.base_model.classifier.modules_to_save["default"].weight.fill_(0.5)
+        enc = tok(["a cat sat", "one two three four"], padding=True, return_tensors="pt")
+        pair = tok(["a cat sat"], ["the dog ran"], return_tensors="pt")
+        want, want_pair = model(**enc).logits, model(**pair).logits
+    model.save_pretrained(tmp_path / "a")
+    save_portable(tmp_path / "a", max_length=32)
+    head = json.loads((tmp_path / "a" / "head.json").read_text(encoding="utf-8"))
+    assert "3 virtual tokens" in head["virtual_tokens"] and "left out of the mean" in \
+        head["virtual_tokens"]
+    resolved = resolve_model(str(tiny_bert_dir))
+    base = load_classifier(resolved, num_labels=2, tokenizer=tok, head="sentence-embedding")
+    again = load_portable_adapter(base, tmp_path / "a", adapter_name="x")
+    again.set_adapter("x")
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**enc).logits, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(again(**pair).logits, want_pair, atol=1e-5, rtol=1e-5)

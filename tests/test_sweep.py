@@ -86,11 +86,11 @@ def test_the_shipped_rank_by_targets_spec_expands_into_its_six_cells(tmp_path):
                                         "lora-r8-all", "lora-r32-qv", "lora-r32-all"]
     runs = study.runs()
     assert len(runs) == 1 * 7 * 3 and len({rc.run_id for rc in runs}) == len(runs)
-    rte = {rc.method: rc for rc in runs if rc.task == "rte" and rc.seed == 42}
-    assert {rte[m].training.learning_rate for m in rte if m != "full"} == {3.4e-4}
-    assert rte["lora-r32-qv"].params["target_modules"] == ["query", "value"]
-    assert rte["lora-r2-all"].params["target_modules"] == "all-linear"
-    assert {rte[m].params["r"] for m in rte if m != "full"} == {2, 8, 32}
+    cells = {rc.method: rc for rc in runs if rc.task == "sst2" and rc.seed == 42}
+    assert {cells[m].training.learning_rate for m in cells if m != "full"} == {1e-3}
+    assert cells["lora-r32-qv"].params["target_modules"] == ["query", "value"]
+    assert cells["lora-r2-all"].params["target_modules"] == "all-linear"
+    assert {cells[m].params["r"] for m in cells if m != "full"} == {2, 8, 32}
 
 
 def test_a_dotted_key_sweeps_a_peft_keyword_and_leaves_the_template_alone(tmp_path,

@@ -53,9 +53,13 @@ class Method:
     # `bench.fastpath.fused_lora` can serve its adapters (plain LoRA factors on linear layers):
     # the bench's "+fast" variant applies.
     fast_path: ClassVar[bool] = False
-    # The model is fed inputs_embeds (virtual tokens prepended: prompt tuning, prefix, p-tuning),
-    # not input_ids: heads that read the token ids (the sentence-embedding head) cannot train it.
+    # A prompt-based method (virtual tokens: prompt tuning, prefix, p-tuning): the model is not
+    # fed the input ids alone. `prompt_input` says how PEFT feeds the virtual tokens:
+    # "inputs_embeds" (in front of the input's embeddings), "past_key_values" (a key/value
+    # prefix in every layer) or "task_ids" (a prompt per task); the sentence-embedding head
+    # takes the first only (`generic._prompt_input`).
     feeds_embeddings: ClassVar[bool] = False
+    prompt_input: ClassVar[str | None] = None
 
     def for_params(self, params: dict[str, Any] | None) -> Method:
         """This method as configured by `params` (a run's validated parameters; None: unknown),

@@ -16,6 +16,9 @@ batch) is asked of PEFT, per configuration (`Method.for_params`), not declared:
   A mergeable method's weight delta is read by drift from the merged weights.
 - mixed batches: the tuner's layer classes implement `_mixed_batch_forward` (PEFT's
   `adapter_names=[...]` routing, LoRA and a few others).
+- prompt-based methods: how PEFT hands the model their virtual tokens (`prompt_input`:
+  embeddings in front of the input's, a key/value prefix, or a prompt per task id); the
+  sentence-embedding head takes the first only (prompt tuning, p-tuning).
 """
 
 from __future__ import annotations
@@ -76,6 +79,23 @@ def _layer_classes(cls: type) -> list[type]:
     return out
 
 
+def _prompt_input(cls: type) -> str:
+    """How PEFT's sequence-classification forward (`PeftModelForSequenceClassification`, peft
+    0.21) hands a prompt-based method's virtual tokens to the model: "inputs_embeds" (embeddings
+    in front of the input's: prompt tuning, p-tuning), "past_key_values" (a key/value prefix
+    in every layer: prefix tuning, cartridges) or "task_ids" (one prompt per task, chosen by
+    task ids peftlab does not pass: multitask prompt tuning)."""
+    from peft import PeftType
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    peft_type = next(t for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items() if c is cls)
+    if peft_type in (PeftType.PREFIX_TUNING, PeftType.CARTRIDGE):
+        return "past_key_values"
+    if peft_type == PeftType.MULTITASK_PROMPT_TUNING:
+        return "task_ids"
+    return "inputs_embeds"
+
+
 @cache
 def capabilities(config: str) -> dict[str, Any]:
     """What PEFT's implementation of `config` (a config class name) can do, asked of its
@@ -86,7 +106,8 @@ def capabilities(config: str) -> dict[str, Any]:
     if _is_prompt_learning(cls):
         return {"supports_merge": False, "supports_mixed_batch": False, "feeds_embeddings": True,
                 "merge_refusal": f"{config} is prompt-based (virtual tokens): it has no weight "
-                                 "update to merge"}
+                                 "update to merge",
+                "prompt_input": _prompt_input(cls)}
     layers = _layer_classes(cls)
     merge = any(c.merge is not BaseTunerLayer.merge for c in layers)
     return {"supports_merge": merge,

@@ -32,7 +32,10 @@ Weights, per run and adapted weight matrix, to the `weights` table keyed "<run_i
 - "tuned - base": methods that are not PEFT (full fine-tuning), every linear layer of the
   backbone.
 A method with a `quantized_base` (QLoRA's 4-bit base, placed on CUDA at load time) is read where
-its base was placed; every other run is analysed on the CPU.
+its base was placed; every other run is analysed on the CPU. Runs of a generation study are causal
+LMs (base and runs loaded as such, `artifacts.load_run`); their weights are analysed the same way,
+the LM head left out as a classification head is, and the stage does only this part (their
+prompt representations are compared by the represent stage, `peftlab.gen_study.represent`).
 The rank cut-off follows the precision of the weights as stored (`weights.rank_cutoff`): the
 coarser of the base's and the tuned model's dtype for a difference (float32 for a float32 merge),
 float64 for the exact product. Left out: the classification head (freshly initialised for the
@@ -85,11 +88,13 @@ def check_finite(arr: np.ndarray, where: str) -> None:
 
 def run(ctx: Context) -> None:
     """Fill the `drift` table (representations) and the `weights` table (weight updates)."""
-    from peftlab.generation import skip_stage
+    from peftlab.generation import is_generative
 
-    if skip_stage(ctx, "drift"):
-        return
-    representation_drift(ctx)
+    if is_generative(ctx):  # its prompt representations were compared by `gen_study.represent`
+        ctx.console.print("drift: this generation study's representations were compared by the "
+                          "represent stage (table gen_drift); here: weight space")
+    else:
+        representation_drift(ctx)
     weight_drift(ctx)
 
 
@@ -400,8 +405,13 @@ def weight_drift(ctx: Context) -> None:
         task_def = ctx.data.task(task)
         # The full-precision base (no method's loading hook: a 4-bit base is not the reference).
         with logs.unit(f"weights/{task}/base"):  # its load report, labelled in log.txt
-            base = ModelLoader(rc0.model, "cpu").base(task_def.num_labels,
-                                                      task_def.head_label_names)
+            if task_def.kind == "generation":  # a causal LM (its runs load as ones too)
+                from peftlab.generation import load_causal_lm
+
+                base = load_causal_lm(rc0.model, "cpu")[0]
+            else:
+                base = ModelLoader(rc0.model, "cpu").base(task_def.num_labels,
+                                                          task_def.head_label_names)
         base_dtype = _storage_dtype(base)
         base_weights = {n: w.detach().float().cpu()
                         for n, w in backbone_linear_weights(base).items()}

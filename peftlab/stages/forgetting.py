@@ -31,6 +31,18 @@ text and that head scores it (`forgetting_measures.lm_losses`). A checkpoint wit
 sequence-classification checkpoint with untied embeddings) and every encoder (MiniLM has no LM
 head) get a `skipped` record with the reason.
 
+Generation studies (every task of kind `generation`, `generation.is_generative`): the base and
+every run are loaded as causal LMs (`generation.load_causal_lm`; a run's adapter on its base,
+merged where the method allows it, or the fully fine-tuned model). A generation run is a language
+model: its LM loss goes through its OWN LM head (`get_output_embeddings()`; for full fine-tuning
+of a model with tied embeddings, the trained embeddings), the base's through the base's, so the
+change is that of the model a user would deploy. Probes read the causal LM's backbone (the same
+hidden states, without the [seq, vocab] logits). The study's own generation tasks have no
+classes and their prompts are the runs' tuning data, so the probe tasks and the held-out text
+come from `forgetting.tasks` (e.g. GLUE tasks: their sentences are news, Wikipedia and movie
+text) or `forgetting.text_file`; without either the stage says so in one line and writes only
+`skipped` records. `lm_settings` carries `lm_head: "own"` for these studies.
+
 Records, table `forgetting`, written and read through `records.ForgettingRecord` (every record
 carries `measure`, `status` ("done" | "skipped"),
 `reason` (why skipped, else None), `model_key` ("base" or the run id), `run_id`, `task` (the
@@ -213,6 +225,19 @@ def load_probe_examples(ctx: Context, pt: ProbeTask) -> None:
     pt.hash = _digest([probe_hash(pt.train), probe_hash(pt.test)])
 
 
+def check_probe_data(ctx: Context) -> None:
+    """Load every probe task from outside the study once (DataError when its folder or files
+    are missing). The data stage of a generation study calls it: its probe tasks (GLUE) live in
+    another folder than its own data (E2E), so a wrong --data-dir fails before training, not
+    after it."""
+    if not ctx.study.spec.forgetting.enabled:
+        return
+    for pt in probe_tasks(ctx)[0]:
+        if pt.origin != "study":
+            for split in ("train", "eval"):
+                _split(ctx, pt, split)
+
+
 def check_off_task(ctx: Context, rc: RunConfig, pt: ProbeTask) -> None:
     """Refuse to probe a run on its own tuning task or on any text of its training rows."""
     if pt.name == rc.task:
@@ -391,6 +416,7 @@ class _Plan:
     tasks: list[ProbeTask]
     sources: list[TextSource]
     planned: list[RunConfig]
+    generative: bool = False  # a generation study: causal LMs, each scored by its own LM head
     head: Any = None
     head_what: str | None = None
     head_loaded: bool = False
@@ -413,6 +439,9 @@ def make_plan(ctx: Context) -> _Plan:
     pooling = resolve_pooling(spec.represent.pooling, config)
     family = model_family(config)
     model_json = m.model_dump(mode="json")
+    from peftlab.generation import is_generative
+
+    generative = is_generative(ctx)
     tasks, skipped = probe_tasks(ctx)
     planned = ctx.study.runs()
     # The base is probed on the tasks some planned run is probed on (not its own task).
@@ -425,9 +454,16 @@ def make_plan(ctx: Context) -> _Plan:
                         "confidence": cfg.confidence, "model": model_json},
         lm_settings={"max_length": cfg.lm_max_length or m.max_length,
                      "bootstrap_samples": cfg.bootstrap_samples, "confidence": cfg.confidence,
-                     "probe_seed": cfg.probe_seed, "model": model_json},
+                     "probe_seed": cfg.probe_seed, "model": model_json,
+                     **({"lm_head": "own"} if generative else {})},
         base_source=base_source(ctx), tasks=tasks,
-        sources=text_sources(ctx) if family == "decoder" else [], planned=planned)
+        sources=text_sources(ctx) if family == "decoder" else [], planned=planned,
+        generative=generative)
+    if generative:  # every model is scored by its own LM head: none to load beforehand
+        tied = getattr(config.get_text_config(), "tie_word_embeddings", False)
+        plan.head_loaded = True
+        plan.head_what = ("each model's own LM head" + (" (tied to its input embeddings)"
+                                                        if tied else ""))
     if not tasks:
         skipped.append(("none", "no off-task probe task: every probe task is the tuning task "
                                 "of every run (a one-task study?); list probe tasks in "
@@ -451,15 +487,16 @@ def unconfigured(study: Study) -> str | None:
 
 def run(ctx: Context) -> None:
     """Probe and score the base and every finished run; write the `forgetting` table."""
-    from peftlab.generation import skip_stage
-
-    if skip_stage(ctx, "forgetting"):
-        return
     if not ctx.study.spec.forgetting.enabled:
         ctx.console.print("forgetting: off (forgetting.enabled: false)")
         return
     t0 = time.perf_counter()
     plan = make_plan(ctx)
+    if plan.generative and not plan.tasks and not any(
+            s.name not in {t.name for t in ctx.study.spec.tasks} for s in plan.sources):
+        ctx.console.print("forgetting: nothing to measure in this generation study: no probe task "
+                          "with classes and no held-out text other than the runs' own task; "
+                          "list GLUE tasks in forgetting.tasks or set forgetting.text_file")
     models: list[tuple[str, RunConfig | None, str]] = [(BASE_KEY, None, plan.base_source)] + [
         (rc.run_id, rc, run_source(ctx, rc.run_id)) for rc in ctx.finished_runs()]
     counts = {"measured": 0, "up to date": 0}
@@ -503,7 +540,7 @@ def _one_model(ctx: Context, plan: _Plan, key: str, rc: RunConfig | None, source
         else:
             todo_probe.append(pt)
     lm_sources = _lm_sources(ctx, plan, key, rc, source)
-    if lm_sources is not None:
+    if lm_sources is not None and not plan.generative:
         _head(ctx, plan)
         if plan.head is None:
             _write_lm_skip(ctx, plan, key, rc, source, plan.head_what or "no LM head",
@@ -511,7 +548,7 @@ def _one_model(ctx: Context, plan: _Plan, key: str, rc: RunConfig | None, source
             lm_sources = None
     if not todo_probe and lm_sources is None:
         return
-    tokenizer, model = _load(ctx, rc)
+    tokenizer, model = _load(ctx, rc, plan.generative)
     who = "the base model" if rc is None else f"run {rc.run_id}"
     for pt in todo_probe:
         _probe_one(ctx, plan, pt, key, rc, source, tokenizer, model, who)
@@ -534,7 +571,7 @@ def _base_lm_result(ctx: Context) -> str | None:
     return None if rec is None else _digest(rec.get("per_source"))
 
 
-def _load(ctx: Context, rc: RunConfig | None) -> tuple[Any, Any]:
+def _load(ctx: Context, rc: RunConfig | None, generative: bool = False) -> tuple[Any, Any]:
     from peftlab.artifacts import ModelLoader, load_run
 
     if rc is not None:
@@ -548,6 +585,11 @@ def _load(ctx: Context, rc: RunConfig | None) -> tuple[Any, Any]:
             # rounding) faster: unmerged LoRA on every linear layer of MiniLM extracted about
             # 2x slower than the full runs in the quickstart (measured, CPU).
             model = merge(model).eval()
+        return tokenizer, model
+    if generative:  # the causal LM itself, LM head included (it scores the held-out text)
+        from peftlab.generation import load_causal_lm
+
+        model, tokenizer = load_causal_lm(ctx.study.spec.model, ctx.device)
         return tokenizer, model
     # The base gets a fresh head (seeded) for the study's first task; the probe reads hidden
     # states and the LM loss reads the backbone, so the head plays no part.
@@ -581,11 +623,24 @@ def _extract_by_length(model: Any, tokenizer: Any, dataset: Any, **kwargs: Any) 
     return out
 
 
+def _features_model(model: Any, plan: _Plan) -> Any:
+    """What the probe reads hidden states from: a causal LM's backbone (the same hidden states
+    without [batch, seq, vocab] logits: SmolLM2's 49,152-token vocabulary makes those hundreds
+    of MB a batch), unless an adapter is still unmerged (its model's forward may add inputs, as
+    prompt-based methods do); any other model itself."""
+    from peftlab.forgetting_measures import backbone
+
+    if plan.generative and not callable(getattr(model, "get_base_model", None)):
+        return backbone(model)
+    return model
+
+
 def _probe_one(ctx: Context, plan: _Plan, pt: ProbeTask, key: str, rc: RunConfig | None,
                source: str, tokenizer: Any, model: Any, who: str) -> None:
     cfg = ctx.study.spec.forgetting
     t0 = time.perf_counter()
-    reps = {split: _extract_by_length(model, tokenizer, _encoded(pt, split, tokenizer, ctx),
+    reps = {split: _extract_by_length(_features_model(model, plan), tokenizer,
+                                      _encoded(pt, split, tokenizer, ctx),
                                       pooling=plan.pooling, batch_size=cfg.batch_size,
                                       device=ctx.device)
             for split in ("train", "eval")}
@@ -723,7 +778,8 @@ def _lm_one(ctx: Context, plan: _Plan, sources: list[TextSource], key: str,
     cfg = ctx.study.spec.forgetting
     max_length = plan.lm_settings["max_length"]
     t0 = time.perf_counter()
-    losses = {s.name: lm_losses(model, plan.head, _encode_texts(s, tokenizer, max_length),
+    head = model.get_output_embeddings() if plan.generative else plan.head
+    losses = {s.name: lm_losses(model, head, _encode_texts(s, tokenizer, max_length),
                                 tokenizer, batch_size=cfg.lm_batch_size, device=ctx.device)
               for s in sources}
     seconds = time.perf_counter() - t0

@@ -86,8 +86,19 @@ def normalise_text(s: str, strip: bool = True) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def glue_root(root: Path, folder: str) -> Path:
+    """The GLUE folder of a data folder: `root`, or its `glue` subfolder when the task's folder
+    (e.g. SST-2) is there and not in `root` (one --data-dir holding glue/ and e2e/, as
+    `find_e2e_dir` looks for an `e2e` subfolder)."""
+    root = Path(root)
+    if not (root / folder).is_dir() and (root / "glue" / folder).is_dir():
+        return root / "glue"
+    return root
+
+
 def load_glue_dir(task: TaskDef, root: Path, split: str, *, strip: bool = True) -> pd.DataFrame:
-    """Read canonical `split` of `task` from an original GLUE folder: `<root>/<folder>/<file>`.
+    """Read canonical `split` of `task` from an original GLUE folder: `<root>/<folder>/<file>`
+    (or `<root>/glue/<folder>/<file>`, `glue_root`).
 
     Files are tab-separated and NOT quoted: many MRPC fields start with `"`, and default CSV
     quoting silently swallows 98 train rows. Every line must have the layout's field count.
@@ -99,13 +110,14 @@ def load_glue_dir(task: TaskDef, root: Path, split: str, *, strip: bool = True) 
             f"task {task.name!r} has no GLUE folder layout; use source 'hub' or 'files'"
         )
     filename = layout.file_for(split)
-    root = Path(root)
+    root = glue_root(Path(root), layout.folder)
     path = root / layout.folder / filename
     if not path.is_file():
         what = "folder" if not root.is_dir() else "file"
         raise DataError(
             f"GLUE {what} not found: {path if what == 'file' else root}. A GLUE data folder holds "
-            f"one folder per task, e.g. <dir>/SST-2/train.tsv and <dir>/SST-2/dev.tsv; "
+            f"one folder per task (or a glue/ subfolder does), e.g. <dir>/SST-2/train.tsv and "
+            f"<dir>/SST-2/dev.tsv; "
             f"task {task.name!r} needs <dir>/{layout.folder}/{filename}"
         )
 

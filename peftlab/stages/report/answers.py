@@ -44,9 +44,13 @@ def rq1_answer(res: Results) -> Answer:
     beside the forest plot of PEFT minus full per task and across tasks."""
     primary_cfg = res.spec.stats.primary.drift
     peft, refs = res.view.peft(), res.view.references()
-    who = (f"{' and '.join(peft)} drift less than {' and '.join(refs)}" if peft and refs
-           else "the methods differ in drift")
-    question = f"RQ1 \u00b7 Does {who}?"
+    if peft and refs:
+        names = (' and '.join(peft) if len(peft) <= 2
+                 else f"the {len(peft)} PEFT methods ({', '.join(peft)})")
+        verb = "Does" if len(peft) == 1 else "Do"
+        question = f"RQ1 \u00b7 {verb} {names} drift less than {' and '.join(refs)}?"
+    else:
+        question = "RQ1 \u00b7 Do the methods differ in drift?"
     comps = res.primary("RQ1")
     if primary_cfg is None:
         return Answer(question, ["not declared"], [Paragraph.of(
@@ -233,10 +237,7 @@ def rq2_answer(res: Results) -> Answer:
             "stats")], anchor="rq2")
     paras = [Paragraph.of(f"Primary endpoints: {res.settings.get('endpoints', {}).get('RQ2')}."
                           + _interval_note(res, comps))]
-    for pair in d.comparisons:
-        group = [c for c in comps if c.get("pair") == pair]
-        if not group:
-            continue
+    for pair, group in _pair_groups(comps, list(d.comparisons)):
         first = group[0]
         spans: list[str] = [Strong(f"{fnd.name(first, 'a')} vs {fnd.name(first, 'b')}"),
                             f" (checks: {first['claim']}): " if first.get("claim")
@@ -261,7 +262,8 @@ def rq2_answer(res: Results) -> Answer:
                     else "") + f", n = {cs[0]['n']} {fnd.units(cs[0])} each")
             else:
                 why = ("degenerate runs" if outcome == "void" else
-                       f"{cs[0]['n']} complete pair(s), {res.min_runs} needed")
+                       f"{cs[0]['n']} complete pair(s), {res.min_runs} needed"
+                       + _first_seed_note(res))
                 spans.append(", ".join(c["task"] for c in cs) + f" ({why})")
         shares = [c["flops_share"] for c in group if c.get("flops_share") is not None
                   and fnd.folds_adapter(c.get("mode_b"))]
@@ -287,6 +289,30 @@ def rq2_answer(res: Results) -> Answer:
                         f"(length {d.seq_len}; {conf_label(res)} interval; hollow: not tested); "
                         "black tick: the compute-only floor; shaded: the equivalence margin.")
     return Answer(question, _outcome_words(comps), paras, figure, anchor="rq2")
+
+
+def _pair_groups(comps: list[dict[str, Any]], pairs: list[str]
+                 ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The primary comparisons of each declared pair, split by the models compared (one group
+    per PEFT method or sweep cell: 'lora-r2-qv unmerged vs lora-r2-qv merged' is a different
+    question from 'lora-r8-qv unmerged vs lora-r8-qv merged'), in declaration and first-seen
+    order."""
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    for pair in pairs:
+        by_models: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for c in comps:
+            if c.get("pair") == pair:
+                by_models.setdefault((str(c.get("a")), str(c.get("b"))), []).append(c)
+        out += [(pair, g) for g in by_models.values()]
+    return out
+
+
+def _first_seed_note(res: Results) -> str:
+    """Why a latency comparison has one pair when the bench timed one seed per method."""
+    if getattr(res.spec.bench, "runs", None) == "first_seed" and res.min_runs > 1:
+        return ("; the bench timed the first seed's runs only (bench.runs: first_seed): "
+                "the measured latencies are in the Deployment decision table")
+    return ""
 
 
 def _control_spread(comps: list[dict[str, Any]]) -> str:

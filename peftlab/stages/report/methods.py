@@ -102,6 +102,27 @@ def _latency(res: Results, task: str, method: str, mode: str) -> tuple[float | N
     return (float(np.mean(p50)), f"b{batch}") if p50 else (None, "")
 
 
+def _dense_cost(rows: list[dict[str, Any]]) -> None:
+    """Set the cost axis of a task's rows where a choice between them cannot change the serving
+    cost: a merged adapter is the base architecture with other weights, the same model class and
+    the same FLOPs per request as the fully fine-tuned model. Their single-process latencies
+    differ only by machine noise between processes (measured in benchmarks/merged_vs_full.py:
+    0.92-1.21x between processes for identical models), so ranking them on those numbers
+    would put cells on the front by noise. Every mergeable adapter and full fine-tuning get one
+    cost, the mean of their measured dense latencies (`dense_ms`, with `dense_spread` the range
+    it pools); an adapter that cannot merge keeps its own unmerged latency. In place."""
+    dense = [r for r in rows if r["mergeable"] is not False
+             and (r["merged_ms"] if r["mergeable"] else r["unmerged_ms"]) is not None]
+    values = [r["merged_ms"] if r["mergeable"] else r["unmerged_ms"] for r in dense]
+    for r in rows:
+        r["dense_ms"], r["dense_spread"] = None, None
+    if not values:
+        return
+    mean, spread = float(np.mean(values)), [float(min(values)), float(max(values))]
+    for r in dense:
+        r["latency_ms"], r["dense_ms"], r["dense_spread"] = mean, mean, spread
+
+
 def method_rows(res: Results) -> list[dict[str, Any]]:
     """One dict per (task, method) in spec order: method, method_type, swept values, trainable
     params, mergeable (bool or None for full fine-tuning) and why not, metric, accuracy mean /
@@ -162,8 +183,9 @@ def method_rows(res: Results) -> list[dict[str, Any]]:
                 "unmerged_ms": unmerged, "merged_ms": merged,
                 "latency_ms": min(measured) if measured else None,
                 "latency_source": src_u or src_m or None})
+        _dense_cost(rows)
         points = [tuple(r[k] for k, _ in AXES) if all(r[k] is not None for k, _ in AXES)
-                  else None for r in rows]
+                  and not _never_moved(r) else None for r in rows]
         for r, on in zip(rows, pareto_front(points, tuple(up for _, up in AXES)), strict=True):
             r["pareto"] = on
         out += rows
@@ -185,7 +207,16 @@ def _mergeable(r: dict[str, Any]) -> str:
     return "yes" if r["mergeable"] else f"no ({r['merge_refusal'] or 'PEFT cannot merge it'})"
 
 
+def _never_moved(r: dict[str, Any]) -> bool:
+    """A cell none of whose judged seeds improved on the probe-fitted head it started from: its
+    runs have not shown that fine-tuning did anything, and a CKA near 1 is then the drift of not
+    moving, which would put it on the front for learning nothing. Such cells are not compared."""
+    return r.get("start_judged", 0) > 0 and r.get("improved", 0) == 0
+
+
 def _pareto(r: dict[str, Any]) -> str:
+    if r["pareto"] is None and _never_moved(r):
+        return "not compared: no seed improved on its start"
     return {True: "front", False: "dominated", None: "not compared"}[r["pareto"]]
 
 
@@ -232,10 +263,15 @@ def methods_section(res: Results) -> Section:
         + " on one row. Axes of the Pareto view: accuracy (the task's main metric, mean over "
         "seeds: higher is better), drift (debiased linear CKA between the run's and the base "
         "model's pooled representations on the probe examples, mean over transformer layers "
-        "and seeds: higher is less drift) and cost (latency of one request, the lower of "
-        "unmerged and merged where the adapter merges; a full model's own latency: lower is "
-        "better). 'front': no other row of the task is at least as good on all three and "
-        "better on one; 'dominated': another row is; 'not compared': an axis is missing. The "
+        "and seeds: higher is less drift) and cost (latency of one request: lower is "
+        "better; a merged adapter and a fully fine-tuned model are the same architecture "
+        "with the same FLOPs, so they share one cost, the mean of their measured latencies, "
+        "and their differences, which are machine noise between processes, do not rank "
+        "them; an adapter that cannot merge is costed at its unmerged latency). 'front': "
+        "no other row of the task is at least as good on all three and "
+        "better on one; 'dominated': another row is; 'not compared': an axis is missing, or no "
+        "seed of the row improved on the probe-fitted head it started from (its CKA near 1 "
+        "would then be the drift of not moving). The "
         "front is taken on the means: untested differences are numbers, not decisions (the "
         "tested comparisons are in the Findings and Deployment sections), and on unrounded "
         "values (`peftlab results DIR --table methods`): two CKAs that print alike at 4 "
@@ -268,6 +304,13 @@ def methods_section(res: Results) -> Section:
                 if r["mergeable"] is False else f.MISSING,
                 _pareto(r)])
         front = [r["method"] for r in trows if r["pareto"]]
+        spread = next((r["dense_spread"] for r in trows if r.get("dense_spread")), None)
+        if spread:
+            s.add(Paragraph.of(
+                f"{task}: the merged adapters and the fully fine-tuned model measured "
+                f"{f.ms(spread[0])} to {f.ms(spread[1])} ms for the same architecture; the "
+                f"Pareto view gives them one cost, their mean "
+                f"{f.ms(next(r['dense_ms'] for r in trows if r.get('dense_ms')))} ms."))
         s.add(Table(header, table,
                     f"{task}: every method{' and sweep cell' if sweep else ''}; Pareto front "
                     f"over accuracy (higher), CKA to the base (higher) and latency (lower): "
