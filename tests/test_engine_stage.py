@@ -346,3 +346,22 @@ def test_real_vllm_serves_a_trained_generation_study(tmp_path, tiny_lm, trained)
     logs = study.output_dir / "engine" / "logs"
     for p in logs.glob("*.pid"):
         assert group_members(int(p.read_text())) == []
+
+
+def test_gpu_checks_engine_section_runs_the_serve_stage_on_the_checks_runs(
+        tmp_path, tiny_lm, trained, stand_in, monkeypatch):
+    """benchmarks/gpu_check.py --engine: its section hands the study to the serve stage with its
+    own engine block (here on the stand-in server) and returns the summary and decision."""
+    from benchmarks import gpu_check
+    from peftlab.context import Context
+
+    monkeypatch.setattr(engine_base, "find_engine_python", lambda: Path(sys.executable))
+    study = _study_copy(trained, tmp_path, tiny_lm, None)
+    store = Store(study.output_dir)
+    try:
+        out = gpu_check.engine(Context(study=study, store=store), "cpu", True)
+    finally:
+        store.close()
+    configs = {row[0] for row in out["summary"]}
+    assert {"base", "adapters-1", "adapters-2", "adapters-3", "merged-2", "mixed"} == configs
+    assert out["version"] == "stand-in 1.0" and "adapters-2 vs merged-2" in out["decision"]
