@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peftlab.artifacts import load_causal_lm, load_run_lm  # noqa: F401  (generation's loaders)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
     from peftlab.training import TrainResult
 
 GENERATIONS_FILE = "generations.jsonl"
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,61 +105,6 @@ def collator(tokenizer: Any, pad_to: int | None = None) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # models
-
-
-def load_causal_lm(model_spec: Any, device: str, *, method_type: str | None = None,
-                   params: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """(AutoModelForCausalLM, tokenizer) of the study's model, loaded the way `method_type`
-    loads its base (QLoRA: 4-bit on CUDA); the config carries the tokenizer's pad id and the
-    model is marked so that `methods.base.wrap_peft` makes a CAUSAL_LM adapter with no head."""
-    from transformers import AutoModelForCausalLM
-
-    from peftlab.artifacts import ModelLoader, _method
-    from peftlab.errors import ModelError
-    from peftlab.models.load import _location, _torch_dtype
-
-    loader = ModelLoader(model_spec, device)
-    tokenizer = loader.tokenizer
-    method = _method(method_type)
-    options = dict(method.base_load_options(params or {}, device=device)) if method else {}
-    dtype = options.pop("dtype", loader.dtype)
-    where, kwargs = _location(loader.resolved)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=_torch_dtype(dtype), use_safetensors=True,
-            trust_remote_code=loader.spec.get("trust_remote_code", False), **options, **kwargs)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(f"cannot load {loader.resolved.describe()} as a causal language model: "
-                         f"{str(err).splitlines()[0]}") from err
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if "device_map" not in options:
-        model.to(device)
-    model.peftlab_causal_lm = True
-    model.eval()
-    return model, tokenizer
-
-
-def load_run_lm(model_spec: Any, artifact: Path, method_type: str, device: str) -> tuple[Any, Any]:
-    """A trained generation run from its artifact folder: the fully fine-tuned model, or the
-    adapter on a fresh base (unmerged, in inference mode)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from peftlab.artifacts import ModelLoader
-
-    loader = ModelLoader(model_spec, device)
-    if method_type == "full":
-        model = AutoModelForCausalLM.from_pretrained(
-            artifact, dtype=getattr(torch, loader.dtype), use_safetensors=True).to(device)
-        model.eval()
-        return model, loader.tokenizer
-    base, tok = load_causal_lm(model_spec, device, method_type=method_type)
-    model = PeftModel.from_pretrained(base, str(artifact), is_trainable=False)
-    model.eval()
-    return model, tok
 
 
 # ---------------------------------------------------------------------------------------------

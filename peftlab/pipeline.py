@@ -169,6 +169,8 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
                 ctx.console.rule(f"[bold]{name}")
                 with logs.stage(name), _stage_time(store, session, i, name):
                     fn(ctx)
+                    if name == "data":
+                        _check_probe_data(ctx)
             added = logs.lines_since(log.path, start)  # bench unit processes append there too
             if added:
                 ctx.console.print(f"library messages: {added} lines in {log.path}")
@@ -176,3 +178,15 @@ def run_stages(study: Study, stages: list[str] | None = None, *,
         ex.close()  # cancels whatever is still in flight (Ctrl-C, an error) before the unlock
         store.close()
     return ctx
+
+
+def _check_probe_data(ctx: Context) -> None:
+    """After the data stage of a generation study: its forgetting probe tasks (GLUE) live in
+    another folder than its own data (E2E), so a wrong --data-dir fails now, not after training.
+    Here, not in the data stage, because stages talk to each other through the store only."""
+    from peftlab.generation import is_generative
+
+    if is_generative(ctx):
+        from peftlab.stages.forgetting import check_probe_data
+
+        check_probe_data(ctx)

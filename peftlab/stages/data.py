@@ -30,12 +30,6 @@ def run(ctx: Context) -> None:
             content_checksum=split_checksum(data.split(name, split)),
         ))
     write(ctx.store, items)
-    from peftlab.generation import is_generative
-
-    if is_generative(ctx):  # its forgetting probe tasks: found now, not after training
-        from peftlab.stages.forgetting import check_probe_data
-
-        check_probe_data(ctx)
 
 
 def _source(ctx: Context, name: str) -> str:
