@@ -261,14 +261,21 @@ def test_serve_stage_serves_the_studys_models_resumes_and_reports(tmp_path, tiny
     assert "adapters-3 vs merged-3, uniform:" in report
     assert (study.output_dir / "figures" / "engine-serving-1.png").is_file()
 
-    # a third run changes nothing; another rate list reruns every sweep
+    # a third run changes nothing; another rate list reruns every sweep, here with the stored
+    # merged count made stale (no server size), so it is measured anew (2 GiB free: 1 server),
+    # and what the new plan no longer has (merged-3) is dropped
     stand_in.started = []
     run_stages(study, ["serve"])
     assert stand_in.started == []
     changed = _spec(tmp_path, tiny_lm, {**FAKE_ENGINE, "rates": [40.0]}, data=trained)
+    ctx_store = Store(study.output_dir)
+    ctx_store.put("engine_serving_plan", "vllm/merged_servers", {"m": 3})  # stale: no size
+    ctx_store.close()
     run_stages(load_study(changed), ["serve"])
-    assert len(stand_in.started) > 0
-    assert {r["offered_rate"] for r in _records(study).values()} == {40.0}
+    last = _records(study)
+    assert {r["offered_rate"] for r in last.values()} == {40.0}
+    assert {r["config"] for r in last.values()} == {"base", "adapters-1", "adapters-3",
+                                                   "merged-1", "mixed"}
 
 
 KILLED = textwrap.dedent("""

@@ -65,6 +65,7 @@ def run(ctx: Context) -> None:
         Scenario,
         ScenarioSettings,
         available_memory_gib,
+        patterns_of,
         plan_scenarios,
         run_scenario,
         scenario_stamp,
@@ -149,11 +150,21 @@ def run(ctx: Context) -> None:
         if "base" in es.configs:
             serve(sc)
     m, why = _merged_servers(ctx, es, available_memory_gib, servers_that_fit)
-    for sc in plan(m, why):
+    planned = plan(m, why)
+    for sc in planned:
         if sc.config != "base":
             serve(sc)
+    # records of configurations this plan no longer has (another k, merged count, config list)
+    # would sit beside the new ones in the report: dropped once every planned sweep is stored
+    keep = {(sc.config, p) for sc in planned for p in patterns_of(sc, settings)}
+    stale = [r for r in read(ctx.store, EngineServingRecord)
+             if r.engine == es.name and (r.config, r.pattern) not in keep]
+    for r in stale:
+        ctx.store.delete(EngineServingRecord.TABLE, r.key)
     n = len(read(ctx.store, EngineServingRecord))
-    ctx.console.print(f"serve: {n} load runs in the engine_serving table")
+    ctx.console.print(f"serve: {n} load runs in the engine_serving table"
+                      + (f" ({len(stale)} of configurations no longer planned dropped)"
+                         if stale else ""))
 
 
 PLAN_TABLE = "engine_serving_plan"  # the merged-server count a "fit" measurement chose
