@@ -185,6 +185,19 @@ def _facts(rc: RunConfig, task: TaskDef, study: str | None, base: ResolvedModel,
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
+def _metric_rows(task: TaskDef, metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """The evaluation table's rows, one per metric: value and 95% interval (main metric marked);
+    shared by the classification and generation cards."""
+    rows = []
+    for name, m in metrics.items():
+        ci = (f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("ci_low") is not None
+              else "-")
+        main = " (main)" if name == task.metrics[0] else ""
+        value = f"{m['value']:.4f}" if m.get("value") is not None else "undefined"
+        rows.append(f"| {name}{main} | {value} | {ci} |")
+    return rows
+
+
 def _evaluation(rc: RunConfig, task: TaskDef, metrics: dict[str, dict[str, Any]],
                 eval_examples: int) -> str:
     n_boot = rc.training.bootstrap_samples
@@ -195,12 +208,7 @@ def _evaluation(rc: RunConfig, task: TaskDef, metrics: dict[str, dict[str, Any]]
                 if n_boot else "; no intervals (bootstrap_samples: 0)."),
              "",
              "| metric | value | 95% interval |", "|---|---|---|"]
-    for name, m in metrics.items():
-        ci = (f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("ci_low") is not None
-              else "-")
-        main = " (main)" if name == task.metrics[0] else ""
-        value = f"{m['value']:.4f}" if m.get("value") is not None else "undefined"
-        lines.append(f"| {name}{main} | {value} | {ci} |")
+    lines += _metric_rows(task, metrics)
     lines.append("")
     lines.append("The logits behind these numbers are stored beside this folder, in "
                  "`../eval_logits.safetensors` (tensor `logits`, float32, one row per "
@@ -284,12 +292,7 @@ def _generation_evaluation(rc: RunConfig, task: TaskDef, metrics: dict[str, dict
                 if n_boot else "; no intervals (bootstrap_samples: 0)."),
              "",
              "| metric | value | 95% interval |", "|---|---|---|"]
-    for name, m in metrics.items():
-        ci = (f"[{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m.get("ci_low") is not None
-              else "-")
-        main = " (main)" if name == task.metrics[0] else ""
-        value = f"{m['value']:.4f}" if m.get("value") is not None else "undefined"
-        lines.append(f"| {name}{main} | {value} | {ci} |")
+    lines += _metric_rows(task, metrics)
     lines.append("")
     lines.append("The outputs behind these numbers are stored beside this folder, in "
                  "`../generations.jsonl` (one JSON object per input: `input`, `input_text`, "
