@@ -189,3 +189,24 @@ def test_per_token_metrics_goodput_and_validity():
     assert row["requests"]["unserved"] == 1 and row["enough_requests"]
     assert not row["keeps_up"] and not row["valid"]
     assert any("not sustained" in r for r in row["invalid_because"])
+
+
+def test_stopping_a_load_run_waits_one_shared_grace_not_one_per_request(monkeypatch):
+    """Ctrl-C during a load run: stop() gives the requests in flight one grace period in all
+    (before, each thread got its own 10 s: 100 stuck requests held peftlab for minutes)."""
+    import threading
+
+    from peftlab.bench.engines import load as engine_load
+
+    release = threading.Event()
+    monkeypatch.setattr(engine_load, "complete",
+                        lambda *a, timing, **k: release.wait(30) or timing)
+    server = engine_load.EngineLoadServer({"a": "http://127.0.0.1:9"})
+    for i in range(6):
+        server.submit(i, "a", {"prompt": "x", "max_tokens": 1}, arrival_ns=0)
+    t0 = time.monotonic()
+    server.stop(grace_s=0.5)
+    took = time.monotonic() - t0
+    release.set()
+    assert took < 2.0, f"stop() took {took:.1f} s for 6 stuck requests with a 0.5 s grace"
+    assert all(t.status == "unserved" for t in server.timings.values())
