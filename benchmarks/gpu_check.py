@@ -892,11 +892,13 @@ def _round_up_125(x: float) -> float:
 # 6b. serving on vLLM (--engine)
 
 
-def engine(ctx: Any, device: str, small: bool) -> dict[str, Any]:
+def engine(ctx: Any, device: str, small: bool,
+           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The serve stage (`peftlab.stages.serve`) on this check's own runs: the base folder, the
     three LoRA runs (SST-2, MRPC, RTE) as adapters on one server, their merged models (2
-    servers), the full run beside 2 adapters; uniform and skewed popularity, rising rates. Needs
-    vLLM: an engine environment ($PEFTLAB_ENGINE_PYTHON, .venv-engine: scripts/build-engine-
+    servers), the full run beside 2 adapters; uniform and skewed popularity, rising rates
+    (`overrides`: engine-block keys over this check's own, e.g. faster rates for a stand-in
+    server in the tests). Needs vLLM: an engine environment ($PEFTLAB_ENGINE_PYTHON, .venv-engine: scripts/build-engine-
     env.sh gpu) or vllm importable by this Python; skipped, saying so, otherwise. On CUDA each
     server holds a fixed share of the GPU (`gpu_memory_fraction`), so 2 fit side by side."""
     import dataclasses
@@ -916,13 +918,14 @@ def engine(ctx: Any, device: str, small: bool) -> dict[str, Any]:
                       "scripts/build-engine-env.sh (needs the network), or set "
                       "PEFTLAB_ENGINE_PYTHON")
     cuda = device == "cuda"
-    es = EngineSpec(python=str(python), adapters_k=3, fewer_adapters=[1], merged_servers=2,
-                    rates=[4.0, 16.0, 64.0] if cuda else [2.0, 8.0],
-                    max_requests=100 if cuda else 12, min_requests=100 if cuda else 12,
-                    max_seconds=30.0, drain_seconds=30.0, max_tokens=32 if cuda else 8,
-                    prompts_per_task=64, max_model_len=512, max_num_seqs=32 if cuda else 4,
-                    kv_cache_gib=2.0 if cuda else 0.1,
-                    gpu_memory_fraction=0.2 if cuda else None, startup_timeout_s=600.0)
+    es = EngineSpec(**{
+        "python": str(python), "adapters_k": 3, "fewer_adapters": [1], "merged_servers": 2,
+        "rates": [4.0, 16.0, 64.0] if cuda else [2.0, 8.0],
+        "max_requests": 100 if cuda else 12, "min_requests": 100 if cuda else 12,
+        "max_seconds": 30.0, "drain_seconds": 30.0, "max_tokens": 32 if cuda else 8,
+        "prompts_per_task": 64, "max_model_len": 512, "max_num_seqs": 32 if cuda else 4,
+        "kv_cache_gib": 2.0 if cuda else 0.1, "gpu_memory_fraction": 0.2 if cuda else None,
+        "startup_timeout_s": 600.0, **(overrides or {})})
     study = dataclasses.replace(ctx.study, spec=ctx.study.spec.model_copy(
         update={"engine": es}))
     serve.run(Context(study=study, store=ctx.store))

@@ -366,7 +366,10 @@ def test_gpu_checks_engine_section_runs_the_serve_stage_on_the_checks_runs(
     study = _study_copy(trained, tmp_path, tiny_lm, None)
     store = Store(study.output_dir)
     try:
-        out = gpu_check.engine(Context(study=study, store=store), "cpu", True)
+        # the stand-in answers at once: rates it sustains keep the 10 sweeps to seconds
+        out = gpu_check.engine(Context(study=study, store=store), "cpu", True,
+                               overrides={"rates": [40.0, 80.0], "max_requests": 8,
+                                          "min_requests": 8})
     finally:
         store.close()
     configs = {row[0] for row in out["summary"]}
