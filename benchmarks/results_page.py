@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         "original's linear CKA is biased towards 1 at small n; peftlab's primary measure is the "
         "debiased one, both are shown), the data (training subsets of "
         + ", ".join(f"{t.name} {t.train_samples or study.spec.data.train_samples or 'all'}"
+                    f" x {t.training.get('epochs', study.spec.training.epochs):g} epochs"
                     for t in study.spec.tasks)
-        + f" examples) and the seeds ({len(study.spec.seeds)} here, 3 there).",
+        + f") and the seeds ({len(study.spec.seeds)} here, 3 there).",
         "",
     ]
     (args.out / "README.md").write_text("\n".join(lines), encoding="utf-8")

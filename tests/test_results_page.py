@@ -63,6 +63,12 @@ def test_every_cell_is_the_stored_comparison_and_its_rule(published):
     assert checked >= 3  # the sample has learned tasks: not every cell is void
     # wall time: the stage records summed over sessions
     assert "Wall time: 0.03 h (124 s, the stages' recorded times summed over 2 session(s))" in page
+    # the training each task had, from the spec: subset size and epochs
+    spec = published["study"].spec
+    for t in spec.tasks:
+        n = t.train_samples or spec.data.train_samples or "all"
+        ep = t.training.get("epochs", spec.training.epochs)
+        assert f"{t.name} {n} x {ep:g} epochs" in page
 
 
 def test_the_report_is_published_with_its_figures_as_files(published):
