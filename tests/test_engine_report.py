@@ -71,8 +71,8 @@ def test_section_tables_and_a_decision_only_where_intervals_separate(tmp_path):
                                         _rec("merged-3", "uniform", 1.0, 400),
                                         _rec("adapters-3", "skewed", 1.0, 200),
                                         _rec("merged-3", "skewed", 1.0, 201)]])
-    assert "adapters-3 vs merged-3, uniform: adapters-3 faster at 1 req/s (every common " \
-           "rate); no overtaking" in line
+    assert "adapters-3 vs merged-3, uniform: adapters-3 ahead at 1 req/s (every rate " \
+           "compared); no overtaking" in line
     assert "adapters-3 vs merged-3, skewed: no rate separates them (1 req/s;" in line
     assert decision([_rec("base", "identical", 1.0, 90).dump()]) is None
 
@@ -88,12 +88,37 @@ def test_decision_says_at_which_rate_one_configuration_overtakes_the_other():
             r = _rec(config, "uniform", rate, ms).dump()
             r["saturation_rate"], r["first_unsustained_rate"] = (
                 (8.0, None) if config == "adapters-3" else (4.0, 8.0))
+            r["row"]["valid"] = True  # every run valid: TTFT decides at every rate
             recs.append(r)
     line = decision(recs)
-    assert "merged-3 faster at 1 req/s; adapters-3 overtakes merged-3 at 4 req/s " \
-           "(adapters-3 50" in line
+    assert "merged-3 ahead at 1 req/s; adapters-3 overtakes merged-3 at 4 req/s " \
+           "(at 4 req/s adapters-3 50" in line
     assert "adapters-3 sustained every rate tried (> 8 req/s)" in line
     assert "merged-3 saturates in [4, 8) req/s" in line
     a4 = next(r for r in recs if r["config"] == "adapters-3" and r["offered_rate"] == 4.0)
     lo, hi = a4["row"]["ttft_ms"]["p50_ci"]
     assert f"[{lo:.0f}, {hi:.0f}]" in line  # the interval is the stored one
+
+
+def test_runs_past_saturation_are_not_compared_on_latency():
+    """At 1 req/s both runs are valid (TTFT decides: merged-3 ahead); at 2 only adapters-3's
+    run is valid (it sustained the rate: ahead on capacity, though merged-3's TTFT p50 over the
+    requests that finished is lower); at 4 neither is (named, not compared)."""
+    ttft = {"adapters-3": {1.0: 300, 2.0: 900, 4.0: 5000},
+            "merged-3": {1.0: 100, 2.0: 200, 4.0: 800}}
+    valid = {("merged-3", 2.0): False, ("merged-3", 4.0): False, ("adapters-3", 4.0): False}
+    recs = []
+    for config, by_rate in ttft.items():
+        for rate, ms in by_rate.items():
+            r = _rec(config, "uniform", rate, ms).dump()
+            r["row"]["valid"] = valid.get((config, rate), True)
+            recs.append(r)
+    line = decision(recs)
+    assert ("adapters-3 vs merged-3, uniform: merged-3 ahead at 1 req/s; adapters-3 overtakes "
+            "merged-3 at 2 req/s (at 2 req/s only adapters-3 sustains the rate, merged-3 does "
+            "not); at 4 req/s both are past saturation (no valid run: not compared)") in line
+    assert "3 of 6 load runs are invalid" in line
+    # nothing valid at a common rate: said, not compared
+    for r in recs:
+        r["row"]["valid"] = False
+    assert "no rate compares them; at 1, 2, 4 req/s both are past saturation" in decision(recs)

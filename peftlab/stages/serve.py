@@ -123,9 +123,10 @@ def run(ctx: Context) -> None:
             replace(ctx.store, f"{es.name}/{sc.config}/{records[0].pattern}/", records,
                     EngineServingRecord.TABLE)
             r = records[-1]
-            ctx.console.print(f"serve: {sc.config} {r.pattern}: saturation "
-                              f"{r.saturation_rate if r.saturation_rate is not None else 'none'}"
-                              f" req/s, {len(records)} load runs stored")
+            sat = (f"saturation {r.saturation_rate:g} req/s" if r.saturation_rate is not None
+                   else "no rate sustained")
+            ctx.console.print(f"serve: {sc.config} {r.pattern}: {sat}, {len(records)} load "
+                              "runs stored")
 
         run_scenario(engine, sc, prompts, settings, log_dir=work / "logs", version=version,
                      skip=skip, on_sweep=keep, on_row=lambda line: ctx.console.print(line))

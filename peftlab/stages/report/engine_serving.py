@@ -107,41 +107,69 @@ def _ci(name: str, c: dict[str, Any]) -> str:
     return f"{name} {_ms(c['p50'])} [{_ms(lo)}, {_ms(hi)}]"
 
 
+def _compare_at(ra: dict[str, Any], rb: dict[str, Any]) -> tuple[str, str, dict, dict] | None:
+    """(winner "a" / "b" / "=", why: "ttft" or "capacity", a's TTFT, b's TTFT) at one rate, or
+    None where nothing can be compared. Latency is compared only between two valid load runs
+    (every request answered at the offered rate, enough of them): past saturation a run's TTFT
+    grows with how long it ran and counts only the requests that finished, so two such runs'
+    p50s are not comparable. Where exactly one run is valid, that configuration wins on
+    capacity (it sustained the rate, the other did not); where neither is, nothing."""
+    va, vb = bool(ra.get("valid")), bool(rb.get("valid"))
+    if va and vb:
+        v = _verdict(ra, rb)
+        return None if v is None else (v[0], "ttft", v[1], v[2])
+    if va != vb:
+        return ("a" if va else "b"), "capacity", ra.get("ttft_ms") or {}, rb.get("ttft_ms") or {}
+    return None
+
+
 def crossover(recs: list[dict[str, Any]], a: str, b: str, pattern: str) -> str | None:
-    """One pair under one popularity pattern: at which rates a or b has the lower TTFT p50
-    (95% intervals apart), and at which rate one overtakes the other; None without a common
-    rate. The rates compared are those both sweeps ran (a sweep stops at its first rate not
-    sustained)."""
+    """One pair under one popularity pattern: at which rates a or b is ahead and at which rate
+    one overtakes the other; None without a common rate. Ahead: the lower TTFT p50 (95%
+    intervals apart) where both load runs are valid, or the only valid run of the two (it
+    sustained the rate: `_compare_at`). The rates are those both sweeps ran (a sweep stops at
+    its first rate not sustained); rates where neither run is valid are named, not compared."""
     ra = {r["offered_rate"]: r["row"] for r in recs if r["config"] == a and r["pattern"] == pattern}
     rb = {r["offered_rate"]: r["row"] for r in recs if r["config"] == b and r["pattern"] == pattern}
-    seq = []
-    for rate in sorted(set(ra) & set(rb)):
-        v = _verdict(ra[rate], rb[rate])
-        if v is not None:
-            seq.append((rate, *v))
-    if not seq:
+    common = sorted(set(ra) & set(rb))
+    if not common:
         return None
     who = {"a": a, "b": b}
-    decisive = [(rate, w) for rate, w, _, _ in seq if w != "="]
+    seq = []
+    for rate in common:
+        v = _compare_at(ra[rate], rb[rate])
+        if v is not None:
+            seq.append((rate, *v))
+    past = [r for r in common if not ra[r].get("valid") and not rb[r].get("valid")]
+    tail = (f"; at {_rates(past)} both are past saturation (no valid run: not compared)"
+            if past else "")
+    if not seq:
+        return f"no rate compares them{tail}" if past else None
+
+    def why(entry: tuple) -> str:
+        rate, w, kind, ca, cb = entry
+        if kind == "capacity":
+            loser = who["b" if w == "a" else "a"]
+            return (f"at {rate:g} req/s only {who[w]} sustains the rate, {loser} does not")
+        return f"at {rate:g} req/s {_ci(a, ca)} vs {_ci(b, cb)} ms"
+
+    decisive = [e for e in seq if e[1] != "="]
     rates = f"{seq[0][0]:g}-{seq[-1][0]:g} req/s" if len(seq) > 1 else f"{seq[0][0]:g} req/s"
     if not decisive:
-        rate, _, ca, cb = seq[-1]
-        return (f"no rate separates them ({rates}; at {rate:g} req/s {_ci(a, ca)} vs "
-                f"{_ci(b, cb)} ms)")
+        return f"no rate separates them ({rates}; {why(seq[-1])}){tail}"
     first, last = decisive[0][1], decisive[-1][1]
     if first != last:
         # the first rate from which the final leader stays ahead (no later rate of the other)
-        i = max(j for j, (_, w, _, _) in enumerate(seq) if w == first) + 1
+        i = max(j for j, e in enumerate(seq) if e[1] == first) + 1
         i = next(j for j in range(i, len(seq)) if seq[j][1] == last)
-        rate, _, ca, cb = seq[i]
-        before = [r for r, w in decisive if w == first]
-        return (f"{who[first]} faster at {_rates(before)}; {who[last]} overtakes {who[first]} "
-                f"at {rate:g} req/s ({_ci(a, ca)} vs {_ci(b, cb)} ms)")
-    rate, _, ca, cb = next(x for x in reversed(seq) if x[1] != "=")
-    ties = [r for r, w, _, _ in seq if w == "="]
-    return (f"{who[first]} faster at {_rates([r for r, _ in decisive])}"
-            + (f", intervals overlap at {_rates(ties)}" if ties else " (every common rate)")
-            + f"; no overtaking (at {rate:g} req/s {_ci(a, ca)} vs {_ci(b, cb)} ms)")
+        before = [e[0] for e in decisive if e[1] == first]
+        return (f"{who[first]} ahead at {_rates(before)}; {who[last]} overtakes {who[first]} "
+                f"at {seq[i][0]:g} req/s ({why(seq[i])}){tail}")
+    ties = [e[0] for e in seq if e[1] == "="]
+    return (f"{who[first]} ahead at {_rates([e[0] for e in decisive])}"
+            + (f", intervals overlap at {_rates(ties)}" if ties else
+               " (every rate compared)")
+            + f"; no overtaking ({why(decisive[-1])}){tail}")
 
 
 def _rates(rates: list[float]) -> str:
@@ -187,11 +215,14 @@ def decision(recs: list[dict[str, Any]]) -> str | None:
     if not parts:
         return None
     invalid = [r for r in recs if not r["row"].get("valid")]
-    caveat = (f" {len(invalid)} of {len(recs)} load runs are marked invalid (too few requests "
-              "or rate not sustained): read those comparisons as indicative." if invalid else "")
+    caveat = (f" {len(invalid)} of {len(recs)} load runs are invalid (too few requests or "
+              "rate not sustained): they enter these comparisons only as the rate a "
+              "configuration did not sustain." if invalid else "")
     return ("TTFT p50 with 95% bootstrap intervals over requests, one load run per rate (a "
-            "configuration is called faster only where the intervals do not overlap; "
-            "saturation is bracketed by the rates tried): " + " | ".join(parts) + "." + caveat)
+            "configuration is ahead where both runs are valid and the intervals do not overlap, "
+            "or where only its run is valid: it sustained the rate; runs past saturation are "
+            "not compared on latency; saturation is bracketed by the rates tried): "
+            + " | ".join(parts) + "." + caveat)
 
 
 def _saturation(recs: list[dict[str, Any]]) -> list[list[str]]:
@@ -355,10 +386,12 @@ def engine_serving(res: Any) -> Section:
         + "Merged models: one server each, sharing the machine's cores"
         + (f"; memory per server (GiB, proportional set size): {mem_line}. " if mem_line
            else ". ")
-        + "Configurations ran one after another, not interleaved, on a machine shared with "
-        "other jobs: load average (1 min) "
-        + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded")
-        + " at the start of the load runs."))
+        + "Configurations ran one after another, not interleaved. Load average (1 min) at the "
+        "start of the load runs: "
+        + (f"{min(loads):.1f}-{max(loads):.1f} (it counts the running servers' own engine "
+           "processes: several servers side by side raise it without any other job; the "
+           "column Load avg of every load run shows where)" if loads else "not recorded")
+        + "."))
     line = decision(recs)
     s.add(Paragraph.of(Strong("What the engine runs show:"), " " + (line or
                        "no like-for-like pair of configurations ran at a common rate and "
