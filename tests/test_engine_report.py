@@ -122,3 +122,34 @@ def test_runs_past_saturation_are_not_compared_on_latency():
     for r in recs:
         r["row"]["valid"] = False
     assert "no rate compares them; at 1, 2, 4 req/s both are past saturation" in decision(recs)
+
+
+def test_in_process_numbers_beside_the_engine_match_like_with_like(tmp_path):
+    """Each engine configuration beside the in-process mode doing the same work: base, one
+    adapter (unmerged), the largest adapter count (multi), merged-m (merged, its m servers
+    said in the caption); the engine's mixed workload (adapters beside a full model's server)
+    has no in-process counterpart and is not set beside in-process mixed-adapter batches."""
+    from peftlab.gen_study import GEN_BENCH
+    from peftlab.stages.report.engine_serving import _inprocess_generation
+
+    res, store = _res(tmp_path)
+    res.ctx.study = SimpleNamespace(spec=SimpleNamespace(stats=SimpleNamespace(
+        alpha=0.05, latency_margin=0.05)))
+    factor = {"base": 1.0, "unmerged": 1.2, "multi": 1.3, "merged": 1.0, "mixed": 1.6,
+              "merged (again)": 1.0}
+    for i in range(2):
+        store.put(GEN_BENCH, f"block/{i}", {"kind": "block", "block": i, "new_tokens": 8,
+                                           "rounds": [{"batch_size": 1, "conditions": {
+                                               m: [{"ttft": 0.1 * x, "tpot": 0.02 * x,
+                                                    "latency": 0.3 * x, "segment": 0}]
+                                               for m, x in factor.items()}}]})
+    recs = [_rec(c, p, 1.0, ms).dump() for c, p, ms in [
+        ("base", "identical", 100), ("adapters-1", "identical", 150),
+        ("adapters-3", "uniform", 160), ("merged-3", "uniform", 300),
+        ("mixed", "uniform", 200)]]
+    table = _inprocess_generation(res, recs)
+    assert [(r[0], r[6]) for r in table.rows] == [
+        ("base", "base"), ("adapters-1", "unmerged"), ("adapters-3", "multi"),
+        ("merged-3", "merged")]
+    assert table.rows[1][9] == "1.20"  # in-process TTFT ratio to its own base
+    assert "merged-m: m servers sharing the machine's cores" in table.caption

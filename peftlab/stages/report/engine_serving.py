@@ -293,7 +293,10 @@ def _inprocess_generation(res: Any, recs: list[dict[str, Any]]) -> Table | None:
                                                  margin=st.latency_margin)["modes"]
              if m["batch_size"] == 1}
     configs = sorted({r["config"] for r in recs}, key=_order)
-    match = {"base": "base", "adapters-1": "unmerged", "mixed": "mixed"}
+    # the engine's "mixed" (adapters beside a fully fine-tuned model's server) has no
+    # in-process counterpart: in-process "mixed" is mixed-adapter batches in one model, what
+    # every adapters-k server of the engine does
+    match = {"base": "base", "adapters-1": "unmerged"}
     ks = [c for c in configs if c.startswith("adapters-") and c != "adapters-1"]
     if ks:
         match[ks[-1]] = "multi"
@@ -332,7 +335,9 @@ def _inprocess_generation(res: Any, recs: list[dict[str, Any]]) -> Table | None:
                  "though the units of work differ (the engine: one request at the lowest "
                  "offered rate, its prompt and output lengths from the data; in-process: "
                  "fixed new tokens). multi: 2 adapters in one process; the engine's largest "
-                 "adapter count is its match.",
+                 "adapter count is its match. merged-m: m servers sharing the machine's "
+                 "cores, against one merged model in process (one merged model alone on the "
+                 "engine costs what the base does: the same architecture and weights).",
                  numeric=[False, True, True, True, True, True, False, True, True, True, True])
 
 
