@@ -9,7 +9,10 @@ its study directory, with no number typed by hand:
 - OUT/README.md: each finding of the original study (TinyLlama-1.1B, 3 seeds, an L4 GPU; the
   figures it reported are quoted as text below, the only numbers here not read from the study)
   beside the replication's outcome under each pooling the study extracted, with the estimate and
-  its interval, "void" with the reason where the runs did not learn; then the study's wall time
+  its interval, "void" with the reason where the runs did not learn; then whether each task
+  learned (each method's main metric over seeds beside the majority-class rate, the learning
+  rate its runs trained with, the search's validation scores, the reason of each run that did
+  not learn), then the study's wall time
   (the sum of its `stage_times` records over every session) and machine (its provenance).
 
 A finding the original stated as a difference holds where the replication's test is "different"
@@ -142,6 +145,50 @@ def wall_time(store: Any) -> tuple[float, int]:
     return sum(r["seconds"] for r in recs), len({r["session"] for r in recs})
 
 
+def learning_table(stats: list[dict[str, Any]], baselines: dict[str, dict[str, Any]],
+                   runs: dict[str, dict[str, Any]], search: list[dict[str, Any]]
+                   ) -> list[str]:
+    """Did each task learn: per task x method, the main metric's mean over seeds with its
+    interval, how many runs passed the learned rule, the majority-class rate, the rate the runs
+    trained with and the search's trials; then each run that did not learn, with its reason
+    (the evidence a void finding rests on)."""
+    head = ["Task", "Method", "Main metric, mean over seeds [95% CI]", "Runs that learned",
+            "Majority-class rate", "Learning rate", "Search trials (validation score)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    failed: list[str] = []
+    summaries = sorted((c for c in stats if c.get("kind") == "summary"
+                        and c.get("area") == "metric"),
+                       key=lambda c: (c["task"], c["method"] != "full", c["method"]))
+    for c in summaries:
+        task, method, metric = c["task"], c["method"], c.get("metric")
+        learned = c.get("learned") or {}
+        maj = (((baselines.get(task) or {}).get("majority") or {}).get("metrics") or {}
+               ).get(metric) or {}
+        rates = sorted({(runs.get(r) or {}).get("config", {}).get("training", {})
+                        .get("learning_rate") for r in c.get("run_ids") or []} - {None})
+        trials = [t for t in search if t.get("task") == task and t.get("method") == method]
+        scores = ", ".join(
+            f"{f.sig(t['params'].get('learning_rate'))}: "
+            + (f.metric(t["values"][0]) if t.get("values") else str(t.get("state")))
+            for t in sorted(trials, key=lambda t: t.get("number", 0))
+            if "learning_rate" in (t.get("params") or {})) or "no search"
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in [
+            task, method,
+            f"{metric} {f.metric(c.get('mean'))} [{f.metric(c.get('ci_low'))}, "
+            f"{f.metric(c.get('ci_high'))}]",
+            f"{sum(v is True for v in learned.values())} of {len(learned)}",
+            f.metric(maj.get("value")) if maj else "not measured",
+            ", ".join(f.sig(r) for r in rates) or "not recorded",
+            scores]) + " |")
+    for c in sorted((c for c in stats if c.get("kind") == "summary" and c.get("area") == "runs"
+                     and c.get("learned") is False), key=lambda c: c.get("run_id", "")):
+        failed.append(f"- `{c['run_id']}`: {f.md_text(str(c.get('reason') or 'no reason stored'))}")
+    return lines + ([
+        "", "Runs that did not learn (the learned rule: the interval of the run's main metric "
+        "must clear both the majority-class and the chance rate):", "", *failed] if failed else
+        ["", "Every run learned by that rule."])
+
+
 def findings_table(stats: list[dict[str, Any]], peft: str, poolings: list[str | None]
                    ) -> list[str]:
     head = ["Question", "Task", "Finding", "Original (TinyLlama-1.1B)"] + [
@@ -197,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                   "needs that PEFT method and 'full'", file=sys.stderr)
             return 2
         meta = store.get("meta", "study") or {}
+        baselines = {k: store.get("baselines", k) for k in store.keys("baselines")}
+        runs = {k: store.get("runs", k) for k in store.keys("runs")}
+        search = read_table(store, "search") if "search" in store.tables() else []
         seconds, sessions = wall_time(store)
         out = args.out / study.spec.name
         out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         f"`{args.peft}`; RQ1 on the mean over transformer layers.",
         "",
         *findings_table(stats, args.peft, poolings),
+        "",
+        "### Did each task learn",
+        "",
+        *learning_table(stats, baselines, runs, search),
         "",
         (f"Wall time: {seconds / 3600:.2f} h ({seconds:.0f} s, the stages' recorded times "
          f"summed over {sessions} session(s))" if sessions else

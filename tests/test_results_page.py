@@ -71,6 +71,33 @@ def test_every_cell_is_the_stored_comparison_and_its_rule(published):
         assert f"{t.name} {n} x {ep:g} epochs" in page
 
 
+def test_each_task_learning_row_is_its_stored_summary_and_failures_carry_reasons(published):
+    page = (published["out"] / "README.md").read_text()
+    section = page.split("### Did each task learn", 1)[1]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in
+                                                             line.split("|")[1:-1]]
+            for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| Task")}
+    summaries = [c for c in published["stats"] if c.get("kind") == "summary"
+                 and c.get("area") == "metric"]
+    assert summaries and len(rows) == len(summaries)
+    for c in summaries:
+        row = rows[(c["task"], c["method"])]
+        assert row[2] == (f"{c['metric']} {f.metric(c['mean'])} [{f.metric(c['ci_low'])}, "
+                          f"{f.metric(c['ci_high'])}]")
+        assert row[3] == f"{sum(v is True for v in c['learned'].values())} of {len(c['learned'])}"
+    # the sample's MRPC runs sit at the majority-class rate: 0 of 3, its majority rate shown,
+    # and every run that did not learn is listed with its stored reason
+    assert rows[("mrpc", "full")][3] == "0 of 3" and rows[("mrpc", "full")][4] == "0.8000"
+    failed = [c for c in published["stats"] if c.get("kind") == "summary"
+              and c.get("area") == "runs" and c.get("learned") is False]
+    assert failed
+    for c in failed:
+        assert f"- `{c['run_id']}`: {f.md_text(c['reason'])}" in section
+    # the rate the runs trained with comes from the run records
+    assert rows[("sst2", "full")][5] == f.sig(2e-5)
+
+
 def test_the_report_is_published_with_its_figures_as_files(published):
     name = published["study"].spec.name
     report = (published["out"] / name / "report.md").read_text()
