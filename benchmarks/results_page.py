@@ -184,9 +184,8 @@ def learning_table(stats: list[dict[str, Any]], baselines: dict[str, dict[str, A
                      and c.get("learned") is False), key=lambda c: c.get("run_id", "")):
         failed.append(f"- `{c['run_id']}`: {f.md_text(str(c.get('reason') or 'no reason stored'))}")
     return lines + ([
-        "", "Runs that did not learn (the learned rule: the interval of the run's main metric "
-        "must clear both the majority-class and the chance rate):", "", *failed] if failed else
-        ["", "Every run learned by that rule."])
+        "", "Runs that did not learn, each with the stats stage's reason:", "", *failed] if failed else
+        ["", "Every run learned (the stats stage's verdicts)."])
 
 
 def findings_table(stats: list[dict[str, Any]], peft: str, poolings: list[str | None]
