@@ -166,10 +166,13 @@ def learning_table(stats: list[dict[str, Any]], baselines: dict[str, dict[str, A
                ).get(metric) or {}
         rates = sorted({(runs.get(r) or {}).get("config", {}).get("training", {})
                         .get("learning_rate") for r in c.get("run_ids") or []} - {None})
-        trials = [t for t in search if t.get("task") == task and t.get("method") == method]
+        # trial records only (the table also holds one summary per search); values: {objective: v}
+        trials = [t for t in search if t["key"].startswith("trial/") and t.get("task") == task
+                  and t.get("method") == method]
         scores = ", ".join(
             f"{f.sig(t['params'].get('learning_rate'))}: "
-            + (f.metric(t["values"][0]) if t.get("values") else str(t.get("state")))
+            + (f.metric(next(iter(t["values"].values()))) if t.get("values")
+               else str(t.get("state")))
             for t in sorted(trials, key=lambda t: t.get("number", 0))
             if "learning_rate" in (t.get("params") or {})) or "no search"
         lines.append("| " + " | ".join(x.replace("|", "\\|") for x in [
