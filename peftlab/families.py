@@ -120,7 +120,7 @@ def planned_families(study: Study) -> dict[str, int]:
         metrics = list(data.task(task).metrics)
         for i, _ in enumerate(metrics):
             counts[role_metric(cfg, i == 0)[1]] += pairs_peft_full
-    measured = [m for m in tested_measures() if m in spec.drift.measures]
+    measured = [m for m in tested_measures(cfg) if m in spec.drift.measures]
     n_method_pairs = len(list(itertools.combinations(methods, 2)))
     for measure, band in itertools.product(measured, BANDS):
         counts[role_drift(cfg, measure, band, False)[1]] += len(tasks) * n_method_pairs

@@ -24,7 +24,7 @@ from peftlab.errors import DegenerateInputError, PeftlabError
 from peftlab.registry import Registry
 
 if TYPE_CHECKING:
-    from peftlab.spec import DriftSpec
+    from peftlab.spec import DriftSpec, StatsSpec
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,11 @@ def default_measures() -> list[str]:
     return [m.name for m in MEASURES.values() if m.default]
 
 
-def tested_measures() -> list[str]:
-    """Measures the stats stage compares between methods, in registration order."""
+def tested_measures(stats: StatsSpec | None = None) -> list[str]:
+    """Measures the stats stage compares between methods: `stats.tested_measures` where the
+    spec names them, else those the registry marks tested, in registration order."""
+    if stats is not None and stats.tested_measures is not None:
+        return list(stats.tested_measures)
     return [m.name for m in MEASURES.values() if m.tested]
 
 

@@ -380,6 +380,18 @@ class StatsSpec(_Strict):
     metric_margin: float = Field(0.01, gt=0)
     power: float = Field(0.8, gt=0, lt=1)  # for minimum detectable effects and runs needed
     primary: PrimarySpec = Field(default_factory=PrimarySpec)
+    # Drift measures compared between methods (paired by seed, per band, plus the seed-noise and
+    # across-task tests), names from `drift.measures`. None: the measures the registry marks
+    # tested (debiased linear CKA, centred cosine); a replication adds the measure its original
+    # reported (e.g. the biased linear_cka), and each added measure enlarges its Holm family.
+    tested_measures: list[str] | None = None
+
+    @field_validator("tested_measures")
+    @classmethod
+    def _unique_tested(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"must be a non-empty list without repeats, got {v}")
+        return v
 
 
 class ForgettingSpec(_Strict):

@@ -80,10 +80,20 @@ def check_names(spec: StudySpec, raw: dict[str, Any], where: str) -> StudySpec:
         elif not configs or len(set(configs)) != len(configs):
             problems.append(("bench.serving.configs", "must be a non-empty list without "
                              f"repeats, got {configs}", configs))
+    tested = _given(raw, "stats", "tested_measures")
+    if tested is not None:
+        measured = spec.drift.measures or default_measures()
+        unknown = [m for m in tested if m not in measured]
+        if unknown:
+            problems.append(("stats.tested_measures", f"measure(s) {unknown} are not measured: "
+                             f"expected any of drift.measures {measured}", tested))
     measure = _given(raw, "stats", "primary", "drift", "measure")
-    if measure is not None and measure not in tested_measures():
+    if tested is not None and spec.stats.primary.drift is not None:
+        measure = spec.stats.primary.drift.measure  # the default primary must be tested too
+    if measure is not None and measure not in tested_measures(spec.stats):
         problems.append(("stats.primary.drift.measure", "the primary drift measure must be one "
-                         f"the stats stage tests: {tested_measures()}, got {measure!r}", measure))
+                         f"the stats stage tests: {tested_measures(spec.stats)}, got {measure!r}",
+                         measure))
     comparisons = _given(raw, "stats", "primary", "deployment", "comparisons")
     if comparisons is not None:
         declared = [f"{m}_vs_{c.other}" for m in mode_names() for c in get_mode(m).comparisons

@@ -339,6 +339,41 @@ def test_centred_cosine_is_tested_and_the_uncentred_one_only_labelled(clean):
                           "procrustes", "knn"}
 
 
+def test_a_spec_can_test_the_measures_its_original_reported(tmp_path, clean):
+    """stats.tested_measures adds the biased linear CKA and the uncentred cosine (what the
+    original study reported) to the measures compared between methods: each gets the paired
+    comparison per band, the seed-noise and the across-task tests, in the exploratory family, and
+    the plan counts them as the stage enumerates them."""
+    import yaml
+
+    from peftlab.pipeline import load_study
+
+    study = write_sample(tmp_path, degenerate=False)
+    path = tmp_path / "spec.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw.setdefault("stats", {})["tested_measures"] = [
+        "linear_cka_debiased", "centered_cosine", "linear_cka", "cosine"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    study = load_study(path)
+    records = _stats(study)
+    default = measures.tested_measures()
+    for m in ("linear_cka", "cosine"):
+        assert m not in default
+        c = _one(records, area="drift", task="sst2", measure=m, band="mean", kind="comparison")
+        assert c["family"] == "exploratory/drift" and c["n"] == 3
+        assert c["mean_a"] is not None and c["diff_ci_low"] <= c["diff"] <= c["diff_ci_high"]
+        assert _of(records, area="seed_noise", task="sst2", measure=m)
+        assert _of(records, measure=m, kind="across_tasks")
+    counted = defaultdict(int)
+    for c in _comparisons(records):
+        counted[c["family"]] += 1
+    assert planned_families(study) == dict(counted)
+    default_drift = [c for c in _comparisons(clean[1]) if c["family"] == "exploratory/drift"]
+    # linear_cka and cosine each add what centred cosine (exploratory throughout) holds
+    per_measure = sum(1 for c in default_drift if c["measure"] == "centered_cosine")
+    assert per_measure and counted["exploratory/drift"] == len(default_drift) + 2 * per_measure
+
+
 def test_drift_is_tested_against_the_same_methods_seed_noise(clean):
     study, records = clean
     drift = _drift(study)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -16,6 +17,35 @@ from peftlab.stages.report import format as f
 from peftlab.stages.stats import run as stats_stage
 from peftlab.store import Store
 from peftlab.testing.sample_study import write_sample
+
+
+def search_records() -> list[Any]:
+    """Two trials of a sst2/full search (one complete, one pruned) and the search's summary."""
+    from peftlab.records import SearchRecord, SearchTrialRecord
+
+    common = {"task": "sst2", "method": "full", "method_type": "full",
+              "search_id": "0123456789abcdef", "study_name": "sst2-full-01234567"}
+    split = {"train_examples": 80, "validation_examples": 20, "validation_digest": "0" * 64}
+    trials = [SearchTrialRecord(**common, **split, number=0, state="complete", counted=True,
+                                params={"learning_rate": 3.0e-5}, values={"accuracy": 0.8125},
+                                started="2026-12-07T00:00:00", finished="2026-12-07T00:01:00"),
+              SearchTrialRecord(**common, **split, number=1, state="pruned", counted=True,
+                                params={"learning_rate": 1.0e-4}, pruned_at_step=8,
+                                started="2026-12-07T00:01:00", finished="2026-12-07T00:01:30")]
+    best = {"trial": 0, "params": {"learning_rate": 3.0e-5}, "values": {"accuracy": 0.8125}}
+    summary = SearchRecord(
+        **common, status="done", objectives=[{"name": "accuracy", "direction": "maximize"}],
+        space={"learning_rate": {"low": 1.0e-5, "high": 1.0e-4, "log": True}},
+        sampler={"name": "tpe", "seed": 0, "startup_trials": 2},
+        pruner={"name": "median", "startup_trials": 1},
+        validation={"share": 0.2, "seed": 0, "train_examples": 80, "validation_examples": 20},
+        budget={"n_trials": 2, "timeout_s": None},
+        counts={"complete": 1, "pruned": 1, "failed": 0, "interrupted": 0}, trials_s=90.0,
+        stopped_by="n_trials", best=best, pareto=[best],
+        history=[{"trial": 0, "state": "complete", "value": 0.8125, "best": 0.8125},
+                 {"trial": 1, "state": "pruned", "value": None, "best": 0.8125}],
+        storage="search/sst2-full.db")
+    return [*trials, summary]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +62,9 @@ def published(tmp_path_factory):
                                                    ("b", "report", 3.0)]):
             store.put("stage_times", f"{session}/{i:02d}-{stage}",
                       {"session": session, "stage": stage, "seconds": sec, "status": "done"})
+        # a search of sst2/full as the search stage stores it: its trials and one summary
+        for rec in search_records():
+            store.put("search", rec.key, rec.dump())
         stats = rp.read_table(store, "stats")
     finally:
         store.close()
@@ -96,6 +129,10 @@ def test_each_task_learning_row_is_its_stored_summary_and_failures_carry_reasons
         assert f"- `{c['run_id']}`: {f.md_text(c['reason'])}" in section
     # the rate the runs trained with comes from the run records
     assert rows[("sst2", "full")][5] == f.sig(2e-5)
+    # the search's trials in order, a complete one with its score, a pruned one as pruned (the
+    # summary record beside them is not a trial); a pair without a search says so
+    assert rows[("sst2", "full")][6] == f"{f.sig(3e-5)}: {f.metric(0.8125)}, {f.sig(1e-4)}: pruned"
+    assert rows[("sst2", "lora")][6] == "no search"
 
 
 def test_the_report_is_published_with_its_figures_as_files(published):

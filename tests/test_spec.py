@@ -773,6 +773,22 @@ def test_the_primary_drift_measure_must_be_measured(tmp_path: Path) -> None:
            "the stats stage tests" in msg and "(got 'cosine')" in msg
 
 
+def test_tested_measures_must_be_measured_and_hold_the_primary(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, base_spec(tmp_path, drift={"measures": [
+        "linear_cka_debiased", "cosine"]}, stats={"tested_measures": ["linear_cka_debiased",
+                                                                      "linear_cka"]}))
+    assert "stats.tested_measures: Value error, measure(s) ['linear_cka'] are not measured: " \
+           "expected any of drift.measures ['linear_cka_debiased', 'cosine']" in msg, msg
+    msg = spec_error(tmp_path, base_spec(tmp_path, stats={"tested_measures": ["linear_cka"]}))
+    assert "stats.primary.drift.measure: Value error, the primary drift measure must be one " \
+           "the stats stage tests: ['linear_cka']" in msg, msg
+    assert "must be a non-empty list without repeats" in spec_error(
+        tmp_path, base_spec(tmp_path, stats={"tested_measures": ["cosine", "cosine"]}))
+    ok = load(tmp_path, base_spec(tmp_path, stats={"tested_measures": [
+        "linear_cka_debiased", "cosine"]}))
+    assert ok.spec.stats.tested_measures == ["linear_cka_debiased", "cosine"]
+
+
 def test_searched_runs_resolve_with_the_outcomes_their_caller_gives(tmp_path: Path) -> None:
     """The plan never opens the study directory: which searches finished is handed to the Study
     (`refresh`), and a run then takes its search's best values and an id of its own."""

@@ -207,7 +207,8 @@ def primary_measure(ctx: Context) -> str:
     primary = ctx.study.spec.stats.primary.drift
     if primary is not None:
         return primary.measure
-    measured = [m for m in tested_measures() if m in ctx.study.spec.drift.measures]
+    measured = [m for m in tested_measures(ctx.study.spec.stats)
+                if m in ctx.study.spec.drift.measures]
     return measured[0] if measured else ctx.study.spec.drift.measures[0]
 
 

@@ -67,6 +67,7 @@ def drift_records(store_records: list[dict[str, Any]], view: RunView, cfg: Stats
     by_task = _task_drift(store_records, view)
     across: dict[str, list[dict[str, Any]]] = defaultdict(list)  # measure -> frame rows
     measures_seen: list[str] = []
+    tested = tested_measures(cfg)
     for task in view.tasks:
         comps = by_task.get(task, {})
         recs = [r for by_layer in comps.values() for r in by_layer.values()]
@@ -94,10 +95,10 @@ def drift_records(store_records: list[dict[str, Any]], view: RunView, cfg: Stats
                     "degenerate_values": {str(s): bs.values[s] for s in bs.excluded},
                     **bs.summary(conf),
                 }))
-                if band == "mean" and measure in tested_measures():
+                if band == "mean" and measure in tested:
                     across[measure] += [{"task": task, "method": method, "seed": s,
                                          "value": v} for s, v in learned.items()]
-            if measure not in tested_measures() or band == EMBEDDINGS:
+            if measure not in tested or band == EMBEDDINGS:
                 continue
             where = f"{task}, {band} transformer layers"
             for a, b in method_pairs(view, list(per)):
@@ -122,7 +123,7 @@ def drift_records(store_records: list[dict[str, Any]], view: RunView, cfg: Stats
                     merge_missing(per[a].missing, per[b].missing), excluded=excluded))
             if band == "mean":
                 pending += seed_noise(task, measure, per, view, cfg, layers)
-    for measure in [m for m in tested_measures() if m in measures_seen]:
+    for measure in [m for m in tested if m in measures_seen]:
         pending += across_tasks(measure, across[measure], view, cfg)
     return pending, summaries
 
