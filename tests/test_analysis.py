@@ -348,7 +348,7 @@ def test_a_spec_can_test_the_measures_its_original_reported(tmp_path, clean):
 
     from peftlab.pipeline import load_study
 
-    study = write_sample(tmp_path, degenerate=False)
+    write_sample(tmp_path, degenerate=False)
     path = tmp_path / "spec.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw.setdefault("stats", {})["tested_measures"] = [
