@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -496,7 +497,19 @@ def _command_context(args: list[str]):
         return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's or a container's stop) unwinds like Ctrl-C: each stage
+    records itself interrupted, finished runs, trials and blocks stay stored, and the next
+    `peftlab run` resumes. Python's default for SIGTERM kills at once, skipping that
+    bookkeeping; and a study started in the background of a script ignores SIGINT."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Progress bars of the libraries are neither peftlab's progress nor messages worth a log line.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -509,6 +522,9 @@ def main() -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except Terminated:
+        print("terminated (SIGTERM); `peftlab run` resumes where it stopped", file=sys.stderr)
+        sys.exit(143)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)

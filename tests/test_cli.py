@@ -860,3 +860,35 @@ def test_study_commands_check_data_and_output_folders_before_loading_anything(
         blocker.write_text("a regular file")
         failed(cli(command, path, "--output-dir", blocker / "study", "--data-dir", tmp_path),
                str(blocker / "study"), "not writable", f"{blocker} is a file")
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`kill PID` (a scheduler's or a container's stop) mid-stage: the stage is recorded as
+    interrupted, not lost, and `peftlab` exits 143 with one line saying a rerun resumes."""
+    import signal
+    import time
+
+    from peftlab import cli as cli_module
+    from peftlab.pipeline import _stage_time
+
+    store = Store(tmp_path / "study")
+
+    def app(**_: Any) -> None:  # stands for a stage in progress when the signal comes
+        with _stage_time(store, "s-1", 3, "finetune"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        raise AssertionError("SIGTERM did not stop the stage")
+
+    monkeypatch.setattr(cli_module, "app", app)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_module.main()
+        record = store.get("stage_times", "s-1/03-finetune")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        store.close()
+    assert exit_info.value.code == 143
+    assert record["status"] == "interrupted" and record["seconds"] < 30
+    assert capsys.readouterr().err.strip().startswith("terminated (SIGTERM)")
