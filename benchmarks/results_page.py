@@ -13,7 +13,8 @@ its study directory, with no number typed by hand:
   learned (each method's main metric over seeds beside the majority-class rate, the learning
   rate its runs trained with, the search's validation scores, the reason of each run that did
   not learn), then the study's wall time
-  (the sum of its `stage_times` records over every session) and machine (its provenance).
+  (the sum of its `stage_times` records over every session), machine (its provenance) and the
+  peftlab commits its records were written at.
 
 A finding the original stated as a difference holds where the replication's test is "different"
 in the same direction, does not hold where it is different the other way or equivalent, and is
@@ -145,6 +146,21 @@ def wall_time(store: Any) -> tuple[float, int]:
     return sum(r["seconds"] for r in recs), len({r["session"] for r in recs})
 
 
+def record_commits(store: Any) -> dict[str, list[str]]:
+    """peftlab commit (12 characters) -> the tables with records it wrote, from each record's
+    provenance: a study resumed over several sessions can span commits, and the page says so."""
+    commits: dict[str, set[str]] = {}
+    for table in store.tables():
+        if table == "meta":  # rewritten by every session: the last session's commit, said apart
+            continue
+        for rec in store.records(table):
+            prov = rec.get("provenance") if isinstance(rec, dict) else None
+            commit = prov.get("toolkit_commit") if isinstance(prov, dict) else None
+            if commit:
+                commits.setdefault(str(commit)[:12], set()).add(table)
+    return {c: sorted(t) for c, t in commits.items()}
+
+
 def learning_table(stats: list[dict[str, Any]], baselines: dict[str, dict[str, Any]],
                    runs: dict[str, dict[str, Any]], search: list[dict[str, Any]]
                    ) -> list[str]:
@@ -250,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {k: store.get("runs", k) for k in store.keys("runs")}
         search = read_table(store, "search") if "search" in store.tables() else []
         seconds, sessions = wall_time(store)
+        commits = record_commits(store)
         out = args.out / study.spec.name
         out.mkdir(parents=True, exist_ok=True)
         doc = build_report(Context(study=study, store=store))
@@ -285,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
          "Wall time: not recorded (no stage_times in the study directory)")
         + f"; machine: {device.get('cpu_count', '?')} CPU cores, "
         f"{device.get('platform', '?')}, torch threads {device.get('torch_threads', '?')}; "
-        f"peftlab commit {str(prov.get('toolkit_commit', '?'))[:12]}.",
+        f"peftlab commit {str(prov.get('toolkit_commit', '?'))[:12]} (the last session's)"
+        + ("; the stored records were written at " + ", ".join(
+            f"{c} ({', '.join(t)})" for c, t in commits.items()) if commits else "") + ".",
         "",
         f"What differs from the original: the model ({study.spec.model.name} against "
         "TinyLlama-1.1B), the hardware (this machine against an L4 GPU: latencies compare as "

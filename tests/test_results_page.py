@@ -65,6 +65,11 @@ def published(tmp_path_factory):
         # a search of sst2/full as the search stage stores it: its trials and one summary
         for rec in search_records():
             store.put("search", rec.key, rec.dump())
+        # one run written at an earlier commit (a study resumed across commits)
+        first = store.keys("runs")[0]
+        run = store.get("runs", first)
+        run["provenance"] = {**(run.get("provenance") or {}), "toolkit_commit": "0badc0ffee42" * 3}
+        store.put("runs", first, run)
         stats = rp.read_table(store, "stats")
     finally:
         store.close()
@@ -96,6 +101,10 @@ def test_every_cell_is_the_stored_comparison_and_its_rule(published):
     assert checked >= 3  # the sample has learned tasks: not every cell is void
     # wall time: the stage records summed over sessions
     assert "Wall time: 0.03 h (124 s, the stages' recorded times summed over 2 session(s))" in page
+    # the commits the stored records were written at, each with its tables
+    wall = next(line for line in page.splitlines() if line.startswith("Wall time"))
+    written = wall.split("the stored records were written at ")[1]
+    assert "0badc0ffee42 (runs)" in written and "meta" not in written, wall
     # the training each task had, from the spec: subset size and epochs
     spec = published["study"].spec
     for t in spec.tasks:
