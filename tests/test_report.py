@@ -529,3 +529,24 @@ def test_runs_that_did_not_improve_on_their_start_are_counted_and_flagged():
     # no run with a judged start: no line at all
     res.settings = {"runs": {"start_judged": 0}}
     assert start_line(res) is None
+
+
+def test_rq1_scope_names_only_the_tasks_the_across_task_estimate_rests_on():
+    """A study where one task learned: 'across tasks' is that task's estimate, the tasks whose
+    runs did not learn are named as adding nothing, and searched rates print at 4 digits."""
+    from types import SimpleNamespace
+
+    from peftlab.stages.report.answers import rq1_scope
+    from peftlab.stages.report.document import _md_block
+
+    rates = {"full": 9.402060696595746e-05, "lora": 1.0297234506137483e-03}
+    records = {(t, m, s): {"config": {"training": {"learning_rate": rates[m]}}}
+               for t in ("sst2", "mrpc", "rte") for m in rates for s in (0, 1, 2)}
+    res = SimpleNamespace(view=SimpleNamespace(tasks=["sst2", "mrpc", "rte"],
+                                               methods=["full", "lora"], records=records))
+    comps = [{"kind": "across_tasks", "tasks": ["sst2"], "tasks_without_pairs": ["mrpc", "rte"]}]
+    text = _md_block(rq1_scope(res, comps))
+    assert ("'across tasks' covers the 1 task(s) with pairs of learned runs only (sst2), not "
+            "tasks in general (with one task the across-task estimate is sst2's own); mrpc, rte "
+            "add(s) nothing to it") in text
+    assert "full 9.402e-05 on every task; lora 1.03e-03 on every task" in text

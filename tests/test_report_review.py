@@ -242,7 +242,7 @@ def test_every_number_in_the_answers_is_recomputed_from_the_tables(review):
         if run["task"] not in rates[run["method"]][lr]:
             rates[run["method"]][lr].append(run["task"])
     assert rates["lora"][QS_RATES[("mrpc", "lora")]] == ["mrpc"]  # the sample's override
-    shown("'across tasks' covers these 3 tasks only (sst2, mrpc, rte)",
+    shown("'across tasks' covers the 3 task(s) with pairs of learned runs only (sst2, mrpc, rte)",
           "full 9.4e-05 on every task; lora 3.4e-04 on sst2, rte and 9.4e-04 on mrpc")
     # RQ2 per declared pair: each task's relative change with its interval, from the bench table
     for pair in ("unmerged_vs_merged", "merged_vs_full"):

@@ -785,6 +785,24 @@ def test_mixed_effects_falls_back_to_paired_differences(monkeypatch):
     assert res.p == pytest.approx(2 * st.t.sf(est / se, df), rel=1e-9)
 
 
+def test_mixed_effects_at_the_seed_variance_boundary_keeps_the_paired_interval():
+    """Pairs whose sums barely vary while their differences do: REML puts the seed variance at
+    0 and pools the between-seed spread into the residual, so its standard error is too small
+    for the t at df = n_pairs - n_tasks. The paired analysis (exact for complete pairs) is used:
+    with one task, the across-task interval is the paired t-test's, never narrower."""
+    full = np.array([0.745, 0.703, 0.713])
+    lora = np.array([0.878, 0.893, 0.903])  # sums 1.623, 1.596, 1.616; diffs .133, .190, .190
+    frame = pd.DataFrame({"task": "sst2", "seed": [0, 1, 2] * 2,
+                          "method": ["lora"] * 3 + ["full"] * 3, "cka": np.r_[lora, full]})
+    res = mixed_effects(frame, "cka", "method", "task", "seed", "lora", "full")
+    assert res.fit == "OLS on paired differences (fallback)"
+    assert "boundary" in res.reason and res.converged is True
+    paired = st.ttest_rel(lora, full)
+    ci = paired.confidence_interval(0.95)
+    assert (res.ci_low, res.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert res.p == pytest.approx(paired.pvalue, rel=1e-9)
+
+
 def test_power_at_the_across_task_df():
     """The mixed model's contrast has n_pairs pairs but df = n_pairs - n_tasks: one power
     function serves it and the paired t-test (df = n - 1 by default)."""

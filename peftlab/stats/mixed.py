@@ -101,8 +101,12 @@ def mixed_effects(
     handful of (task, seed) groups z is anti-conservative, and for complete balanced pairs this
     t reference is the exact one (the contrast then equals the pooled paired analysis).
 
-    Fallback: if MixedLM fails (singular fit, no convergence) the same contrast comes from OLS on
-    the paired differences a - b with one mean per task (`fit` says which). Nothing is estimated
+    Fallback: if MixedLM fails (singular fit, no convergence), or its seed variance sits on its
+    boundary (0) so that its standard error comes out below the paired differences' (REML then
+    pools the between-seed spread into the residual, and the t interval would be too narrow),
+    the same contrast comes from OLS on the paired differences a - b with one mean per task
+    (`fit` says which, `reason` why). For complete pairs that is the exact analysis, and the
+    MixedLM equals it whenever its seed variance is positive. Nothing is estimated
     (`fit` "none", `reason` why) without complete pairs, without two pairs in some task
     (no replication to estimate seed noise: n_pairs - n_tasks < 1), or with zero spread of the
     differences around their task means (standard error 0: the t statistic is undefined).
@@ -159,6 +163,13 @@ def mixed_effects(
     endog = np.column_stack([complete[a].to_numpy(float), complete[b].to_numpy(float)]).ravel()
     groups = np.repeat(np.arange(n_pairs), 2)
     contrast = np.tile([1.0, -1.0], n_tasks) / n_tasks
+    # The exact analysis of complete pairs: OLS on the paired differences, one mean per task
+    # (the pair's shared intercept cancels in a - b, whatever the seed variance is).
+    design = np.zeros((n_pairs, n_tasks))
+    design[np.arange(n_pairs), pd.Index(task_names).get_indexer(tasks)] = 1.0
+    ols = OLS(diffs.to_numpy(), design).fit()
+    mean_contrast = np.full(n_tasks, 1.0 / n_tasks)
+    ols_se = math.sqrt(float(mean_contrast @ np.asarray(ols.cov_params()) @ mean_contrast))
     caught_messages: list[str] = []
     why_fallback = ""
     converged: bool | None = None  # stays None when MixedLM raised before reporting
@@ -176,6 +187,14 @@ def mixed_effects(
             why_fallback = "MixedLM did not converge"
         elif not (math.isfinite(se) and se > 0):
             why_fallback = f"MixedLM gave a standard error of {se}"
+        elif se < ols_se * (1 - 1e-6):
+            # With its seed variance on the boundary (0), REML pools the between-seed spread
+            # into the residual: a smaller standard error than the pairs support, and a t
+            # interval at df = n_pairs - n_tasks that would be too narrow.
+            seed_var = float(np.asarray(fitted.cov_re).ravel()[0])
+            why_fallback = (f"MixedLM's seed variance is on its boundary ({seed_var:.3g}), so "
+                            f"its standard error ({se:.4g}) is below the paired differences' "
+                            f"({ols_se:.4g})")
         else:
             return MixedEffectsResult(
                 fit="MixedLM (REML)", converged=True,
@@ -184,17 +203,12 @@ def mixed_effects(
                 **_t_summary(est, se, df, 1 - alpha), **base)
     except (np.linalg.LinAlgError, ValueError) as err:  # singular design or variance estimate
         why_fallback = f"MixedLM failed: {err}"
-    design = np.zeros((n_pairs, n_tasks))
-    design[np.arange(n_pairs), pd.Index(task_names).get_indexer(tasks)] = 1.0
-    ols = OLS(diffs.to_numpy(), design).fit()
-    mean_contrast = np.full(n_tasks, 1.0 / n_tasks)
-    se = math.sqrt(float(mean_contrast @ np.asarray(ols.cov_params()) @ mean_contrast))
     return MixedEffectsResult(
         fit="OLS on paired differences (fallback)",
         # Var(a - b) within a pair is twice the residual variance of the mixed model.
         converged=converged, seed_variance=None, residual_variance=float(ols.scale) / 2,
         reason=why_fallback,
-        warnings=caught_messages, **_t_summary(float(mean_contrast @ ols.params), se, df,
+        warnings=caught_messages, **_t_summary(float(mean_contrast @ ols.params), ols_se, df,
                                                1 - alpha), **base)
 
 

@@ -135,10 +135,21 @@ def rq1_scope(res: Results, comps: list[dict[str, Any]]) -> Paragraph | None:
     difference between methods is also a difference between their rates and how they were
     chosen."""
     parts = []
-    if any(c.get("kind") == "across_tasks" for c in comps):
-        parts.append(f"task is a fixed effect of the mixed model, so 'across tasks' covers "
-                     f"these {len(res.view.tasks)} tasks only ({', '.join(res.view.tasks)}), "
-                     "not tasks in general")
+    across = [c for c in comps if c.get("kind") == "across_tasks"]
+    if across:
+        # the tasks with a pair of learned runs in some across-task comparison: a task whose
+        # runs did not learn adds nothing to the estimate, so it is not covered by it
+        with_pairs = {t for c in across for t in (c.get("tasks") or [])}
+        covered = [t for t in res.view.tasks if t in with_pairs]
+        text = (f"task is a fixed effect of the mixed model, so 'across tasks' covers the "
+                f"{len(covered)} task(s) with pairs of learned runs only "
+                f"({', '.join(covered) or 'none'}), not tasks in general")
+        if len(covered) == 1:
+            text += f" (with one task the across-task estimate is {covered[0]}'s own)"
+        if without := [t for t in res.view.tasks if t not in with_pairs]:
+            text += (f"; {', '.join(without)} add(s) nothing to it (no seed on which both "
+                     "methods' runs learned)")
+        parts.append(text)
     rates = learning_rates(res)
     if len({r for by in rates.values() for r in by}) > 1:
         parts.append(f"the methods trained at different learning rates ({learning_rates_text(res)}"

@@ -216,8 +216,9 @@ def n_short(c: dict[str, Any]) -> str:
 
 def n_text(c: dict[str, Any]) -> str:
     if c.get("kind") == "across_tasks":
+        why = f" ({c['fit_reason']})" if c.get("fit_reason") and c.get("fit") != "none" else ""
         return (f"n = {c['n']} pairs of learned runs over {c.get('n_tasks')} task(s), "
-                f"{c.get('n_seeds')} seeds; {c.get('fit')}")
+                f"{c.get('n_seeds')} seeds; {c.get('fit')}{why}")
     return f"n = {c['n']} {units(c)}"
 
 

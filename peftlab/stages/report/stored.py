@@ -99,10 +99,11 @@ def learning_rates(res: Results) -> dict[str, dict[float, list[str]]]:
 
 
 def rate_text(rate: float) -> str:
-    """A learning rate as the spec writes one: 9.4e-05, 0.001 -> 1e-03."""
+    """A learning rate as the spec writes one, to 4 significant digits (a searched rate has
+    16): 9.4e-05, 0.001 -> 1e-03, 9.402060696595746e-05 -> 9.402e-05."""
     import numpy as np
 
-    return np.format_float_scientific(rate, trim="-", exp_digits=2)
+    return np.format_float_scientific(rate, precision=3, trim="-", exp_digits=2)
 
 
 def learning_rates_text(res: Results) -> str:
