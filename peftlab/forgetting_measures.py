@@ -195,6 +195,33 @@ def majority_rate(y_train: np.ndarray, y_test: np.ndarray) -> float:
     return float(np.mean(np.asarray(y_test) == classes[np.argmax(counts)]))
 
 
+def probe_floor_reason(accuracy: float, correct: list[int] | None, majority: float | None,
+                       n_classes: int | None, probe_task: str | None, layer_name: str | None,
+                       confidence: float = 0.95) -> str | None:
+    """Why the base model's probe leaves nothing to forget, or None when it reads the task.
+
+    A probe that does not beat always predicting the majority class (or chance) shows that the
+    base's hidden states hold nothing of the task it can read at this size: a run's change
+    there is not forgetting, it is the noise of a probe that knows nothing (it can only move
+    up). The base reads the task when the lower bound of the Wilson score interval of its test
+    accuracy (scipy's binomtest; the probe's test examples are the trials) clears both floors,
+    the rule the learned check applies to a run's main metric."""
+    from scipy.stats import binomtest
+
+    floors = [f for f in (majority, 1.0 / n_classes if n_classes else None) if f is not None]
+    if not correct or not floors:
+        return None
+    ci = binomtest(int(sum(correct)), len(correct)).proportion_ci(confidence, method="wilson")
+    floor = max(floors)
+    if ci.low > floor:
+        return None
+    return (f"the base model's {probe_task} probe at {layer_name} scores {accuracy:.4f} "
+            f"[{ci.low:.4f}, {ci.high:.4f}] on {len(correct)} test examples, not above the "
+            f"majority-class rate {majority:.4f}" + (f" or chance {1 / n_classes:.4f}"
+                                                     if n_classes else "")
+            + ": it reads nothing of the task there, so a run's change is not forgetting")
+
+
 # ----------------------------------------------------------------------------- LM loss
 
 

@@ -769,3 +769,58 @@ def test_rank_correlation_matches_scipy_and_the_exact_permutation_test():
     assert rank_correlation([1, 2, 3], [3, 2, 1]).reason == "3 pair(s): at least 4 needed"
     flat = rank_correlation([2, 2, 2, 2], [1, 2, 3, 4])
     assert flat.estimate is None and "x constant" in flat.reason
+
+
+def test_probe_floor_rule_is_the_wilson_lower_bound_against_majority_and_chance():
+    from scipy.stats import binomtest
+
+    from peftlab.forgetting_measures import probe_floor_reason
+
+    reads = [1] * 30 + [0] * 10  # 0.75, Wilson 95% lower bound 0.598
+    assert probe_floor_reason(0.75, reads, 0.5, 2, "sst2", "block_15") is None
+    assert binomtest(30, 40).proportion_ci(method="wilson").low > 0.5
+    above_but_not_clear = [1] * 24 + [0] * 16  # 0.60 > 0.5, but its lower bound is 0.4460
+    why = probe_floor_reason(0.60, above_but_not_clear, 0.5, 2, "sst2", "block_15")
+    assert why is not None and why.startswith("the base model's sst2 probe at block_15 scores "
+                                              "0.6000 [0.4460,")
+    assert "not above the majority-class rate 0.5000 or chance 0.5000" in why
+    # the higher floor counts: chance above the majority rate on a 3-class probe
+    assert probe_floor_reason(0.45, [1] * 18 + [0] * 22, 0.2, 3, "mnli", "block_1") is not None
+
+
+def test_a_base_probe_at_the_majority_rate_voids_its_measure(tmp_path):
+    """The base's MRPC probe at one layer reads nothing (half right, majority rate 0.5): the
+    sst2 runs' comparisons on that measure are void with the reason, their summaries carry it,
+    the intruder correlation is void, and the report says which measure and why; every other
+    measure is tested as before."""
+    edited: dict = {}
+
+    def edit(store):
+        key = next(k for k in store.keys("forgetting")
+                   if k.startswith("probe/mrpc/") and k.endswith("/base"))
+        rec = store.get("forgetting", key)
+        n = len(rec["correct"])
+        rec.update(correct=[1] * (n // 2) + [0] * (n - n // 2), accuracy=(n // 2) / n,
+                   majority_rate=0.5)
+        store.put("forgetting", key, rec)
+        edited["layer"] = rec["layer"]
+
+    out = _sample_built(tmp_path, edit)
+
+    def on_unit(r):
+        return r.get("probe_task") == "mrpc" and r.get("layer") == edited["layer"]
+
+    comps = [r for r in out["stats"] if r["kind"] == "comparison" and r["area"] == "forgetting"
+             and r["task"] == "sst2"]
+    hit = [c for c in comps if on_unit(c)]
+    assert hit and all(c["outcome"] == "void" and "not above the majority-class rate 0.5000"
+                       in c["reason"] for c in hit)
+    assert all(c["status"] == "ok" for c in comps if not on_unit(c))
+    sums = [r for r in out["stats"] if r["kind"] == "summary" and r["area"] == "forgetting"]
+    assert all(bool(s["void_reason"]) == on_unit(s) for s in sums)
+    corr = next(r for r in out["stats"] if r["kind"] == "correlation"
+                and r["area"] == "forgetting" and on_unit(r))
+    assert corr["status"] == "void" and corr["p"] is None
+    section = _md_section(out["md"], "Forgetting").replace("\\_", "_")  # markdown escapes
+    assert "Probes with nothing to forget (1 of 7 measures):" in section
+    assert f"mrpc probe, block_{edited['layer']}: the base model's mrpc probe" in section

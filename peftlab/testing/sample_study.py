@@ -420,7 +420,7 @@ def forgetting_records(done: list[dict[str, Any]], rng: np.random.Generator
     out = []
     base_correct = {}
     for task, layer in itertools.product(TASKS, FORGETTING_LAYERS):
-        correct = (rng.random(PROBE_TEST) < 0.85 - 0.02 * layer).astype(int)
+        correct = (rng.random(PROBE_TEST) < 0.9 - 0.02 * layer).astype(int)
         base_correct[(task, layer)] = correct
         out.append(_base_probe_record({**base_id, **common}, task, layer, "last", correct))
     texts = 30

@@ -137,6 +137,14 @@ def forgetting(res: Any) -> Section:
     if figure is not None:
         s.add(figure)
     summaries = [x for x in res.summaries_of("forgetting")]
+    floors = {unit_label(x): x["void_reason"] for x in summaries if x.get("void_reason")}
+    if floors:
+        s.add(Paragraph.of(
+            Strong(f"Probes with nothing to forget ({len(floors)} of "
+                   f"{len({unit_label(x) for x in summaries})} measures):"),
+            " the base model's own probe does not beat the majority-class rate, so these "
+            "measures cannot show forgetting and their comparisons are void: "
+            + "; ".join(f"{label}: {why}" for label, why in floors.items()) + "."))
     if summaries:
         s.add(_summary_table(res, summaries, {u.unit: u for u in units}, recs))
     s.add(_run_table(res, recs))
@@ -216,16 +224,17 @@ def _summary_table(res: Any, summaries: list[dict[str, Any]],
                         probe_task=sm.get("probe_task"), layer=sm.get("layer"),
                         method_a=sm["method"])
         rows.append([sm["task"], unit_label(sm), sm["method"], str(sm["n"]), f.metric(base),
-                     f.metric(sm.get("mean")),
+                     f.metric(sm.get("base_majority_rate")), f.metric(sm.get("mean")),
                      f.interval(sm.get("ci_low"), sm.get("ci_high"), f.metric),
                      fnd.outcome_cell(comp) if comp else f.MISSING])
-    return Table(["Tuned on", "Measure", "Method", "Runs", "Base", "Mean change",
-                  f"{round(100 * (1 - res.spec.stats.alpha))}% CI over seeds",
+    return Table(["Tuned on", "Measure", "Method", "Runs", "Base", "Majority class",
+                  "Mean change", f"{round(100 * (1 - res.spec.stats.alpha))}% CI over seeds",
                   "PEFT vs full (outcome)"], rows,
                  "Forgetting per tuning task, measure and method: the mean change over learned "
                  "runs with its t-interval over seeds, beside the base model's own value "
-                 "(probe accuracy, or LM loss in nats per token).",
-                 numeric=[False, False, False, True, True, True, True, False])
+                 "(probe accuracy, or LM loss in nats per token) and the probe's majority-class "
+                 "rate on its test examples (the floor a probe must beat to read the task).",
+                 numeric=[False, False, False, True, True, True, True, True, False])
 
 
 def _run_table(res: Any, recs: list[ForgettingRecord]) -> Table:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from peftlab.families import FAMILY, has_heldout_text
+from peftlab.forgetting_measures import probe_floor_reason
 from peftlab.records import ForgettingRecord, read
 from peftlab.results import RunView
 from peftlab.stages.stats.common import (
@@ -31,6 +32,15 @@ def forgetting_units(recs: list[ForgettingRecord]) -> list[ForgettingRecord]:
     return sorted(base, key=lambda r: (r.measure != "probe", r.probe_task or "", r.layer or 0))
 
 
+def floor_reason(unit: ForgettingRecord) -> str | None:
+    """Why a probe unit shows nothing to forget (its base probe is at the majority-class rate),
+    or None; always None for the LM loss."""
+    if unit.measure != "probe" or unit.status != "done" or unit.accuracy is None:
+        return None
+    return probe_floor_reason(unit.accuracy, unit.correct, unit.majority_rate, unit.n_classes,
+                              unit.probe_task, unit.layer_name)
+
+
 def forgetting_context(unit: ForgettingRecord) -> dict[str, Any]:
     """The fields a forgetting comparison or summary carries about its unit."""
     if unit.measure == "lm_loss":
@@ -52,7 +62,8 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
     LM loss: after minus before); degenerate runs are left out as in drift. lm_tasks: the
     tasks with held-out text (`planned_forgetting`), the only ones with an LM-loss test. A unit
     the base was skipped on (the LM loss of an encoder without an LM head) does not apply to
-    the study: no comparison and no summary."""
+    the study: no comparison and no summary. A probe unit whose base probe does not beat the
+    majority-class rate (`floor_reason`) has its comparisons void, with that reason."""
     by_run = {(r.run_id, r.unit): r for r in records if r.is_run}
     pending: list[Pending] = []
     summaries: list[tuple[str, dict[str, Any]]] = []
@@ -67,6 +78,7 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
                 # and not "insufficient runs"; the report says why from the skipped record
                 continue
             context = forgetting_context(unit)
+            uninformative = floor_reason(unit)  # voids the unit's comparisons
             values: dict[str, dict[int, float]] = {}
             missing: dict[str, dict[int, str]] = {}
             for method in view.methods:
@@ -97,6 +109,7 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
                     "values": vals, "run_ids": [view.run_ids[(task, method, s)] for s in learned],
                     "n": len(vals), "mean": mean_or_none(vals), "ci_low": lo, "ci_high": hi,
                     "confidence": 1 - cfg.alpha, "interval": "t-interval of the mean over seeds",
+                    "base_majority_rate": unit.majority_rate, "void_reason": uninformative,
                     "excluded": {str(s): r for s, r in excluded.items()},
                     "missing": {str(s): r for s, r in missing[method].items()}}))
             for ref in view.references():
@@ -114,7 +127,8 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
                         f"comparison/forgetting/{task}/{name}/{method} vs {ref}", ctx_,
                         values[method], values[ref], view.seeds, cfg,
                         f"{task}: {method} vs {ref} ({unit.unit})",
-                        merge_missing(missing[method], missing[ref]), excluded=excluded))
+                        merge_missing(missing[method], missing[ref]), excluded=excluded,
+                        void_all=uninformative))
     return pending, summaries
 
 

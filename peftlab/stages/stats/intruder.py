@@ -11,7 +11,7 @@ from peftlab import stats as st
 from peftlab.records import ForgettingRecord, WeightRecord, read
 from peftlab.results import RunView
 from peftlab.stages.stats.common import Inputs, Pending, Record, defined
-from peftlab.stages.stats.forgetting import forgetting_context, forgetting_units
+from peftlab.stages.stats.forgetting import floor_reason, forgetting_context, forgetting_units
 from peftlab.stages.stats.verdicts import Verdicts
 
 if TYPE_CHECKING:
@@ -56,6 +56,14 @@ def intruder_correlations(records: list[ForgettingRecord], weights: list[WeightR
             "reason": "the study directory has no " + " and no ".join(lacking)})]
     out = []
     for unit in units:
+        name = "lm_loss" if unit.measure == "lm_loss" else (
+            f"probe/{unit.probe_task}/L{unit.layer:03d}")
+        if (why := floor_reason(unit)) is not None:  # nothing to forget: no correlation
+            out.append((f"correlation/forgetting/{name}", {
+                **base, **forgetting_context(unit), "forgetting_unit": unit.unit,
+                "status": "void", "reason": why, "n": 0, "estimate": None, "ci_low": None,
+                "ci_high": None, "p": None, "p_method": "", "confidence": 1 - cfg.alpha}))
+            continue
         pairs = []
         for r in records:
             if not (r.is_run and r.unit == unit.unit and r.status == "done"
@@ -69,8 +77,6 @@ def intruder_correlations(records: list[ForgettingRecord], weights: list[WeightR
         x = [p[1] for p in pairs]
         y = [p[2] for p in pairs]
         corr = st.rank_correlation(x, y, confidence=1 - cfg.alpha, seed=0)
-        name = "lm_loss" if unit.measure == "lm_loss" else (
-            f"probe/{unit.probe_task}/L{unit.layer:03d}")
         out.append((f"correlation/forgetting/{name}", {
             **base, **forgetting_context(unit), "forgetting_unit": unit.unit,
             "status": "ok" if corr.estimate is not None else "undefined",
