@@ -118,6 +118,8 @@ def verdict(finding: Finding, c: dict[str, Any] | None) -> tuple[str, str]:
     est += f", n = {c['n']} {'blocks' if c.get('design') == 'paired' else 'seeds'}"
     if c.get("p_adjusted") is not None:
         est += f", corrected p {f.p_eq(c['p_adjusted'])}"
+        if c.get("family") and c.get("family_size"):
+            est += f" in the {c['family']} family of {c['family_size']}"
     sign = (c.get("diff") or 0) > 0
     if finding.expect == "none":
         word = {"equivalent": "holds", "negligible": "holds",
@@ -129,6 +131,33 @@ def verdict(finding: Finding, c: dict[str, Any] | None) -> tuple[str, str]:
                 "does not hold" if out in ("equivalent", "negligible") else
                 f"inconclusive at n = {c['n']}")
     return word, f"{out}: {est}"
+
+
+def primary_lines(stats: list[dict[str, Any]], peft: str) -> list[str]:
+    """peftlab's own primary RQ1 endpoint for `peft` (the report's Answers): the across-task
+    estimate over the tasks with pairs of learned runs, corrected in the primary family. The
+    table's per-task rows are corrected over the far larger exploratory drift family, so the
+    same difference can be "different" here and "inconclusive" there; the page says both."""
+    out = []
+    for c in stats:
+        if not (c.get("kind") == "across_tasks" and c.get("role") == "primary"
+                and c.get("a") == peft):
+            continue
+        tasks = ", ".join(c.get("tasks") or []) or "none"
+        if c["outcome"] in ("void", "insufficient runs"):
+            result = f"**{c['outcome']}** ({c.get('reason') or 'not tested'})"
+        else:
+            result = (f"**{c['outcome']}**, {f.metric(c.get('diff'))} "
+                      f"[{f.metric(c.get('diff_ci_low'))}, {f.metric(c.get('diff_ci_high'))}], "
+                      f"n = {c['n']} pairs, corrected p {f.p_eq(c.get('p_adjusted'))} in the "
+                      f"{c.get('family')} family of {c.get('family_size')}")
+        out.append(f"peftlab's primary RQ1 endpoint (the report's Answers): {c['a']} minus "
+                   f"{c['b']} in {c.get('measure')} to the base, mean over transformer layers, "
+                   f"{c.get('pooling')} pooling, across the tasks with pairs of learned runs "
+                   f"({tasks}): {result}. It is tested in the study's primary family; the "
+                   "table's rows are the per-task comparisons, corrected in the exploratory "
+                   "families, which hold many more tests.")
+    return out
 
 
 def poolings_of(stats: list[dict[str, Any]]) -> list[str | None]:
@@ -293,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *findings_table(stats, args.peft, poolings),
         "",
+        *(line for text in primary_lines(stats, args.peft) for line in (text, "")),
         "### Did each task learn",
         "",
         *learning_table(stats, baselines, runs, search),

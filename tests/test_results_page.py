@@ -101,6 +101,15 @@ def test_every_cell_is_the_stored_comparison_and_its_rule(published):
     assert checked >= 3  # the sample has learned tasks: not every cell is void
     # wall time: the stage records summed over sessions
     assert "Wall time: 0.03 h (124 s, the stages' recorded times summed over 2 session(s))" in page
+    # peftlab's own primary endpoint beside the table, from its stored across-task record
+    primary = [c for c in published["stats"] if c.get("kind") == "across_tasks"
+               and c.get("role") == "primary" and c.get("a") == "lora"]
+    assert primary
+    for c in primary:
+        assert (f"across the tasks with pairs of learned runs ({', '.join(c['tasks'])}): "
+                f"**{c['outcome']}**, {f.metric(c['diff'])} [{f.metric(c['diff_ci_low'])}, "
+                f"{f.metric(c['diff_ci_high'])}], n = {c['n']} pairs, corrected p "
+                f"{f.p_eq(c['p_adjusted'])} in the primary family of {c['family_size']}") in page
     # the commits the stored records were written at, each with its tables
     wall = next(line for line in page.splitlines() if line.startswith("Wall time"))
     written = wall.split("the stored records were written at ")[1]
