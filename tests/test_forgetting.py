@@ -824,3 +824,6 @@ def test_a_base_probe_at_the_majority_rate_voids_its_measure(tmp_path):
     section = _md_section(out["md"], "Forgetting").replace("\\_", "_")  # markdown escapes
     assert "Probes with nothing to forget (1 of 7 measures):" in section
     assert f"mrpc probe, block_{edited['layer']}: the base model's mrpc probe" in section
+    trust = _md_section(out["md"], "Can these answers be trusted?")
+    assert ("the base model's own probe does not beat its majority-class rate, so nothing can "
+            "be forgotten there (sst2-tuned runs): 1 comparison") in trust

@@ -97,8 +97,8 @@ def trust(res: Results) -> Section:
         items.append(floor)
     void = [c for c in res.comparisons if c["outcome"] == "void"]
     if void:
-        items.append(Paragraph.of(Strong("Voided:"), f" {len(void)} comparison(s) rest on "
-                                  "degenerate runs and are not evidence:"))
+        items.append(Paragraph.of(Strong("Voided:"), f" {len(void)} comparison(s) are not "
+                                  "evidence, one line per reason:"))
         items += fnd.untested_lines(void, res.min_runs, limit=6)
     else:
         items.append(Paragraph.of(Strong("Voided:"), " nothing."))
