@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftlab.measures import label as measure_label
 from peftlab.stages.report import format as f
 
 
@@ -152,7 +153,8 @@ def primary_lines(stats: list[dict[str, Any]], peft: str) -> list[str]:
                       f"n = {c['n']} pairs, corrected p {f.p_eq(c.get('p_adjusted'))} in the "
                       f"{c.get('family')} family of {c.get('family_size')}")
         out.append(f"peftlab's primary RQ1 endpoint (the report's Answers): {c['a']} minus "
-                   f"{c['b']} in {c.get('measure')} to the base, mean over transformer layers, "
+                   f"{c['b']} in {measure_label(str(c.get('measure')))} to the base, "
+                   f"{c.get('band')} over transformer layers, "
                    f"{c.get('pooling')} pooling, across the tasks with pairs of learned runs "
                    f"({tasks}): {result}. It is tested in the study's primary family; the "
                    "table's rows are the per-task comparisons, corrected in the exploratory "

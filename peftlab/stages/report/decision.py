@@ -75,11 +75,13 @@ def decision(res: Results) -> Section:
                  and c["batch_size"] == batch and str(c["seq_len"]) == seq]
         tested = [c for c in comps if c["outcome"] in fnd.TESTED]
         differ = [c for c in tested if c["outcome"] == "different"]
-        untested = sorted({c["outcome"] for c in comps if c["outcome"] not in fnd.TESTED})
-        verdict = ("; ".join(supported(c) for c in tested) if tested else
-                   "no comparison tested" + (f" ({', '.join(untested)}" + (
-                       ": they rest on runs that did not learn" if "void" in untested else "")
-                       + ")" if untested else ""))
+        if tested:
+            verdict = "; ".join(supported(c) for c in tested)
+        else:
+            untested = sorted({c["outcome"] for c in comps})
+            why = ": they rest on runs that did not learn" if "void" in untested else ""
+            verdict = ("no comparison tested" +
+                       (f" ({', '.join(untested)}{why})" if untested else ""))
         if not differ:
             verdict += ("; no tested difference between these ways of serving: the means are "
                         "numbers, not a ranking")

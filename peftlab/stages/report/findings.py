@@ -368,11 +368,7 @@ def untested_key(c: dict[str, Any]) -> tuple[str, str]:
     """(outcome, reason) that groups comparisons which were not tested for the same reason."""
     if c["outcome"] == "void":
         where_ = "across tasks" if c.get("kind") == "across_tasks" else f"on {c['task']}"
-        if c.get("area") == "forgetting" and str(c.get("reason", "")).startswith(
-                "the base model's"):  # stats.forgetting.floor_reason: nothing to forget
-            return "void", (f"the base model's own probe does not beat its majority-class "
-                            f"rate, so nothing can be forgotten there ({c['task']}-tuned runs)")
-        return "void", f"degenerate runs {where_}"
+        return "void", c.get("void_because") or f"degenerate runs {where_}"
     missing = c.get("missing") or {}
     whys = sorted({_why_seed(r) for r in missing.values()})
     seeds = ", ".join(sorted(missing, key=lambda s: int(s) if s.lstrip("-").isdigit() else 0))

@@ -122,7 +122,11 @@ def forgetting_records(records: list[ForgettingRecord], view: RunView, cfg: Stat
                         "a": method, "b": ref, "method_a": method, "method_b": ref,
                         "runs_a": [view.run_ids[(task, method, s)] for s in view.seeds],
                         "runs_b": [view.run_ids[(task, ref, s)] for s in view.seeds],
-                        "where_text": f"{task} ({unit.unit})"}
+                        "where_text": f"{task} ({unit.unit})",
+                        # the report groups void comparisons by this cause (else: degenerate)
+                        "void_because": None if uninformative is None else (
+                            "the base model's own probe does not beat its majority-class "
+                            f"rate, so nothing can be forgotten there ({task}-tuned runs)")}
                     pending.append(make_pending(
                         f"comparison/forgetting/{task}/{name}/{method} vs {ref}", ctx_,
                         values[method], values[ref], view.seeds, cfg,
